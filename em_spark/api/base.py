@@ -1,0 +1,347 @@
+"""pyspark.ml-style estimators and models over the engine, for any model family.
+
+A family-specific estimator only says which family to build from its params and
+which arrays its fitted model exposes; fitting, transform, scoring, save and load
+live here once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping
+
+import numpy as np
+from pyspark.ml import Estimator, Model
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from em_spark.engine.loop import FitResult, FitSettings, fit_em
+from em_spark.engine.scoring import score_frame
+from em_spark.engine.spark_source import describe_features, feature_array, load_blocks
+from em_spark.engine.validation import DataValidationError
+from em_spark.models.base import EMFamily, Params as ParamArrays
+
+__all__ = ["EMParams", "EMEstimator", "EMModel", "EMSummary", "MODEL_FILE"]
+
+MODEL_FILE = "model.emsp"
+MODEL_FORMAT = 1
+
+
+def _features(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise TypeError(f"featuresCol must be a column name or a list of numeric column names, got {value!r}")
+
+
+def _optional_string(value: Any) -> Any:
+    return None if value is None or value == "" else TypeConverters.toString(value)
+
+
+def _p(name: str, doc: str, converter=TypeConverters.identity) -> Param:
+    return Param(Params._dummy(), name, doc, typeConverter=converter)
+
+
+class EMParams(Params):
+    """Parameters shared by every EM estimator (names follow pyspark.ml where they overlap)."""
+
+    k = _p("k", "number of mixture components (> 0)", TypeConverters.toInt)
+    maxIter = _p("maxIter", "maximum EM iterations per restart (>= 1)", TypeConverters.toInt)
+    tol = _p("tol", "stop when the change of the average log-likelihood per sample is below tol (>= 0)", TypeConverters.toFloat)
+    seed = _p("seed", "random seed", TypeConverters.toInt)
+    featuresCol = _p("featuresCol", "features: a Vector or array<double> column, or a list of numeric columns", _features)
+    predictionCol = _p("predictionCol", "output column of the most likely component", TypeConverters.toString)
+    probabilityCol = _p("probabilityCol", "output column of component probabilities (Vector)", TypeConverters.toString)
+    logLikelihoodCol = _p("logLikelihoodCol", "output column of the per-row log-likelihood ('' for none)", TypeConverters.toString)
+    weightCol = _p("weightCol", "optional column of non-negative sample weights", _optional_string)
+    aggregationDepth = _p("aggregationDepth", "depth of the tree reduce of statistics (>= 1)", TypeConverters.toInt)
+    initMode = _p("initMode", "initialization: 'k-means++' or 'random' (ignored for restart 0 when initialModel is set)", TypeConverters.toString)
+    nInit = _p("nInit", "number of restarts; the one with the best log-likelihood is kept", TypeConverters.toInt)
+    initialModel = _p("initialModel", "a fitted model or a dict of arrays to start restart 0 from")
+    checkpointDir = _p("checkpointDir", "URI under which each iteration is checkpointed (file://, s3://, ...)", _optional_string)
+    runId = _p("runId", "name of the run; a fit with the same runId and checkpointDir resumes", _optional_string)
+    keepCheckpoints = _p("keepCheckpoints", "checkpoints kept per run (the latest is never deleted)", TypeConverters.toInt)
+    numPartitions = _p("numPartitions", "partitions of the cached data (default: 2 x default parallelism)")
+    initSampleSize = _p("initSampleSize", "rows sampled (without replacement) for initialization", TypeConverters.toInt)
+    s3Endpoint = _p("s3Endpoint", "endpoint URL of an S3-compatible store (MinIO); default: AWS_ENDPOINT_URL or AWS", _optional_string)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(
+            k=2, maxIter=100, tol=1e-3, seed=0, featuresCol="features", predictionCol="prediction",
+            probabilityCol="probability", logLikelihoodCol="logLikelihood", weightCol=None,
+            aggregationDepth=2, initMode="k-means++", nInit=1, initialModel=None, checkpointDir=None,
+            runId=None, keepCheckpoints=3, numPartitions=None, initSampleSize=10_000, s3Endpoint=None,
+        )
+
+    def _set_checked(self, **kwargs: Any) -> None:
+        """Set params by name; unknown names get a clear error, None means "use the default"."""
+        unknown = [name for name in kwargs if not self.hasParam(name)]
+        if unknown:
+            import difflib
+
+            names = sorted(p.name for p in self.params)
+            hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, names, 1)) else repr(u) for u in unknown]
+            raise TypeError(f"{type(self).__name__} has no parameter " + ", ".join(hints) + f"; parameters are: {names}")
+        for name, value in kwargs.items():
+            if value is None:
+                self.clear(self.getParam(name))
+            else:
+                self._set(**{name: value})
+
+    def setParams(self, **kwargs: Any) -> "EMParams":
+        self._set_checked(**kwargs)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        # getK(), setK(3), getMaxIter(), ... for every param, as pyspark.ml offers.
+        for prefix in ("get", "set"):
+            if name.startswith(prefix) and len(name) > 3:
+                param = name[3].lower() + name[4:]
+                if self.hasParam(param):
+                    if prefix == "get":
+                        return lambda: self.getOrDefault(param)
+                    return lambda value: self.setParams(**{param: value})
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+class EMSummary:
+    """Training summary, with pyspark.ml's names where they exist."""
+
+    def __init__(self, model: "EMModel", result: FitResult, training: DataFrame | None):
+        self._model = model
+        self._training = training
+        self.k = model.getOrDefault("k")
+        self.logLikelihood = result.log_likelihood
+        self.averageLogLikelihood = result.average_log_likelihood
+        self.logLikelihoodHistory = list(result.history)
+        self.numIter = result.n_iter
+        self.converged = result.converged
+        self.bestRestart = result.restart
+        self.numRows = result.n_rows
+        self.totalWeight = result.total_weight
+        self.runId = result.run_id
+        self.iterationSeconds = list(result.iteration_seconds)
+
+    @property
+    def predictions(self) -> DataFrame:
+        """The training data transformed by the model (lazy)."""
+        if self._training is None:
+            raise RuntimeError("this summary was loaded from storage; transform the data with the model instead")
+        return self._model.transform(self._training)
+
+    @property
+    def clusterSizes(self) -> list[int]:
+        """Rows assigned to each component (one Spark job)."""
+        col = self._model.getOrDefault("predictionCol")
+        counts = dict(self.predictions.groupBy(col).count().collect())
+        return [int(counts.get(i, 0)) for i in range(self.k)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "k": self.k, "logLikelihood": self.logLikelihood, "averageLogLikelihood": self.averageLogLikelihood,
+            "logLikelihoodHistory": self.logLikelihoodHistory, "numIter": self.numIter, "converged": self.converged,
+            "bestRestart": self.bestRestart, "numRows": self.numRows, "totalWeight": self.totalWeight,
+            "runId": self.runId, "iterationSeconds": self.iterationSeconds,
+        }
+
+
+class EMEstimator(Estimator, EMParams):
+    """Base of every EM estimator: subclasses build their family and their model."""
+
+    _model_class: type["EMModel"]
+
+    def family(self) -> EMFamily:
+        raise NotImplementedError  # each estimator says which family its params describe
+
+    def _initial_params(self, family: EMFamily, n_features: int) -> ParamArrays | None:
+        initial = self.getOrDefault("initialModel")
+        if initial is None:
+            return None
+        if isinstance(initial, EMModel):
+            arrays = initial.public_params()
+        elif isinstance(initial, Mapping):
+            arrays = {key: np.asarray(value, dtype=np.float64) for key, value in initial.items()}
+        else:
+            raise TypeError(f"initialModel must be a fitted model or a dict of arrays, got {type(initial).__name__}")
+        return family.params_from_public(arrays, n_features)
+
+    def _fit(self, dataset: DataFrame) -> "EMModel":
+        family = self.family()
+        features = self.getOrDefault("featuresCol")
+        weight_col = self.getOrDefault("weightCol")
+        settings = FitSettings(
+            max_iter=self.getOrDefault("maxIter"),
+            tol=self.getOrDefault("tol"),
+            n_init=self.getOrDefault("nInit"),
+            seed=self.getOrDefault("seed"),
+            run_id=self.getOrDefault("runId"),
+            checkpoint_dir=self.getOrDefault("checkpointDir"),
+            keep_checkpoints=self.getOrDefault("keepCheckpoints"),
+            s3_endpoint=self.getOrDefault("s3Endpoint"),
+        )
+        if settings.run_id:
+            from em_spark.storage import validate_name
+
+            validate_name(settings.run_id, "run id")
+        source = load_blocks(
+            dataset,
+            features,
+            weight_col,
+            k=family.k,
+            seed=settings.seed,
+            sample_size=self.getOrDefault("initSampleSize"),
+            num_partitions=self.getOrDefault("numPartitions"),
+            aggregation_depth=self.getOrDefault("aggregationDepth"),
+            label=f"em_spark run={settings.run_id}" if settings.run_id else "",
+        )
+        try:
+            initial = self._initial_params(family, source.n_features)
+            result = fit_em(
+                family, source, settings, initial,
+                data_identity={"features": features, "weightCol": weight_col},
+            )
+        finally:
+            source.close()
+        model = self._model_class(family, result.params, source.n_features)
+        model._set(**{p.name: v for p, v in self.extractParamMap().items() if model.hasParam(p.name)})
+        model._summary = EMSummary(model, result, dataset)
+        return model
+
+    def copy(self, extra: Mapping | None = None) -> "EMEstimator":
+        return super().copy(extra)
+
+
+class EMModel(Model, EMParams):
+    """A fitted model: parameters as numpy arrays, Spark transform, safe save/load."""
+
+    def __init__(self, family: EMFamily, params: ParamArrays, n_features: int):
+        super().__init__()
+        self._family = family
+        self._params = {k: np.asarray(v) for k, v in params.items()}
+        self._n_features = int(n_features)
+        self._summary: EMSummary | None = None
+        self._set(k=family.k)
+
+    # -- parameters ---------------------------------------------------------
+    def public_params(self) -> dict[str, np.ndarray]:
+        return self._family.public_params(self._params)
+
+    @property
+    def numFeatures(self) -> int:
+        return self._n_features
+
+    @property
+    def hasSummary(self) -> bool:
+        return self._summary is not None
+
+    @property
+    def summary(self) -> EMSummary:
+        if self._summary is None:
+            raise RuntimeError("no training summary: this model was not fitted in this session or was saved without one")
+        return self._summary
+
+    # -- scoring ------------------------------------------------------------
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        return score_frame(
+            dataset, self._family, self._params, self._n_features, self.getOrDefault("featuresCol"),
+            prediction_col=self.getOrDefault("predictionCol"),
+            probability_col=self.getOrDefault("probabilityCol"),
+            loglik_col=self.getOrDefault("logLikelihoodCol") or None,
+        )
+
+    def predict_numpy(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Score rows held on the driver: ``log_resp`` (n, k) and ``loglik`` (n,)."""
+        from em_spark.models.base import Block
+
+        return self._family.score(Block(np.asarray(X, dtype=np.float64)), self._params)
+
+    def _total_log_likelihood(self, dataset: DataFrame) -> tuple[float, float]:
+        """(sum of w * loglik, sum of w) over the dataset; every row must be scorable."""
+        features = self.getOrDefault("featuresCol")
+        weight_col = self.getOrDefault("weightCol")
+        w = F.col(weight_col).cast("double") if weight_col else F.lit(1.0)
+        scored = score_frame(dataset, self._family, self._params, self._n_features, features, loglik_col="__em_ll",
+                             prediction_col="__em_pred", probability_col="__em_prob")
+        row = scored.agg(
+            F.sum(w * F.col("__em_ll")).alias("ll"), F.sum(w).alias("w"),
+            F.sum(F.when(F.col("__em_ll").isNull(), 1).otherwise(0)).alias("bad"),
+        ).first()
+        if row["bad"]:
+            raise DataValidationError(
+                f"{row['bad']} row(s) of {describe_features(features)} cannot be scored (null, NaN or not "
+                f"{self._n_features} features); clean them before computing a criterion."
+            )
+        return float(row["ll"]), float(row["w"])
+
+    def bic(self, dataset: DataFrame) -> float:
+        """Bayesian information criterion on ``dataset`` (lower is better), as scikit-learn defines it."""
+        ll, n = self._total_log_likelihood(dataset)
+        return -2.0 * ll + self._family.n_parameters(self._params) * math.log(n)
+
+    def aic(self, dataset: DataFrame) -> float:
+        """Akaike information criterion on ``dataset`` (lower is better)."""
+        ll, _ = self._total_log_likelihood(dataset)
+        return -2.0 * ll + 2.0 * self._family.n_parameters(self._params)
+
+    # -- persistence --------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        from em_spark.storage import pack
+
+        keep = {"featuresCol", "predictionCol", "probabilityCol", "logLikelihoodCol", "weightCol", "seed"}
+        meta = {
+            "format": MODEL_FORMAT,
+            "modelClass": type(self).__name__,
+            "family": self._family.config(),
+            "numFeatures": self._n_features,
+            "params": {p.name: v for p, v in self.extractParamMap().items() if p.name in keep},
+            "summary": self._summary.as_dict() if self._summary is not None else None,
+        }
+        return pack(json.loads(json.dumps(meta)), self._params)
+
+    def save(self, path: str, overwrite: bool = False) -> None:
+        """Write the model under ``path`` (any pyarrow.fs URI) as one checksummed file, no pickle."""
+        from em_spark.storage import put_sealed
+        from em_spark.storage.fs import join
+
+        put_sealed(join(path, MODEL_FILE), self.to_bytes(), overwrite=overwrite, s3_endpoint=self.getOrDefault("s3Endpoint"))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "<bytes>") -> "EMModel":
+        from em_spark.models import FAMILIES
+        from em_spark.storage import unpack
+
+        meta, arrays = unpack(data)
+        if meta.get("format") != MODEL_FORMAT or meta.get("modelClass") != cls.__name__:
+            raise ValueError(
+                f"{where} holds a {meta.get('modelClass')!r} (format {meta.get('format')!r}), "
+                f"not a {cls.__name__} of format {MODEL_FORMAT}"
+            )
+        family_config = dict(meta["family"])
+        family_cls = FAMILIES[family_config.pop("name")]
+        family = family_cls(**family_config)
+        model = cls(family, arrays, meta["numFeatures"])
+        model._set(**{k: v for k, v in meta["params"].items() if v is not None})
+        if meta.get("summary"):
+            summary = meta["summary"]
+            result = FitResult(
+                params=arrays, history=summary["logLikelihoodHistory"], n_iter=summary["numIter"],
+                converged=summary["converged"], restart=summary["bestRestart"], total_weight=summary["totalWeight"],
+                n_rows=summary["numRows"], run_id=summary["runId"], iteration_seconds=summary["iterationSeconds"],
+            )
+            model._summary = EMSummary(model, result, None)
+        return model
+
+    @classmethod
+    def load(cls, path: str, s3Endpoint: str | None = None) -> "EMModel":
+        from em_spark.storage import get_sealed
+        from em_spark.storage.fs import join
+
+        uri = join(path, MODEL_FILE)
+        return cls.from_bytes(get_sealed(uri, s3_endpoint=s3Endpoint), uri)
+
+    def copy(self, extra: Mapping | None = None) -> "EMModel":
+        return super().copy(extra)

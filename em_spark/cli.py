@@ -1,0 +1,234 @@
+"""``em-spark train|score``: run a job from a YAML config, in-process or under spark-submit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any, Sequence
+
+from em_spark.config import ConfigError, JobConfig, load_config
+
+__all__ = ["main", "run_train", "run_score"]
+
+log = logging.getLogger("em_spark")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if getattr(record, "run_id", None):
+            entry["run_id"] = record.run_id
+        return json.dumps(entry)
+
+
+def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _resolve_local(uri: str | None) -> str | None:
+    """Relative local paths become absolute file:// URIs (Spark and pyarrow then agree)."""
+    if uri is None or "://" in uri:
+        return uri
+    from pathlib import Path
+
+    return Path(uri).resolve().as_uri()
+
+
+def _session(config: JobConfig):
+    from em_spark.session import get_session
+
+    return get_session(config.spark.appName, config.spark.master, config.spark.conf)
+
+
+def read_input(spark: Any, config: JobConfig):
+    """The input DataFrame; writes the demo data set first when ``input.generate`` asks for it."""
+    section = config.input
+    if not section.path:
+        raise ConfigError(f"config key 'input.path' is required (in {config.source})")
+    path = _resolve_local(section.path)
+    if section.generate is not None:
+        from em_spark.storage.fs import exists, resolve
+
+        fs, local = resolve(path, s3_endpoint=config.storage.s3Endpoint)
+        if not exists(fs, f"{local}/part-0.parquet"):
+            g = section.generate
+            log.info("writing demo data: %d rows, %d features, %d components -> %s", g.rows, g.features, g.components, path)
+            from em_spark.demo_data import write_blobs
+
+            write_blobs(path, g.rows, g.features, g.components, g.separation, g.seed, config.storage.s3Endpoint)
+    return spark.read.format(section.format).options(**section.options).load(path)
+
+
+def _estimator(config: JobConfig, initial_model: Any):
+    from em_spark.api import GaussianMixture
+
+    if config.model.family != "gaussian":
+        raise ConfigError(f"config key 'model.family' is {config.model.family!r}; available: ['gaussian']")
+    return GaussianMixture(
+        k=config.model.k,
+        covarianceType=config.model.covarianceType,
+        regCovar=config.model.regCovar,
+        initMode=config.model.initMode,
+        initialModel=initial_model,
+        maxIter=config.fit.maxIter,
+        tol=config.fit.tol,
+        nInit=config.fit.nInit,
+        seed=config.fit.seed,
+        numPartitions=config.fit.numPartitions,
+        aggregationDepth=config.fit.aggregationDepth,
+        initSampleSize=config.fit.initSampleSize,
+        featuresCol=config.input.features,
+        weightCol=config.input.weightCol,
+        checkpointDir=_resolve_local(config.run.checkpointDir),
+        runId=config.run.id,
+        keepCheckpoints=config.run.keepCheckpoints,
+        s3Endpoint=config.storage.s3Endpoint,
+    )
+
+
+def _model_exists(uri: str, s3_endpoint: str | None) -> bool:
+    from em_spark.api.base import MODEL_FILE
+    from em_spark.storage.fs import exists, join, resolve
+
+    fs, path = resolve(join(uri, MODEL_FILE), s3_endpoint=s3_endpoint)
+    return exists(fs, path)
+
+
+def _format_summary(model: Any, seconds: float, model_path: str | None) -> str:
+    import numpy as np
+
+    s = model.summary
+    lines = [
+        f"em_spark fit: run {s.runId}: {s.numRows} rows, {model.numFeatures} features, k={s.k} "
+        f"({model.getOrDefault('covarianceType')})",
+        f"  iterations {s.numIter} ({'converged' if s.converged else 'not converged'}), best restart {s.bestRestart + 1}, "
+        f"average log-likelihood {s.averageLogLikelihood:.6f}, total {s.logLikelihood:.2f}, {seconds:.1f} s",
+    ]
+    with np.printoptions(precision=4, suppress=True, linewidth=120):
+        for i, (w, m) in enumerate(zip(model.weights, model.means)):
+            lines.append(f"  component {i}: weight {w:.4f}  mean {np.array2string(m[:8])}{' ...' if m.size > 8 else ''}")
+    if model_path:
+        lines.append(f"  model saved to {model_path}")
+    return "\n".join(lines)
+
+
+def run_train(config: JobConfig) -> Any:
+    """Fit the configured model; save it; return the fitted model."""
+    from em_spark.api import GaussianMixtureModel
+
+    started = time.perf_counter()
+    model_path = _resolve_local(config.output.modelPath)
+    endpoint = config.storage.s3Endpoint
+    # Refuse before spending a whole fit on a result that could not be saved.
+    if model_path and not config.output.overwrite and _model_exists(model_path, endpoint):
+        raise ConfigError(
+            f"a model already exists at {model_path} and output.overwrite is false; "
+            "choose another output.modelPath or set output.overwrite: true"
+        )
+    initial = None
+    if config.model.initialModel:
+        initial = GaussianMixtureModel.load(_resolve_local(config.model.initialModel), s3Endpoint=endpoint)
+    spark = _session(config)
+    df = read_input(spark, config)
+    model = _estimator(config, initial).fit(df)
+    if model_path:
+        model.save(model_path, overwrite=config.output.overwrite)
+    print(_format_summary(model, time.perf_counter() - started, model_path), flush=True)
+    return model
+
+
+def run_score(config: JobConfig) -> dict[str, Any]:
+    """Score the input with a saved model and write Parquet; return counts."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    from em_spark.api import GaussianMixtureModel
+
+    model_path = _resolve_local(config.score.modelPath or config.output.modelPath)
+    output = _resolve_local(config.score.outputPath)
+    if not model_path:
+        raise ConfigError(f"config key 'score.modelPath' (or output.modelPath) is required (in {config.source})")
+    if not output:
+        raise ConfigError(f"config key 'score.outputPath' is required (in {config.source})")
+    model = GaussianMixtureModel.load(model_path, s3Endpoint=config.storage.s3Endpoint)
+    model.setParams(featuresCol=config.input.features)
+    spark = _session(config)
+    df = read_input(spark, config)
+    keep = config.score.keepColumns if config.score.keepColumns is not None else df.columns
+    missing = [c for c in keep if c not in df.columns]
+    if missing:
+        raise ConfigError(f"config key 'score.keepColumns' names columns not in the input: {missing}")
+    scored = model.transform(df)
+    pred, prob, ll = (model.getOrDefault(n) for n in ("predictionCol", "probabilityCol", "logLikelihoodCol"))
+    # Probabilities as array<double>: readable by any Parquet consumer, not only Spark ML.
+    out = scored.select(*keep, pred, vector_to_array(F.col(prob)).alias(prob), ll)
+    out.write.mode(config.score.mode).parquet(output)
+    counts = spark.read.parquet(output).agg(
+        F.count(F.lit(1)).alias("rows"), F.sum(F.when(F.col(pred).isNull(), 1).otherwise(0)).alias("unscored")
+    ).first()
+    result = {"rows": int(counts["rows"]), "unscored": int(counts["unscored"] or 0), "output": output}
+    if result["unscored"]:
+        log.warning(
+            "%d of %d rows could not be scored (null, NaN or wrong number of features); their outputs are null",
+            result["unscored"], result["rows"],
+        )
+    print(f"em_spark score: {result['rows']} rows scored with {model_path} -> {output}", flush=True)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="em-spark", description="Expectation-Maximization on Apache Spark.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("train", "fit a model and save it"), ("score", "score data with a saved model")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML config (default: the embedded demo config)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set model.k=5 (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from em_spark.engine.loop import ResumeMismatchError
+    from em_spark.engine.validation import DataValidationError
+    from em_spark.models.base import ModelError
+    from em_spark.session import JavaNotFoundError
+
+    expected = (ConfigError, DataValidationError, ResumeMismatchError, ModelError, JavaNotFoundError, FileExistsError)
+    try:
+        config = load_config(args.config, args.overrides)
+        setup_logging(config.run.logFormat)
+        if args.command == "train":
+            run_train(config)
+        else:
+            run_score(config)
+    except expected as exc:
+        print(f"em-spark: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from pyspark.errors import AnalysisException
+
+        if isinstance(exc, AnalysisException):
+            print(f"em-spark: error: Spark could not read or write the data: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

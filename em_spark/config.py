@@ -1,0 +1,247 @@
+"""Typed job configuration from YAML, with ``--set key=value`` overrides.
+
+Every section is a dataclass; an unknown key is an error that names the key and the
+closest valid one, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+__all__ = ["ConfigError", "JobConfig", "load_config", "DEFAULT_CONFIG"]
+
+DEFAULT_CONFIG = "demo.yaml"  # embedded in the package: runs with no files at all
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+@dataclass
+class RunSection:
+    id: str | None = None  # run id: a re-run with the same id resumes from its checkpoints
+    checkpointDir: str | None = None  # URI; None disables checkpoints
+    keepCheckpoints: int = 3
+    logFormat: str = "text"  # "text" or "json"
+
+
+@dataclass
+class SparkSection:
+    master: str | None = "local[2]"  # ignored under spark-submit
+    appName: str = "em_spark"
+    conf: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerateSection:
+    """A synthetic Gaussian-blob data set, written once to the input path (for demos)."""
+
+    rows: int = 100_000
+    features: int = 2
+    components: int = 3
+    separation: float = 6.0
+    seed: int = 42
+
+
+@dataclass
+class InputSection:
+    path: str | None = None
+    format: str = "parquet"
+    options: dict[str, Any] = field(default_factory=dict)
+    features: Any = "features"  # a Vector/array column name, or a list of numeric columns
+    weightCol: str | None = None
+    generate: GenerateSection | None = None  # when set and the path is empty, write demo data there first
+
+
+@dataclass
+class ModelSection:
+    family: str = "gaussian"
+    k: int = 2
+    covarianceType: str = "full"
+    regCovar: float = 1e-6
+    initMode: str = "k-means++"
+    initialModel: str | None = None  # path of a saved model to start restart 0 from
+
+
+@dataclass
+class FitSection:
+    maxIter: int = 100
+    tol: float = 1e-3
+    nInit: int = 1
+    seed: int = 0
+    numPartitions: int | None = None
+    aggregationDepth: int = 2
+    initSampleSize: int = 10_000
+
+
+@dataclass
+class OutputSection:
+    modelPath: str | None = None  # where train saves the model
+    overwrite: bool = False
+
+
+@dataclass
+class ScoreSection:
+    modelPath: str | None = None  # model to score with (default: output.modelPath)
+    outputPath: str | None = None  # Parquet output of scored rows
+    mode: str = "errorifexists"  # Spark save mode: errorifexists, overwrite
+    keepColumns: list[str] | None = None  # input columns to carry over (default: all)
+
+
+@dataclass
+class StorageSection:
+    s3Endpoint: str | None = None  # e.g. http://minio:9000; default: AWS_ENDPOINT_URL, else AWS
+
+
+@dataclass
+class JobConfig:
+    run: RunSection = field(default_factory=RunSection)
+    spark: SparkSection = field(default_factory=SparkSection)
+    input: InputSection = field(default_factory=InputSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    fit: FitSection = field(default_factory=FitSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    score: ScoreSection = field(default_factory=ScoreSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    source: str = "<defaults>"  # where the config came from, for messages
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}: {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls) if f.name != "source"]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, 1)
+            hint = f" (did you mean {where + '.' if where else ''}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown config key {path!r}{hint}; valid keys here: {names}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    text = str(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    for section in (GenerateSection,):
+        if section.__name__ in text:
+            return None if value is None else _build(section, value, path)
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"config key {path!r} cannot be null")
+    if hint is int or text.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {path!r} must be an integer, got {value!r}")
+    elif hint is float or text.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {path!r} must be a number, got {value!r}")
+        return float(value)
+    elif hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {path!r} must be true or false, got {value!r}")
+    elif text.startswith("str") and not isinstance(value, str):
+        raise ConfigError(f"config key {path!r} must be a string, got {value!r}")
+    elif text.startswith("dict") and not isinstance(value, dict):
+        raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
+    elif text.startswith("list") and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ConfigError(f"config key {path!r} must be a list of strings, got {value!r}")
+    return value
+
+
+def _apply_override(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value (for example model.k=5), got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set key {key!r} is not a dotted path like model.k")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Read ``path`` (or the embedded demo config), apply ``key=value`` overrides, validate."""
+    if path is None:
+        text = resources.files("em_spark").joinpath("conf", DEFAULT_CONFIG).read_text()
+        source = f"embedded {DEFAULT_CONFIG}"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {path!r} does not exist; pass --config with a YAML file (see conf/)")
+        text, source = p.read_text(), str(p)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a mapping of sections (run, input, model, ...)")
+    for assignment in overrides or []:
+        _apply_override(data, assignment)
+    config = _build(JobConfig, data, "")
+    config.source = source
+    _check(config)
+    return config
+
+
+def _check(c: JobConfig) -> None:
+    def bad(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"config key {key!r} {problem} (in {c.source})")
+
+    if c.model.k < 1:
+        raise bad("model.k", f"must be >= 1, got {c.model.k}")
+    if c.model.covarianceType not in ("full", "diag", "spherical", "tied"):
+        raise bad("model.covarianceType", f"must be one of full, diag, spherical, tied; got {c.model.covarianceType!r}")
+    if c.model.initMode not in ("k-means++", "random"):
+        raise bad("model.initMode", f"must be 'k-means++' or 'random', got {c.model.initMode!r}")
+    if c.model.regCovar < 0:
+        raise bad("model.regCovar", f"must be >= 0, got {c.model.regCovar}")
+    if c.fit.maxIter < 1:
+        raise bad("fit.maxIter", f"must be >= 1, got {c.fit.maxIter}")
+    if c.fit.tol < 0:
+        raise bad("fit.tol", f"must be >= 0, got {c.fit.tol}")
+    if c.fit.nInit < 1:
+        raise bad("fit.nInit", f"must be >= 1, got {c.fit.nInit}")
+    if c.run.keepCheckpoints < 1:
+        raise bad("run.keepCheckpoints", f"must be >= 1, got {c.run.keepCheckpoints}")
+    if c.run.logFormat not in ("text", "json"):
+        raise bad("run.logFormat", f"must be 'text' or 'json', got {c.run.logFormat!r}")
+    if c.score.mode not in ("errorifexists", "overwrite"):
+        raise bad("score.mode", f"must be 'errorifexists' or 'overwrite', got {c.score.mode!r}")
+    features = c.input.features
+    if not (isinstance(features, str) or (isinstance(features, list) and features and all(isinstance(f, str) for f in features))):
+        raise bad("input.features", f"must be a column name or a non-empty list of column names, got {features!r}")
+    if c.run.id is not None:
+        from em_spark.storage import validate_name
+
+        try:
+            validate_name(c.run.id, "run id")
+        except ValueError as exc:
+            raise bad("run.id", f"is invalid: {exc}") from None

@@ -1,0 +1,371 @@
+"""The EM loop: restarts, convergence, per-iteration checkpoints and exact resume.
+
+Spark-agnostic: it asks a :class:`BlockSource` for the summed statistics of the data
+under some parameters (one Spark job each for the real source) and does everything
+else on the driver. Given the same data, family and settings, a run that is killed
+and resumed ends with bit-identical parameters to one that never stopped, because
+everything random is derived from ``(seed, restart, iteration)`` and the full state
+after every M-step is committed before the next E-step starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from em_spark.models.base import Block, EMFamily, Params
+from em_spark.stats import Stats
+
+__all__ = [
+    "BlockSource",
+    "FitSettings",
+    "FitResult",
+    "ResumeMismatchError",
+    "LocalBlockSource",
+    "fit_em",
+    "new_run_id",
+]
+
+log = logging.getLogger("em_spark")
+
+CHECKPOINT_FORMAT = 1
+
+
+class ResumeMismatchError(ValueError):
+    """A run id's checkpoints were written for other data or another configuration."""
+
+
+class BlockSource(Protocol):
+    """The data, as the loop sees it."""
+
+    n_features: int
+    fingerprint: str  # changes when the data changes; compared on resume
+    sample: Block  # bounded sample, held on the driver, for initialization and re-seeding
+    summary: Any  # a LoadSummary: rows, weight_sum, ...
+
+    def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
+        """Summed sufficient statistics of all rows under ``params``."""
+
+
+class LocalBlockSource:
+    """In-process blocks: for tests and for small data on the driver."""
+
+    def __init__(self, blocks: list[Block], sample_size: int = 10_000, seed: int = 0):
+        from em_spark.engine.blocks import summarize_block
+
+        self.blocks = blocks
+        summary = None
+        for b in blocks:
+            s = summarize_block(b, sample_size, seed)
+            summary = s if summary is None else summary + s
+        self.summary = summary
+        self.n_features = blocks[0].n_features
+        self.fingerprint = (
+            f"rows={summary.rows};d={self.n_features};weight={summary.weight_sum!r};hash={summary.fingerprint:016x}"
+        )
+        self.sample = summary.sample
+        self.e_step_calls = 0
+
+    def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
+        self.e_step_calls += 1
+        total = None
+        for block in self.blocks:
+            s = family.e_step(block, params)
+            total = s if total is None else total + s
+        return total
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How to run EM (everything but the model family and the data)."""
+
+    max_iter: int = 100
+    tol: float = 1e-3
+    n_init: int = 1
+    seed: int = 0
+    run_id: str | None = None
+    checkpoint_dir: str | None = None
+    keep_checkpoints: int = 3
+    s3_endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise ValueError(f"maxIter must be an integer >= 1, got {self.max_iter!r}")
+        if not (isinstance(self.tol, (int, float)) and self.tol >= 0 and math.isfinite(self.tol)):
+            raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
+        if not (isinstance(self.n_init, int) and self.n_init >= 1):
+            raise ValueError(f"nInit must be an integer >= 1, got {self.n_init!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not (isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1):
+            raise ValueError(f"keepCheckpoints must be an integer >= 1, got {self.keep_checkpoints!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that shape the result; a resume must match them exactly."""
+        return {"maxIter": self.max_iter, "tol": float(self.tol), "nInit": self.n_init, "seed": self.seed}
+
+
+@dataclass
+class FitResult:
+    """The best restart's outcome."""
+
+    params: Params
+    history: list[float]  # average log-likelihood per sample, one per iteration
+    n_iter: int
+    converged: bool
+    restart: int  # which restart won (0-based)
+    total_weight: float
+    n_rows: int
+    run_id: str
+    iteration_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def average_log_likelihood(self) -> float:
+        return self.history[-1]
+
+    @property
+    def log_likelihood(self) -> float:
+        """Total (weighted) log-likelihood, as pyspark.ml reports it."""
+        return self.history[-1] * self.total_weight
+
+
+@dataclass
+class _Best:
+    restart: int
+    params: Params
+    history: list[float]
+    converged: bool
+
+
+@dataclass
+class _State:
+    """Everything a checkpoint holds: enough to continue as if never stopped."""
+
+    restart: int
+    iteration: int  # M-steps done in this restart
+    params: Params
+    initial_params: Params
+    history: list[float]
+    converged: bool
+    best: _Best | None = None
+    done: bool = False
+
+    def restart_finished(self, max_iter: int) -> bool:
+        return self.converged or self.iteration >= max_iter
+
+
+def new_run_id() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+def params_digest(params: Mapping[str, np.ndarray] | None) -> str | None:
+    """A content hash of parameter arrays (to recognise the same initialModel)."""
+    if params is None:
+        return None
+    h = hashlib.sha256()
+    for name in sorted(params):
+        arr = np.ascontiguousarray(params[name], dtype=np.float64)
+        h.update(name.encode() + str(arr.shape).encode() + arr.tobytes())
+    return h.hexdigest()
+
+
+def _rng(seed: int, *path: int) -> np.random.Generator:
+    return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, *path])
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint payloads
+# ---------------------------------------------------------------------------
+
+
+def _encode_state(state: _State, identity: dict[str, Any]) -> bytes:
+    from em_spark.storage import pack
+
+    arrays: dict[str, np.ndarray] = {}
+    for prefix, params in (("params", state.params), ("init", state.initial_params)):
+        arrays.update({f"{prefix}.{k}": v for k, v in params.items()})
+    best = None
+    if state.best is not None:
+        arrays.update({f"best.{k}": v for k, v in state.best.params.items()})
+        best = {"restart": state.best.restart, "history": state.best.history, "converged": state.best.converged}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "identity": identity,
+        "restart": state.restart,
+        "iteration": state.iteration,
+        "history": state.history,
+        "converged": state.converged,
+        "done": state.done,
+        "best": best,
+    }
+    return pack(meta, arrays)
+
+
+def _decode_state(payload: bytes, identity: dict[str, Any], where: str) -> _State:
+    from em_spark.storage import unpack
+
+    meta, arrays = unpack(payload)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ResumeMismatchError(
+            f"checkpoint {where} has format {meta.get('format')!r}; this em_spark writes format "
+            f"{CHECKPOINT_FORMAT}. Use a new runId."
+        )
+    stored = meta["identity"]
+    if stored != identity:
+        keys = sorted(set(stored) | set(identity))
+        diffs = [f"{k}: checkpoint has {stored.get(k)!r}, this run has {identity.get(k)!r}" for k in keys if stored.get(k) != identity.get(k)]
+        raise ResumeMismatchError(
+            f"cannot resume from {where}: it was written for different data or settings ("
+            + "; ".join(diffs)
+            + "). Resuming would mix two fits. Use a new runId, or restore the original data and config."
+        )
+
+    def group(prefix: str) -> Params:
+        return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
+
+    best = None
+    if meta["best"] is not None:
+        b = meta["best"]
+        best = _Best(b["restart"], group("best"), list(b["history"]), b["converged"])
+    return _State(
+        restart=meta["restart"],
+        iteration=meta["iteration"],
+        params=group("params"),
+        initial_params=group("init"),
+        history=list(meta["history"]),
+        converged=meta["converged"],
+        best=best,
+        done=meta["done"],
+    )
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+
+def fit_em(
+    family: EMFamily,
+    source: BlockSource,
+    settings: FitSettings,
+    initial_params: Params | None = None,
+    *,
+    data_identity: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Fit ``family`` to ``source`` with EM; resume from checkpoints when the run id has them.
+
+    Parameters
+    ----------
+    initial_params : full parameters for restart 0 (an ``initialModel``); later restarts,
+        and restart 0 without it, are seeded by ``family.initialize`` on the sample.
+    data_identity : extra facts about the input that a resume must match (for example
+        the feature and weight columns); the data fingerprint is always included.
+    """
+    run_id = settings.run_id or new_run_id()
+    logger = logging.LoggerAdapter(log, {"run_id": run_id})
+    identity = {
+        "family": family.config(),
+        "settings": settings.identity(),
+        "data": {"fingerprint": source.fingerprint, **dict(data_identity or {})},
+        "initialModel": params_digest(initial_params),
+    }
+    store = None
+    if settings.checkpoint_dir:
+        from em_spark.storage import CheckpointStore
+
+        store = CheckpointStore(
+            settings.checkpoint_dir,
+            run_id,
+            keep_last=settings.keep_checkpoints,
+            s3_endpoint=settings.s3_endpoint,
+            logger=logger,
+        )
+
+    def fresh_restart(restart: int, best: _Best | None) -> _State:
+        if restart == 0 and initial_params is not None:
+            init = {k: np.array(v, dtype=np.float64) for k, v in initial_params.items()}
+        else:
+            init = family.initialize(source.sample, _rng(settings.seed, restart))
+        return _State(restart, 0, init, init, [], False, best)
+
+    state = None
+    if store is not None:
+        latest = store.latest()
+        if latest is not None:
+            state = _decode_state(latest.payload, identity, latest.uri)
+            logger.info(
+                "run=%s resuming from %s: restart %d/%d, iteration %d%s",
+                run_id, latest.uri, state.restart + 1, settings.n_init, state.iteration,
+                " (already finished)" if state.done else "",
+            )
+    if state is None:
+        state = fresh_restart(0, None)
+        logger.info(
+            "run=%s starting: %s k=%d, %d features, maxIter=%d, tol=%g, nInit=%d, seed=%d%s",
+            run_id, family.name, family.k, source.n_features, settings.max_iter, settings.tol,
+            settings.n_init, settings.seed,
+            f", checkpoints in {settings.checkpoint_dir}" if store is not None else "",
+        )
+
+    seconds: list[float] = []
+    while not state.done:
+        if state.restart_finished(settings.max_iter):
+            best = state.best
+            # scikit-learn keeps the restart with the highest final lower bound.
+            if best is None or state.history[-1] > best.history[-1]:
+                best = _Best(state.restart, state.params, state.history, state.converged)
+            if state.restart + 1 < settings.n_init:
+                state = fresh_restart(state.restart + 1, best)
+            else:
+                state = replace(state, best=best, done=True)
+                if store is not None:
+                    store.commit(settings.n_init * (settings.max_iter + 1), _encode_state(state, identity))
+            continue
+
+        started = time.perf_counter()
+        label = f"em_spark run={run_id} restart={state.restart + 1}/{settings.n_init} iter={state.iteration + 1}"
+        stats = source.e_step(family, state.params, label)
+        avg = stats.loglik / stats.weight
+        change = avg - state.history[-1] if state.history else math.inf
+        step = family.m_step(stats, state.params, source.sample, _rng(settings.seed, state.restart, state.iteration))
+        for event in step.events:
+            logger.warning("run=%s restart=%d iter=%d: %s", run_id, state.restart + 1, state.iteration + 1, event)
+        state = replace(
+            state,
+            iteration=state.iteration + 1,
+            params=step.params,
+            history=state.history + [avg],
+            converged=abs(change) < settings.tol,
+        )
+        if store is not None:
+            store.commit(state.restart * (settings.max_iter + 1) + state.iteration, _encode_state(state, identity))
+        seconds.append(time.perf_counter() - started)
+        weights = step.params.get("weights")
+        logger.info(
+            "run=%s restart=%d/%d iter=%d/%d avgLogLik=%.8f change=%+.3e seconds=%.2f%s%s",
+            run_id, state.restart + 1, settings.n_init, state.iteration, settings.max_iter, avg, change,
+            seconds[-1],
+            f" minWeight={float(np.min(weights)):.4g}" if weights is not None else "",
+            " converged" if state.converged else "",
+        )
+
+    best = state.best
+    return FitResult(
+        params=best.params,
+        history=best.history,
+        n_iter=len(best.history),
+        converged=best.converged,
+        restart=best.restart,
+        total_weight=float(source.summary.weight_sum),
+        n_rows=int(source.summary.rows),
+        run_id=run_id,
+        iteration_seconds=seconds,
+    )

@@ -1,0 +1,128 @@
+"""The protocol every model family implements, and the block of rows it works on.
+
+The Spark engine knows only this module; it never imports a family. A family is a
+small frozen dataclass holding its hyperparameters (so it pickles cheaply to the
+executors) whose methods are pure numpy functions of a block and parameters.
+
+Parameters are a plain ``dict[str, np.ndarray]``: that is what the engine
+broadcasts, checkpoints (without pickle) and hands back to the API layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+from em_spark.stats import Stats
+
+__all__ = ["Block", "Params", "MStepResult", "EMFamily", "ModelError"]
+
+Params = dict  # dict[str, np.ndarray]; kept as a plain dict so it serializes without pickle
+
+
+class ModelError(ValueError):
+    """A model cannot be fitted or used as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block of rows, the unit of work of the E-step.
+
+    Attributes
+    ----------
+    X : ndarray of shape (n_rows, n_features), float64, finite
+    weight : ndarray of shape (n_rows,), float64, non-negative, or None for unit weights
+    """
+
+    X: np.ndarray
+    weight: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.X.ndim != 2:
+            raise ValueError(f"Block.X must be 2-D (n_rows, n_features), got shape {self.X.shape}")
+        if self.weight is not None and self.weight.shape != (self.X.shape[0],):
+            raise ValueError(
+                f"Block.weight must have shape ({self.X.shape[0]},), got {self.weight.shape}"
+            )
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    def weights_or_ones(self) -> np.ndarray:
+        """(n_rows,) sample weights, ones when none were given."""
+        return np.ones(self.n_rows) if self.weight is None else self.weight
+
+    def take(self, rows: np.ndarray) -> "Block":
+        """The sub-block of the given row indices (or boolean mask)."""
+        return Block(self.X[rows], None if self.weight is None else self.weight[rows])
+
+    @staticmethod
+    def concat(blocks: list["Block"], n_features: int) -> "Block":
+        """Rows of all blocks in order; an empty (0, n_features) block for an empty list."""
+        if not blocks:
+            return Block(np.empty((0, n_features)))
+        X = np.concatenate([b.X for b in blocks])
+        if all(b.weight is None for b in blocks):
+            return Block(X)
+        return Block(X, np.concatenate([b.weights_or_ones() for b in blocks]))
+
+
+@dataclass
+class MStepResult:
+    """What an M-step returns: new parameters and what it had to repair, for the log."""
+
+    params: Params
+    events: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class EMFamily(Protocol):
+    """One family of latent-variable models, seen by the engine.
+
+    All methods are pure: they never mutate their arguments, and given the same
+    inputs (including the generator's state) return bit-identical results.
+    """
+
+    #: short stable name, stored with checkpoints and models ("gaussian", ...)
+    name: str
+    #: number of mixture components / hidden states
+    k: int
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able hyperparameters; two families with equal config fit identically."""
+
+    def initialize(self, sample: Block, rng: np.random.Generator) -> Params:
+        """Initial parameters from a bounded sample of the data (held on the driver)."""
+
+    def params_from_public(self, arrays: Mapping[str, np.ndarray], n_features: int) -> Params:
+        """Full parameters from user-facing arrays (an ``initialModel``); validates them."""
+
+    def public_params(self, params: Params) -> dict[str, np.ndarray]:
+        """The user-facing arrays (for the Gaussian: weights, means, covariances)."""
+
+    def e_step(self, block: Block, params: Params) -> Stats:
+        """Sufficient statistics of one block, including ``loglik``, ``weight``, ``count``.
+
+        Must accept an empty block (returning zero statistics) and be additive:
+        ``e_step(a + b) == e_step(a) + e_step(b)`` up to rounding, for any split.
+        """
+
+    def m_step(self, stats: Stats, params: Params, sample: Block, rng: np.random.Generator) -> MStepResult:
+        """New parameters from the summed statistics.
+
+        ``params`` are the parameters the statistics were computed under; ``sample``
+        and ``rng`` are there to re-seed a component that lost all its mass.
+        """
+
+    def score(self, block: Block, params: Params) -> dict[str, np.ndarray]:
+        """Per-row outputs: ``log_resp`` (n, k) log-responsibilities and ``loglik`` (n,)."""
+
+    def n_parameters(self, params: Params) -> int:
+        """Number of free parameters, for BIC and AIC."""
