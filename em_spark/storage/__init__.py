@@ -1,0 +1,60 @@
+"""Storage: bytes, arrays, names and commits over ``pyarrow.fs``.
+
+Knows nothing about Spark or models. The public pieces:
+
+* :mod:`.codec` -- ``pack``/``unpack``: JSON metadata plus float64/int64/bool arrays, no pickle.
+* :mod:`.frame` -- ``seal``/``unseal``: a checksummed envelope around any payload.
+* :mod:`.fs` -- ``resolve``, safe names, object primitives, ``put_sealed``/``get_sealed``.
+* :mod:`.checkpoints` -- ``CheckpointStore``: per-run checkpoints with retention and fallback.
+"""
+
+from em_spark.storage.checkpoints import Checkpoint, CheckpointStore
+from em_spark.storage.codec import pack, unpack
+from em_spark.storage.errors import (
+    CorruptObjectError,
+    InvalidNameError,
+    ObjectExistsError,
+    SequenceConflictError,
+    StorageError,
+    UnsupportedContentError,
+)
+from em_spark.storage.frame import seal, unseal
+from em_spark.storage.fs import (
+    delete_object,
+    exists,
+    get_sealed,
+    join,
+    list_names,
+    put_sealed,
+    read_object,
+    redact_uri,
+    resolve,
+    validate_name,
+    write_object,
+)
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointStore",
+    "CorruptObjectError",
+    "InvalidNameError",
+    "ObjectExistsError",
+    "SequenceConflictError",
+    "StorageError",
+    "UnsupportedContentError",
+    "delete_object",
+    "exists",
+    "get_sealed",
+    "join",
+    "list_names",
+    "pack",
+    "put_sealed",
+    "read_object",
+    "redact_uri",
+    "resolve",
+    "seal",
+    "unpack",
+    "unseal",
+    "validate_name",
+    "write_object",
+]

@@ -1,0 +1,44 @@
+"""Every exception the storage layer raises on purpose, in one place.
+
+Each one derives from the builtin a caller would naturally catch (``ValueError``
+for bad data or names, ``FileExistsError`` for a refused overwrite) and from
+:class:`StorageError`, so ``except StorageError`` catches all of them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "StorageError",
+    "CorruptObjectError",
+    "UnsupportedContentError",
+    "InvalidNameError",
+    "ObjectExistsError",
+    "SequenceConflictError",
+]
+
+
+class StorageError(Exception):
+    """Base class of the storage layer's own errors."""
+
+
+class CorruptObjectError(StorageError, ValueError):
+    """Stored bytes failed verification (magic, version, length, bounds or checksum),
+    or are a format that is never loaded (pickle, .npy/.npz). The message says which."""
+
+
+class UnsupportedContentError(StorageError, TypeError, ValueError):
+    """A value cannot be stored: an array dtype other than float64/int64/bool, or
+    metadata JSON cannot represent. Both a TypeError and a ValueError, as callers
+    may reasonably expect either."""
+
+
+class InvalidNameError(StorageError, ValueError):
+    """A run id, model name or other path segment is not a safe single name."""
+
+
+class ObjectExistsError(StorageError, FileExistsError):
+    """Refused to overwrite an existing object."""
+
+
+class SequenceConflictError(ObjectExistsError):
+    """A valid checkpoint already exists at this sequence or at a later one."""
