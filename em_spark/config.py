@@ -151,6 +151,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key {path!r} must be an integer, got {value!r}")
     elif hint is float or text.startswith("float"):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {path!r} must be a number, got {value!r}")
         return float(value)

@@ -1,0 +1,67 @@
+"""The jobs as users run them: spark-submit of jobs/train.py and jobs/score.py."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from em_spark.api import GaussianMixtureModel
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+def _spark_submit() -> str:
+    found = Path(sys.executable).with_name("spark-submit")
+    return str(found) if found.exists() else shutil.which("spark-submit")
+
+
+def _config(tmp_path: Path) -> Path:
+    config = yaml.safe_load((REPO / "conf" / "local.yaml").read_text())
+    config["run"]["id"] = "job-test"
+    config["input"]["generate"] = {"rows": 3000, "features": 2, "components": 3, "seed": 1}
+    config["fit"].update(maxIter=20, nInit=1)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run(args, cwd):
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_then_score_through_spark_submit(tmp_path):
+    config = _config(tmp_path)
+    submit = [_spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false"]
+    train = _run([*submit, str(REPO / "jobs" / "train.py"), "--config", str(config)], tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "em_spark fit: run job-test: 3000 rows" in train.stdout
+    assert "run=job-test restart=1/1 iter=1/20" in train.stderr  # one log line per iteration
+    model = GaussianMixtureModel.load((tmp_path / "em-spark-demo" / "model-local").as_uri())
+    assert model.weights.shape == (3,)
+
+    score = _run([*submit, str(REPO / "jobs" / "score.py"), "--config", str(config)], tmp_path)
+    assert score.returncode == 0, score.stderr[-3000:]
+    table = pq.read_table(tmp_path / "em-spark-demo" / "scored-local")
+    assert table.num_rows == 3000
+    assert {"x0", "x1", "component", "prediction", "probability", "logLikelihood"} <= set(table.column_names)
+
+    # Re-running the finished run is safe: it is read back from its checkpoint.
+    again = _run([*submit, str(REPO / "jobs" / "train.py"), "--config", str(config)], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already finished" in again.stderr
+
+
+def test_job_with_a_bad_config_key_fails_with_a_clear_message(tmp_path):
+    config = _config(tmp_path)
+    result = _run([sys.executable, "-m", "em_spark.cli", "train", "--config", str(config), "--set", "model.kk=3"], tmp_path)
+    assert result.returncode == 2
+    assert "unknown config key 'model.kk' (did you mean model.k?)" in result.stderr
+    assert "Traceback" not in result.stderr

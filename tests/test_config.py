@@ -1,0 +1,49 @@
+"""Config loading: typed sections, overrides, errors that name the key (no JVM)."""
+
+from pathlib import Path
+
+import pytest
+
+from em_spark.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(str(REPO / "conf" / name))
+    assert config.model.family == "gaussian"
+
+
+def test_embedded_default_is_the_demo():
+    config = load_config()
+    assert config.input.generate is not None and config.spark.master == "local[2]"
+
+
+def test_overrides_are_typed_yaml_values():
+    config = load_config(str(REPO / "conf" / "local.yaml"), ["model.k=5", "fit.tol=1e-6", "input.features=[a, b]"])
+    assert (config.model.k, config.fit.tol, config.input.features) == (5, 1e-6, ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.kk=3", "unknown config key 'model.kk' (did you mean model.k?)"),
+        ("model.k=three", "'model.k' must be an integer"),
+        ("model.k=0", "'model.k' must be >= 1"),
+        ("model.covarianceType=banana", "'model.covarianceType' must be one of"),
+        ("fit.tol=-1", "'fit.tol' must be >= 0"),
+        ("run.id=../../etc", "'run.id' is invalid"),
+        ("output.overwrite=maybe", "'output.overwrite' must be true or false"),
+        ("model", "expects key=value"),
+    ],
+)
+def test_bad_values_name_the_offending_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(str(REPO / "conf" / "local.yaml"), [override])
+    assert message in str(err.value)
+
+
+def test_missing_config_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
