@@ -8,7 +8,9 @@ live here once.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,6 +26,8 @@ from em_spark.engine.validation import DataValidationError
 from em_spark.models.base import EMFamily, Params as ParamArrays
 
 __all__ = ["EMParams", "EMEstimator", "EMModel", "EMSummary", "MODEL_FILE"]
+
+log = logging.getLogger("em_spark")
 
 MODEL_FILE = "model.emsp"
 MODEL_FORMAT = 1
@@ -187,6 +191,7 @@ class EMEstimator(Estimator, EMParams):
             from em_spark.storage import validate_name
 
             validate_name(settings.run_id, "run id")
+        started = time.perf_counter()
         source = load_blocks(
             dataset,
             features,
@@ -197,6 +202,11 @@ class EMEstimator(Estimator, EMParams):
             num_partitions=self.getOrDefault("numPartitions"),
             aggregation_depth=self.getOrDefault("aggregationDepth"),
             label=f"em_spark run={settings.run_id}" if settings.run_id else "",
+        )
+        log.info(
+            "run=%s loaded and validated %d rows x %d features (%d blocks in %d partitions) in %.1f s",
+            settings.run_id or "-", source.summary.rows, source.n_features, source.summary.blocks,
+            source.rdd.getNumPartitions(), time.perf_counter() - started,
         )
         try:
             initial = self._initial_params(family, source.n_features)

@@ -46,8 +46,9 @@ def ordered_tree_reduce(indexed: Any, add: Callable[[T, T], T], depth: int = 2) 
     n = indexed.getNumPartitions()
     fan_in = fan_in_for(n, depth)
     level = indexed
-    # Combine on the executors while more groups remain than the driver should take.
-    while n > fan_in:
+    # Combine on the executors while more groups remain than the driver should take
+    # (the same condition as RDD.treeAggregate: a level must pay for its shuffle).
+    while n > fan_in + n / fan_in:
         n = int(math.ceil(n / fan_in))
         groups = n
 

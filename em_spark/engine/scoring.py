@@ -73,7 +73,9 @@ def score_frame(
     tmp = "__em_score"
     out = df.withColumn(tmp, score(feature_array(df, features)))
     out = out.withColumn(prediction_col, F.col(f"{tmp}.prediction"))
-    out = out.withColumn(probability_col, array_to_vector(F.col(f"{tmp}.probability")))
+    probability = F.col(f"{tmp}.probability")
+    # array_to_vector fails on null, so unscorable rows keep a null probability.
+    out = out.withColumn(probability_col, F.when(probability.isNotNull(), array_to_vector(probability)))
     if loglik_col:
         out = out.withColumn(loglik_col, F.col(f"{tmp}.logLikelihood"))
     return out.drop(tmp)

@@ -210,8 +210,11 @@ def test_bad_input_fails_before_iteration_one_and_writes_no_checkpoint(spark, tm
 
 
 def test_unknown_parameter_names_are_refused_with_a_suggestion():
-    with pytest.raises(TypeError, match="did you mean 'maxIter'"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'maxIters'"):
         GaussianMixture(k=2, maxIters=5)
+    with pytest.raises(TypeError, match="did you mean 'maxIter'"):
+        GaussianMixture(k=2).setParams(maxIters=5)
+    assert GaussianMixture(k=2).setMaxIter(7).getMaxIter() == 7
 
 
 def test_recovers_well_separated_components_in_50_dimensions(spark):
