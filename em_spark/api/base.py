@@ -8,6 +8,7 @@ live here once.
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 import logging
 import math
 import time
@@ -158,8 +159,9 @@ class EMEstimator(Estimator, EMParams):
 
     _model_class: type["EMModel"]
 
+    @abstractmethod
     def family(self) -> EMFamily:
-        raise NotImplementedError  # each estimator says which family its params describe
+        """The model family (with its hyperparameters) that this estimator's params describe."""
 
     def _initial_params(self, family: EMFamily, n_features: int) -> ParamArrays | None:
         initial = self.getOrDefault("initialModel")

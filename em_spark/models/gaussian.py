@@ -1,0 +1,843 @@
+"""Gaussian mixture models: the ``gaussian`` family.
+
+Parameters are a plain dict of float64 arrays with scikit-learn's shapes::
+
+    weights              (k,)
+    means                (k, d)
+    covariances          full (k, d, d) | tied (d, d) | diag (k, d) | spherical (k,)
+    precisions_cholesky  same shapes: P with P Pᵀ = Σ⁻¹ (upper triangular for full and
+                         tied), so log N(x | μ, Σ) = -½(d log 2π + ‖(x − μ) P‖²) + log det P.
+
+The sufficient statistics of a block are accumulated around a per-component shift equal
+to the means the E-step runs under (μ_k), so the second moments never cancel, however far
+the data sits from the origin::
+
+    nk   (k,)      Σ w r
+    sum  (k, d)    Σ w r (x − μ_k)
+    sq   (k, d, d) Σ w r (x − μ_k)(x − μ_k)ᵀ   full and tied
+         (k, d)    Σ w r (x − μ_k)²           diag and spherical
+    loglik, weight, count   ()
+
+The M-step then takes mean = μ_k + δ_k and cov = sq / nk − δ δᵀ with δ = sum / nk, which
+is scikit-learn's estimate written in shifted coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+
+from em_spark.models.base import Block, MStepResult, ModelError, Params
+from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
+
+__all__ = ["GaussianFamily", "COVARIANCE_TYPES", "INIT_MODES"]
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+INIT_MODES = ("k-means++", "random")
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# scikit-learn adds 10 machine epsilons to every nk so an empty component divides by
+# something non-zero; we do the same so both fits agree to rounding.
+_NK_EPS = 10.0 * np.finfo(np.float64).eps
+# A component whose share of the total weight falls below this has lost its mass.
+_DEAD_FRACTION = 1e-10
+# Rows per chunk inside a block: the chunk's two (k, ~d, rows) scratch buffers stay in
+# cache, so the elementwise passes over them are cache-hot instead of trips to memory (a
+# k x n x d temporary for a 64k-row block is not), while chunks stay long enough that
+# numpy's per-call overhead is small. 2 MiB measured best for d=10 (about 4.8k rows at k=5).
+_SCRATCH_BYTES = 1 << 21
+_MIN_CHUNK_ROWS = 256
+_LLOYD_MAX_ITER = 20
+
+_ILL_DEFINED = (
+    "ill-defined empirical covariance: increase regCovar, or decrease the number of "
+    "components, or scale the data (a component may have collapsed onto one point or a "
+    "lower-dimensional subspace)"
+)
+
+
+# ---------------------------------------------------------------------------
+# Linear algebra shared by all covariance types
+
+
+def _inv_lower_triangular(lower: np.ndarray) -> np.ndarray:
+    """Inverse of a stack of lower-triangular matrices by forward substitution.
+
+    Parameters
+    ----------
+    lower : ndarray of shape (..., d, d), lower triangular with non-zero diagonal
+
+    Returns
+    -------
+    inverse : ndarray of shape (..., d, d), exactly lower triangular
+    """
+    d = lower.shape[-1]
+    inverse = np.zeros_like(lower)
+    for i in range(d):
+        # row i of L⁻¹: (e_i − L[i, :i] L⁻¹[:i, :]) / L[i, i]; entries right of i stay 0
+        row = -np.einsum("...j,...jc->...c", lower[..., i, :i], inverse[..., :i, :])
+        row[..., i] += 1.0
+        inverse[..., i, :] = row / lower[..., i, i, None]
+    return inverse
+
+
+def _cholesky_or_none(matrices: np.ndarray) -> np.ndarray | None:
+    """Lower Cholesky factors of a stack of matrices, or None if one is not positive definite."""
+    try:
+        chol = np.linalg.cholesky(matrices)
+    except np.linalg.LinAlgError:
+        return None
+    return chol if np.all(np.isfinite(chol)) else None
+
+
+def _precisions_cholesky_matrices(covariances: np.ndarray) -> np.ndarray:
+    """P = (L⁻¹)ᵀ for Σ = L Lᵀ, so P Pᵀ = Σ⁻¹ and P is upper triangular (sklearn's convention).
+
+    Raises ``np.linalg.LinAlgError`` when a matrix is not positive definite.
+    """
+    chol = _cholesky_or_none(covariances)
+    if chol is None:
+        raise np.linalg.LinAlgError("not positive definite")
+    return np.swapaxes(_inv_lower_triangular(chol), -1, -2)
+
+
+def _precisions_cholesky_variances(variances: np.ndarray) -> np.ndarray:
+    if not np.all(variances > 0.0) or not np.all(np.isfinite(variances)):
+        raise np.linalg.LinAlgError("non-positive variance")
+    return 1.0 / np.sqrt(variances)
+
+
+def _not_positive_definite_components(covariances: np.ndarray, covariance_type: str) -> list[int]:
+    """Indices of components whose covariance is not positive definite (error path only)."""
+    if covariance_type in ("diag", "spherical"):
+        bad = ~np.all(np.reshape(covariances > 0.0, (covariances.shape[0], -1)), axis=1)
+        return [int(i) for i in np.flatnonzero(bad)]
+    stack = covariances[None] if covariance_type == "tied" else covariances
+    return [i for i in range(stack.shape[0]) if _cholesky_or_none(stack[i]) is None]
+
+
+def _weighted_covariance(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(d, d) weighted (biased, like the M-step) covariance of the rows of X."""
+    if not w.sum() > 0:
+        w = np.ones(X.shape[0])  # no row carries weight: fall back to the plain covariance
+    total = w.sum()
+    centered = X - (w @ X) / total
+    scaled = centered * np.sqrt(w / total)[:, None]
+    return scaled.T @ scaled  # Aᵀ A: numpy uses syrk, the result is exactly symmetric
+
+
+# ---------------------------------------------------------------------------
+# Per covariance type: small plain functions, dispatched through _KERNELS.
+#
+# The E-step works on chunks of rows in a *feature-major* layout: a chunk's differences
+# x − μ_k are stored as ``diffs`` of shape (k, width, rows), one row per feature. Every
+# elementwise pass then runs along a long contiguous axis (rows), where a (k, rows, d)
+# layout would make numpy loop over inner runs of only d elements, and the matrix
+# products are plain GEMMs on (d, rows) panels. ``diffs`` is filled once per chunk and
+# used for the Mahalanobis distances and for the moments; ``work`` is a second buffer of
+# the same shape for GEMM outputs, weighted copies and squares.
+
+# Below this many features, Σ (w r D) Dᵀ as a GEMM against a weighted copy is about twice
+# as fast as numpy's syrk path for √(w r) D (√(w r) D)ᵀ on OpenBLAS (tiny output, long inner
+# dimension); from about 35 features syrk wins because it does half the flops. Measured.
+_SYRK_MIN_FEATURES = 36
+
+
+def _scratch_width_matrix(d: int) -> int:
+    # [x − μ_k ; 1]: the trailing row of ones makes one product yield sq, sum and nk.
+    return d + 1
+
+
+def _scratch_width_vector(d: int) -> int:
+    # x − μ_k in ``diffs`` and (x − μ_k)² in ``work``: two separate buffers, because a ufunc
+    # writing one view of a buffer from another view of it makes numpy copy the input first
+    return d
+
+
+def _fill_matrix(diffs: np.ndarray, work: np.ndarray, XT: np.ndarray, means: np.ndarray) -> None:
+    d = XT.shape[0]
+    np.subtract(XT[None, :, :], means[:, :, None], out=diffs[:, :d])
+    diffs[:, d] = 1.0
+
+
+def _fill_vector(diffs: np.ndarray, work: np.ndarray, XT: np.ndarray, means: np.ndarray) -> None:
+    np.subtract(XT[None, :, :], means[:, :, None], out=diffs)
+    np.square(diffs, out=work)
+
+
+# ``prepare`` turns precisions_cholesky into what ``half_mahalanobis`` multiplies by; the
+# factor ½ of log N is folded in here (√½ on a Cholesky factor, ½ on a squared one) so the
+# chunk loop saves a pass over the (k, rows) distances.
+
+
+def _prepare_full(prec_chol: np.ndarray) -> np.ndarray:
+    # √½ Pᵀ, contiguous: the left factor of a GEMM on (d, rows) panels
+    return np.ascontiguousarray(np.swapaxes(prec_chol, -1, -2)) * math.sqrt(0.5)
+
+
+def _prepare_tied(prec_chol: np.ndarray) -> np.ndarray:
+    return _prepare_full(prec_chol[None])
+
+
+def _prepare_squared(prec_chol: np.ndarray) -> np.ndarray:
+    return 0.5 * np.square(prec_chol)  # ½ diagonal precisions (k, d), or (k,) for spherical
+
+
+def _half_mahalanobis_matrix(diffs: np.ndarray, work: np.ndarray, prepared: np.ndarray) -> np.ndarray:
+    # ½‖(x − μ_k) P_k‖² = squared column norms of √½ P_kᵀ (x − μ_k): one GEMM per component
+    # (batched in C); einsum's fused multiply-add reduction beats square-then-sum.
+    d = prepared.shape[-1]
+    whitened = np.matmul(prepared, diffs[:, :d], out=work[:, :d])
+    return np.einsum("kdm,kdm->km", whitened, whitened)
+
+
+def _half_mahalanobis_diag(diffs: np.ndarray, work: np.ndarray, prepared: np.ndarray) -> np.ndarray:
+    return np.matmul(prepared[:, None, :], work)[:, 0, :]  # Σ_j ½ p_kj² (x_j − μ_kj)²
+
+
+def _half_mahalanobis_spherical(diffs: np.ndarray, work: np.ndarray, prepared: np.ndarray) -> np.ndarray:
+    return work.sum(axis=1) * prepared[:, None]
+
+
+def _moments_matrix(diffs: np.ndarray, work: np.ndarray, wr: np.ndarray, sums: np.ndarray, sq: np.ndarray) -> None:
+    # gram_k = [D;1] diag(w r_k) [D;1]ᵀ holds Σ w r D Dᵀ (sq) and Σ w r D (sum) in one product.
+    d = sums.shape[1]
+    if d < _SYRK_MIN_FEATURES:
+        weighted = np.multiply(diffs, wr[:, None, :], out=work)
+        gram = np.matmul(weighted, np.swapaxes(diffs, 1, 2))
+    else:
+        # the differences are not needed any more: scale them by √(w r) in place, then
+        # S Sᵀ on one buffer is numpy's syrk path (half the flops of a GEMM)
+        diffs *= np.sqrt(wr)[:, None, :]
+        gram = np.matmul(diffs, np.swapaxes(diffs, 1, 2))
+    sq += gram[:, :d, :d]
+    sums += gram[:, :d, d]
+
+
+def _moments_vector(diffs: np.ndarray, work: np.ndarray, wr: np.ndarray, sums: np.ndarray, sq: np.ndarray) -> None:
+    # batched gemv: Σ w r (x − μ_k) and Σ w r (x − μ_k)²
+    sums += np.matmul(diffs, wr[:, :, None])[:, :, 0]
+    sq += np.matmul(work, wr[:, :, None])[:, :, 0]
+
+
+def _covariance_full(nk: np.ndarray, delta: np.ndarray, sq: np.ndarray, reg: float) -> np.ndarray:
+    cov = sq / nk[:, None, None] - delta[:, :, None] * delta[:, None, :]
+    # the small-d GEMM path gives sq symmetric only up to rounding; make it exact
+    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    d = cov.shape[-1]
+    cov[:, np.arange(d), np.arange(d)] += reg
+    return cov
+
+
+def _covariance_tied(nk: np.ndarray, delta: np.ndarray, sq: np.ndarray, reg: float) -> np.ndarray:
+    # Pooled scatter around each component's new mean: Σ_k (sq_k − nk δ_k δ_kᵀ) / Σ nk.
+    scatter = sq.sum(axis=0) - np.einsum("k,ki,kj->ij", nk, delta, delta)
+    cov = scatter / nk.sum()
+    cov = 0.5 * (cov + cov.T)
+    cov[np.diag_indices_from(cov)] += reg
+    return cov
+
+
+def _covariance_diag(nk: np.ndarray, delta: np.ndarray, sq: np.ndarray, reg: float) -> np.ndarray:
+    return sq / nk[:, None] - np.square(delta) + reg
+
+
+def _covariance_spherical(nk: np.ndarray, delta: np.ndarray, sq: np.ndarray, reg: float) -> np.ndarray:
+    return _covariance_diag(nk, delta, sq, reg).mean(axis=1)
+
+
+def _log_det_full(prec_chol: np.ndarray, d: int) -> np.ndarray:
+    # P is triangular: log det P is the sum of the logs of its diagonal
+    return np.log(np.diagonal(prec_chol, axis1=-2, axis2=-1)).sum(axis=-1)
+
+
+def _log_det_tied(prec_chol: np.ndarray, d: int) -> np.ndarray:
+    return np.log(np.diagonal(prec_chol)).sum()
+
+
+def _log_det_diag(prec_chol: np.ndarray, d: int) -> np.ndarray:
+    return np.log(prec_chol).sum(axis=1)
+
+
+def _log_det_spherical(prec_chol: np.ndarray, d: int) -> np.ndarray:
+    return d * np.log(prec_chol)
+
+
+def _set_component_full(cov: np.ndarray, j: int, sample_cov: np.ndarray, reg: float) -> None:
+    cov[j] = sample_cov + reg * np.eye(sample_cov.shape[0])
+
+
+def _set_component_tied(cov: np.ndarray, j: int, sample_cov: np.ndarray, reg: float) -> None:
+    pass  # one covariance shared by all components: a re-seeded component keeps it
+
+
+def _set_component_diag(cov: np.ndarray, j: int, sample_cov: np.ndarray, reg: float) -> None:
+    cov[j] = np.diagonal(sample_cov) + reg
+
+
+def _set_component_spherical(cov: np.ndarray, j: int, sample_cov: np.ndarray, reg: float) -> None:
+    cov[j] = np.diagonal(sample_cov).mean() + reg
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    """The small functions one covariance type is made of."""
+
+    cov_shape: Callable[[int, int], tuple[int, ...]]
+    sq_shape: Callable[[int, int], tuple[int, ...]]
+    scratch_width: Callable[[int], int]
+    fill: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+    prepare: Callable[[np.ndarray], np.ndarray]
+    half_mahalanobis: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    moments: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+    covariance: Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
+    precisions_cholesky: Callable[[np.ndarray], np.ndarray]
+    log_det: Callable[[np.ndarray, int], np.ndarray]
+    set_component: Callable[[np.ndarray, int, np.ndarray, float], None]
+    n_cov_parameters: Callable[[int, int], int]
+
+
+_KERNELS: dict[str, _Kernel] = {
+    "full": _Kernel(
+        cov_shape=lambda k, d: (k, d, d),
+        sq_shape=lambda k, d: (k, d, d),
+        scratch_width=_scratch_width_matrix,
+        fill=_fill_matrix,
+        prepare=_prepare_full,
+        half_mahalanobis=_half_mahalanobis_matrix,
+        moments=_moments_matrix,
+        covariance=_covariance_full,
+        precisions_cholesky=_precisions_cholesky_matrices,
+        log_det=_log_det_full,
+        set_component=_set_component_full,
+        n_cov_parameters=lambda k, d: k * d * (d + 1) // 2,
+    ),
+    "tied": _Kernel(
+        cov_shape=lambda k, d: (d, d),
+        sq_shape=lambda k, d: (k, d, d),
+        scratch_width=_scratch_width_matrix,
+        fill=_fill_matrix,
+        prepare=_prepare_tied,
+        half_mahalanobis=_half_mahalanobis_matrix,
+        moments=_moments_matrix,
+        covariance=_covariance_tied,
+        precisions_cholesky=_precisions_cholesky_matrices,
+        log_det=_log_det_tied,
+        set_component=_set_component_tied,
+        n_cov_parameters=lambda k, d: d * (d + 1) // 2,
+    ),
+    "diag": _Kernel(
+        cov_shape=lambda k, d: (k, d),
+        sq_shape=lambda k, d: (k, d),
+        scratch_width=_scratch_width_vector,
+        fill=_fill_vector,
+        prepare=_prepare_squared,
+        half_mahalanobis=_half_mahalanobis_diag,
+        moments=_moments_vector,
+        covariance=_covariance_diag,
+        precisions_cholesky=_precisions_cholesky_variances,
+        log_det=_log_det_diag,
+        set_component=_set_component_diag,
+        n_cov_parameters=lambda k, d: k * d,
+    ),
+    "spherical": _Kernel(
+        cov_shape=lambda k, d: (k,),
+        sq_shape=lambda k, d: (k, d),
+        scratch_width=_scratch_width_vector,
+        fill=_fill_vector,
+        prepare=_prepare_squared,
+        half_mahalanobis=_half_mahalanobis_spherical,
+        moments=_moments_vector,
+        covariance=_covariance_spherical,
+        precisions_cholesky=_precisions_cholesky_variances,
+        log_det=_log_det_spherical,
+        set_component=_set_component_spherical,
+        n_cov_parameters=lambda k, d: k,
+    ),
+}
+
+
+def _normalize_log_prob(log_prob: np.ndarray) -> np.ndarray:
+    """Turn (k, rows) joint log-probabilities into responsibilities, in place.
+
+    Returns the (rows,) log-normalizers log Σ_k exp(log_prob[k]) (logsumexp over k).
+    """
+    peak = log_prob.max(axis=0)
+    log_prob -= peak
+    np.exp(log_prob, out=log_prob)
+    total = log_prob.sum(axis=0)
+    log_prob /= total
+    return peak + np.log(total)
+
+
+# ---------------------------------------------------------------------------
+# The family
+
+
+@dataclass(frozen=True)
+class GaussianFamily:
+    """Mixture of ``k`` multivariate Gaussians, fitted by EM with scikit-learn's semantics.
+
+    Parameters
+    ----------
+    k : int
+        Number of mixture components.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+    reg_covar : float
+        Non-negative value added to every covariance diagonal in the M-step.
+    init_mode : {"k-means++", "random"}
+        How :meth:`initialize` seeds the parameters from a sample.
+    """
+
+    name: ClassVar[str] = "gaussian"
+
+    k: int
+    covariance_type: str = "full"
+    reg_covar: float = 1e-6
+    init_mode: str = "k-means++"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise ModelError(f"k must be a positive integer (the number of components), got {self.k!r}")
+        object.__setattr__(self, "k", int(self.k))
+        if self.covariance_type not in _KERNELS:
+            raise ModelError(
+                f"covarianceType must be one of {list(COVARIANCE_TYPES)}, got {self.covariance_type!r}"
+            )
+        if (
+            isinstance(self.reg_covar, bool)
+            or not isinstance(self.reg_covar, (int, float, np.floating, np.integer))
+            or not math.isfinite(self.reg_covar)
+            or self.reg_covar < 0
+        ):
+            raise ModelError(
+                f"regCovar must be a finite non-negative number (added to covariance diagonals), "
+                f"got {self.reg_covar!r}; use the default 1e-6 if unsure"
+            )
+        object.__setattr__(self, "reg_covar", float(self.reg_covar))
+        if self.init_mode not in INIT_MODES:
+            raise ModelError(f"initMode must be one of {list(INIT_MODES)}, got {self.init_mode!r}")
+
+    # -- protocol: description ------------------------------------------------
+
+    @property
+    def _kernel(self) -> _Kernel:
+        return _KERNELS[self.covariance_type]
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able hyperparameters, including the family name."""
+        return {
+            "name": self.name,
+            "k": self.k,
+            "covariance_type": self.covariance_type,
+            "reg_covar": self.reg_covar,
+            "init_mode": self.init_mode,
+        }
+
+    def public_params(self, params: Params) -> dict[str, np.ndarray]:
+        """Copies of ``weights`` (k,), ``means`` (k, d) and ``covariances`` (shape by type)."""
+        return {name: np.array(params[name], dtype=np.float64) for name in ("weights", "means", "covariances")}
+
+    def n_parameters(self, params: Params) -> int:
+        """Free parameters (as scikit-learn's ``_n_parameters``), for BIC and AIC."""
+        d = int(np.shape(params["means"])[1])
+        return self._kernel.n_cov_parameters(self.k, d) + self.k * d + self.k - 1
+
+    # -- protocol: parameters from the user -------------------------------------
+
+    def params_from_public(self, arrays: Mapping[str, np.ndarray], n_features: int) -> Params:
+        """Full parameters from an ``initialModel``'s weights, means and covariances.
+
+        Validates shapes against ``k``, ``n_features`` and the covariance type, finiteness,
+        weights (non-negative, summing to 1 within 1e-6; renormalized) and covariances
+        (symmetric positive definite), then computes ``precisions_cholesky``.
+        """
+        k, d, kind = self.k, int(n_features), self.covariance_type
+        missing = [name for name in ("weights", "means", "covariances") if name not in arrays]
+        if missing:
+            raise ModelError(f"initialModel is missing {missing}; give weights, means and covariances")
+        expected = {"weights": (k,), "means": (k, d), "covariances": self._kernel.cov_shape(k, d)}
+        checked = {}
+        for name, shape in expected.items():
+            try:
+                value = np.array(arrays[name], dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ModelError(f"initialModel {name} must be numeric arrays: {exc}") from None
+            if value.shape != shape:
+                raise ModelError(
+                    f"initialModel {name} must have shape {shape} for k={k}, {d} features and "
+                    f"covarianceType={kind!r}, got {value.shape}"
+                )
+            if not np.all(np.isfinite(value)):
+                raise ModelError(f"initialModel {name} must be finite (no NaN or infinity)")
+            checked[name] = value
+
+        weights = checked["weights"]
+        if np.any(weights < 0):
+            raise ModelError(f"initialModel weights must be non-negative, got {weights.tolist()}")
+        if abs(weights.sum() - 1.0) > 1e-6:
+            raise ModelError(f"initialModel weights must sum to 1, got sum {weights.sum():.8g}")
+        weights = weights / weights.sum()
+
+        covariances = checked["covariances"]
+        if kind in ("full", "tied"):
+            scale = np.max(np.abs(covariances))
+            if not np.allclose(covariances, np.swapaxes(covariances, -1, -2), rtol=1e-8, atol=1e-12 * scale):
+                raise ModelError(f"initialModel covariances must be symmetric (covarianceType={kind!r})")
+            covariances = 0.5 * (covariances + np.swapaxes(covariances, -1, -2))
+        try:
+            prec_chol = self._kernel.precisions_cholesky(covariances)
+        except np.linalg.LinAlgError:
+            bad = _not_positive_definite_components(covariances, kind)
+            what = "the tied covariance" if kind == "tied" else f"components {bad}"
+            raise ModelError(
+                f"initialModel covariances must be positive definite (covarianceType={kind!r}); "
+                f"{what} are not"
+            ) from None
+        return {
+            "weights": weights,
+            "means": checked["means"],
+            "covariances": covariances,
+            "precisions_cholesky": prec_chol,
+        }
+
+    # -- protocol: E-step and scoring --------------------------------------------
+
+    def _log_const(self, params: Params, d: int) -> np.ndarray:
+        """(k,) log π_k + log det P_k − ½ d log 2π: the row-independent part of log π_k N(x)."""
+        with np.errstate(divide="ignore"):  # a weight of exactly 0 gives -inf: a dead component
+            log_weights = np.log(params["weights"])
+        log_det = self._kernel.log_det(params["precisions_cholesky"], d)
+        return log_weights + log_det - 0.5 * d * _LOG_2PI
+
+    def _check_block(self, block: Block, params: Params) -> int:
+        d = int(np.shape(params["means"])[1])
+        if block.n_features != d:
+            raise ModelError(f"data has {block.n_features} features but the model has {d}")
+        return d
+
+    def _chunks(self, X: np.ndarray, means: np.ndarray):
+        """Yield (start, stop, diffs, work) over row chunks of X, ``diffs`` filled around ``means``.
+
+        ``diffs`` and ``work`` are (k, width, rows) views of two scratch buffers reused by
+        every chunk; the chunk size keeps them cache-resident (see _SCRATCH_BYTES).
+        """
+        kernel, k = self._kernel, self.k
+        n, d = X.shape
+        width = kernel.scratch_width(d)
+        chunk = min(n, max(_MIN_CHUNK_ROWS, _SCRATCH_BYTES // (8 * k * width)))
+        if chunk == 0:
+            return
+        XT = np.ascontiguousarray(X.T)  # one transposed copy: chunks become (d, rows) panels
+        diffs_buf = np.empty((k, width, chunk))
+        work_buf = np.empty((k, width, chunk))
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            diffs, work = diffs_buf[:, :, : stop - start], work_buf[:, :, : stop - start]
+            kernel.fill(diffs, work, XT[:, start:stop], means)
+            yield start, stop, diffs, work
+
+    def _accumulate(
+        self,
+        X: np.ndarray,
+        w: np.ndarray | None,
+        shift: np.ndarray,
+        prec_chol: np.ndarray | None,
+        log_const: np.ndarray | None,
+        labels: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Statistics of rows ``X`` (n, d) with weights ``w`` (n,) or None, around ``shift`` (k, d).
+
+        With ``labels`` (n,) the responsibilities are hard one-hot assignments (used by
+        the k-means initialization); otherwise they are the posterior under the model.
+        """
+        kernel, k = self._kernel, self.k
+        n, d = X.shape
+        nk = np.zeros(k)
+        sums = np.zeros((k, d))
+        sq = np.zeros(kernel.sq_shape(k, d))
+        loglik = 0.0
+        prepared = None if prec_chol is None else kernel.prepare(prec_chol)
+        for start, stop, diffs, work in self._chunks(X, shift):
+            if labels is None:
+                half_maha = kernel.half_mahalanobis(diffs, work, prepared)
+                log_prob = np.subtract(log_const[:, None], half_maha, out=half_maha)
+                log_norm = _normalize_log_prob(log_prob)
+                resp = log_prob  # (k, rows), normalized in place
+            else:
+                resp = (labels[None, start:stop] == np.arange(k)[:, None]).astype(np.float64)
+                log_norm = None
+            if w is None:
+                wr = resp
+                if log_norm is not None:
+                    loglik += log_norm.sum()
+            else:
+                wr = resp * w[start:stop]
+                if log_norm is not None:
+                    loglik += log_norm @ w[start:stop]
+            nk += wr.sum(axis=1)
+            kernel.moments(diffs, work, wr, sums, sq)
+        return {
+            "nk": nk,
+            "sum": sums,
+            "sq": sq,
+            LOGLIK: np.float64(loglik),
+            WEIGHT: np.float64(n if w is None else w.sum()),
+            COUNT: np.float64(n),
+        }
+
+    def e_step(self, block: Block, params: Params) -> Stats:
+        """Sufficient statistics of one block (see the module docstring for the fields).
+
+        Parameters
+        ----------
+        block : Block with X of shape (n, d) and optional weights (n,)
+        params : the parameters the E-step runs under; their means are the shift
+
+        Returns
+        -------
+        Stats with nk (k,), sum (k, d), sq (k, d, d) or (k, d), loglik, weight, count ()
+        """
+        d = self._check_block(block, params)
+        return Stats(
+            self._accumulate(
+                np.asarray(block.X, dtype=np.float64),
+                None if block.weight is None else np.asarray(block.weight, dtype=np.float64),
+                params["means"],
+                params["precisions_cholesky"],
+                self._log_const(params, d),
+            )
+        )
+
+    def score(self, block: Block, params: Params) -> dict[str, np.ndarray]:
+        """Per-row ``log_resp`` (n, k) and ``loglik`` (n,) = log p(x) under the mixture (unweighted)."""
+        d = self._check_block(block, params)
+        X = np.asarray(block.X, dtype=np.float64)
+        kernel = self._kernel
+        log_const = self._log_const(params, d)
+        prepared = kernel.prepare(params["precisions_cholesky"])
+        log_resp = np.empty((X.shape[0], self.k))
+        loglik = np.empty(X.shape[0])
+        for start, stop, diffs, work in self._chunks(X, params["means"]):
+            log_prob = log_const[:, None] - kernel.half_mahalanobis(diffs, work, prepared)
+            peak = log_prob.max(axis=0)
+            log_norm = peak + np.log(np.exp(log_prob - peak).sum(axis=0))
+            log_resp[start:stop] = (log_prob - log_norm).T
+            loglik[start:stop] = log_norm
+        return {"log_resp": log_resp, "loglik": loglik}
+
+    # -- protocol: M-step ----------------------------------------------------------
+
+    def m_step(self, stats: Stats, params: Params, sample: Block, rng: np.random.Generator) -> MStepResult:
+        """New parameters from summed statistics (scikit-learn's M-step, in shifted coordinates).
+
+        ``params`` are those the statistics were computed under (their means are the shift).
+        A component whose weight share fell below 1e-10 is re-seeded at the ``sample`` point
+        the current model explains worst, with the sample's covariance; an event says so.
+        """
+        total_weight = float(stats[WEIGHT])
+        if not total_weight > 0:
+            raise ModelError(
+                "the statistics carry no weight (no rows, or all sample weights are 0); "
+                "cannot estimate a Gaussian mixture from no data"
+            )
+        weights, means, covariances, dead = self._estimate(stats, params["means"])
+        events = []
+        if dead.size:
+            seeds = self._lowest_likelihood_points(sample, params, means, dead)
+            share = np.asarray(stats["nk"])[dead] / total_weight
+            for j, fraction in zip(dead, share):
+                events.append(
+                    f"component {int(j)} lost its mass (weight {float(f'{fraction:.3g}')}); re-seeded at the "
+                    "sample point with the lowest likelihood"
+                )
+            self._reseed(weights, means, covariances, dead, seeds, sample)
+        return MStepResult(self._finish(weights, means, covariances), events)
+
+    def _estimate(self, stats: Mapping[str, np.ndarray], shift: np.ndarray):
+        """(weights, means, covariances, dead component indices) from stats taken around ``shift``."""
+        nk_raw = np.asarray(stats["nk"], dtype=np.float64)
+        nk = nk_raw + _NK_EPS
+        delta = np.asarray(stats["sum"]) / nk[:, None]
+        means = shift + delta
+        covariances = self._kernel.covariance(nk, delta, np.asarray(stats["sq"]), self.reg_covar)
+        weights = nk / nk.sum()
+        dead = np.flatnonzero(nk_raw < _DEAD_FRACTION * float(stats[WEIGHT]))
+        return weights, means, covariances, dead
+
+    def _reseed(self, weights, means, covariances, dead, seeds, sample: Block) -> None:
+        """Give each dead component a mean from ``seeds``, the sample covariance and a small weight (in place)."""
+        sample_cov = _weighted_covariance(sample.X, sample.weights_or_ones())
+        for j, seed in zip(dead, seeds):
+            means[j] = seed
+            self._kernel.set_component(covariances, int(j), sample_cov, self.reg_covar)
+            weights[j] = 1.0 / sample.n_rows
+        weights /= weights.sum()
+
+    def _finish(self, weights, means, covariances) -> Params:
+        try:
+            prec_chol = self._kernel.precisions_cholesky(covariances)
+        except np.linalg.LinAlgError:
+            bad = _not_positive_definite_components(covariances, self.covariance_type)
+            if self.covariance_type == "tied":
+                who = "the tied covariance has an"
+            elif len(bad) == 1:
+                who = f"component {bad[0]} has an"
+            else:
+                who = f"components {bad} have an"
+            raise ModelError(f"Fitting the Gaussian mixture failed: {who} {_ILL_DEFINED}") from None
+        return {"weights": weights, "means": means, "covariances": covariances, "precisions_cholesky": prec_chol}
+
+    def _lowest_likelihood_points(self, sample: Block, params: Params, new_means: np.ndarray, dead: np.ndarray):
+        """One seed row per dead component: the sample points the model explains worst.
+
+        Scored under ``params`` (the model the statistics came from). Ties go to the lower
+        row index; a point equal to a surviving mean or an earlier seed is skipped, as are
+        rows of weight 0, unless nothing else is left.
+        """
+        if sample.n_rows == 0:
+            raise ModelError(
+                f"components {dead.tolist()} lost their mass and there is no sample to re-seed them "
+                "from; decrease k"
+            )
+        loglik = self.score(sample, params)["loglik"]
+        order = np.argsort(loglik, kind="stable")
+        usable = sample.weights_or_ones()[order] > 0
+        candidates = order[usable] if usable.any() else order
+        dead_set = set(dead.tolist())
+        taken = [m for j, m in enumerate(new_means) if j not in dead_set]
+        seeds = []
+        for _ in dead:
+            pick = next(
+                (i for i in candidates if not any(np.array_equal(sample.X[i], m) for m in taken)),
+                candidates[0],
+            )
+            seeds.append(sample.X[pick].copy())
+            taken.append(sample.X[pick])
+        return seeds
+
+    # -- protocol: initialization -----------------------------------------------------
+
+    def initialize(self, sample: Block, rng: np.random.Generator) -> Params:
+        """Initial parameters from a sample held on the driver.
+
+        "k-means++": weighted k-means++ seeding, then up to 20 weighted Lloyd iterations,
+        then the M-step of the hard assignments. "random": k distinct sample points drawn
+        with probability proportional to weight as means, uniform weights, and the whole
+        sample's covariance for every component.
+        """
+        X = np.asarray(sample.X, dtype=np.float64)
+        w = np.asarray(sample.weights_or_ones(), dtype=np.float64)
+        if X.shape[0] == 0:
+            raise ModelError("cannot initialize from an empty sample; is the data empty?")
+        if not np.all(np.isfinite(X)) or not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ModelError("the sample must be finite with non-negative weights")
+        distinct, inverse = np.unique(X[w > 0], axis=0, return_inverse=True)
+        if distinct.shape[0] < self.k:
+            raise ModelError(
+                f"the data has {distinct.shape[0]} distinct points (of positive weight), fewer distinct "
+                f"points than k={self.k}; decrease k"
+            )
+        if self.init_mode == "random":
+            return self._initialize_random(X, w, distinct, inverse.reshape(-1), w[w > 0], rng)
+        return self._initialize_kmeans(X, w, rng)
+
+    def _sample_covariance_params(self, X: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The whole sample's covariance (+ reg_covar) in the covariance type's shape."""
+        k, d = self.k, X.shape[1]
+        covariances = np.zeros(self._kernel.cov_shape(k, d))
+        sample_cov = _weighted_covariance(X, w)
+        if self.covariance_type == "tied":
+            return sample_cov + self.reg_covar * np.eye(d)
+        for j in range(k):
+            self._kernel.set_component(covariances, j, sample_cov, self.reg_covar)
+        return covariances
+
+    def _initialize_random(self, X, w, distinct, inverse, positive_w, rng) -> Params:
+        # Duplicate rows pool their weight, so the k drawn points are distinct points.
+        pooled = np.bincount(inverse, weights=positive_w, minlength=distinct.shape[0])
+        chosen = rng.choice(distinct.shape[0], size=self.k, replace=False, p=pooled / pooled.sum())
+        weights = np.full(self.k, 1.0 / self.k)
+        return self._finish(weights, distinct[chosen].copy(), self._sample_covariance_params(X, w))
+
+    def _initialize_kmeans(self, X, w, rng) -> Params:
+        # Center once so the ‖x‖² − 2 x·c + ‖c‖² distances do not cancel far from the origin.
+        origin = (w @ X) / w.sum()
+        centered = X - origin
+        centers = _kmeans_plusplus(centered, w, self.k, rng)
+        labels, centers = _lloyd(centered, w, centers, _LLOYD_MAX_ITER)
+        shift = centers + origin
+        stats = self._accumulate(X, w, shift, None, None, labels=labels)
+        weights, means, covariances, _ = self._estimate(stats, shift)
+        empty = np.flatnonzero(stats["nk"] <= 0)
+        if empty.size:
+            # a cluster that ended up empty keeps its center, with the sample's covariance
+            self._reseed(weights, means, covariances, empty, shift[empty], Block(X, w))
+        return self._finish(weights, means, covariances)
+
+
+# ---------------------------------------------------------------------------
+# k-means helpers (for initialization; run on the driver's sample)
+
+
+def _squared_distances_to(X: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """(n,) squared Euclidean distances from the rows of X to one point (no cancellation)."""
+    diff = X - point
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+def _kmeans_plusplus(X: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Weighted greedy k-means++ seeding (as scikit-learn's ``_kmeans_plusplus``).
+
+    Returns (k, d) centers, k distinct rows of X with positive weight.
+    """
+    n_trials = 2 + int(np.log(k))
+    first = rng.choice(X.shape[0], p=w / w.sum())
+    centers = [X[first]]
+    closest = _squared_distances_to(X, X[first])
+    for _ in range(1, k):
+        cumulative = np.cumsum(w * closest)
+        total = cumulative[-1]
+        if not total > 0:
+            raise ModelError(f"the data has fewer distinct points than k={k}; decrease k")
+        draws = rng.uniform(size=n_trials) * total
+        # side="right" lands only on rows with a positive contribution (never on a center);
+        # rounding past the end falls back to the last such row
+        candidates = np.searchsorted(cumulative, draws, side="right")
+        last_positive = int(np.flatnonzero(w * closest > 0)[-1])
+        candidates = np.minimum(candidates, last_positive)
+        trial = np.stack([np.minimum(closest, _squared_distances_to(X, X[c])) for c in candidates])
+        best = int(np.argmin(trial @ w))
+        closest = trial[best]
+        centers.append(X[candidates[best]])
+    return np.array(centers)
+
+
+def _lloyd(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int):
+    """Weighted Lloyd iterations until the assignments stop changing (at most ``max_iter`` updates).
+
+    Returns (labels (n,), centers (k, d)): the final assignment and the centers it was made to.
+    An empty cluster keeps its previous center.
+    """
+    k = centers.shape[0]
+    centers = centers.copy()
+    x_sq = np.einsum("ij,ij->i", X, X)
+
+    def assign(centers: np.ndarray) -> np.ndarray:
+        distances = x_sq[:, None] - 2.0 * (X @ centers.T) + np.einsum("ij,ij->i", centers, centers)
+        return np.argmin(distances, axis=1)  # ties go to the lower cluster index
+
+    labels = assign(centers)
+    for _ in range(max_iter):
+        one_hot = (labels[:, None] == np.arange(k)) * w[:, None]
+        mass = one_hot.sum(axis=0)
+        filled = mass > 0
+        centers[filled] = (one_hot.T @ X)[filled] / mass[filled, None]
+        new_labels = assign(centers)
+        if np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+    return labels, centers
