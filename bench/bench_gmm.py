@@ -247,7 +247,7 @@ def run_case(spark, case: Case, args) -> dict:
         log(f"cached DataFrame: {count:,} rows, {df.rdd.getNumPartitions()} partitions ({cache_seconds:.1f} s)")
         try:
             log("em_spark")
-            em = measure("em_spark", lambda m: fit_em_spark(df, case, m, init, args.seed, args.partitions),
+            em = measure("em_spark", lambda m: fit_em_spark(df, case, m, init, args.seed, args.em_partitions),
                          a, b, args.repeats)
             log("pyspark.ml")
             ml = measure("pyspark.ml", lambda m: fit_pyspark_ml(df, case, m, args.seed), a, b, args.repeats)
@@ -357,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=10, help="B - A: extra iterations of the long fit (default 10)")
     p.add_argument("--base", type=int, default=2, help="A: maxIter of the short fit (default 2)")
     p.add_argument("--repeats", type=int, default=1, help="(A, B) fit pairs per engine; the minimum time of each is used")
-    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the cached input DataFrame (both engines read it)")
+    p.add_argument("--em-partitions", type=int, default=None,
+                   help="em_spark numPartitions (default: em_spark's own default, one partition per core)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shared initial model and of pyspark.ml's init")
     p.add_argument("--driver-memory", default="6g")
     p.add_argument("--tmpdir", default=None, help="where the temporary Parquet copy goes (default: system temp)")
@@ -405,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# GMM time per EM iteration ({started:%Y-%m-%d %H:%M} UTC)",
         "",
         f"- command: `{command}`",
-        f"- master {args.master}, {args.partitions} partitions, nproc {info['host']['nproc']}, "
+        f"- master {args.master}, input DataFrame {args.partitions} partitions, em_spark numPartitions "
+        f"{args.em_partitions or 'default'}, nproc {info['host']['nproc']}, "
         f"driver heap {jvm_max / 2**30:.1f} GiB",
         f"- pyspark {v['pyspark']}, numpy {v['numpy']}, scikit-learn {v['sklearn']}, em_spark {v['em_spark']}, "
         f"python {v['python']}, {v['java']}",

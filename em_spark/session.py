@@ -79,6 +79,9 @@ def get_session(app_name: str = "em_spark", master: str | None = "local[2]", con
             builder = builder.master(master)
         builder = builder.config("spark.driver.host", os.environ["SPARK_LOCAL_IP"])
         builder = builder.config("spark.ui.showConsoleProgress", "false")
+    # JVM <-> Python worker traffic over a Unix socket: about a quarter less per-task
+    # overhead (measured: 0.10 -> 0.077 s for a 2-task job). The config wins if it says otherwise.
+    builder = builder.config("spark.python.unix.domain.socket.enabled", "true")
     for key, value in (conf or {}).items():
         builder = builder.config(key, str(value))
     return builder.getOrCreate()

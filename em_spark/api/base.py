@@ -69,7 +69,7 @@ class EMParams(Params):
     checkpointDir = _p("checkpointDir", "URI under which each iteration is checkpointed (file://, s3://, ...)", _optional_string)
     runId = _p("runId", "name of the run; a fit with the same runId and checkpointDir resumes", _optional_string)
     keepCheckpoints = _p("keepCheckpoints", "checkpoints kept per run (the latest is never deleted)", TypeConverters.toInt)
-    numPartitions = _p("numPartitions", "partitions of the cached data (default: 2 x default parallelism)")
+    numPartitions = _p("numPartitions", "partitions of the cached blocks (default: Spark's default parallelism, one task per core)")
     initSampleSize = _p("initSampleSize", "rows sampled (without replacement) for initialization", TypeConverters.toInt)
     s3Endpoint = _p("s3Endpoint", "endpoint URL of an S3-compatible store (MinIO); default: AWS_ENDPOINT_URL or AWS", _optional_string)
 
@@ -208,7 +208,7 @@ class EMEstimator(Estimator, EMParams):
         log.info(
             "run=%s loaded and validated %d rows x %d features (%d blocks in %d partitions) in %.1f s",
             settings.run_id or "-", source.summary.rows, source.n_features, source.summary.blocks,
-            source.rdd.getNumPartitions(), time.perf_counter() - started,
+            source.num_partitions, time.perf_counter() - started,
         )
         try:
             initial = self._initial_params(family, source.n_features)

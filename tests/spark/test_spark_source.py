@@ -1,0 +1,42 @@
+"""The Spark block source: iterations read executor-local files, with an exact fallback."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from pyspark import SparkFiles
+
+from em_spark.demo_data import make_blobs
+from em_spark.engine.spark_source import load_blocks
+from em_spark.models import GaussianFamily
+
+pytestmark = pytest.mark.spark
+
+
+def test_missing_local_files_fall_back_to_sparks_copy_with_identical_statistics(spark):
+    X, _, _ = make_blobs(4000, 3, 2, seed=3)
+    df = spark.createDataFrame([tuple(map(float, r)) for r in X], ["a", "b", "c"]).repartition(3)
+    source = load_blocks(df, ["a", "b", "c"], None, k=2, seed=0, num_partitions=4)
+    try:
+        family = GaussianFamily(k=2)
+        params = family.initialize(source.sample, np.random.default_rng(0))
+        fast = source.e_step(family, params)
+        assert source.fallbacks == 0
+        shutil.rmtree(os.path.join(SparkFiles.getRootDirectory(), "em_spark-blocks"))
+        slow = source.e_step(family, params)
+        assert source.fallbacks == 1
+        for name in fast:
+            np.testing.assert_array_equal(fast[name], slow[name])
+        assert fast.count == 4000
+    finally:
+        source.close()
+
+
+def test_close_removes_the_local_files(spark):
+    df = spark.createDataFrame([(float(i), float(i % 3)) for i in range(100)], ["a", "b"])
+    source = load_blocks(df, ["a", "b"], None, k=2, seed=0)
+    root = os.path.join(SparkFiles.getRootDirectory(), "em_spark-blocks")
+    assert any(os.scandir(root))
+    source.close()
+    assert not os.path.exists(root) or not any(os.scandir(root))
