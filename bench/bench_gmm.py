@@ -197,7 +197,7 @@ def measure(name: str, fit, a: int, b: int, repeats: int) -> dict:
     fit(a)
     runs = {a: [], b: []}
     last = {}
-    for r in range(repeats):
+    for _ in range(repeats):
         for m in (a, b):
             seconds, n_iter, avg_ll, extra = fit(m)
             runs[m].append({"seconds": seconds, "numIter": n_iter, "avgLogLik": avg_ll})

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from em_spark.engine.loop import FitResult, FitSettings, fit_em
 from em_spark.engine.scoring import score_frame
-from em_spark.engine.spark_source import describe_features, feature_array, load_blocks
+from em_spark.engine.spark_source import describe_features, load_blocks
 from em_spark.engine.validation import DataValidationError
 from em_spark.models.base import EMFamily, Params as ParamArrays
 
@@ -223,8 +223,6 @@ class EMEstimator(Estimator, EMParams):
         model._summary = EMSummary(model, result, dataset)
         return model
 
-    def copy(self, extra: Mapping | None = None) -> "EMEstimator":
-        return super().copy(extra)
 
 
 class EMModel(Model, EMParams):
@@ -355,5 +353,3 @@ class EMModel(Model, EMParams):
         uri = join(path, MODEL_FILE)
         return cls.from_bytes(get_sealed(uri, s3_endpoint=s3Endpoint), uri)
 
-    def copy(self, extra: Mapping | None = None) -> "EMModel":
-        return super().copy(extra)

@@ -273,6 +273,12 @@ class LoadSummary:
         )
 
     @property
+    def data_identity(self) -> str:
+        """Rows, width, total weight and content hash: differs when the data differs."""
+        d = next(iter(self.n_features), 0)
+        return f"rows={self.rows};d={d};weight={self.weight_sum!r};hash={self.fingerprint:016x}"
+
+    @property
     def sample(self) -> Block:
         """The sampled rows, with unit weights (the sampling already followed the weights)."""
         d = next(iter(self.n_features), 0)

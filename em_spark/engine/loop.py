@@ -11,7 +11,6 @@ after every M-step is committed before the next E-step starts.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -68,9 +67,7 @@ class LocalBlockSource:
             summary = s if summary is None else summary + s
         self.summary = summary
         self.n_features = blocks[0].n_features
-        self.fingerprint = (
-            f"rows={summary.rows};d={self.n_features};weight={summary.weight_sum!r};hash={summary.fingerprint:016x}"
-        )
+        self.fingerprint = summary.data_identity
         self.sample = summary.sample
         self.e_step_calls = 0
 

@@ -277,8 +277,7 @@ class SparkBlockSource:
 
     @property
     def fingerprint(self) -> str:
-        s = self.summary
-        return f"rows={s.rows};d={self.n_features};weight={s.weight_sum!r};hash={s.fingerprint:016x}"
+        return self.summary.data_identity
 
     @property
     def sample(self) -> Block:

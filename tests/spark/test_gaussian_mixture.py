@@ -137,7 +137,6 @@ def test_save_and_load_round_trip(spark, iris, tmp_path, cov_type):
 
 
 def test_bic_and_aic_match_scikit_learn_for_the_same_parameters(spark, iris):
-    from sklearn.mixture import GaussianMixture as SkGMM
 
     X, df = iris
     model = GaussianMixture(k=3, seed=0, maxIter=50).fit(df)
