@@ -345,13 +345,11 @@ def fit_em(
         if store is not None:
             store.commit(state.restart * (settings.max_iter + 1) + state.iteration, _encode_state(state, identity))
         seconds.append(time.perf_counter() - started)
-        weights = step.params.get("weights")
+        extra = "".join(f" {key}={value:.4g}" for key, value in family.progress(step.params).items())
         logger.info(
             "run=%s restart=%d/%d iter=%d/%d avgLogLik=%.8f change=%+.3e seconds=%.2f%s%s",
             run_id, state.restart + 1, settings.n_init, state.iteration, settings.max_iter, avg, change,
-            seconds[-1],
-            f" minWeight={float(np.min(weights)):.4g}" if weights is not None else "",
-            " converged" if state.converged else "",
+            seconds[-1], extra, " converged" if state.converged else "",
         )
 
     best = state.best

@@ -126,3 +126,6 @@ class EMFamily(Protocol):
 
     def n_parameters(self, params: Params) -> int:
         """Number of free parameters, for BIC and AIC."""
+
+    def progress(self, params: Params) -> dict[str, float]:
+        """A few numbers worth a glance in the per-iteration log line, e.g. ``minWeight``."""

@@ -441,6 +441,10 @@ class GaussianFamily:
         """Copies of ``weights`` (k,), ``means`` (k, d) and ``covariances`` (shape by type)."""
         return {name: np.array(params[name], dtype=np.float64) for name in ("weights", "means", "covariances")}
 
+    def progress(self, params: Params) -> dict[str, float]:
+        """The smallest component weight: a component heading for collapse shows here first."""
+        return {"minWeight": float(np.min(params["weights"]))}
+
     def n_parameters(self, params: Params) -> int:
         """Free parameters (as scikit-learn's ``_n_parameters``), for BIC and AIC."""
         d = int(np.shape(params["means"])[1])

@@ -161,3 +161,13 @@ def test_initial_params_start_restart_zero(blobs):
     result = fit_em(family, _source(X), FitSettings(max_iter=1, tol=0.0), init)
     # one M-step from the truth stays close to the truth
     np.testing.assert_allclose(np.sort(result.params["weights"]), np.sort(truth["weights"]), atol=0.03)
+
+
+def test_each_iteration_logs_one_line_with_run_id_change_and_family_progress(blobs, caplog):
+    X, _ = blobs
+    with caplog.at_level(logging.INFO, logger="em_spark"):
+        fit_em(GaussianFamily(k=3), _source(X), FitSettings(max_iter=3, tol=0.0, run_id="logged"))
+    lines = [r.getMessage() for r in caplog.records if " iter=" in r.getMessage()]
+    assert len(lines) == 3
+    assert lines[1].startswith("run=logged restart=1/1 iter=2/3 avgLogLik=")
+    assert "change=+" in lines[1] and "seconds=" in lines[1] and "minWeight=" in lines[1]
