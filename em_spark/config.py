@@ -7,6 +7,7 @@ closest valid one, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -90,9 +91,30 @@ class OutputSection:
 @dataclass
 class ScoreSection:
     modelPath: str | None = None  # model to score with (default: output.modelPath)
+    registryModel: str | None = None  # or: score with this registry model's production version
     outputPath: str | None = None  # Parquet output of scored rows
     mode: str = "errorifexists"  # Spark save mode: errorifexists, overwrite
     keepColumns: list[str] | None = None  # input columns to carry over (default: all)
+    anomalyThreshold: float | None = None  # rows with logLikelihood below this get anomaly=true
+    anomalyCol: str = "anomaly"
+    partitionBy: list[str] | None = None  # default: the input's partition columns (date=... directories)
+
+
+@dataclass
+class RegistrySection:
+    uri: str | None = None  # root URI of the model registry
+    modelName: str | None = None  # the registered model this job trains or scores
+
+
+@dataclass
+class NightlySection:
+    date: str | None = None  # the night to process (YYYY-MM-DD); default: today (UTC)
+    inputPath: str | None = None  # input path template; {date} is replaced; default: input.path
+    holdoutFraction: float = 0.2  # rows held out (by a hash of their features) for evaluation
+    driftThreshold: float = 0.05  # retrain when the avg log-likelihood per row drops by more (nats)
+    promotionTolerance: float = 0.01  # promote unless holdout avg log-likelihood is worse by more (nats)
+    freshRestarts: int = 2  # restarts from initMode besides the warm start from production
+    force: bool = False  # retrain even without drift
 
 
 @dataclass
@@ -110,6 +132,8 @@ class JobConfig:
     output: OutputSection = field(default_factory=OutputSection)
     score: ScoreSection = field(default_factory=ScoreSection)
     storage: StorageSection = field(default_factory=StorageSection)
+    registry: RegistrySection = field(default_factory=RegistrySection)
+    nightly: NightlySection = field(default_factory=NightlySection)
     source: str = "<defaults>"  # where the config came from, for messages
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +186,8 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     elif hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key {path!r} must be true or false, got {value!r}")
+    elif text.startswith("str") and isinstance(value, (datetime.date, int, float)) and not isinstance(value, bool):
+        return str(value)  # YAML reads 2026-11-22 as a date and 0042 as a number
     elif text.startswith("str") and not isinstance(value, str):
         raise ConfigError(f"config key {path!r} must be a string, got {value!r}")
     elif text.startswith("dict") and not isinstance(value, dict):
@@ -240,6 +266,22 @@ def _check(c: JobConfig) -> None:
         raise bad("run.logFormat", f"must be 'text' or 'json', got {c.run.logFormat!r}")
     if c.score.mode not in ("errorifexists", "overwrite"):
         raise bad("score.mode", f"must be 'errorifexists' or 'overwrite', got {c.score.mode!r}")
+    if not 0.0 < c.nightly.holdoutFraction < 1.0:
+        raise bad("nightly.holdoutFraction", f"must be between 0 and 1 (exclusive), got {c.nightly.holdoutFraction}")
+    if c.nightly.freshRestarts < 0:
+        raise bad("nightly.freshRestarts", f"must be >= 0, got {c.nightly.freshRestarts}")
+    if c.nightly.date is not None:
+        try:
+            datetime.date.fromisoformat(str(c.nightly.date))
+        except ValueError:
+            raise bad("nightly.date", f"must be a date like 2026-11-22, got {c.nightly.date!r}") from None
+    if c.registry.modelName is not None:
+        from em_spark.storage import validate_name
+
+        try:
+            validate_name(c.registry.modelName, "model name")
+        except ValueError as exc:
+            raise bad("registry.modelName", f"is invalid: {exc}") from None
     features = c.input.features
     if not (isinstance(features, str) or (isinstance(features, list) and features and all(isinstance(f, str) for f in features))):
         raise bad("input.features", f"must be a column name or a non-empty list of column names, got {features!r}")

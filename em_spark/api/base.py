@@ -130,6 +130,7 @@ class EMSummary:
         self.totalWeight = result.total_weight
         self.runId = result.run_id
         self.iterationSeconds = list(result.iteration_seconds)
+        self.dataFingerprint = result.data_fingerprint
 
     @property
     def predictions(self) -> DataFrame:
@@ -150,7 +151,7 @@ class EMSummary:
             "k": self.k, "logLikelihood": self.logLikelihood, "averageLogLikelihood": self.averageLogLikelihood,
             "logLikelihoodHistory": self.logLikelihoodHistory, "numIter": self.numIter, "converged": self.converged,
             "bestRestart": self.bestRestart, "numRows": self.numRows, "totalWeight": self.totalWeight,
-            "runId": self.runId, "iterationSeconds": self.iterationSeconds,
+            "runId": self.runId, "iterationSeconds": self.iterationSeconds, "dataFingerprint": self.dataFingerprint,
         }
 
 
@@ -254,6 +255,12 @@ class EMModel(Model, EMParams):
             raise RuntimeError("no training summary: this model was not fitted in this session or was saved without one")
         return self._summary
 
+    def with_params(self, params: ParamArrays) -> "EMModel":
+        """The same model (params, summary) with other parameter arrays, e.g. relabeled components."""
+        other = self.copy()
+        other._params = {k: np.asarray(v) for k, v in params.items()}
+        return other
+
     # -- scoring ------------------------------------------------------------
     def _transform(self, dataset: DataFrame) -> DataFrame:
         return score_frame(
@@ -341,6 +348,7 @@ class EMModel(Model, EMParams):
                 params=arrays, history=summary["logLikelihoodHistory"], n_iter=summary["numIter"],
                 converged=summary["converged"], restart=summary["bestRestart"], total_weight=summary["totalWeight"],
                 n_rows=summary["numRows"], run_id=summary["runId"], iteration_seconds=summary["iterationSeconds"],
+                data_fingerprint=summary.get("dataFingerprint", ""),
             )
             model._summary = EMSummary(model, result, None)
         return model

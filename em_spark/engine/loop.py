@@ -123,6 +123,7 @@ class FitResult:
     n_rows: int
     run_id: str
     iteration_seconds: list[float] = field(default_factory=list)
+    data_fingerprint: str = ""
 
     @property
     def average_log_likelihood(self) -> float:
@@ -363,4 +364,5 @@ def fit_em(
         n_rows=int(source.summary.rows),
         run_id=run_id,
         iteration_seconds=seconds,
+        data_fingerprint=source.fingerprint,
     )

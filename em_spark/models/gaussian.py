@@ -441,6 +441,51 @@ class GaussianFamily:
         """Copies of ``weights`` (k,), ``means`` (k, d) and ``covariances`` (shape by type)."""
         return {name: np.array(params[name], dtype=np.float64) for name in ("weights", "means", "covariances")}
 
+    def full_covariances(self, params: Params) -> np.ndarray:
+        """(k, d, d) covariance matrices whatever the covariance type."""
+        cov, k = params["covariances"], self.k
+        d = params["means"].shape[1]
+        if self.covariance_type == "full":
+            return cov.copy()
+        if self.covariance_type == "tied":
+            return np.broadcast_to(cov, (k, d, d)).copy()
+        if self.covariance_type == "diag":
+            return np.einsum("ki,ij->kij", cov, np.eye(d))
+        return cov[:, None, None] * np.eye(d)
+
+    def component_distances(self, params_a: Params, params_b: Params) -> np.ndarray:
+        """(k, k) Bhattacharyya distances between the components of two fitted models.
+
+        It weighs mean shifts in the components' own metric and covariance changes
+        together, so a component that kept its place but changed shape still counts as
+        moved. Entry [i, j] compares component i of ``a`` with component j of ``b``.
+        """
+        mu_a, mu_b = params_a["means"], params_b["means"]
+        cov_a, cov_b = self.full_covariances(params_a), self.full_covariances(params_b)
+        logdet_a = np.linalg.slogdet(cov_a)[1]
+        logdet_b = np.linalg.slogdet(cov_b)[1]
+        out = np.empty((len(mu_a), len(mu_b)))
+        for i in range(len(mu_a)):
+            avg = 0.5 * (cov_a[i] + cov_b)  # (k, d, d)
+            diff = mu_a[i] - mu_b  # (k, d)
+            solved = np.linalg.solve(avg, diff[..., None])[..., 0]
+            maha = np.einsum("kd,kd->k", diff, solved)
+            out[i] = 0.125 * maha + 0.5 * (np.linalg.slogdet(avg)[1] - 0.5 * (logdet_a[i] + logdet_b))
+        return out
+
+    def relabel(self, params: Params, order: np.ndarray) -> Params:
+        """Parameters with components reordered: new component j is old component ``order[j]``."""
+        order = np.asarray(order)
+        if sorted(order.tolist()) != list(range(self.k)):
+            raise ModelError(f"relabel needs a permutation of 0..{self.k - 1}, got {order.tolist()}")
+        out = {}
+        for name, value in params.items():
+            per_component = name in ("weights", "means") or (
+                name in ("covariances", "precisions_cholesky") and self.covariance_type != "tied"
+            )
+            out[name] = value[order].copy() if per_component else value.copy()
+        return out
+
     def progress(self, params: Params) -> dict[str, float]:
         """The smallest component weight: a component heading for collapse shows here first."""
         return {"minWeight": float(np.min(params["weights"]))}

@@ -1,0 +1,278 @@
+"""The nightly retrain: drift check, warm-started retrain, holdout gate, stable component ids.
+
+One night is identified by ``<model name>-<date>``: that is the run id of its fit (so a
+killed fit resumes from its checkpoints), the key of its registered version (so a
+re-run never registers a duplicate), and the name of its report (whose conditional
+create makes a finished night a no-op on re-run).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from em_spark.config import ConfigError, JobConfig
+
+__all__ = ["run_nightly", "match_components", "holdout_mask"]
+
+log = logging.getLogger("em_spark")
+
+REPORT_FILE = "report.json"
+
+
+def match_components(family: Any, reference: dict, candidate: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Order of ``candidate``'s components that best matches ``reference``'s.
+
+    Returns ``order`` (k,), where candidate component ``order[j]`` takes id j, and the (k,)
+    Bhattacharyya distance of each matched pair: a minimum-cost assignment on the
+    parameters, so downstream users keep their component ids across retrains.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    cost = family.component_distances(reference, candidate)  # [reference j, candidate i]
+    rows, cols = linear_sum_assignment(cost)
+    order = np.empty(len(rows), dtype=int)
+    order[rows] = cols
+    return order, cost[rows, cols][np.argsort(rows)]
+
+
+def holdout_mask(df: Any, features: Any, fraction: float) -> Any:
+    """A Column that is true for about ``fraction`` of the rows, chosen by a hash of the features.
+
+    Depends on the row's content only, so a re-run (or a resumed run) holds out the same rows.
+    """
+    from pyspark.sql import functions as F
+
+    from em_spark.engine.spark_source import feature_array
+
+    return F.pmod(F.xxhash64(feature_array(df, features)), F.lit(10_000)) < F.lit(int(round(fraction * 10_000)))
+
+
+def _resolve(uri: str | None) -> str | None:
+    from em_spark.cli import _resolve_local
+
+    return _resolve_local(uri)
+
+
+def _read_report(fs: Any, path: str, uri: str) -> dict:
+    from em_spark.storage import read_object
+
+    try:
+        return json.loads(read_object(fs, path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"the report {uri} exists but is not valid JSON ({exc}); inspect it, and delete it to re-run the night"
+        ) from None
+
+
+def _avg_loglik(model: Any, df: Any) -> float:
+    total, weight = model._total_log_likelihood(df)
+    return total / weight
+
+
+def run_nightly(config: JobConfig) -> dict[str, Any]:
+    """Run (or confirm) one night's retrain; return the report that was written."""
+    from em_spark import __version__
+    from em_spark.api import GaussianMixtureModel
+    from em_spark.cli import _estimator, _session, read_input
+    from em_spark.registry import ModelRegistry
+    from em_spark.storage import ObjectExistsError, exists, join, resolve, validate_name, write_object
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    registry_uri = _resolve(config.registry.uri)
+    name = config.registry.modelName
+    if not registry_uri or not name:
+        raise ConfigError(f"the nightly job needs registry.uri and registry.modelName (in {config.source})")
+    date = config.nightly.date or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    run_id = validate_name(f"{name}-{date}", "run id")
+    endpoint = config.storage.s3Endpoint
+    registry = ModelRegistry(registry_uri, s3_endpoint=endpoint)
+    report_uri = join(registry_uri, name, "runs", run_id, REPORT_FILE)
+    fs, report_path = resolve(report_uri, s3_endpoint=endpoint)
+    if exists(fs, report_path):
+        report = _read_report(fs, report_path, report_uri)
+        log.info("nightly %s: the night %s is already done (%s); report at %s", name, date, report["decision"], report_uri)
+        return {**report, "alreadyDone": True}
+
+    template = config.nightly.inputPath or config.input.path
+    if not template:
+        raise ConfigError(f"the nightly job needs nightly.inputPath or input.path (in {config.source})")
+    config.input.path = template.replace("{date}", date)
+    spark = _session(config)
+    data = read_input(spark, config)
+    features = config.input.features
+    holdout_flag = holdout_mask(data, features, config.nightly.holdoutFraction)
+    train = data.where(~holdout_flag).cache()
+    holdout = data.where(holdout_flag).cache()
+    rows = {"train": train.count(), "holdout": holdout.count()}
+    timings["read"] = time.perf_counter() - started
+
+    production_version = registry.alias(name)
+    production = None
+    if production_version is not None:
+        production = GaussianMixtureModel.from_bytes(registry.load_bytes(name, production_version))
+        production.setParams(featuresCol=features, weightCol=config.input.weightCol)
+
+    # Drift: how much worse the production model explains tonight's data than the
+    # holdout it was accepted on. Positive = the world moved away from the model.
+    drift = None
+    if production is not None:
+        t = time.perf_counter()
+        baseline = registry.get(name, production_version).metrics.get("holdoutAvgLogLik")
+        current = _avg_loglik(production, data)
+        drift = {
+            "baselineAvgLogLik": baseline,
+            "currentAvgLogLik": current,
+            "drop": None if baseline is None else baseline - current,
+            "threshold": config.nightly.driftThreshold,
+        }
+        timings["drift"] = time.perf_counter() - t
+
+    reasons = []
+    if config.nightly.force:
+        reasons.append("forced")
+    if production is None:
+        reasons.append("no production model yet")
+    elif drift["drop"] is None:
+        reasons.append("production has no recorded holdout baseline")
+    elif drift["drop"] > config.nightly.driftThreshold:
+        reasons.append(f"drift {drift['drop']:.4f} nats/row above the threshold {config.nightly.driftThreshold}")
+
+    report: dict[str, Any] = {
+        "model": name,
+        "date": date,
+        "runId": run_id,
+        "input": config.input.path,
+        "rows": rows,
+        "productionBefore": production_version,
+        "drift": drift,
+        "packageVersion": __version__,
+    }
+    if not reasons:
+        report.update(
+            decision="kept",
+            reason=f"drift {drift['drop']:.4f} nats/row is within the threshold {config.nightly.driftThreshold}; no retrain",
+            productionAfter=production_version,
+        )
+    else:
+        report.update(_retrain(config, registry, name, run_id, production, production_version, train, holdout, timings))
+        report["retrainReasons"] = reasons
+    timings["total"] = time.perf_counter() - started
+    report["timings"] = timings
+    report["finishedAt"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    train.unpersist()
+    holdout.unpersist()
+
+    try:
+        write_object(fs, report_path, json.dumps(report, indent=2, default=float).encode(), overwrite=False)
+    except ObjectExistsError:
+        # Another run of the same night finished first; its report is the record.
+        report = {**_read_report(fs, report_path, report_uri), "alreadyDone": True}
+    log.info("%s", human_summary(report))
+    return report
+
+
+def _retrain(config, registry, name, run_id, production, production_version, train, holdout, timings) -> dict:
+    from em_spark.api import GaussianMixtureModel
+
+    existing = registry.find_by_run_id(name, run_id)
+    t = time.perf_counter()
+    if existing is not None:
+        # The fit finished and was registered before an interruption: reuse it.
+        version = existing
+        model = GaussianMixtureModel.from_bytes(registry.load_bytes(name, existing.version))
+        model.setParams(featuresCol=config.input.features, weightCol=config.input.weightCol)
+        mapping = existing.extra.get("componentMapping")
+    else:
+        config.run.id = run_id
+        config.run.checkpointDir = config.run.checkpointDir or _join_registry(config, name, "checkpoints")
+        config.fit.nInit = 1 + config.nightly.freshRestarts if production is not None else max(config.fit.nInit, 1)
+        model = _estimator(config, production).fit(train)
+        timings["fit"] = time.perf_counter() - t
+        mapping = None
+        if production is not None:
+            family = model._family
+            order, distance = match_components(family, production._params, model._params)
+            model = model.with_params(family.relabel(model._params, order))
+            moved = np.linalg.norm(model.means - production.means, axis=1)
+            mapping = [
+                {"component": j, "fromFitted": int(order[j]), "bhattacharyya": float(distance[j]),
+                 "meanShift": float(moved[j])}
+                for j in range(len(order))
+            ]
+        t = time.perf_counter()
+        metrics = {
+            "trainAvgLogLik": _avg_loglik(model, train),
+            "holdoutAvgLogLik": _avg_loglik(model, holdout),
+            "bic": model.bic(train),
+            "numIter": model.summary.numIter,
+            "converged": model.summary.converged,
+            "wallSeconds": time.perf_counter() - t + timings.get("fit", 0.0),
+        }
+        version = registry.register(
+            name, model.to_bytes(), config=config.to_dict(), seed=config.fit.seed,
+            data_fingerprint=model.summary.dataFingerprint, run_id=run_id, metrics=metrics,
+            extra={"componentMapping": mapping, "warmStartFrom": production_version},
+        )
+        timings["evaluate+register"] = time.perf_counter() - t
+
+    new_holdout = version.metrics["holdoutAvgLogLik"]
+    out: dict[str, Any] = {"newVersion": version.version, "metrics": {"new": version.metrics}, "componentMapping": mapping}
+    if production is None:
+        registry.promote(name, version.version, reason=f"{run_id}: first model")
+        return {**out, "decision": "promoted", "reason": "no production model yet", "productionAfter": version.version}
+    production_holdout = _avg_loglik(production, holdout)
+    out["metrics"]["productionOnSameHoldout"] = production_holdout
+    tolerance = config.nightly.promotionTolerance
+    if new_holdout >= production_holdout - tolerance:
+        if registry.alias(name) != version.version:
+            registry.promote(
+                name, version.version,
+                reason=f"{run_id}: holdout {new_holdout:.5f} vs production {production_holdout:.5f}",
+            )
+        return {
+            **out, "decision": "promoted", "productionAfter": version.version,
+            "reason": f"holdout avg log-likelihood {new_holdout:.5f} is not worse than production's "
+                      f"{production_holdout:.5f} by more than {tolerance}",
+        }
+    return {
+        **out, "decision": "kept", "productionAfter": production_version,
+        "reason": f"new version {version.version} is worse on the holdout ({new_holdout:.5f} vs production "
+                  f"{production_holdout:.5f}, tolerance {tolerance}); production stays at version {production_version}",
+    }
+
+
+def _join_registry(config: JobConfig, *names: str) -> str:
+    from em_spark.storage import join
+
+    return join(_resolve(config.registry.uri), *names)
+
+
+def human_summary(report: dict[str, Any]) -> str:
+    """A few lines a person reads in the job log."""
+    lines = [f"nightly {report['model']} {report['date']}: {report['decision'].upper()}: {report['reason']}"]
+    if report.get("drift"):
+        d = report["drift"]
+        lines.append(
+            f"  drift: production avg log-likelihood {d['currentAvgLogLik']:.5f} tonight vs baseline "
+            f"{d['baselineAvgLogLik'] if d['baselineAvgLogLik'] is None else round(d['baselineAvgLogLik'], 5)}"
+        )
+    if report.get("newVersion") is not None:
+        m = report["metrics"]["new"]
+        lines.append(
+            f"  new version {report['newVersion']}: train {m['trainAvgLogLik']:.5f}, holdout {m['holdoutAvgLogLik']:.5f}, "
+            f"BIC {m['bic']:.1f}, {m['numIter']} iterations"
+        )
+    for entry in report.get("componentMapping") or []:
+        lines.append(
+            f"  component {entry['component']} <- fitted {entry['fromFitted']} "
+            f"(mean moved {entry['meanShift']:.4g}, Bhattacharyya {entry['bhattacharyya']:.4g})"
+        )
+    lines.append(f"  production: {report.get('productionBefore')} -> {report.get('productionAfter')}")
+    return "\n".join(lines)
