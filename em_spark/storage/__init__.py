@@ -5,6 +5,7 @@ Knows nothing about Spark or models. The public pieces:
 * :mod:`.codec` -- ``pack``/``unpack``: JSON metadata plus float64/int64/bool arrays, no pickle.
 * :mod:`.frame` -- ``seal``/``unseal``: a checksummed envelope around any payload.
 * :mod:`.fs` -- ``resolve``, safe names, object primitives, ``put_sealed``/``get_sealed``.
+* :mod:`.s3` -- S3 writes through boto3 (the ``s3`` extra): atomic, conditional creates.
 * :mod:`.checkpoints` -- ``CheckpointStore``: per-run checkpoints with retention and fallback.
 """
 
@@ -13,6 +14,7 @@ from em_spark.storage.codec import pack, unpack
 from em_spark.storage.errors import (
     CorruptObjectError,
     InvalidNameError,
+    MissingDependencyError,
     ObjectExistsError,
     SequenceConflictError,
     StorageError,
@@ -38,6 +40,7 @@ __all__ = [
     "CheckpointStore",
     "CorruptObjectError",
     "InvalidNameError",
+    "MissingDependencyError",
     "ObjectExistsError",
     "SequenceConflictError",
     "StorageError",

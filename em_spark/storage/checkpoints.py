@@ -5,11 +5,13 @@ sealed payload (see :mod:`em_spark.storage.frame`). The store never interprets
 payloads; the sequence is an increasing integer chosen by the caller.
 
 The commit protocol does not trust that an object exists: a crashed writer can
-leave a torn object under its final name (S3 publishes partial uploads; local
-writes are atomic, but a machine crash can still tear them). So every read
-verifies the checksum, ``latest()`` falls back past damaged objects, a damaged
-object at the sequence being committed is replaced, and retention counts only
-checkpoints that verify. One writer per run id is assumed.
+leave a torn object under its final name (GCS or HDFS through pyarrow publish
+partial writes; local and S3 writes are atomic, but a machine crash or another
+tool can still tear an object). So every read verifies the checksum, ``latest()``
+falls back past damaged objects, a damaged object at the sequence being committed
+is replaced, and retention counts only checkpoints that verify. One writer per
+run id is assumed; on local disks and S3 a second writer racing for the same new
+sequence gets :class:`ObjectExistsError` instead of overwriting.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ __all__ = [
     "InvalidNameError",
     "ObjectExistsError",
     "SequenceConflictError",
+    "MissingDependencyError",
 ]
 
 
@@ -39,6 +40,16 @@ class InvalidNameError(StorageError, ValueError):
 class ObjectExistsError(StorageError, FileExistsError):
     """Refused to overwrite an existing object."""
 
+    @classmethod
+    def refused(cls, path: str) -> "ObjectExistsError":
+        """The error for refusing to overwrite the object at ``path``."""
+        return cls(f"refusing to overwrite existing object {path!r}")
+
 
 class SequenceConflictError(ObjectExistsError):
     """A valid checkpoint already exists at this sequence or at a later one."""
+
+
+class MissingDependencyError(StorageError, ImportError):
+    """A storage URI needs an optional package that is not installed; the message
+    names the extra to install."""

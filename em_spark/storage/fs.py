@@ -3,9 +3,11 @@
 Objects are whole byte strings written once. On a local filesystem a write goes
 to a hidden temporary name and is then renamed (or hard-linked, when overwriting
 is refused) onto its final name, so a reader never sees a half-written file
-under the final name. Other filesystems (S3, GCS, HDFS) have no atomic rename and
-may publish a partial object when a writer fails, so they are written directly
-and every reader verifies a checksum instead of trusting that an object exists.
+under the final name. S3 has no rename; there boto3 publishes each object in one
+request, conditional when overwriting is refused (see :mod:`.s3`). Other
+filesystems (GCS, HDFS) may publish a partial object when a writer fails, so they
+are written directly. Everywhere, readers verify a checksum instead of trusting
+that an object exists.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from em_spark.storage import s3
 from em_spark.storage.errors import CorruptObjectError, InvalidNameError, ObjectExistsError
 from em_spark.storage.frame import seal, unseal
 
@@ -112,16 +115,24 @@ def resolve(uri: str, *, s3_endpoint: str | None = None) -> tuple[pafs.FileSyste
     """The filesystem and the path inside it for ``uri``.
 
     Plain paths (relative ones made absolute) and ``file://`` URIs are local; any
-    other URI goes to ``pyarrow.fs.FileSystem.from_uri`` (s3, gs, hdfs, ...), which
-    honours ``AWS_ENDPOINT_URL`` for S3. ``s3_endpoint`` (``http://host:port`` or
-    ``https://host``) names an S3 endpoint explicitly and is ignored for other schemes.
+    other URI goes to ``pyarrow.fs.FileSystem.from_uri`` (s3, gs, hdfs, ...).
+    For ``s3://``, ``s3_endpoint`` (``http://host:port`` or ``https://host``, e.g. a
+    MinIO server) names the endpoint; without it ``AWS_ENDPOINT_URL_S3`` or
+    ``AWS_ENDPOINT_URL`` does, and without those AWS itself is used. ``s3://`` needs
+    boto3 (:class:`MissingDependencyError` otherwise); credentials come from the
+    AWS default chain. ``s3_endpoint`` is ignored for other schemes.
     """
     if not isinstance(uri, str) or not uri:
         raise ValueError(f"storage URI must be a non-empty string, got {uri!r}")
     if not _SCHEME_RE.match(uri):
         return pafs.LocalFileSystem(), os.path.abspath(uri)
-    if s3_endpoint and uri.split("://", 1)[0].lower() == "s3":
-        return _s3_with_endpoint(uri, s3_endpoint)
+    if uri.split("://", 1)[0].lower() == "s3":
+        s3.require_boto3()  # fail before any work rather than at the first write
+        # Passed explicitly: pyarrow's own reading of AWS_ENDPOINT_URL varies by version.
+        endpoint = s3_endpoint or s3.endpoint_from_env()
+        if endpoint:
+            source = "an explicit endpoint" if s3_endpoint else "an endpoint from AWS_ENDPOINT_URL(_S3)"
+            return _s3_with_endpoint(uri, endpoint, source)
     try:
         filesystem, path = pafs.FileSystem.from_uri(uri)
     except (pa.ArrowException, ValueError, OSError) as exc:
@@ -130,12 +141,12 @@ def resolve(uri: str, *, s3_endpoint: str | None = None) -> tuple[pafs.FileSyste
     return filesystem, path
 
 
-def _s3_with_endpoint(uri: str, endpoint: str) -> tuple[pafs.FileSystem, str]:
+def _s3_with_endpoint(uri: str, endpoint: str, source: str) -> tuple[pafs.FileSystem, str]:
     parts = urllib.parse.urlsplit(uri)
     if parts.query or parts.fragment:
         raise ValueError(
-            f"S3 URI {redact_uri(uri)!r}: options in the URI are not supported together with an "
-            "explicit endpoint; configure them on the endpoint instead"
+            f"S3 URI {redact_uri(uri)!r}: options in the URI are not supported together with "
+            f"{source}; configure them on the endpoint instead"
         )
     bucket = parts.netloc.rpartition("@")[2]
     if not bucket:
@@ -145,7 +156,8 @@ def _s3_with_endpoint(uri: str, endpoint: str) -> tuple[pafs.FileSystem, str]:
     ep = urllib.parse.urlsplit(endpoint)
     if ep.scheme not in ("http", "https") or not ep.netloc or ep.path not in ("", "/"):
         raise ValueError(f"S3 endpoint {redact_uri(endpoint)!r} must look like http://host:port or https://host")
-    options = {"endpoint_override": ep.netloc, "scheme": ep.scheme}
+    # The region is explicit too, so pyarrow and boto3 sign for the same one.
+    options = {"endpoint_override": ep.netloc, "scheme": ep.scheme, "region": s3.default_region()}
     if parts.username is not None:  # s3://ACCESS:SECRET@bucket, as from_uri accepts
         options["access_key"] = urllib.parse.unquote(parts.username)
         options["secret_key"] = urllib.parse.unquote(parts.password or "")
@@ -165,14 +177,20 @@ def write_object(fs: pafs.FileSystem, path: str, data: bytes, *, overwrite: bool
 
     Locally the bytes go to a hidden temporary file that is then renamed (or, when
     ``overwrite`` is false, hard-linked, which refuses an existing target) onto
-    ``path``, creating parent directories. Elsewhere the object is written in place;
-    a reader must verify it (see :func:`~em_spark.storage.frame.unseal`).
-    Raises :class:`ObjectExistsError` if ``overwrite`` is false and ``path`` exists.
+    ``path``, creating parent directories. On S3 one request publishes the object,
+    with ``If-None-Match: *`` when ``overwrite`` is false (see :mod:`.s3`).
+    Elsewhere the object is written in place. Readers verify objects anyway (see
+    :func:`~em_spark.storage.frame.unseal`). Raises :class:`ObjectExistsError` if
+    ``overwrite`` is false and ``path`` exists; on local disks and S3 that holds even
+    against a writer racing for the same path.
     """
+    # A cheap early refusal; the write itself decides where the filesystem can.
     if not overwrite and exists(fs, path):
-        raise ObjectExistsError(f"refusing to overwrite existing object {path!r}")
+        raise ObjectExistsError.refused(path)
     if fs.type_name == "local":
         _write_local(fs, path, data, overwrite)
+    elif fs.type_name == "s3":
+        s3.put_object(fs, path, data, overwrite=overwrite)
     else:
         _write_direct(fs, path, data, overwrite)
 
@@ -201,17 +219,17 @@ def _link_exclusive(fs: pafs.FileSystem, temp: str, path: str) -> None:
         # rename(2) is not (it silently replaces). The temp name is removed by the caller.
         os.link(temp, path)
     except FileExistsError:
-        raise ObjectExistsError(f"refusing to overwrite existing object {path!r}") from None
+        raise ObjectExistsError.refused(path) from None
     except OSError:
         # No hard links here (some network or FUSE filesystems): check, then rename.
         if exists(fs, path):
-            raise ObjectExistsError(f"refusing to overwrite existing object {path!r}") from None
+            raise ObjectExistsError.refused(path) from None
         fs.move(temp, path)
 
 
 def _write_direct(fs: pafs.FileSystem, path: str, data: bytes, overwrite: bool) -> None:
     # Without conditional puts the existence check in write_object and this write
-    # are two steps; S3 needs If-None-Match: * to make them one.
+    # are two steps: racing writers may both succeed, the last one winning.
     try:
         stream = _open_output_stream(fs, path)
     except FileNotFoundError:

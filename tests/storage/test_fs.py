@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import sys
 
 import pyarrow.fs as pafs
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from em_spark.storage import (
     CorruptObjectError,
     InvalidNameError,
+    MissingDependencyError,
     ObjectExistsError,
     delete_object,
     exists,
@@ -25,6 +28,8 @@ from em_spark.storage import (
     write_object,
 )
 from em_spark.storage import fs as storage_fs
+from em_spark.storage import s3 as s3_module
+from em_spark.storage.s3 import redact_credentials
 from em_spark.storage.fs import NAME_PATTERN, absolute_uri
 
 # --- names ------------------------------------------------------------------
@@ -165,6 +170,71 @@ def test_resolve_errors_never_show_credentials():
         resolve("nosuchscheme://user:hunter2@host/path")
     assert "hunter2" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """No AWS endpoint or region from the caller's environment."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _s3_options(uri, **kwargs):
+    fs, _ = resolve(uri, **kwargs)
+    assert fs.type_name == "s3"
+    return fs.__reduce__()[1][0]
+
+
+def test_resolve_s3_endpoint_precedence(aws_env):
+    aws_env.setenv("AWS_ENDPOINT_URL", "http://generic:1")
+    assert _s3_options("s3://bucket/p")["endpoint_override"] == "generic:1"
+    aws_env.setenv("AWS_ENDPOINT_URL_S3", "https://only-s3:2")  # service-specific wins, as in the AWS SDKs
+    options = _s3_options("s3://bucket/p")
+    assert options["endpoint_override"] == "only-s3:2" and options["scheme"] == "https"
+    assert _s3_options("s3://bucket/p", s3_endpoint="http://explicit:3")["endpoint_override"] == "explicit:3"
+
+
+def test_resolve_s3_region_comes_from_the_environment(aws_env):
+    assert _s3_options("s3://bucket", s3_endpoint="http://h:1")["region"] == "us-east-1"
+    aws_env.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    assert _s3_options("s3://bucket", s3_endpoint="http://h:1")["region"] == "eu-west-1"
+    aws_env.setenv("AWS_REGION", "ap-south-1")
+    assert _s3_options("s3://bucket", s3_endpoint="http://h:1")["region"] == "ap-south-1"
+
+
+def test_resolve_s3_uri_options_clash_with_an_environment_endpoint(aws_env):
+    aws_env.setenv("AWS_ENDPOINT_URL", "http://h:1")
+    with pytest.raises(ValueError, match="AWS_ENDPOINT_URL"):
+        resolve("s3://bucket/p?region=x")
+
+
+def test_s3_without_boto3_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # makes `import boto3` fail
+    with pytest.raises(MissingDependencyError, match=re.escape("install em-spark[s3]")) as info:
+        resolve("s3://bucket/p", s3_endpoint="http://127.0.0.1:9000")
+    assert isinstance(info.value, ImportError)
+    with pytest.raises(MissingDependencyError):
+        put_sealed("s3://bucket/model", b"x", s3_endpoint="http://127.0.0.1:9000")
+    assert resolve(str(tmp_path))[0].type_name == "local"  # other schemes do not need it
+
+
+def test_redact_credentials_in_botocore_log_lines():
+    line = (
+        "Sending http request: <AWSPreparedRequest headers={'Authorization': b'AWS4-HMAC-SHA256 "
+        "Credential=AKIDEXAMPLE/20260101/us-east-1/s3/aws4_request, Signature=abc', "
+        "'X-Amz-Security-Token': b'TOKEN123'}>\nx-amz-security-token:TOKEN123\n"
+        "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIDEXAMPLE%2F2026&X-Amz-Security-Token=TOKEN123"
+    )
+    redacted = redact_credentials(line)
+    assert "AKIDEXAMPLE" not in redacted and "TOKEN123" not in redacted
+    assert "Sending http request" in redacted and "'Authorization': b'***'" in redacted
+
+
+def test_multipart_parts_stay_within_s3_limits():
+    assert s3_module._part_size(12 * 2**20) == s3_module.PART_SIZE
+    huge = 200 * 2**30  # 200 GiB: 8 MiB parts would need 25,600 of them
+    assert -(-huge // s3_module._part_size(huge)) <= 10_000
 
 
 @pytest.mark.parametrize("uri", ["", None])
