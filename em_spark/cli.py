@@ -152,20 +152,47 @@ def run_train(config: JobConfig) -> Any:
     return model
 
 
+def _input_partition_columns(df: Any, input_uri: str) -> list[str]:
+    """Partition columns of a directory-partitioned input (``.../date=2026-11-22/part-0.parquet``)."""
+    files = df.inputFiles()
+    if not files:
+        return []
+    relative = files[0][len(input_uri):] if files[0].startswith(input_uri) else files[0]
+    keys = [segment.split("=", 1)[0] for segment in relative.strip("/").split("/")[:-1] if "=" in segment]
+    return [k for k in keys if k in df.columns]
+
+
+def _scoring_model(config: JobConfig):
+    from em_spark.api import GaussianMixtureModel
+
+    if config.score.registryModel:
+        from em_spark.registry import ModelRegistry
+
+        if not config.registry.uri:
+            raise ConfigError(f"score.registryModel needs registry.uri (in {config.source})")
+        registry = ModelRegistry(_resolve_local(config.registry.uri), s3_endpoint=config.storage.s3Endpoint)
+        version = registry.alias(config.score.registryModel)
+        if version is None:
+            raise ConfigError(f"registry model {config.score.registryModel!r} has no production version to score with")
+        data = registry.load_bytes(config.score.registryModel, version)
+        return GaussianMixtureModel.from_bytes(data), f"{config.score.registryModel} v{version} (production)"
+    model_path = _resolve_local(config.score.modelPath or config.output.modelPath)
+    if not model_path:
+        raise ConfigError(
+            f"config key 'score.modelPath' (or output.modelPath, or score.registryModel) is required (in {config.source})"
+        )
+    return GaussianMixtureModel.load(model_path, s3Endpoint=config.storage.s3Endpoint), model_path
+
+
 def run_score(config: JobConfig) -> dict[str, Any]:
     """Score the input with a saved model and write Parquet; return counts."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
-    from em_spark.api import GaussianMixtureModel
-
-    model_path = _resolve_local(config.score.modelPath or config.output.modelPath)
     output = _resolve_local(config.score.outputPath)
-    if not model_path:
-        raise ConfigError(f"config key 'score.modelPath' (or output.modelPath) is required (in {config.source})")
     if not output:
         raise ConfigError(f"config key 'score.outputPath' is required (in {config.source})")
-    model = GaussianMixtureModel.load(model_path, s3Endpoint=config.storage.s3Endpoint)
+    model, model_name = _scoring_model(config)
     model.setParams(featuresCol=config.input.features)
     spark = _session(config)
     df = read_input(spark, config)
@@ -173,32 +200,59 @@ def run_score(config: JobConfig) -> dict[str, Any]:
     missing = [c for c in keep if c not in df.columns]
     if missing:
         raise ConfigError(f"config key 'score.keepColumns' names columns not in the input: {missing}")
+    partition_by = config.score.partitionBy
+    if partition_by is None:
+        partition_by = _input_partition_columns(df, _resolve_local(config.input.path))
+    unknown = [c for c in partition_by if c not in keep]
+    if unknown:
+        raise ConfigError(f"config key 'score.partitionBy' names columns not kept in the output: {unknown}")
     scored = model.transform(df)
     pred, prob, ll = (model.getOrDefault(n) for n in ("predictionCol", "probabilityCol", "logLikelihoodCol"))
     # Probabilities as array<double>: readable by any Parquet consumer, not only Spark ML.
-    out = scored.select(*keep, pred, vector_to_array(F.col(prob)).alias(prob), ll)
-    out.write.mode(config.score.mode).parquet(output)
-    counts = spark.read.parquet(output).agg(
-        F.count(F.lit(1)).alias("rows"), F.sum(F.when(F.col(pred).isNull(), 1).otherwise(0)).alias("unscored")
-    ).first()
-    result = {"rows": int(counts["rows"]), "unscored": int(counts["unscored"] or 0), "output": output}
+    columns = [*keep, pred, vector_to_array(F.col(prob)).alias(prob), ll]
+    threshold = config.score.anomalyThreshold
+    if threshold is not None:
+        # Low likelihood under the model = unlike anything it was trained on.
+        columns.append((F.col(ll) < F.lit(float(threshold))).alias(config.score.anomalyCol))
+    writer = scored.select(*columns).write.mode(config.score.mode)
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.parquet(output)
+    aggregates = [F.count(F.lit(1)).alias("rows"), F.sum(F.when(F.col(pred).isNull(), 1).otherwise(0)).alias("unscored")]
+    if threshold is not None:
+        aggregates.append(F.sum(F.col(config.score.anomalyCol).cast("int")).alias("anomalies"))
+    counts = spark.read.parquet(output).agg(*aggregates).first()
+    result = {
+        "rows": int(counts["rows"]), "unscored": int(counts["unscored"] or 0), "output": output,
+        "partitionBy": list(partition_by), "model": model_name,
+    }
+    if threshold is not None:
+        result["anomalies"] = int(counts["anomalies"] or 0)
     if result["unscored"]:
         log.warning(
             "%d of %d rows could not be scored (null, NaN or wrong number of features); their outputs are null",
             result["unscored"], result["rows"],
         )
-    print(f"em_spark score: {result['rows']} rows scored with {model_path} -> {output}", flush=True)
+    anomalies = f", {result['anomalies']} below logLikelihood {threshold}" if threshold is not None else ""
+    print(f"em_spark score: {result['rows']} rows scored with {model_name}{anomalies} -> {output}", flush=True)
     return result
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="em-spark", description="Expectation-Maximization on Apache Spark.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("train", "fit a model and save it"), ("score", "score data with a saved model")):
+    for name, help_text in (
+        ("train", "fit a model and save it"),
+        ("score", "score data with a saved model"),
+        ("nightly", "the nightly retrain: drift check, warm-started retrain, holdout gate, registry"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML config (default: the embedded demo config)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set model.k=5 (repeatable)")
+    from em_spark.registry_cli import add_registry_parser
+
+    add_registry_parser(sub)
     return parser
 
 
@@ -209,14 +263,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     from em_spark.models.base import ModelError
     from em_spark.session import JavaNotFoundError
 
-    expected = (ConfigError, DataValidationError, ResumeMismatchError, ModelError, JavaNotFoundError, FileExistsError)
+    from em_spark.registry import RegistryError
+    from em_spark.storage import StorageError
+
+    expected = (
+        ConfigError, DataValidationError, ResumeMismatchError, ModelError, JavaNotFoundError,
+        FileExistsError, RegistryError, StorageError,
+    )
     try:
+        if args.command == "registry":
+            from em_spark.registry_cli import run_registry
+
+            setup_logging()
+            return run_registry(args)
         config = load_config(args.config, args.overrides)
         setup_logging(config.run.logFormat)
         if args.command == "train":
             run_train(config)
-        else:
+        elif args.command == "score":
             run_score(config)
+        else:
+            from em_spark.nightly import run_nightly
+
+            run_nightly(config)
     except expected as exc:
         print(f"em-spark: error: {exc}", file=sys.stderr)
         return 2

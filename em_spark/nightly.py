@@ -79,7 +79,7 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     """Run (or confirm) one night's retrain; return the report that was written."""
     from em_spark import __version__
     from em_spark.api import GaussianMixtureModel
-    from em_spark.cli import _estimator, _session, read_input
+    from em_spark.cli import _session, read_input
     from em_spark.registry import ModelRegistry
     from em_spark.storage import ObjectExistsError, exists, join, resolve, validate_name, write_object
 
@@ -113,7 +113,7 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     rows = {"train": train.count(), "holdout": holdout.count()}
     timings["read"] = time.perf_counter() - started
 
-    production_version = registry.alias(name)
+    production_version = registry.alias(name) if name in registry.names() else None  # the first night has none
     production = None
     if production_version is not None:
         production = GaussianMixtureModel.from_bytes(registry.load_bytes(name, production_version))
@@ -180,6 +180,7 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
 
 def _retrain(config, registry, name, run_id, production, production_version, train, holdout, timings) -> dict:
     from em_spark.api import GaussianMixtureModel
+    from em_spark.cli import _estimator
 
     existing = registry.find_by_run_id(name, run_id)
     t = time.perf_counter()
@@ -198,8 +199,8 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
         mapping = None
         if production is not None:
             family = model._family
-            order, distance = match_components(family, production._params, model._params)
-            model = model.with_params(family.relabel(model._params, order))
+            order, distance = match_components(family, production.arrays, model.arrays)
+            model = model.with_params(family.relabel(model.arrays, order))
             moved = np.linalg.norm(model.means - production.means, axis=1)
             mapping = [
                 {"component": j, "fromFitted": int(order[j]), "bhattacharyya": float(distance[j]),

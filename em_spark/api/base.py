@@ -232,14 +232,20 @@ class EMModel(Model, EMParams):
     def __init__(self, family: EMFamily, params: ParamArrays, n_features: int):
         super().__init__()
         self._family = family
-        self._params = {k: np.asarray(v) for k, v in params.items()}
+        # Not "_params": pyspark's Params caches its Param list under that name.
+        self._arrays = {k: np.asarray(v) for k, v in params.items()}
         self._n_features = int(n_features)
         self._summary: EMSummary | None = None
         self._set(k=family.k)
 
     # -- parameters ---------------------------------------------------------
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """All fitted parameter arrays, including derived ones (e.g. precision Cholesky factors)."""
+        return dict(self._arrays)
+
     def public_params(self) -> dict[str, np.ndarray]:
-        return self._family.public_params(self._params)
+        return self._family.public_params(self._arrays)
 
     @property
     def numFeatures(self) -> int:
@@ -258,13 +264,13 @@ class EMModel(Model, EMParams):
     def with_params(self, params: ParamArrays) -> "EMModel":
         """The same model (params, summary) with other parameter arrays, e.g. relabeled components."""
         other = self.copy()
-        other._params = {k: np.asarray(v) for k, v in params.items()}
+        other._arrays = {k: np.asarray(v) for k, v in params.items()}
         return other
 
     # -- scoring ------------------------------------------------------------
     def _transform(self, dataset: DataFrame) -> DataFrame:
         return score_frame(
-            dataset, self._family, self._params, self._n_features, self.getOrDefault("featuresCol"),
+            dataset, self._family, self._arrays, self._n_features, self.getOrDefault("featuresCol"),
             prediction_col=self.getOrDefault("predictionCol"),
             probability_col=self.getOrDefault("probabilityCol"),
             loglik_col=self.getOrDefault("logLikelihoodCol") or None,
@@ -274,14 +280,14 @@ class EMModel(Model, EMParams):
         """Score rows held on the driver: ``log_resp`` (n, k) and ``loglik`` (n,)."""
         from em_spark.models.base import Block
 
-        return self._family.score(Block(np.asarray(X, dtype=np.float64)), self._params)
+        return self._family.score(Block(np.asarray(X, dtype=np.float64)), self._arrays)
 
     def _total_log_likelihood(self, dataset: DataFrame) -> tuple[float, float]:
         """(sum of w * loglik, sum of w) over the dataset; every row must be scorable."""
         features = self.getOrDefault("featuresCol")
         weight_col = self.getOrDefault("weightCol")
         w = F.col(weight_col).cast("double") if weight_col else F.lit(1.0)
-        scored = score_frame(dataset, self._family, self._params, self._n_features, features, loglik_col="__em_ll",
+        scored = score_frame(dataset, self._family, self._arrays, self._n_features, features, loglik_col="__em_ll",
                              prediction_col="__em_pred", probability_col="__em_prob")
         row = scored.agg(
             F.sum(w * F.col("__em_ll")).alias("ll"), F.sum(w).alias("w"),
@@ -297,12 +303,12 @@ class EMModel(Model, EMParams):
     def bic(self, dataset: DataFrame) -> float:
         """Bayesian information criterion on ``dataset`` (lower is better), as scikit-learn defines it."""
         ll, n = self._total_log_likelihood(dataset)
-        return -2.0 * ll + self._family.n_parameters(self._params) * math.log(n)
+        return -2.0 * ll + self._family.n_parameters(self._arrays) * math.log(n)
 
     def aic(self, dataset: DataFrame) -> float:
         """Akaike information criterion on ``dataset`` (lower is better)."""
         ll, _ = self._total_log_likelihood(dataset)
-        return -2.0 * ll + 2.0 * self._family.n_parameters(self._params)
+        return -2.0 * ll + 2.0 * self._family.n_parameters(self._arrays)
 
     # -- persistence --------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -317,7 +323,7 @@ class EMModel(Model, EMParams):
             "params": {p.name: v for p, v in self.extractParamMap().items() if p.name in keep},
             "summary": self._summary.as_dict() if self._summary is not None else None,
         }
-        return pack(json.loads(json.dumps(meta)), self._params)
+        return pack(json.loads(json.dumps(meta)), self._arrays)
 
     def save(self, path: str, overwrite: bool = False) -> None:
         """Write the model under ``path`` (any pyarrow.fs URI) as one checksummed file, no pickle."""

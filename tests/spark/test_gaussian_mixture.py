@@ -142,7 +142,7 @@ def test_bic_and_aic_match_scikit_learn_for_the_same_parameters(spark, iris):
     model = GaussianMixture(k=3, seed=0, maxIter=50).fit(df)
     sk = _sklearn_from({"weights": model.weights, "means": model.means, "covariances": model.covariances}, "full", X, 1)
     sk.weights_, sk.means_, sk.covariances_ = model.weights, model.means, model.covariances
-    sk.precisions_cholesky_ = model._params["precisions_cholesky"]
+    sk.precisions_cholesky_ = model.arrays["precisions_cholesky"]
     assert model.bic(df) == pytest.approx(sk.bic(X), rel=1e-9)
     assert model.aic(df) == pytest.approx(sk.aic(X), rel=1e-9)
 

@@ -1,0 +1,86 @@
+"""The nightly retrain, night by night, against a local registry."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from em_spark.config import load_config
+from em_spark.demo_data import make_blobs
+from em_spark.engine import spark_source
+from em_spark.nightly import run_nightly
+from em_spark.registry import ModelRegistry
+
+pytestmark = pytest.mark.spark
+
+
+def _night(root, date, shift=0.0, seed=1, rows=4000):
+    X, _, _ = make_blobs(rows, 2, 3, separation=6.0, seed=42)  # same mixture every night...
+    X = X[np.random.default_rng(seed).permutation(rows)] + shift  # ...optionally shifted
+    path = root / "events" / f"date={date}"
+    path.mkdir(parents=True)
+    pq.write_table(pa.table({"x0": X[:, 0], "x1": X[:, 1]}), path / "part-0.parquet")
+
+
+def _config(root, date, **overrides):
+    sets = [
+        f"nightly.date={date}", f"registry.uri={(root / 'registry').as_uri()}",
+        f"nightly.inputPath={(root / 'events').as_uri()}/date={{date}}", "input.generate=",
+        "fit.maxIter=60", "nightly.freshRestarts=1",
+    ] + [f"{k}={v}" for k, v in overrides.items()]
+    return load_config("conf/nightly.yaml", sets)
+
+
+def test_nights_promote_keep_and_report(spark, tmp_path):
+    registry = ModelRegistry((tmp_path / "registry").as_uri())
+    _night(tmp_path, "2026-11-20")
+    first = run_nightly(_config(tmp_path, "2026-11-20"))
+    assert first["decision"] == "promoted" and first["newVersion"] == 1
+    assert registry.alias("demo-gmm") == 1
+    meta = registry.get("demo-gmm", 1)
+    assert {"trainAvgLogLik", "holdoutAvgLogLik", "bic", "numIter", "wallSeconds"} <= set(meta.metrics)
+    assert meta.run_id == "demo-gmm-2026-11-20" and meta.data_fingerprint.startswith("rows=")
+
+    again = run_nightly(_config(tmp_path, "2026-11-20"))
+    assert again["alreadyDone"] and len(registry.versions("demo-gmm")) == 1
+
+    _night(tmp_path, "2026-11-21", seed=2)  # same world: no drift, no retrain
+    calm = run_nightly(_config(tmp_path, "2026-11-21"))
+    assert calm["decision"] == "kept" and "no retrain" in calm["reason"]
+    assert abs(calm["drift"]["drop"]) < 0.05 and len(registry.versions("demo-gmm")) == 1
+
+    _night(tmp_path, "2026-11-22", shift=1.5, seed=3)  # the world moved
+    moved = run_nightly(_config(tmp_path, "2026-11-22"))
+    assert moved["drift"]["drop"] > 0.05 and moved["newVersion"] == 2
+    assert moved["decision"] == "promoted" and registry.alias("demo-gmm") == 2
+    mapping = moved["componentMapping"]
+    assert sorted(m["fromFitted"] for m in mapping) == [0, 1, 2]
+    old, new = registry.get("demo-gmm", 1), registry.get("demo-gmm", 2)
+    assert new.extra["warmStartFrom"] == 1
+    # ids are stable: each component's mean moved by about the shift, not across the map
+    assert all(abs(m["meanShift"] - 1.5 * np.sqrt(2)) < 0.3 for m in mapping), mapping
+
+    _night(tmp_path, "2026-11-23", shift=-1.5, seed=4)
+    gated = run_nightly(_config(tmp_path, "2026-11-23", **{"nightly.promotionTolerance": -100.0}))
+    assert gated["decision"] == "kept" and "worse on the holdout" in gated["reason"]
+    assert registry.alias("demo-gmm") == 2 and gated["newVersion"] == 3
+
+
+def test_killed_night_resumes_and_registers_once(spark, tmp_path, monkeypatch):
+    _night(tmp_path, "2026-11-20")
+    real = spark_source.SparkBlockSource.e_step
+    calls = {"n": 0}
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("driver killed")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_nightly(_config(tmp_path, "2026-11-20"))
+    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step", real)
+    report = run_nightly(_config(tmp_path, "2026-11-20"))
+    assert report["decision"] == "promoted"
+    assert [v.version for v in ModelRegistry((tmp_path / "registry").as_uri()).versions("demo-gmm")] == [1]
