@@ -41,12 +41,16 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
 
 
 def _resolve_local(uri: str | None) -> str | None:
-    """Relative local paths become absolute file:// URIs (Spark and pyarrow then agree)."""
+    """Relative local paths become absolute file:// URIs (Spark and pyarrow then agree).
+
+    Not ``Path.as_uri()``: it percent-encodes ``=`` and Spark does not decode it, so a
+    ``date=2026-11-22`` partition directory would not be found.
+    """
     if uri is None or "://" in uri:
         return uri
     from pathlib import Path
 
-    return Path(uri).resolve().as_uri()
+    return "file://" + str(Path(uri).resolve())
 
 
 def _session(config: JobConfig):

@@ -47,3 +47,11 @@ def test_bad_values_name_the_offending_key(override, message):
 def test_missing_config_file_says_so(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_relative_paths_become_file_uris_that_spark_can_read(tmp_path, monkeypatch):
+    from em_spark.cli import _resolve_local
+
+    monkeypatch.chdir(tmp_path)
+    assert _resolve_local("events/date=2026-11-22") == f"file://{tmp_path}/events/date=2026-11-22"
+    assert _resolve_local("s3://bucket/x=1") == "s3://bucket/x=1"
