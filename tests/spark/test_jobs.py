@@ -66,3 +66,20 @@ def test_job_with_a_bad_config_key_fails_with_a_clear_message(tmp_path):
     assert result.returncode == 2
     assert "unknown config key 'model.kk' (did you mean model.k?)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_nightly_retrain_through_spark_submit_then_registry_cli(tmp_path):
+    submit = [_spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false"]
+    night = [str(REPO / "jobs" / "nightly_retrain.py"), "--config", str(REPO / "conf" / "nightly.yaml"),
+             "--set", "nightly.date=2026-11-22", "--set", "input.generate.rows=5000", "--set", "fit.maxIter=20"]
+    first = _run([*submit, *night], tmp_path)
+    out = first.stdout + first.stderr
+    assert first.returncode == 0, out[-3000:]
+    assert "nightly demo-gmm 2026-11-22: PROMOTED" in out
+    report = tmp_path / "em-spark-demo" / "registry" / "demo-gmm" / "runs" / "demo-gmm-2026-11-22" / "report.json"
+    assert '"decision": "promoted"' in report.read_text()
+    again = _run([*submit, *night], tmp_path)
+    assert again.returncode == 0 and "already done" in again.stdout + again.stderr
+    listing = _run([sys.executable, "-m", "em_spark.cli", "registry", "list", "--registry", "em-spark-demo/registry",
+                    "--name", "demo-gmm"], tmp_path)
+    assert listing.returncode == 0 and "*1" in listing.stdout and "demo-gmm-2026-11-22" in listing.stdout
