@@ -40,10 +40,12 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from em_spark.storage.codec import to_jsonable
 from em_spark.storage.errors import (
     CorruptObjectError,
     InvalidNameError,
     ObjectExistsError,
+    UnsupportedContentError,
 )
 from em_spark.storage.frame import seal, unseal
 from em_spark.storage.fs import (
@@ -599,22 +601,10 @@ def _jsonable(value: Any, where: str, *, mapping: bool = False) -> Any:
     """``value`` as plain JSON types (numpy scalars converted), or a :class:`RegistryError`."""
     if mapping and not isinstance(value, Mapping):
         raise RegistryError(f"{where} must be a dict, got {type(value).__name__}")
-    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        value = value.item()
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise RegistryError(f"{where} has a non-string key {key!r}; JSON object keys are strings")
-            out[key] = _jsonable(item, f"{where}[{key!r}]")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    raise RegistryError(f"{where} has type {type(value).__name__!r}, which JSON cannot represent")
+    try:
+        return to_jsonable(value, where)
+    except UnsupportedContentError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def _parse_metadata(payload: bytes, name: str, number: int) -> dict:

@@ -10,7 +10,7 @@ Knows nothing about Spark or models. The public pieces:
 """
 
 from em_spark.storage.checkpoints import Checkpoint, CheckpointStore
-from em_spark.storage.codec import pack, unpack
+from em_spark.storage.codec import pack, to_jsonable, unpack
 from em_spark.storage.errors import (
     CorruptObjectError,
     InvalidNameError,
@@ -56,6 +56,7 @@ __all__ = [
     "redact_uri",
     "resolve",
     "seal",
+    "to_jsonable",
     "unpack",
     "unseal",
     "validate_name",

@@ -59,7 +59,7 @@ def pack(meta: Mapping[str, Any], arrays: Mapping[str, Any]) -> bytes:
         )
         chunks.append(raw)
         offset += len(raw)
-    header = {"meta": _to_json(meta, "meta"), "arrays": directory}
+    header = {"meta": to_jsonable(meta, "meta"), "arrays": directory}
     # allow_nan: metadata such as a log-likelihood history may hold -inf or NaN;
     # Python's json reads these back exactly (they are not strict JSON).
     header_bytes = json.dumps(header, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode("utf-8")
@@ -136,7 +136,7 @@ def _stored_dtype_name(name: str, array: np.ndarray) -> str:
     )
 
 
-def _to_json(value: Any, where: str) -> Any:
+def to_jsonable(value: Any, where: str) -> Any:
     """``value`` as plain JSON types (numpy scalars converted), or a clear error."""
     if isinstance(value, np.generic):  # before float/int: np.float64 subclasses float
         value = value.item()
@@ -150,12 +150,12 @@ def _to_json(value: Any, where: str) -> Any:
             if not isinstance(key, str):
                 # json.dumps would silently turn 1 into "1": refuse rather than change keys.
                 raise UnsupportedContentError(f"{where} has a non-string key {key!r}; JSON object keys are strings")
-            out[key] = _to_json(item, f"{where}[{key!r}]")
+            out[key] = to_jsonable(item, f"{where}[{key!r}]")
         return out
     if isinstance(value, (list, tuple)):
-        return [_to_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [to_jsonable(item, f"{where}[{i}]") for i, item in enumerate(value)]
     hint = "; store arrays in `arrays`, not in meta" if isinstance(value, np.ndarray) else ""
-    raise UnsupportedContentError(f"{where} is a {type(value).__name__}, which JSON cannot represent{hint}")
+    raise UnsupportedContentError(f"{where} has type {type(value).__name__!r}, which JSON cannot represent{hint}")
 
 
 def _checked_entry(index: int, entry: Any, position: int, section_size: int) -> tuple[str, np.dtype, tuple, int]:

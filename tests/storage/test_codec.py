@@ -87,7 +87,7 @@ def test_object_dtype_message_mentions_pickle():
 @pytest.mark.parametrize(
     "meta, where",
     [
-        ({"s": {1, 2}}, r"meta\['s'\] is a set"),
+        ({"s": {1, 2}}, r"meta\['s'\] has type 'set'"),
         ({"a": [object()]}, r"meta\['a'\]\[0\]"),
         ({"arr": np.zeros(2)}, "store arrays in `arrays`"),
         ({1: "x"}, "non-string key 1"),
