@@ -71,8 +71,7 @@ def _read_report(fs: Any, path: str, uri: str) -> dict:
 
 
 def _avg_loglik(model: Any, df: Any) -> float:
-    total, weight = model._total_log_likelihood(df)
-    return total / weight
+    return model.criteria(df)["avgLogLik"]
 
 
 def run_nightly(config: JobConfig) -> dict[str, Any]:
@@ -208,10 +207,11 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
                 for j in range(len(order))
             ]
         t = time.perf_counter()
+        on_train = model.criteria(train)
         metrics = {
-            "trainAvgLogLik": _avg_loglik(model, train),
+            "trainAvgLogLik": on_train["avgLogLik"],
             "holdoutAvgLogLik": _avg_loglik(model, holdout),
-            "bic": model.bic(train),
+            "bic": on_train["bic"],
             "numIter": model.summary.numIter,
             "converged": model.summary.converged,
             "wallSeconds": time.perf_counter() - t + timings.get("fit", 0.0),

@@ -300,15 +300,19 @@ class EMModel(Model, EMParams):
             )
         return float(row["ll"]), float(row["w"])
 
+    def criteria(self, dataset: DataFrame) -> dict[str, float]:
+        """Average log-likelihood per row, BIC and AIC on ``dataset``, from one pass over it."""
+        ll, n = self._total_log_likelihood(dataset)
+        p = self._family.n_parameters(self._arrays)
+        return {"avgLogLik": ll / n, "bic": -2.0 * ll + p * math.log(n), "aic": -2.0 * ll + 2.0 * p}
+
     def bic(self, dataset: DataFrame) -> float:
         """Bayesian information criterion on ``dataset`` (lower is better), as scikit-learn defines it."""
-        ll, n = self._total_log_likelihood(dataset)
-        return -2.0 * ll + self._family.n_parameters(self._arrays) * math.log(n)
+        return self.criteria(dataset)["bic"]
 
     def aic(self, dataset: DataFrame) -> float:
         """Akaike information criterion on ``dataset`` (lower is better)."""
-        ll, _ = self._total_log_likelihood(dataset)
-        return -2.0 * ll + 2.0 * self._family.n_parameters(self._arrays)
+        return self.criteria(dataset)["aic"]
 
     # -- persistence --------------------------------------------------------
     def to_bytes(self) -> bytes:
