@@ -34,18 +34,29 @@ class Block:
     ----------
     X : ndarray of shape (n_rows, n_features), float64, finite
     weight : ndarray of shape (n_rows,), float64, non-negative, or None for unit weights
+        (for sequences: one weight per observation; families use the first of each sequence)
+    lengths : ndarray of shape (n_sequences,), int64, or None
+        For sequence families (HMMs): ``X`` holds the observations of consecutive sequences,
+        ``lengths`` how many each has. A sequence is never split across blocks.
+    labels : ndarray of shape (n_rows,), int64, or None
+        Known components for semi-supervised EM; -1 where unknown.
     """
 
     X: np.ndarray
     weight: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.X.ndim != 2:
             raise ValueError(f"Block.X must be 2-D (n_rows, n_features), got shape {self.X.shape}")
-        if self.weight is not None and self.weight.shape != (self.X.shape[0],):
-            raise ValueError(
-                f"Block.weight must have shape ({self.X.shape[0]},), got {self.weight.shape}"
-            )
+        n = self.X.shape[0]
+        if self.weight is not None and self.weight.shape != (n,):
+            raise ValueError(f"Block.weight must have shape ({n},), got {self.weight.shape}")
+        if self.labels is not None and self.labels.shape != (n,):
+            raise ValueError(f"Block.labels must have shape ({n},), got {self.labels.shape}")
+        if self.lengths is not None and int(np.sum(self.lengths)) != n:
+            raise ValueError(f"Block.lengths must sum to the {n} rows of X, got {int(np.sum(self.lengths))}")
 
     @property
     def n_rows(self) -> int:
@@ -60,18 +71,33 @@ class Block:
         return np.ones(self.n_rows) if self.weight is None else self.weight
 
     def take(self, rows: np.ndarray) -> "Block":
-        """The sub-block of the given row indices (or boolean mask)."""
-        return Block(self.X[rows], None if self.weight is None else self.weight[rows])
+        """The sub-block of the given row indices (or boolean mask); not for sequence blocks."""
+        if self.lengths is not None:
+            raise ValueError("cannot take rows of a sequence block: that would split sequences")
+        return Block(
+            self.X[rows],
+            None if self.weight is None else self.weight[rows],
+            labels=None if self.labels is None else self.labels[rows],
+        )
 
     @staticmethod
     def concat(blocks: list["Block"], n_features: int) -> "Block":
-        """Rows of all blocks in order; an empty (0, n_features) block for an empty list."""
+        """Rows (and sequences) of all blocks in order; an empty (0, n_features) block for an empty list."""
         if not blocks:
             return Block(np.empty((0, n_features)))
         X = np.concatenate([b.X for b in blocks])
-        if all(b.weight is None for b in blocks):
-            return Block(X)
-        return Block(X, np.concatenate([b.weights_or_ones() for b in blocks]))
+        weight = None
+        if any(b.weight is not None for b in blocks):
+            weight = np.concatenate([b.weights_or_ones() for b in blocks])
+        lengths = None
+        if any(b.lengths is not None for b in blocks):
+            if not all(b.lengths is not None for b in blocks):
+                raise ValueError("cannot concatenate sequence blocks with row blocks")
+            lengths = np.concatenate([b.lengths for b in blocks])
+        labels = None
+        if any(b.labels is not None for b in blocks):
+            labels = np.concatenate([b.labels if b.labels is not None else np.full(b.n_rows, -1) for b in blocks])
+        return Block(X, weight, lengths, labels)
 
 
 @dataclass
