@@ -2,8 +2,9 @@
 
 from em_spark.models.base import Block, EMFamily, MStepResult, ModelError
 from em_spark.models.gaussian import GaussianFamily
+from em_spark.models.kmeans import KMeansFamily
 
-__all__ = ["Block", "EMFamily", "MStepResult", "ModelError", "GaussianFamily", "FAMILIES"]
+__all__ = ["Block", "EMFamily", "MStepResult", "ModelError", "GaussianFamily", "KMeansFamily", "FAMILIES"]
 
 #: family name (as stored with checkpoints and models) -> family class
-FAMILIES = {GaussianFamily.name: GaussianFamily}
+FAMILIES = {family.name: family for family in (GaussianFamily, KMeansFamily)}
