@@ -1,0 +1,70 @@
+"""KMeans: k-means on the same engine (hard EM), with pyspark.ml's names where they overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+from pyspark import keyword_only
+
+from em_spark.api.base import EMEstimator, EMModel
+from em_spark.models import KMeansFamily
+
+__all__ = ["KMeans", "KMeansModel"]
+
+
+class KMeansModel(EMModel):
+    """Fitted centers. ``transform`` adds ``prediction`` (nearest center), a one-hot
+    ``probability`` and ``logLikelihood`` = minus the squared distance to that center."""
+
+    @property
+    def centers(self) -> np.ndarray:
+        """(k, d) cluster centers."""
+        return self.public_params()["centers"]
+
+    def clusterCenters(self) -> list[np.ndarray]:
+        """The centers as a list of arrays, as ``pyspark.ml.clustering.KMeansModel`` returns them."""
+        return list(self.centers)
+
+
+class KMeans(EMEstimator):
+    """K-means (Lloyd's algorithm) as distributed hard EM, with checkpoints and resume.
+
+    ``tol`` applies to the change of the mean squared distance to the nearest center.
+    """
+
+    _model_class = KMeansModel
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        k: int = 2,
+        maxIter: int = 20,
+        tol: float = 1e-4,
+        seed: int = 0,
+        initMode: str = "k-means++",
+        nInit: int = 1,
+        initialModel=None,
+        featuresCol="features",
+        predictionCol: str = "prediction",
+        probabilityCol: str = "probability",
+        logLikelihoodCol: str = "logLikelihood",
+        weightCol: str | None = None,
+        aggregationDepth: int = 2,
+        checkpointDir: str | None = None,
+        runId: str | None = None,
+        keepCheckpoints: int = 3,
+        numPartitions: int | None = None,
+        initSampleSize: int = 10_000,
+        s3Endpoint: str | None = None,
+    ):
+        super().__init__()
+        self._setDefault(maxIter=20, tol=1e-4)
+        self._set_checked(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs) -> "KMeans":
+        self._set_checked(**self._input_kwargs)
+        return self
+
+    def family(self) -> KMeansFamily:
+        return KMeansFamily(k=self.getOrDefault("k"), init_mode=self.getOrDefault("initMode"))
