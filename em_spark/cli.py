@@ -242,6 +242,40 @@ def run_score(config: JobConfig) -> dict[str, Any]:
     return result
 
 
+def run_select(config: JobConfig) -> dict[str, Any]:
+    """Fit the configured grid once over cached data; print the table, write the JSON report."""
+    from em_spark.engine.loop import FitSettings
+    from em_spark.engine.spark_source import load_blocks
+    from em_spark.selection import best, format_table, select_models, to_json
+
+    spark = _session(config)
+    df = read_input(spark, config)
+    settings = FitSettings(max_iter=config.fit.maxIter, tol=config.fit.tol, n_init=config.fit.nInit, seed=config.fit.seed)
+    source = load_blocks(
+        df, config.input.features, config.input.weightCol, k=min(config.select.ks), seed=config.fit.seed,
+        sample_size=config.fit.initSampleSize, num_partitions=config.fit.numPartitions,
+        aggregation_depth=config.fit.aggregationDepth, label="em_spark select",
+    )
+    try:
+        candidates = select_models(
+            source, config.select.ks, config.select.covarianceTypes, settings,
+            reg_covar=config.model.regCovar, init_mode=config.model.initMode,
+        )
+    finally:
+        source.close()
+    criterion = config.select.criterion
+    print(format_table(candidates, criterion), flush=True)
+    report = to_json(candidates, criterion, input=config.input.path, rows=source.summary.rows)
+    output = _resolve_local(config.select.outputPath)
+    if output:
+        from em_spark.storage import resolve, write_object
+
+        fs, path = resolve(output, s3_endpoint=config.storage.s3Endpoint)
+        write_object(fs, path, report.encode(), overwrite=True)
+        print(f"em_spark select: report written to {output}", flush=True)
+    return json.loads(report)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="em-spark", description="Expectation-Maximization on Apache Spark.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +283,7 @@ def _parser() -> argparse.ArgumentParser:
         ("train", "fit a model and save it"),
         ("score", "score data with a saved model"),
         ("nightly", "the nightly retrain: drift check, warm-started retrain, holdout gate, registry"),
+        ("select", "fit a grid of k and covariance types; report BIC and AIC, choose the best"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML config (default: the embedded demo config)")
@@ -286,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_train(config)
         elif args.command == "score":
             run_score(config)
+        elif args.command == "select":
+            run_select(config)
         else:
             from em_spark.nightly import run_nightly
 
@@ -300,7 +337,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"em-spark: error: Spark could not read or write the data: {exc}", file=sys.stderr)
             return 2
         raise
+    finally:
+        _stop_session()
     return 0
+
+
+def _stop_session() -> None:
+    """Stop the SparkSession a command used, so Python workers are not torn down mid-write at exit."""
+    import sys as _sys
+
+    if "pyspark.sql" not in _sys.modules:
+        return
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        session.stop()
 
 
 if __name__ == "__main__":

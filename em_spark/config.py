@@ -123,6 +123,14 @@ class StorageSection:
 
 
 @dataclass
+class SelectSection:
+    ks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])  # component counts to try
+    covarianceTypes: list[str] = field(default_factory=lambda: ["full"])
+    criterion: str = "bic"  # bic | aic: the lower wins
+    outputPath: str | None = None  # JSON report of every candidate (any pyarrow.fs URI)
+
+
+@dataclass
 class JobConfig:
     run: RunSection = field(default_factory=RunSection)
     spark: SparkSection = field(default_factory=SparkSection)
@@ -134,6 +142,7 @@ class JobConfig:
     storage: StorageSection = field(default_factory=StorageSection)
     registry: RegistrySection = field(default_factory=RegistrySection)
     nightly: NightlySection = field(default_factory=NightlySection)
+    select: SelectSection = field(default_factory=SelectSection)
     source: str = "<defaults>"  # where the config came from, for messages
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,6 +201,9 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         raise ConfigError(f"config key {path!r} must be a string, got {value!r}")
     elif text.startswith("dict") and not isinstance(value, dict):
         raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
+    elif text.startswith("list[int]"):
+        if not (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"config key {path!r} must be a list of integers, got {value!r}")
     elif text.startswith("list") and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         raise ConfigError(f"config key {path!r} must be a list of strings, got {value!r}")
     return value
@@ -266,6 +278,13 @@ def _check(c: JobConfig) -> None:
         raise bad("run.logFormat", f"must be 'text' or 'json', got {c.run.logFormat!r}")
     if c.score.mode not in ("errorifexists", "overwrite"):
         raise bad("score.mode", f"must be 'errorifexists' or 'overwrite', got {c.score.mode!r}")
+    if not c.select.ks or any(k < 1 for k in c.select.ks):
+        raise bad("select.ks", f"must be a non-empty list of integers >= 1, got {c.select.ks}")
+    unknown = [t for t in c.select.covarianceTypes if t not in ("full", "diag", "spherical", "tied")]
+    if unknown or not c.select.covarianceTypes:
+        raise bad("select.covarianceTypes", f"must be a non-empty list of full, diag, spherical, tied; got {c.select.covarianceTypes}")
+    if c.select.criterion not in ("bic", "aic"):
+        raise bad("select.criterion", f"must be 'bic' or 'aic', got {c.select.criterion!r}")
     if not 0.0 < c.nightly.holdoutFraction < 1.0:
         raise bad("nightly.holdoutFraction", f"must be between 0 and 1 (exclusive), got {c.nightly.holdoutFraction}")
     if c.nightly.freshRestarts < 0:

@@ -1,0 +1,37 @@
+"""Model selection over a grid, without a JVM: BIC picks the true number of components."""
+
+import json
+
+import numpy as np
+import pytest
+
+from em_spark.config import ConfigError, load_config
+from em_spark.demo_data import make_blobs
+from em_spark.engine.loop import FitSettings, LocalBlockSource
+from em_spark.models.base import Block
+from em_spark.selection import best, format_table, select_models, to_json
+
+
+def test_bic_chooses_the_true_number_of_components_and_the_table_marks_it():
+    X, _, _ = make_blobs(4000, 2, 3, separation=6.0, seed=11)
+    source = LocalBlockSource([Block(b) for b in np.array_split(X, 3)], seed=1)
+    candidates = select_models(source, [1, 2, 3, 4, 5], ["full", "spherical"], FitSettings(max_iter=200, tol=1e-6, seed=1))
+    assert len(candidates) == 10
+    chosen = best(candidates, "bic")
+    assert (chosen.k, chosen.covarianceType) == (3, "full")
+    table = format_table(candidates, "bic")
+    marked = [line.split() for line in table.splitlines() if line.startswith("*") and "chosen" not in line]
+    assert marked == [["*", "3", "full", *marked[0][3:]]] and "chosen by lowest BIC: k=3" in table
+    report = json.loads(to_json(candidates, "bic", rows=4000))
+    assert report["chosen"]["k"] == 3 and len(report["candidates"]) == 10
+    # BIC is -2 loglik + p log n, with loglik under the fitted parameters
+    c = candidates[2]
+    assert c.bic == pytest.approx(-2 * c.avgLogLik * 4000 + c.nParameters * np.log(4000))
+
+
+def test_select_config_is_validated():
+    with pytest.raises(ConfigError, match="'select.ks' must be a list of integers"):
+        load_config("conf/local.yaml", ["select.ks=[a, b]"])
+    with pytest.raises(ConfigError, match="'select.criterion' must be 'bic' or 'aic'"):
+        load_config("conf/local.yaml", ["select.criterion=mdl"])
+    assert load_config("conf/local.yaml", ["select.ks=[2, 3]"]).select.ks == [2, 3]
