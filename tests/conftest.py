@@ -63,8 +63,8 @@ def s3_server(tmp_path_factory):
     import logging
     import threading
 
-    pytest.importorskip("boto3")
-    ThreadedMotoServer = pytest.importorskip("moto.server").ThreadedMotoServer  # moto[server]: the test extra
+    # Required test dependencies (the [test] extra): a missing one must fail, never skip.
+    from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # port 0: a free one
     with pytest.MonkeyPatch.context() as env:
