@@ -1,0 +1,107 @@
+"""CategoricalMixture: mixtures of categorical features or of count vectors, on the same engine."""
+
+from __future__ import annotations
+
+import numpy as np
+from pyspark import keyword_only
+from pyspark.ml.param import TypeConverters
+
+from em_spark.api.base import EMEstimator, EMModel, _p
+from em_spark.models import CategoricalMixtureFamily
+
+__all__ = ["CategoricalMixture", "CategoricalMixtureModel"]
+
+
+def _categories(value):
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return [value]
+    return [TypeConverters.toInt(v) for v in value]
+
+
+class _CategoricalParams:
+    kind = _p("kind", "'categorical' (each column a categorical code 0..c-1) or 'multinomial' (each row a count vector)",
+              TypeConverters.toString)
+    smoothing = _p("smoothing", "Dirichlet pseudo-count added to every category in the M-step", TypeConverters.toFloat)
+    nCategories = _p("nCategories", "categories per feature (default: inferred from the sample as max + 1)", _categories)
+
+
+class CategoricalMixtureModel(EMModel, _CategoricalParams):
+    """A fitted categorical or count mixture.
+
+    Attributes
+    ----------
+    weights : ndarray of shape (k,)
+    probs : ndarray of shape (k, total categories), the features' category probabilities side by side
+    featureProbs : list of (k, c_f) arrays, one per feature
+    """
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self.public_params()["weights"]
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.public_params()["probs"]
+
+    @property
+    def featureProbs(self) -> list[np.ndarray]:
+        return [p.copy() for p in self._family.feature_probs(self._arrays)]
+
+
+class CategoricalMixture(EMEstimator, _CategoricalParams):
+    """Mixture of independent categorical features (Bernoulli for 0/1 columns), or of
+    multinomial count vectors (documents as word counts, customers as purchase counts).
+
+    Features are integer codes in numeric columns (or a Vector/array column); invalid codes
+    are refused with the column and value named.
+    """
+
+    _model_class = CategoricalMixtureModel
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        k: int = 2,
+        kind: str = "categorical",
+        smoothing: float = 1.0,
+        nCategories=None,
+        maxIter: int = 100,
+        tol: float = 1e-3,
+        seed: int = 0,
+        initMode: str = "random",
+        nInit: int = 1,
+        initialModel=None,
+        featuresCol="features",
+        predictionCol: str = "prediction",
+        probabilityCol: str = "probability",
+        logLikelihoodCol: str = "logLikelihood",
+        weightCol: str | None = None,
+        aggregationDepth: int = 2,
+        checkpointDir: str | None = None,
+        runId: str | None = None,
+        keepCheckpoints: int = 3,
+        numPartitions: int | None = None,
+        initSampleSize: int = 10_000,
+        s3Endpoint: str | None = None,
+    ):
+        super().__init__()
+        self._setDefault(kind="categorical", smoothing=1.0, nCategories=None, initMode="random")
+        self._set_checked(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs) -> "CategoricalMixture":
+        self._set_checked(**self._input_kwargs)
+        return self
+
+    def family(self) -> CategoricalMixtureFamily:
+        categories = self.getOrDefault("nCategories")
+        return CategoricalMixtureFamily(
+            k=self.getOrDefault("k"),
+            n_categories=tuple(categories) if categories else None,
+            kind=self.getOrDefault("kind"),
+            smoothing=self.getOrDefault("smoothing"),
+            init_mode=self.getOrDefault("initMode"),
+        )
