@@ -55,3 +55,11 @@ def test_relative_paths_become_file_uris_that_spark_can_read(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     assert _resolve_local("events/date=2026-11-22") == f"file://{tmp_path}/events/date=2026-11-22"
     assert _resolve_local("s3://bucket/x=1") == "s3://bucket/x=1"
+
+
+def test_no_job_script_shadows_a_standard_library_module():
+    # spark-submit puts jobs/ first on sys.path: jobs/select.py once broke every job.
+    import sys
+
+    jobs = [p.stem for p in (REPO / "jobs").glob("*.py")]
+    assert not set(jobs) & set(sys.stdlib_module_names), jobs
