@@ -83,3 +83,18 @@ def test_nightly_retrain_through_spark_submit_then_registry_cli(tmp_path):
     listing = _run([sys.executable, "-m", "em_spark.cli", "registry", "list", "--registry", "em-spark-demo/registry",
                     "--name", "demo-gmm"], tmp_path)
     assert listing.returncode == 0 and "*1" in listing.stdout and "demo-gmm-2026-11-22" in listing.stdout
+
+
+def test_select_through_spark_submit_writes_the_table_and_json(tmp_path):
+    config = _config(tmp_path)
+    select = [_spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
+              str(REPO / "jobs" / "select_models.py"), "--config", str(config),
+              "--set", "select.ks=[1, 2, 3, 4]", "--set", "select.outputPath=select.json"]
+    result = _run(select, tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "chosen by lowest BIC: k=3, covarianceType=full" in out
+    import json
+
+    report = json.loads((tmp_path / "select.json").read_text())
+    assert report["chosen"]["k"] == 3 and len(report["candidates"]) == 4
