@@ -246,7 +246,7 @@ def run_select(config: JobConfig) -> dict[str, Any]:
     """Fit the configured grid once over cached data; print the table, write the JSON report."""
     from em_spark.engine.loop import FitSettings
     from em_spark.engine.spark_source import load_blocks
-    from em_spark.selection import best, format_table, select_models, to_json
+    from em_spark.selection import format_table, select_models, to_json
 
     spark = _session(config)
     df = read_input(spark, config)

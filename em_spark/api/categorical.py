@@ -91,11 +91,6 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         self._setDefault(kind="categorical", smoothing=1.0, nCategories=None, initMode="random")
         self._set_checked(**self._input_kwargs)
 
-    @keyword_only
-    def setParams(self, **kwargs) -> "CategoricalMixture":
-        self._set_checked(**self._input_kwargs)
-        return self
-
     def family(self) -> CategoricalMixtureFamily:
         categories = self.getOrDefault("nCategories")
         return CategoricalMixtureFamily(

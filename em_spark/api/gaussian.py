@@ -48,15 +48,7 @@ class GaussianMixtureModel(EMModel, _GaussianParams):
 
     def full_covariances(self) -> np.ndarray:
         """(k, d, d) covariance matrices whatever the covariance type."""
-        cov, k, d = self.covariances, self.getOrDefault("k"), self._n_features
-        kind = self.getOrDefault("covarianceType")
-        if kind == "full":
-            return cov.copy()
-        if kind == "tied":
-            return np.broadcast_to(cov, (k, d, d)).copy()
-        if kind == "diag":
-            return np.stack([np.diag(c) for c in cov])
-        return np.stack([np.eye(d) * c for c in cov])
+        return self._family.full_covariances(self._arrays)
 
     @property
     def gaussiansDF(self) -> DataFrame:
@@ -119,11 +111,6 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         super().__init__()
         self._setDefault(covarianceType="full", regCovar=1e-6)
         self._set_checked(**self._input_kwargs)
-
-    @keyword_only
-    def setParams(self, **kwargs) -> "GaussianMixture":
-        self._set_checked(**self._input_kwargs)
-        return self
 
     def family(self) -> GaussianFamily:
         return GaussianFamily(

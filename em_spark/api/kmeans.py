@@ -61,10 +61,5 @@ class KMeans(EMEstimator):
         self._setDefault(maxIter=20, tol=1e-4)
         self._set_checked(**self._input_kwargs)
 
-    @keyword_only
-    def setParams(self, **kwargs) -> "KMeans":
-        self._set_checked(**self._input_kwargs)
-        return self
-
     def family(self) -> KMeansFamily:
         return KMeansFamily(k=self.getOrDefault("k"), init_mode=self.getOrDefault("initMode"))

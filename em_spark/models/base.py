@@ -10,20 +10,37 @@ broadcasts, checkpoints (without pickle) and hands back to the API layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 from em_spark.stats import Stats
 
-__all__ = ["Block", "Params", "MStepResult", "EMFamily", "ModelError"]
+__all__ = ["Block", "Params", "MStepResult", "EMFamily", "ModelError", "check_k", "family_config"]
 
 Params = dict  # dict[str, np.ndarray]; kept as a plain dict so it serializes without pickle
 
 
 class ModelError(ValueError):
     """A model cannot be fitted or used as asked; the message says what to change."""
+
+
+def family_config(family: Any) -> dict[str, Any]:
+    """A family's JSON-able hyperparameters: its name and every dataclass field (tuples as lists).
+
+    Families are frozen dataclasses whose fields are exactly their hyperparameters, so this is
+    both what a checkpoint compares on resume and what rebuilds the family when a model loads.
+    """
+    values = {f.name: getattr(family, f.name) for f in fields(family)}
+    return {"name": family.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
+
+
+def check_k(k: Any, what: str = "components") -> int:
+    """``k`` as a positive int, or a ModelError naming what k counts."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ModelError(f"k must be a positive integer (the number of {what}), got {k!r}")
+    return int(k)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.special import gammaln
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params
+from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = [
@@ -255,9 +255,7 @@ class CategoricalMixtureFamily:
     fix_weights: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise ModelError(f"k must be a positive integer (the number of components), got {self.k!r}")
-        object.__setattr__(self, "k", int(self.k))
+        object.__setattr__(self, "k", check_k(self.k, "components"))
         if self.kind not in KINDS:
             raise ModelError(
                 f"kind must be one of {list(KINDS)} ('categorical': one integer code per column; "
@@ -305,15 +303,7 @@ class CategoricalMixtureFamily:
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyperparameters, including the family name."""
-        return {
-            "name": self.name,
-            "k": self.k,
-            "n_categories": None if self.n_categories is None else list(self.n_categories),
-            "kind": self.kind,
-            "smoothing": self.smoothing,
-            "init_mode": self.init_mode,
-            "fix_weights": self.fix_weights,
-        }
+        return family_config(self)
 
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """Copies of ``weights`` (k,), ``probs`` (k, T) and ``n_categories`` (d,)."""

@@ -30,7 +30,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params
+from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = ["GaussianFamily", "COVARIANCE_TYPES", "INIT_MODES"]
@@ -400,9 +400,7 @@ class GaussianFamily:
     init_mode: str = "k-means++"
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise ModelError(f"k must be a positive integer (the number of components), got {self.k!r}")
-        object.__setattr__(self, "k", int(self.k))
+        object.__setattr__(self, "k", check_k(self.k, "components"))
         if self.covariance_type not in _KERNELS:
             raise ModelError(
                 f"covarianceType must be one of {list(COVARIANCE_TYPES)}, got {self.covariance_type!r}"
@@ -429,13 +427,7 @@ class GaussianFamily:
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyperparameters, including the family name."""
-        return {
-            "name": self.name,
-            "k": self.k,
-            "covariance_type": self.covariance_type,
-            "reg_covar": self.reg_covar,
-            "init_mode": self.init_mode,
-        }
+        return family_config(self)
 
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """Copies of ``weights`` (k,), ``means`` (k, d) and ``covariances`` (shape by type)."""

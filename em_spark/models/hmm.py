@@ -55,7 +55,7 @@ from typing import Any, ClassVar, Mapping, NamedTuple
 
 import numpy as np
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params
+from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
 from em_spark.models.gaussian import (
     _KERNELS,
     _LOG_2PI,
@@ -401,10 +401,6 @@ def _viterbi(packing: _Packing, log_frame: np.ndarray, startprob, transmat) -> n
 # What both families share: the Markov chain
 
 
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ModelError(f"k must be a positive integer (the number of hidden states), got {k!r}")
-    return int(k)
 
 
 def _checked_distribution(arrays: Mapping[str, Any], name: str, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -624,7 +620,7 @@ class GaussianHMMFamily(_ChainMixin):
     init_mode: str = "k-means++"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "k", _check_k(self.k))
+        object.__setattr__(self, "k", check_k(self.k, "hidden states"))
         if self.covariance_type not in HMM_COVARIANCE_TYPES:
             raise ModelError(
                 f"covarianceType must be one of {list(HMM_COVARIANCE_TYPES)} for a Gaussian HMM, "
@@ -646,13 +642,7 @@ class GaussianHMMFamily(_ChainMixin):
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyperparameters, including the family name."""
-        return {
-            "name": self.name,
-            "k": self.k,
-            "covariance_type": self.covariance_type,
-            "reg_covar": float(self.reg_covar),
-            "init_mode": self.init_mode,
-        }
+        return family_config(self)
 
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """Copies of ``startProb`` (k,), ``transMat`` (k, k), ``means`` (k, d), ``covariances``."""
@@ -826,7 +816,7 @@ class CategoricalHMMFamily(_ChainMixin):
     smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "k", _check_k(self.k))
+        object.__setattr__(self, "k", check_k(self.k, "hidden states"))
         c = self.n_categories
         if c is not None:
             if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
@@ -846,7 +836,7 @@ class CategoricalHMMFamily(_ChainMixin):
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyperparameters, including the family name."""
-        return {"name": self.name, "k": self.k, "n_categories": self.n_categories, "smoothing": self.smoothing}
+        return family_config(self)
 
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """Copies of ``startProb`` (k,), ``transMat`` (k, k) and ``emissionProb`` (k, n_categories)."""

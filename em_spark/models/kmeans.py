@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params
+from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
 from em_spark.models.gaussian import _kmeans_plusplus
 from em_spark.stats import Stats
 
@@ -51,14 +51,13 @@ class KMeansFamily:
     init_mode: str = "k-means++"
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise ModelError(f"k must be a positive integer (the number of clusters), got {self.k!r}")
-        object.__setattr__(self, "k", int(self.k))
+        object.__setattr__(self, "k", check_k(self.k, "clusters"))
         if self.init_mode not in INIT_MODES:
             raise ModelError(f"initMode must be one of {list(INIT_MODES)}, got {self.init_mode!r}")
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "k": self.k, "init_mode": self.init_mode}
+        """JSON-able hyperparameters, including the family name."""
+        return family_config(self)
 
     # -- parameters -----------------------------------------------------------
 

@@ -55,7 +55,7 @@ def test_nights_promote_keep_and_report(spark, tmp_path):
     assert moved["decision"] == "promoted" and registry.alias("demo-gmm") == 2
     mapping = moved["componentMapping"]
     assert sorted(m["fromFitted"] for m in mapping) == [0, 1, 2]
-    old, new = registry.get("demo-gmm", 1), registry.get("demo-gmm", 2)
+    new = registry.get("demo-gmm", 2)
     assert new.extra["warmStartFrom"] == 1
     # ids are stable: each component's mean moved by about the shift, not across the map
     assert all(abs(m["meanShift"] - 1.5 * np.sqrt(2)) < 0.3 for m in mapping), mapping

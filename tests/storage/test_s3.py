@@ -15,7 +15,6 @@ from em_spark.storage import (
     CorruptObjectError,
     ObjectExistsError,
     SequenceConflictError,
-    exists,
     get_sealed,
     join,
     put_sealed,
