@@ -137,6 +137,14 @@ class EMFamily(Protocol):
     name: str
     #: number of mixture components / hidden states
     k: int
+    #: the data are sequences: blocks carry ``lengths`` and hold whole sequences, and the
+    #: loader reads one sequence per row (never splitting one across blocks)
+    sequential: bool
+    #: ``X`` may hold NaN for entries to be modelled as missing (the loader then keeps them
+    #: instead of refusing the row)
+    models_missing: bool
+    #: ``Block.labels`` (semi-supervised EM) are honoured; the loader refuses a label column otherwise
+    supports_labels: bool
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyperparameters; two families with equal config fit identically."""

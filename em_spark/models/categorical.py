@@ -246,6 +246,9 @@ class CategoricalMixtureFamily:
     """
 
     name: ClassVar[str] = "categorical"
+    sequential: ClassVar[bool] = False
+    models_missing: ClassVar[bool] = False
+    supports_labels: ClassVar[bool] = True
 
     k: int
     n_categories: tuple[int, ...] | None = None

@@ -393,6 +393,9 @@ class GaussianFamily:
     """
 
     name: ClassVar[str] = "gaussian"
+    sequential: ClassVar[bool] = False
+    models_missing: ClassVar[bool] = False
+    supports_labels: ClassVar[bool] = True
 
     k: int
     covariance_type: str = "full"

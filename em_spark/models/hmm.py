@@ -613,6 +613,9 @@ class GaussianHMMFamily(_ChainMixin):
     """
 
     name: ClassVar[str] = "gaussian_hmm"
+    sequential: ClassVar[bool] = True
+    models_missing: ClassVar[bool] = False
+    supports_labels: ClassVar[bool] = False
 
     k: int
     covariance_type: str = "full"
@@ -810,6 +813,9 @@ class CategoricalHMMFamily(_ChainMixin):
     """
 
     name: ClassVar[str] = "categorical_hmm"
+    sequential: ClassVar[bool] = True
+    models_missing: ClassVar[bool] = False
+    supports_labels: ClassVar[bool] = False
 
     k: int
     n_categories: int | None = None

@@ -46,6 +46,9 @@ class KMeansFamily:
     """
 
     name: ClassVar[str] = "kmeans"
+    sequential: ClassVar[bool] = False
+    models_missing: ClassVar[bool] = False
+    supports_labels: ClassVar[bool] = False
 
     k: int
     init_mode: str = "k-means++"
