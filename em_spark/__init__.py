@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = {"CategoricalMixture", "CategoricalMixtureModel", "GaussianMixture", "GaussianMixtureModel", "KMeans", "KMeansModel", "EMSummary"}
+_API = {"CategoricalHMM", "CategoricalHMMModel", "GaussianHMM", "GaussianHMMModel", "CategoricalMixture", "CategoricalMixtureModel", "GaussianMixture", "GaussianMixtureModel", "KMeans", "KMeansModel", "EMSummary"}
 
 __all__ = sorted(_API) + ["__version__"]
 

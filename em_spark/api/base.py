@@ -62,6 +62,8 @@ class EMParams(Params):
     probabilityCol = _p("probabilityCol", "output column of component probabilities (Vector)", TypeConverters.toString)
     logLikelihoodCol = _p("logLikelihoodCol", "output column of the per-row log-likelihood ('' for none)", TypeConverters.toString)
     weightCol = _p("weightCol", "optional column of non-negative sample weights", _optional_string)
+    labelCol = _p("labelCol", "optional column of known components for semi-supervised EM (0..k-1; null or -1: unknown)",
+                  _optional_string)
     aggregationDepth = _p("aggregationDepth", "depth of the tree reduce of statistics (>= 1)", TypeConverters.toInt)
     initMode = _p("initMode", "initialization: 'k-means++' or 'random' (ignored for restart 0 when initialModel is set)", TypeConverters.toString)
     nInit = _p("nInit", "number of restarts; the one with the best log-likelihood is kept", TypeConverters.toInt)
@@ -77,7 +79,7 @@ class EMParams(Params):
         super().__init__()
         self._setDefault(
             k=2, maxIter=100, tol=1e-3, seed=0, featuresCol="features", predictionCol="prediction",
-            probabilityCol="probability", logLikelihoodCol="logLikelihood", weightCol=None,
+            probabilityCol="probability", logLikelihoodCol="logLikelihood", weightCol=None, labelCol=None,
             aggregationDepth=2, initMode="k-means++", nInit=1, initialModel=None, checkpointDir=None,
             runId=None, keepCheckpoints=3, numPartitions=None, initSampleSize=10_000, s3Endpoint=None,
         )
@@ -96,6 +98,10 @@ class EMParams(Params):
                 self.clear(self.getParam(name))
             else:
                 self._set(**{name: value})
+
+    def _input(self, dataset: DataFrame) -> tuple[DataFrame, Any]:
+        """(data, features column(s)) as the engine reads them; sequence models group long format here."""
+        return dataset, self.getOrDefault("featuresCol")
 
     def setParams(self, **kwargs: Any) -> "EMParams":
         self._set_checked(**kwargs)
@@ -178,8 +184,15 @@ class EMEstimator(Estimator, EMParams):
 
     def _fit(self, dataset: DataFrame) -> "EMModel":
         family = self.family()
-        features = self.getOrDefault("featuresCol")
+        original = dataset
+        dataset, features = self._input(dataset)
         weight_col = self.getOrDefault("weightCol")
+        label_col = self.getOrDefault("labelCol")
+        if label_col and not family.supports_labels:
+            raise ValueError(
+                f"labelCol is set but the {family.name!r} family does not take labels; "
+                "semi-supervised EM works with GaussianMixture and CategoricalMixture"
+            )
         settings = FitSettings(
             max_iter=self.getOrDefault("maxIter"),
             tol=self.getOrDefault("tol"),
@@ -205,23 +218,34 @@ class EMEstimator(Estimator, EMParams):
             num_partitions=self.getOrDefault("numPartitions"),
             aggregation_depth=self.getOrDefault("aggregationDepth"),
             label=f"em_spark run={settings.run_id}" if settings.run_id else "",
+            sequences=family.sequential,
+            allow_missing=family.models_missing,
+            label_col=label_col,
         )
+        summary = source.summary
+        extra = ""
+        if summary.sequences:
+            extra += f" ({summary.observations} steps)"
+        if label_col:
+            extra += f", {summary.labelled_rows} labelled"
+        if summary.missing_entries:
+            extra += f", {summary.missing_entries} missing entries modelled"
         log.info(
-            "run=%s loaded and validated %d rows x %d features (%d blocks in %d partitions) in %.1f s",
-            settings.run_id or "-", source.summary.rows, source.n_features, source.summary.blocks,
-            source.num_partitions, time.perf_counter() - started,
+            "run=%s loaded and validated %d %s x %d features%s (%d blocks in %d partitions) in %.1f s",
+            settings.run_id or "-", summary.rows, "sequences" if summary.sequences else "rows", source.n_features,
+            extra, summary.blocks, source.num_partitions, time.perf_counter() - started,
         )
         try:
             initial = self._initial_params(family, source.n_features)
             result = fit_em(
                 family, source, settings, initial,
-                data_identity={"features": features, "weightCol": weight_col},
+                data_identity={"features": features, "weightCol": weight_col, **({"labelCol": label_col} if label_col else {})},
             )
         finally:
             source.close()
         model = self._model_class(family, result.params, source.n_features)
         model._set(**{p.name: v for p, v in self.extractParamMap().items() if model.hasParam(p.name)})
-        model._summary = EMSummary(model, result, dataset)
+        model._summary = EMSummary(model, result, original)
         return model
 
 
@@ -269,8 +293,9 @@ class EMModel(Model, EMParams):
 
     # -- scoring ------------------------------------------------------------
     def _transform(self, dataset: DataFrame) -> DataFrame:
+        dataset, features = self._input(dataset)
         return score_frame(
-            dataset, self._family, self._arrays, self._n_features, self.getOrDefault("featuresCol"),
+            dataset, self._family, self._arrays, self._n_features, features,
             prediction_col=self.getOrDefault("predictionCol"),
             probability_col=self.getOrDefault("probabilityCol"),
             loglik_col=self.getOrDefault("logLikelihoodCol") or None,
@@ -282,29 +307,34 @@ class EMModel(Model, EMParams):
 
         return self._family.score(Block(np.asarray(X, dtype=np.float64)), self._arrays)
 
-    def _total_log_likelihood(self, dataset: DataFrame) -> tuple[float, float]:
-        """(sum of w * loglik, sum of w) over the dataset; every row must be scorable."""
-        features = self.getOrDefault("featuresCol")
+    def _total_log_likelihood(self, dataset: DataFrame) -> tuple[float, float, float]:
+        """(sum of w * loglik, sum of w, weighted number of observations) over the dataset; every
+        row (sequence) must be scorable. Observations are rows, or the steps of all sequences."""
+        dataset, features = self._input(dataset)
         weight_col = self.getOrDefault("weightCol")
         w = F.col(weight_col).cast("double") if weight_col else F.lit(1.0)
         scored = score_frame(dataset, self._family, self._arrays, self._n_features, features, loglik_col="__em_ll",
                              prediction_col="__em_pred", probability_col="__em_prob")
+        steps = F.size("__em_pred") if self._family.sequential else F.lit(1)
         row = scored.agg(
-            F.sum(w * F.col("__em_ll")).alias("ll"), F.sum(w).alias("w"),
+            F.sum(w * F.col("__em_ll")).alias("ll"), F.sum(w).alias("w"), F.sum(w * steps).alias("n"),
             F.sum(F.when(F.col("__em_ll").isNull(), 1).otherwise(0)).alias("bad"),
         ).first()
         if row["bad"]:
+            what = "sequence(s)" if self._family.sequential else "row(s)"
             raise DataValidationError(
-                f"{row['bad']} row(s) of {describe_features(features)} cannot be scored (null, NaN or not "
+                f"{row['bad']} {what} of {describe_features(features)} cannot be scored (null, NaN or not "
                 f"{self._n_features} features); clean them before computing a criterion."
             )
-        return float(row["ll"]), float(row["w"])
+        return float(row["ll"]), float(row["w"]), float(row["n"])
 
     def criteria(self, dataset: DataFrame) -> dict[str, float]:
-        """Average log-likelihood per row, BIC and AIC on ``dataset``, from one pass over it."""
-        ll, n = self._total_log_likelihood(dataset)
+        """Average log-likelihood per row (per sequence for sequence models), BIC and AIC on
+        ``dataset``, from one pass over it. BIC's sample size is the number of observations
+        (for sequences their steps, as hmmlearn counts them)."""
+        ll, w, n = self._total_log_likelihood(dataset)
         p = self._family.n_parameters(self._arrays)
-        return {"avgLogLik": ll / n, "bic": -2.0 * ll + p * math.log(n), "aic": -2.0 * ll + 2.0 * p}
+        return {"avgLogLik": ll / w, "bic": -2.0 * ll + p * math.log(n), "aic": -2.0 * ll + 2.0 * p}
 
     def bic(self, dataset: DataFrame) -> float:
         """Bayesian information criterion on ``dataset`` (lower is better), as scikit-learn defines it."""

@@ -38,6 +38,8 @@ class LocalPartition:
     block_rows: tuple[int, ...]
     has_weight: bool
     token: str  # unique per write: a stale file from an earlier write is never mistaken for this one
+    block_sequences: tuple[int, ...] | None = None  # sequences per block, for sequence data
+    has_labels: bool = False
 
     @property
     def stem(self) -> str:
@@ -51,12 +53,15 @@ def _publish(tmp_path: str, path: str) -> None:
 def write_partition(directory: str, index: int, blocks: list[Block]) -> LocalPartition:
     """Write the blocks of partition ``index`` under ``directory``; return its handle.
 
-    Layout: ``part-NNNNN.x.npy`` (rows, d) and optionally ``.w.npy`` (rows,), then
-    ``.json`` last, naming the token of this write: the json is the commit marker.
+    Layout: ``part-NNNNN.x.npy`` (rows, d), optionally ``.w.npy`` (rows,) weights,
+    ``.l.npy`` (sequences,) lengths and ``.y.npy`` (rows,) labels, then ``.json`` last,
+    naming the token of this write: the json is the commit marker.
     """
     os.makedirs(directory, exist_ok=True)
     d = blocks[0].n_features if blocks else 0
     has_weight = any(b.weight is not None for b in blocks)
+    sequences = any(b.lengths is not None for b in blocks)
+    has_labels = any(b.labels is not None for b in blocks)
     token = uuid.uuid4().hex
     handle = LocalPartition(
         index=index,
@@ -66,12 +71,19 @@ def write_partition(directory: str, index: int, blocks: list[Block]) -> LocalPar
         block_rows=tuple(b.n_rows for b in blocks),
         has_weight=has_weight,
         token=token,
+        block_sequences=tuple(b.lengths.size for b in blocks) if sequences else None,
+        has_labels=has_labels,
     )
     stem = handle.stem
     X = np.concatenate([b.X for b in blocks]) if blocks else np.empty((0, d))
     _save(f"{stem}.x.npy", np.ascontiguousarray(X, dtype=np.float64), token)
     if has_weight:
         _save(f"{stem}.w.npy", np.concatenate([b.weights_or_ones() for b in blocks]), token)
+    if sequences:
+        _save(f"{stem}.l.npy", np.concatenate([b.lengths for b in blocks]).astype(np.int64), token)
+    if has_labels:
+        labels = [b.labels if b.labels is not None else np.full(b.n_rows, -1, np.int64) for b in blocks]
+        _save(f"{stem}.y.npy", np.concatenate(labels).astype(np.int64), token)
     meta = {"token": token, "rows": handle.rows, "d": d, "block_rows": list(handle.block_rows), "has_weight": has_weight}
     tmp = f"{stem}.json.{token}.tmp"
     with open(tmp, "w") as f:
@@ -104,13 +116,26 @@ def read_partition(handle: LocalPartition) -> list[Block] | None:
             return None  # written by another load of the same data set; not ours
         X = np.load(f"{stem}.x.npy", mmap_mode="r", allow_pickle=False)
         W = np.load(f"{stem}.w.npy", mmap_mode="r", allow_pickle=False) if handle.has_weight else None
+        L = np.load(f"{stem}.l.npy", allow_pickle=False) if handle.block_sequences is not None else None
+        Y = np.load(f"{stem}.y.npy", mmap_mode="r", allow_pickle=False) if handle.has_labels else None
     except (OSError, ValueError, KeyError):
         return None
-    if X.shape != (handle.rows, handle.n_features) or (W is not None and W.shape != (handle.rows,)):
+    if (
+        X.shape != (handle.rows, handle.n_features)
+        or (W is not None and W.shape != (handle.rows,))
+        or (Y is not None and Y.shape != (handle.rows,))
+        or (L is not None and (L.shape != (sum(handle.block_sequences),) or int(L.sum()) != handle.rows))
+    ):
         return None
-    blocks, start = [], 0
-    for n in handle.block_rows:
-        blocks.append(Block(X[start : start + n], None if W is None else W[start : start + n]))
+    blocks, start, seq_start = [], 0, 0
+    for i, n in enumerate(handle.block_rows):
+        lengths = None
+        if L is not None:
+            n_seq = handle.block_sequences[i]
+            lengths = L[seq_start : seq_start + n_seq]
+            seq_start += n_seq
+        rows = slice(start, start + n)
+        blocks.append(Block(X[rows], None if W is None else W[rows], lengths, None if Y is None else Y[rows]))
         start += n
     _OPEN[stem] = (signature, blocks)
     return blocks
@@ -120,7 +145,7 @@ def remove_partition(handle: LocalPartition) -> None:
     """Delete the partition's files (best effort) and forget open mappings."""
     stem = handle.stem
     _OPEN.pop(stem, None)
-    for ext in (".json", ".x.npy", ".w.npy"):
+    for ext in (".json", ".x.npy", ".w.npy", ".l.npy", ".y.npy"):
         try:
             os.remove(f"{stem}{ext}")
         except FileNotFoundError:

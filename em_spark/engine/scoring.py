@@ -1,49 +1,111 @@
 """Scoring a DataFrame under fitted parameters: vectorized per Arrow batch, lazily.
 
-Rows whose features cannot be scored (null, wrong length, NaN) get null outputs
-rather than failing the whole job; callers that need all rows scored count them.
+Rows whose features cannot be scored (null, wrong length, NaN when missing values are
+not modelled) get null outputs rather than failing the whole job; callers that need
+all rows scored count them.
+
+Row families add a component (``prediction``), component probabilities (a Vector) and
+the row's log-likelihood. Sequence families (one sequence per row) add the Viterbi
+state path (array<int>), the per-step state posteriors (array<array<double>>) and the
+sequence's log-likelihood.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from em_spark.engine.blocks import FEATURES_FIELD, convert_arrow
-from em_spark.engine.spark_source import feature_array
-from em_spark.models.base import EMFamily, Params
+from em_spark.engine.blocks import FEATURES_FIELD, InputSpec, convert_arrow
+from em_spark.engine.spark_source import input_array
+from em_spark.models.base import Block, EMFamily, Params
 
-__all__ = ["score_frame"]
+__all__ = ["score_frame", "impute_frame"]
 
 _SCORE_TYPE = "prediction int, probability array<double>, logLikelihood double"
+_SEQUENCE_SCORE_TYPE = "prediction array<int>, probability array<array<double>>, logLikelihood double"
+_IMPUTE_TYPE = "imputed array<double>, std array<double>"
+
+
+def _spec(family: EMFamily) -> InputSpec:
+    return InputSpec(sequences=family.sequential, allow_missing=family.models_missing)
+
+
+def _block_of(family: EMFamily, n_features: int, features: pa.Array) -> tuple[Block, np.ndarray]:
+    batch = pa.RecordBatch.from_arrays([features], names=[FEATURES_FIELD])
+    block, kept, _, _ = convert_arrow(batch, expected_features=n_features, spec=_spec(family))
+    return block, kept
+
+
+def _lists(values: np.ndarray, lengths: np.ndarray, valid: np.ndarray) -> pa.ListArray:
+    """A list array of ``valid.size`` entries: entry i (valid) holds the next ``lengths`` values, else null."""
+    sizes = np.zeros(valid.size, np.int64)
+    sizes[valid] = lengths
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(~valid))
 
 
 def _score_batch(family: EMFamily, params: Params, n_features: int, features: pa.Array) -> pa.Array:
-    batch = pa.RecordBatch.from_arrays([features], names=[FEATURES_FIELD])
-    block, kept, _, _ = convert_arrow(batch, expected_features=n_features)
-    n = len(features)
-    k = family.k
-    scores = family.score(block, params) if block.n_rows else {
-        "log_resp": np.empty((0, k)), "loglik": np.empty(0)
-    }
+    block, kept = _block_of(family, n_features, features)
+    n, k = len(features), family.k
+    scores = family.score(block, params) if block.n_rows else {"log_resp": np.empty((0, k)), "loglik": np.empty(0)}
     log_resp, loglik = scores["log_resp"], scores["loglik"]
     prediction = np.zeros(n, np.int32)
     prediction[kept] = np.argmax(log_resp, axis=1)
-    probability = np.zeros((n, k))
-    probability[kept] = np.exp(log_resp)
     row_loglik = np.zeros(n)
     row_loglik[kept] = loglik
-    missing = pa.array(~kept)
-    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-    prob_list = pa.ListArray.from_arrays(offsets, pa.array(probability.ravel()), mask=missing)
+    probability = _lists(np.exp(log_resp).ravel(), np.full(int(kept.sum()), k), kept)
     return pa.StructArray.from_arrays(
-        [pa.array(prediction, mask=~kept), prob_list, pa.array(row_loglik, mask=~kept)],
+        [pa.array(prediction, mask=~kept), probability, pa.array(row_loglik, mask=~kept)],
         names=["prediction", "probability", "logLikelihood"],
     )
+
+
+def _score_sequence_batch(family: EMFamily, params: Params, n_features: int, features: pa.Array) -> pa.Array:
+    block, kept = _block_of(family, n_features, features)
+    n, k = len(features), family.k
+    lengths = block.lengths if block.lengths is not None else np.empty(0, np.int64)
+    if block.n_rows:
+        scores = family.score(block, params)
+    else:
+        scores = {"log_resp": np.empty((0, k)), "loglik": np.empty(0), "viterbi": np.empty(0, np.int64)}
+    seq_loglik = np.zeros(n)
+    seq_loglik[kept] = scores["loglik"]
+    path = _lists(scores["viterbi"].astype(np.int32), lengths, kept)
+    steps = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, (block.n_rows + 1) * k, k, dtype=np.int32)), pa.array(np.exp(scores["log_resp"]).ravel())
+    )
+    offsets = np.zeros(n + 1, np.int32)
+    sizes = np.zeros(n, np.int64)
+    sizes[kept] = lengths
+    offsets[1:] = np.cumsum(sizes)
+    posteriors = pa.ListArray.from_arrays(pa.array(offsets), steps, mask=pa.array(~kept))
+    return pa.StructArray.from_arrays(
+        [path, posteriors, pa.array(seq_loglik, mask=~kept)], names=["prediction", "probability", "logLikelihood"]
+    )
+
+
+def _arrow_udf(df: DataFrame, family: EMFamily, params: Params, n_features: int, return_type: str,
+               batch_fn: Callable[..., pa.Array]):
+    from pyspark.sql.functions import arrow_udf
+
+    params_bc = df.sparkSession.sparkContext.broadcast(params)
+
+    @arrow_udf(return_type)
+    def apply(x: pa.Array) -> pa.Array:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return batch_fn(family, params_bc.value, n_features, x)
+
+    return apply
+
+
+def _input(df: DataFrame, family: EMFamily, features: str | Sequence[str]) -> Column:
+    return input_array(df, features, family.sequential)
 
 
 def score_frame(
@@ -57,25 +119,56 @@ def score_frame(
     probability_col: str = "probability",
     loglik_col: str | None = "logLikelihood",
 ) -> DataFrame:
-    """``df`` with prediction (int), probability (Vector) and per-row log-likelihood added."""
+    """``df`` with the prediction, probability and log-likelihood columns added (see the module doc)."""
     from pyspark.ml.functions import array_to_vector
-    from pyspark.sql.functions import arrow_udf
 
-    params_bc = df.sparkSession.sparkContext.broadcast(params)
-
-    @arrow_udf(_SCORE_TYPE)
-    def score(x: pa.Array) -> pa.Array:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            return _score_batch(family, params_bc.value, n_features, x)
-
+    batch_fn = _score_sequence_batch if family.sequential else _score_batch
+    return_type = _SEQUENCE_SCORE_TYPE if family.sequential else _SCORE_TYPE
+    score = _arrow_udf(df, family, params, n_features, return_type, batch_fn)
     tmp = "__em_score"
-    out = df.withColumn(tmp, score(feature_array(df, features)))
+    out = df.withColumn(tmp, score(_input(df, family, features)))
     out = out.withColumn(prediction_col, F.col(f"{tmp}.prediction"))
     probability = F.col(f"{tmp}.probability")
-    # array_to_vector fails on null, so unscorable rows keep a null probability.
-    out = out.withColumn(probability_col, F.when(probability.isNotNull(), array_to_vector(probability)))
+    if not family.sequential:
+        # array_to_vector fails on null, so unscorable rows keep a null probability.
+        probability = F.when(probability.isNotNull(), array_to_vector(probability))
+    out = out.withColumn(probability_col, probability)
     if loglik_col:
         out = out.withColumn(loglik_col, F.col(f"{tmp}.logLikelihood"))
     return out.drop(tmp)
+
+
+def _impute_batch(family: EMFamily, params: Params, n_features: int, features: pa.Array) -> pa.Array:
+    block, kept = _block_of(family, n_features, features)
+    n_kept = int(kept.sum())
+    if block.n_rows:
+        out = family.impute(block, params)
+        imputed, std = out["imputed"], out["std"]
+    else:
+        imputed = std = np.empty((0, n_features))
+    width = np.full(n_kept, n_features)
+    return pa.StructArray.from_arrays(
+        [_lists(imputed.ravel(), width, kept), _lists(std.ravel(), width, kept)], names=["imputed", "std"]
+    )
+
+
+def impute_frame(
+    df: DataFrame,
+    family: EMFamily,
+    params: Params,
+    n_features: int,
+    features: str | Sequence[str],
+    *,
+    output_col: str = "imputed",
+    std_col: str = "imputedStd",
+) -> DataFrame:
+    """``df`` with ``output_col`` (array<double>: observed entries as they are, missing ones
+    replaced by their conditional expectation) and ``std_col`` (array<double>: the conditional
+    standard deviation of each entry, 0 where observed). Rows that cannot be read (null vector,
+    wrong length, infinities) get nulls."""
+    if not hasattr(family, "impute"):
+        raise TypeError(f"the {family.name!r} family does not impute missing values")
+    impute = _arrow_udf(df, family, params, n_features, _IMPUTE_TYPE, _impute_batch)
+    tmp = "__em_impute"
+    out = df.withColumn(tmp, impute(_input(df, family, features)))
+    return out.withColumn(output_col, F.col(f"{tmp}.imputed")).withColumn(std_col, F.col(f"{tmp}.std")).drop(tmp)

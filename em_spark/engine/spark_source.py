@@ -22,7 +22,9 @@ from pyspark.sql import types as T
 
 from em_spark.engine.blocks import (
     FEATURES_FIELD,
+    LABEL_FIELD,
     WEIGHT_FIELD,
+    InputSpec,
     LoadSummary,
     RowProblems,
     block_from_arrow,
@@ -38,7 +40,15 @@ from em_spark.engine.validation import DataValidationError, check_loaded
 from em_spark.models.base import Block, EMFamily, Params
 from em_spark.stats import Stats
 
-__all__ = ["SparkBlockSource", "feature_array", "describe_features", "load_blocks"]
+__all__ = [
+    "SparkBlockSource",
+    "feature_array",
+    "sequence_array",
+    "input_array",
+    "group_sequences",
+    "describe_features",
+    "load_blocks",
+]
 
 log = logging.getLogger("em_spark")
 
@@ -92,6 +102,78 @@ def feature_array(df: DataFrame, features: str | Sequence[str]) -> Column:
     return F.array(*[F.col(n).cast(T.DoubleType()) for n in names])
 
 
+def sequence_array(df: DataFrame, features: str | Sequence[str]) -> Column:
+    """An ``array<array<double>>`` (or ``array<double>``: one number per step) expression for a
+    column holding one sequence per row, validated against the schema.
+
+    The column is an array of Vectors, an array of arrays of numbers, or an array of numbers
+    (a 1-feature sequence, e.g. the symbols of a categorical HMM).
+    """
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+
+    if not isinstance(features, str):
+        raise DataValidationError(
+            f"sequence models read one sequence per row from one column, got {list(features)!r}; "
+            "collect the steps into an array column (or give sequenceCol and timeCol for long-format data)."
+        )
+    dtype = _field(df, features, "featuresCol").dataType
+    element = dtype.elementType if isinstance(dtype, T.ArrayType) else None
+    if isinstance(element, VectorUDT):
+        return F.transform(F.col(features), lambda v: vector_to_array(v, "float64"))
+    if isinstance(element, T.ArrayType) and isinstance(element.elementType, _NUMERIC):
+        return F.col(features).cast(T.ArrayType(T.ArrayType(T.DoubleType())))
+    if isinstance(element, _NUMERIC):
+        return F.col(features).cast(T.ArrayType(T.DoubleType()))
+    raise DataValidationError(
+        f"featuresCol {features!r} has type {dtype.simpleString()}; a sequence model needs one sequence per row: "
+        "array<array<double>>, array<vector> or array<double> (one number per step). For long-format data "
+        "(one row per step) give sequenceCol and timeCol."
+    )
+
+
+def input_array(df: DataFrame, features: str | Sequence[str], sequences: bool) -> Column:
+    """The features as the load pass and the scorer read them: rows or sequences."""
+    return sequence_array(df, features) if sequences else feature_array(df, features)
+
+
+def group_sequences(df: DataFrame, sequence_col: str, time_col: str, features: str | Sequence[str],
+                    output_col: str = "sequence") -> DataFrame:
+    """Long format (one row per step) to one row per sequence, steps ordered by ``time_col``.
+
+    Returns a DataFrame of ``sequence_col`` and ``output_col`` (array<array<double>>). Each
+    sequence is one group, so it lands whole in one partition. Two steps of a sequence at
+    the same time are refused: their order would be arbitrary.
+    """
+    for name, role in ((sequence_col, "sequenceCol"), (time_col, "timeCol")):
+        _field(df, name, role)
+    step = F.struct(F.col(time_col).alias("t"), feature_array(df, features).alias("x"))
+    grouped = df.groupBy(sequence_col).agg(
+        F.sort_array(F.collect_list(step)).alias("__steps"),
+        (F.count(F.lit(1)) - F.countDistinct(F.col(time_col))).alias("__dup"),
+    )
+    duplicated = grouped.filter(F.col("__dup") > 0).select(sequence_col).limit(3).collect()
+    if duplicated:
+        ids = [row[0] for row in duplicated]
+        raise DataValidationError(
+            f"sequence(s) {ids} have two or more steps with the same {time_col!r}; each step of a sequence "
+            "needs a distinct time (deduplicate the input first)."
+        )
+    return grouped.select(sequence_col, F.col("__steps.x").alias(output_col))
+
+
+def _label_expr(df: DataFrame, label_col: str | None) -> Column | None:
+    if not label_col:
+        return None
+    dtype = _field(df, label_col, "labelCol").dataType
+    if not isinstance(dtype, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
+        raise DataValidationError(
+            f"labelCol {label_col!r} has type {dtype.simpleString()}; it must hold integer component ids "
+            "(0..k-1 for known rows, null or -1 for unknown)."
+        )
+    return F.col(label_col).cast(T.LongType())
+
+
 def _weight_expr(df: DataFrame, weight_col: str | None) -> Column | None:
     if not weight_col:
         return None
@@ -101,30 +183,30 @@ def _weight_expr(df: DataFrame, weight_col: str | None) -> Column | None:
     return F.col(weight_col).cast(T.DoubleType())
 
 
-_PAYLOAD_SCHEMA = (
-    "src int, idx int, payload binary, null_rows long, ragged_rows long, nonfinite_rows long, bad_weight_rows long"
-)
+_PROBLEM_FIELDS = ("null_rows", "ragged_rows", "nonfinite_rows", "bad_weight_rows", "bad_label_rows")
+_PAYLOAD_SCHEMA = "src int, idx int, payload binary, " + ", ".join(f"{name} long" for name in _PROBLEM_FIELDS)
 
 
-def _to_payloads(batches: Iterator[Any]) -> Iterator[Any]:
+def _to_payloads(spec: InputSpec):
     """mapInArrow function: one encoded block per Arrow batch, tagged by (partition, index)."""
-    import pyarrow as pa
-    from pyspark import TaskContext
 
-    src = TaskContext.get().partitionId()
-    for idx, batch in enumerate(batches):
-        block, problems, _ = block_from_arrow(batch)
-        yield pa.RecordBatch.from_pydict(
-            {
-                "src": pa.array([src], pa.int32()),
-                "idx": pa.array([idx], pa.int32()),
-                "payload": pa.array([encode_block(block)], pa.binary()),
-                "null_rows": [problems.null_rows],
-                "ragged_rows": [problems.ragged_rows],
-                "nonfinite_rows": [problems.nonfinite_rows],
-                "bad_weight_rows": [problems.bad_weight_rows],
-            }
-        )
+    def to_payloads(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        src = TaskContext.get().partitionId()
+        for idx, batch in enumerate(batches):
+            block, problems, _ = block_from_arrow(batch, spec)
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "src": pa.array([src], pa.int32()),
+                    "idx": pa.array([idx], pa.int32()),
+                    "payload": pa.array([encode_block(block)], pa.binary()),
+                    **{name: [getattr(problems, name)] for name in _PROBLEM_FIELDS},
+                }
+            )
+
+    return to_payloads
 
 
 def _assemble(items: Iterator[tuple[tuple[int, int], tuple[bytes, RowProblems]]]) -> Iterator[tuple[Block, RowProblems]]:
@@ -142,12 +224,12 @@ def _assemble(items: Iterator[tuple[tuple[int, int], tuple[bytes, RowProblems]]]
     merged = merge_blocks(blocks, target_block_rows(blocks[0].n_features)) if blocks else []
     # The partition's problem counts ride along with its first block (or an empty one).
     if not merged and problems != RowProblems():
-        merged = [Block(np.empty((0, 0)))]
+        merged = [Block(np.empty((0, 0)))]  # summarize_block is told whether the data are sequences
     for i, block in enumerate(merged):
         yield block, problems if i == 0 else RowProblems()
 
 
-def _spill_partition(dataset_key: str, sample_size: int, seed: int):
+def _spill_partition(dataset_key: str, sample_size: int, seed: int, sequences: bool):
     """Load-pass task: summarize the partition and write its blocks to an executor-local file."""
 
     def spill(index: int, items: Iterator[tuple[Block, RowProblems]]) -> Iterator[tuple[Any, LoadSummary]]:
@@ -155,12 +237,12 @@ def _spill_partition(dataset_key: str, sample_size: int, seed: int):
 
         blocks, total = [], None
         for block, problems in items:
-            s = summarize_block(block, sample_size, seed, problems)
+            s = summarize_block(block, sample_size, seed, problems, sequences=sequences)
             total = s if total is None else total + s
             if block.n_rows:
                 blocks.append(block)
         directory = os.path.join(SparkFiles.getRootDirectory(), "em_spark-blocks", dataset_key)
-        yield write_partition(directory, index, blocks), total or LoadSummary()
+        yield write_partition(directory, index, blocks), total or LoadSummary(sequences=sequences)
 
     return spill
 
@@ -327,8 +409,15 @@ def load_blocks(
     num_partitions: int | None = None,
     aggregation_depth: int = 2,
     label: str = "",
+    sequences: bool = False,
+    allow_missing: bool = False,
+    label_col: str | None = None,
 ) -> SparkBlockSource:
     """Read, validate and cache the input; raise DataValidationError before any fitting.
+
+    ``sequences``: one sequence per row (a family's ``sequential``); ``allow_missing``: NaN
+    and null entries are kept as NaN (a family's ``models_missing``); ``label_col``: known
+    components for semi-supervised EM (integer, null or -1 for unknown).
 
     ``num_partitions`` defaults to the default parallelism (the total executor cores): one
     task per core per iteration. Each further wave of tasks costs 25-50 ms of Python-task
@@ -336,20 +425,21 @@ def load_blocks(
     one wave is balanced.
     """
     sc = df.sparkSession.sparkContext
-    columns = [feature_array(df, features).alias(FEATURES_FIELD)]
+    columns = [input_array(df, features, sequences).alias(FEATURES_FIELD)]
     weight = _weight_expr(df, weight_col)
     if weight is not None:
         columns.append(weight.alias(WEIGHT_FIELD))
+    labels = _label_expr(df, label_col)
+    if labels is not None:
+        columns.append(labels.alias(LABEL_FIELD))
+    spec = InputSpec(sequences=sequences, allow_missing=allow_missing, k=k if labels is not None else None)
     selected = df.select(*columns)
     n_target = int(num_partitions or sc.defaultParallelism)
     if n_target < 1:
         raise ValueError(f"numPartitions must be >= 1, got {num_partitions}")
 
-    payloads = selected.mapInArrow(_to_payloads, _PAYLOAD_SCHEMA).rdd.map(
-        lambda r: (
-            (r.src, r.idx),
-            (bytes(r.payload), RowProblems(r.null_rows, r.ragged_rows, r.nonfinite_rows, r.bad_weight_rows)),
-        )
+    payloads = selected.mapInArrow(_to_payloads(spec), _PAYLOAD_SCHEMA).rdd.map(
+        lambda r: ((r.src, r.idx), (bytes(r.payload), RowProblems(*(r[name] for name in _PROBLEM_FIELDS))))
     )
     # Deal batches over the target partitions whatever the input's partitioning (a Parquet
     # file with one row group leaves all but one input split empty). Consecutive batches of
@@ -361,7 +451,7 @@ def load_blocks(
     # this copy is only read again if a file is missing (and survives executor loss).
     blocks = payloads.mapPartitions(_assemble).persist(StorageLevel.DISK_ONLY)
     dataset_key = uuid.uuid4().hex
-    spilled = blocks.mapPartitionsWithIndex(_spill_partition(dataset_key, sample_size, seed)).persist(
+    spilled = blocks.mapPartitionsWithIndex(_spill_partition(dataset_key, sample_size, seed, sequences)).persist(
         StorageLevel.MEMORY_AND_DISK
     )
     handles = None
@@ -372,8 +462,8 @@ def load_blocks(
             LoadSummary.__add__,
             aggregation_depth,
         )
-        summary = summary or LoadSummary()
-        check_loaded(summary, k, describe_features(features), weight_col)
+        summary = summary or LoadSummary(sequences=sequences)
+        check_loaded(summary, k, describe_features(features), weight_col, label_col, allow_missing)
         # Iterations need only the handles; keep them cached without the summaries.
         handles = spilled.map(lambda pair: pair[0]).persist(StorageLevel.MEMORY_AND_DISK)
         handles.count()

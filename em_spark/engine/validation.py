@@ -11,32 +11,51 @@ class DataValidationError(ValueError):
     """The input cannot be fitted as given; the message names the problem and the fix."""
 
 
-def check_loaded(summary: LoadSummary, k: int, features: str, weight_col: str | None) -> None:
+def check_loaded(
+    summary: LoadSummary,
+    k: int,
+    features: str,
+    weight_col: str | None,
+    label_col: str | None = None,
+    allow_missing: bool = False,
+) -> None:
     """Raise :class:`DataValidationError` unless the loaded data can be fitted with k components.
 
     ``features`` describes the feature column(s) for the message.
     """
     problems = []
+    unit = "sequence(s)" if summary.sequences else "row(s)"
     if summary.null_rows:
-        problems.append(
-            f"{summary.null_rows} row(s) have a null feature vector in {features}; "
-            "drop them first (df.dropna(subset=[...]))"
-        )
+        what = "a null or empty sequence" if summary.sequences else "a null feature vector"
+        problems.append(f"{summary.null_rows} {unit} have {what} in {features}; drop them first (df.dropna(subset=[...]))")
     if summary.ragged_rows or len(summary.n_features) > 1:
         lengths = sorted(summary.n_features)
+        vectors = "the steps' feature vectors" if summary.sequences else "feature vectors"
         problems.append(
-            f"feature vectors in {features} do not all have the same non-zero length "
-            f"({summary.ragged_rows} row(s) differ; lengths seen: {lengths}); every row needs the same number of features"
+            f"{vectors} in {features} do not all have the same non-zero length "
+            f"({summary.ragged_rows} {unit} differ; lengths seen: {lengths}); every row needs the same number of features"
         )
     if summary.nonfinite_rows:
-        problems.append(
-            f"{summary.nonfinite_rows} row(s) contain NaN, infinite or null feature values in {features}; "
-            "drop or impute them before fitting"
-        )
+        if allow_missing:
+            problems.append(
+                f"{summary.nonfinite_rows} {unit} contain infinite feature values in {features}; missing values "
+                "(null or NaN) are modelled, but infinities are not: replace them with null or drop those rows"
+            )
+        else:
+            problems.append(
+                f"{summary.nonfinite_rows} {unit} contain NaN, infinite or null feature values in {features}; "
+                "drop or impute them before fitting"
+                + ("" if summary.sequences else ", or model missing values (handleMissing='model' for a Gaussian mixture)")
+            )
     if summary.bad_weight_rows:
         problems.append(
-            f"{summary.bad_weight_rows} row(s) have a null, negative, NaN or infinite weight in weightCol "
+            f"{summary.bad_weight_rows} {unit} have a null, negative, NaN or infinite weight in weightCol "
             f"{weight_col!r}; weights must be finite and >= 0"
+        )
+    if summary.bad_label_rows:
+        problems.append(
+            f"{summary.bad_label_rows} row(s) have a label >= k={k} in labelCol {label_col!r}; labels must be "
+            f"component ids 0..{k - 1}, or null / -1 for unknown"
         )
     if problems:
         raise DataValidationError("cannot fit: " + "; ".join(problems) + ".")
@@ -44,7 +63,13 @@ def check_loaded(summary: LoadSummary, k: int, features: str, weight_col: str | 
         raise DataValidationError(
             f"cannot fit: the input has no rows ({features}); check the input path, filters or date partition."
         )
-    if summary.rows < k:
+    if summary.sequences:
+        if summary.observations < k:
+            raise DataValidationError(
+                f"cannot fit: the input has {summary.observations} observation(s) in all, fewer than k={k} states; "
+                "decrease k or add data."
+            )
+    elif summary.rows < k:
         raise DataValidationError(
             f"cannot fit: the input has {summary.rows} row(s), fewer than k={k} components; decrease k or add data."
         )

@@ -20,6 +20,13 @@ the data sits from the origin::
 
 The M-step then takes mean = μ_k + δ_k and cov = sq / nk − δ δᵀ with δ = sum / nk, which
 is scikit-learn's estimate written in shifted coordinates.
+
+With ``handle_missing="model"`` NaN entries are values missing at random: rows with a NaN
+go through the exact conditional-Gaussian E-step of :mod:`gaussian_missing`, which
+returns the same statistics (x replaced by its conditional expectation, sq corrected by
+the conditional covariance), so the M-step is unchanged; complete rows keep the fast
+kernel below. ``Block.labels`` >= 0 clamp a row's responsibilities to its known
+component (semi-supervised EM, :mod:`labels`).
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ from typing import Any, Callable, ClassVar, Mapping
 import numpy as np
 
 from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
+from em_spark.models.gaussian_missing import DiagonalMissing, FullMissing, nan_mask
+from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
-__all__ = ["GaussianFamily", "COVARIANCE_TYPES", "INIT_MODES"]
+__all__ = ["GaussianFamily", "COVARIANCE_TYPES", "INIT_MODES", "HANDLE_MISSING"]
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 INIT_MODES = ("k-means++", "random")
+HANDLE_MISSING = ("error", "model")
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # scikit-learn adds 10 machine epsilons to every nk so an empty component divides by
@@ -390,17 +400,21 @@ class GaussianFamily:
         Non-negative value added to every covariance diagonal in the M-step.
     init_mode : {"k-means++", "random"}
         How :meth:`initialize` seeds the parameters from a sample.
+    handle_missing : {"error", "model"}
+        "error": a NaN in the data is a :class:`ModelError`. "model": NaN entries are
+        values missing at random, fitted by exact EM (see :mod:`gaussian_missing`) and
+        filled in by :meth:`impute`.
     """
 
     name: ClassVar[str] = "gaussian"
     sequential: ClassVar[bool] = False
-    models_missing: ClassVar[bool] = False
     supports_labels: ClassVar[bool] = True
 
     k: int
     covariance_type: str = "full"
     reg_covar: float = 1e-6
     init_mode: str = "k-means++"
+    handle_missing: str = "error"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "components"))
@@ -421,8 +435,17 @@ class GaussianFamily:
         object.__setattr__(self, "reg_covar", float(self.reg_covar))
         if self.init_mode not in INIT_MODES:
             raise ModelError(f"initMode must be one of {list(INIT_MODES)}, got {self.init_mode!r}")
+        if self.handle_missing not in HANDLE_MISSING:
+            raise ModelError(
+                f"handleMissing must be one of {list(HANDLE_MISSING)}, got {self.handle_missing!r}"
+            )
 
     # -- protocol: description ------------------------------------------------
+
+    @property
+    def models_missing(self) -> bool:
+        """NaN entries are modelled as missing values (the loader keeps such rows)."""
+        return self.handle_missing == "model"
 
     @property
     def _kernel(self) -> _Kernel:
@@ -592,11 +615,14 @@ class GaussianFamily:
         prec_chol: np.ndarray | None,
         log_const: np.ndarray | None,
         labels: np.ndarray | None = None,
+        clamp: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Statistics of rows ``X`` (n, d) with weights ``w`` (n,) or None, around ``shift`` (k, d).
 
         With ``labels`` (n,) the responsibilities are hard one-hot assignments (used by
         the k-means initialization); otherwise they are the posterior under the model.
+        With ``clamp`` (n,) (semi-supervised EM), rows with ``clamp`` >= 0 get one-hot
+        responsibilities on that component and add log π_c + log N(x | c) to ``loglik``.
         """
         kernel, k = self._kernel, self.k
         n, d = X.shape
@@ -609,8 +635,16 @@ class GaussianFamily:
             if labels is None:
                 half_maha = kernel.half_mahalanobis(diffs, work, prepared)
                 log_prob = np.subtract(log_const[:, None], half_maha, out=half_maha)
+                if clamp is not None:
+                    known = np.flatnonzero(clamp[start:stop] >= 0)
+                    which = clamp[start:stop][known]
+                    picked = log_prob[which, known]  # the joint log-probabilities, before normalizing
                 log_norm = _normalize_log_prob(log_prob)
                 resp = log_prob  # (k, rows), normalized in place
+                if clamp is not None and known.size:
+                    resp[:, known] = 0.0
+                    resp[which, known] = 1.0
+                    log_norm[known] = picked
             else:
                 resp = (labels[None, start:stop] == np.arange(k)[:, None]).astype(np.float64)
                 log_norm = None
@@ -638,7 +672,8 @@ class GaussianFamily:
 
         Parameters
         ----------
-        block : Block with X of shape (n, d) and optional weights (n,)
+        block : Block with X of shape (n, d) (NaN = missing with ``handle_missing="model"``),
+            optional weights (n,) and labels (n,) (-1 unknown, else the row's component)
         params : the parameters the E-step runs under; their means are the shift
 
         Returns
@@ -646,20 +681,43 @@ class GaussianFamily:
         Stats with nk (k,), sum (k, d), sq (k, d, d) or (k, d), loglik, weight, count ()
         """
         d = self._check_block(block, params)
-        return Stats(
-            self._accumulate(
-                np.asarray(block.X, dtype=np.float64),
-                None if block.weight is None else np.asarray(block.weight, dtype=np.float64),
-                params["means"],
-                params["precisions_cholesky"],
-                self._log_const(params, d),
-            )
+        X = np.asarray(block.X, dtype=np.float64)
+        w = None if block.weight is None else np.asarray(block.weight, dtype=np.float64)
+        labels = check_labels(block.labels, self.k)
+        missing = self._missing_entries(X)
+        kernel_args = (params["means"], params["precisions_cholesky"], self._log_const(params, d))
+        if missing is None:
+            return Stats(self._accumulate(X, w, *kernel_args, clamp=labels))
+        gappy = missing.any(axis=1)
+        complete = ~gappy
+
+        def rows_of(values, which):
+            return None if values is None else values[which]
+
+        stats = self._accumulate(X[complete], rows_of(w, complete), *kernel_args, clamp=rows_of(labels, complete))
+        loglik = self._missing_model(params).accumulate(
+            X[gappy], missing[gappy], rows_of(w, gappy), rows_of(labels, gappy), stats["sum"], stats["sq"], stats["nk"]
         )
+        stats[LOGLIK] = np.float64(stats[LOGLIK] + loglik)
+        stats[WEIGHT] = np.float64(X.shape[0] if w is None else w.sum())
+        stats[COUNT] = np.float64(X.shape[0])
+        return Stats(stats)
 
     def score(self, block: Block, params: Params) -> dict[str, np.ndarray]:
-        """Per-row ``log_resp`` (n, k) and ``loglik`` (n,) = log p(x) under the mixture (unweighted)."""
+        """Per-row ``log_resp`` (n, k) and ``loglik`` (n,) = log p(x) under the mixture (unweighted).
+
+        For a row with missing values ``loglik`` is the observed-data log-likelihood
+        log p(x_o); for a labelled row it is log π_c + log p(x | c), as in the E-step.
+        """
         d = self._check_block(block, params)
         X = np.asarray(block.X, dtype=np.float64)
+        labels = check_labels(block.labels, self.k)
+        missing = self._missing_entries(X)
+        if missing is not None or labels is not None:
+            log_joint = self._log_joint(X, missing, params)
+            log_resp, loglik = log_posterior(log_joint)
+            log_resp, loglik = clamp_to_labels(log_joint, log_resp, loglik, labels)
+            return {"log_resp": log_resp, "loglik": loglik}
         kernel = self._kernel
         log_const = self._log_const(params, d)
         prepared = kernel.prepare(params["precisions_cholesky"])
@@ -672,6 +730,79 @@ class GaussianFamily:
             log_resp[start:stop] = (log_prob - log_norm).T
             loglik[start:stop] = log_norm
         return {"log_resp": log_resp, "loglik": loglik}
+
+    def impute(self, block: Block, params: Params) -> dict[str, np.ndarray]:
+        """The missing (NaN) entries filled in by their conditional expectation under the mixture.
+
+        Works whatever ``handle_missing`` is (a model fitted on complete data can fill gaps
+        in new data). Labelled rows use their component only.
+
+        Returns
+        -------
+        dict with ``imputed`` (n, d): observed entries unchanged, a missing entry
+        E[x_m | x_o] = Σ_j r_j x̂_jm; and ``std`` (n, d): 0 on observed entries, the
+        conditional standard deviation (mixture variance, within plus between components)
+        on missing ones.
+        """
+        self._check_block(block, params)
+        X = np.asarray(block.X, dtype=np.float64)
+        imputed, std = X.copy(), np.zeros(X.shape)
+        missing = nan_mask(X)
+        if missing is not None:
+            gappy = np.flatnonzero(missing.any(axis=1))
+            labels = check_labels(block.labels, self.k)
+            imputed[gappy], std[gappy] = self._missing_model(params).impute(
+                X[gappy], missing[gappy], None if labels is None else labels[gappy]
+            )
+        return {"imputed": imputed, "std": std}
+
+    # -- missing values ----------------------------------------------------------------
+
+    def _missing_entries(self, X: np.ndarray) -> np.ndarray | None:
+        """(n, d) mask of the NaN entries of X, None if there is none; a ModelError unless modelled."""
+        missing = nan_mask(X)
+        if missing is not None and not self.models_missing:
+            n_rows = int(missing.any(axis=1).sum())
+            raise ModelError(
+                f"the data holds missing values (NaN) in {n_rows} of its {X.shape[0]} rows; clean the "
+                'data (drop or impute those rows) or pass handleMissing="model" to fit the mixture to '
+                "the observed values (missing at random)"
+            )
+        return missing
+
+    def _missing_model(self, params: Params) -> DiagonalMissing | FullMissing:
+        """The missing-data E-step for these parameters (tied and spherical broadcast to k and d)."""
+        with np.errstate(divide="ignore"):  # a weight of exactly 0 gives -inf: a dead component
+            log_weights = np.log(params["weights"])
+        means, cov = params["means"], params["covariances"]
+        if self.covariance_type == "diag":
+            return DiagonalMissing(log_weights, means, cov)
+        if self.covariance_type == "spherical":
+            return DiagonalMissing(log_weights, means, np.broadcast_to(cov[:, None], means.shape))
+        return FullMissing(log_weights, means, self.full_covariances(params))
+
+    def _log_joint(self, X: np.ndarray, missing: np.ndarray | None, params: Params) -> np.ndarray:
+        """(n, k) log π_j + log N(x | j) (marginal on the observed entries of rows with NaN)."""
+        d = X.shape[1]
+        kernel = self._kernel
+        log_const = self._log_const(params, d)
+        prepared = kernel.prepare(params["precisions_cholesky"])
+        gappy = np.zeros(X.shape[0], dtype=bool) if missing is None else missing.any(axis=1)
+        complete = np.flatnonzero(~gappy)
+        out = np.empty((X.shape[0], self.k))
+        for start, stop, diffs, work in self._chunks(X[complete], params["means"]):
+            out[complete[start:stop]] = (log_const[:, None] - kernel.half_mahalanobis(diffs, work, prepared)).T
+        if gappy.any():
+            out[gappy] = self._missing_model(params).log_joint(X[gappy], missing[gappy])
+        return out
+
+    def _filled(self, sample: Block) -> Block:
+        """``sample`` with NaN entries replaced by weighted column means (see _fill_column_means)."""
+        X = np.asarray(sample.X, dtype=np.float64)
+        missing = self._missing_entries(X)
+        if missing is None:
+            return sample
+        return Block(_fill_column_means(X, missing, sample.weights_or_ones()), sample.weight, labels=sample.labels)
 
     # -- protocol: M-step ----------------------------------------------------------
 
@@ -691,6 +822,7 @@ class GaussianFamily:
         weights, means, covariances, dead = self._estimate(stats, params["means"])
         events = []
         if dead.size:
+            sample = self._filled(sample)
             seeds = self._lowest_likelihood_points(sample, params, means, dead)
             share = np.asarray(stats["nk"])[dead] / total_weight
             for j, fraction in zip(dead, share):
@@ -772,7 +904,13 @@ class GaussianFamily:
         then the M-step of the hard assignments. "random": k distinct sample points drawn
         with probability proportional to weight as means, uniform weights, and the whole
         sample's covariance for every component.
+
+        With missing values (``handle_missing="model"``) the sample's NaN entries are first
+        filled with its weighted column means. A component with labelled rows (of positive
+        weight) in the sample then gets their weighted mean as its mean, so component ids
+        follow the labels from the first iteration.
         """
+        sample = self._filled(sample) if sample.n_rows else sample
         X = np.asarray(sample.X, dtype=np.float64)
         w = np.asarray(sample.weights_or_ones(), dtype=np.float64)
         if X.shape[0] == 0:
@@ -786,8 +924,18 @@ class GaussianFamily:
                 f"points than k={self.k}; decrease k"
             )
         if self.init_mode == "random":
-            return self._initialize_random(X, w, distinct, inverse.reshape(-1), w[w > 0], rng)
-        return self._initialize_kmeans(X, w, rng)
+            params = self._initialize_random(X, w, distinct, inverse.reshape(-1), w[w > 0], rng)
+        else:
+            params = self._initialize_kmeans(X, w, rng)
+        labels = check_labels(sample.labels, self.k)
+        if labels is not None:
+            means = params["means"].copy()
+            for j in range(self.k):
+                mine = (labels == j) & (w > 0)
+                if mine.any():
+                    means[j] = (w[mine] @ X[mine]) / w[mine].sum()
+            params = {**params, "means": means}  # the covariances (hence precisions) are unchanged
+        return params
 
     def _sample_covariance_params(self, X: np.ndarray, w: np.ndarray) -> np.ndarray:
         """The whole sample's covariance (+ reg_covar) in the covariance type's shape."""
@@ -821,6 +969,29 @@ class GaussianFamily:
             # a cluster that ended up empty keeps its center, with the sample's covariance
             self._reseed(weights, means, covariances, empty, shift[empty], Block(X, w))
         return self._finish(weights, means, covariances)
+
+
+def _fill_column_means(X: np.ndarray, missing: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """X (n, d) with its NaN entries (``missing``) replaced by the weighted means of their columns.
+
+    A crude single imputation, used only to seed the parameters (initialization and the
+    re-seeding of a dead component): it shrinks variances and correlations, which EM then
+    undoes, since the E-step itself treats the entries as missing. Columns whose observed
+    entries all have weight 0 use the unweighted mean; a column with no observed entry
+    cannot be estimated at all.
+    """
+    observed = ~missing
+    never = np.flatnonzero(~observed.any(axis=0))
+    if never.size:
+        raise ModelError(
+            f"feature column(s) {never.tolist()} are missing (NaN) in every sampled row, so the model cannot "
+            "estimate them; drop those columns (or fill them) before fitting"
+        )
+    weight = observed * w[:, None]
+    unweighted = weight.sum(axis=0) <= 0
+    weight[:, unweighted] = observed[:, unweighted]
+    column_means = (weight * np.where(observed, X, 0.0)).sum(axis=0) / weight.sum(axis=0)
+    return np.where(missing, column_means, X)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,217 @@
+"""GaussianHMM and CategoricalHMM: hidden Markov models trained by Baum-Welch on the same engine.
+
+Data: one sequence per row (``featuresCol`` an array of Vectors, an array of arrays of
+numbers, or an array of numbers for one number per step), or long format, one row per
+step, with ``sequenceCol`` and ``timeCol`` naming the sequence id and the step's time:
+the estimator groups the steps of each sequence (ordered by time) into one row first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pyspark import keyword_only
+from pyspark.ml.param import TypeConverters
+from pyspark.sql import DataFrame
+
+from em_spark.api.base import EMEstimator, EMModel, _optional_string, _p
+from em_spark.engine.spark_source import group_sequences
+from em_spark.models import CategoricalHMMFamily, GaussianHMMFamily
+
+__all__ = ["GaussianHMM", "GaussianHMMModel", "CategoricalHMM", "CategoricalHMMModel", "SEQUENCE_COL"]
+
+#: the column holding each grouped sequence when the input is in long format
+SEQUENCE_COL = "sequence"
+
+
+def _optional_int(value: Any) -> Any:
+    return None if value is None else TypeConverters.toInt(value)
+
+
+class _SequenceParams:
+    sequenceCol = _p("sequenceCol", "long format: the column identifying each sequence (with timeCol)", _optional_string)
+    timeCol = _p("timeCol", "long format: the column ordering the steps of a sequence (with sequenceCol)", _optional_string)
+
+    def _input(self, dataset: DataFrame) -> tuple[DataFrame, Any]:
+        """One sequence per row as given, or long format grouped by sequenceCol, ordered by timeCol.
+
+        Grouped data has the columns ``sequenceCol`` and ``sequence`` (array<array<double>>)."""
+        sequence_col, time_col = self.getOrDefault("sequenceCol"), self.getOrDefault("timeCol")
+        features = self.getOrDefault("featuresCol")
+        if not sequence_col and not time_col:
+            return dataset, features
+        if not (sequence_col and time_col):
+            raise ValueError("long-format input needs both sequenceCol and timeCol (or neither, for one sequence per row)")
+        if self.getOrDefault("weightCol"):
+            raise ValueError(
+                "weightCol is not supported with long-format input (a weight belongs to a whole sequence); "
+                "group the sequences into one row each and give a per-sequence weight column"
+            )
+        return group_sequences(dataset, sequence_col, time_col, features, SEQUENCE_COL), SEQUENCE_COL
+
+
+class _GaussianHMMParams(_SequenceParams):
+    covarianceType = _p("covarianceType", "'full' or 'diag'", TypeConverters.toString)
+    regCovar = _p("regCovar", "added to every covariance diagonal in the M-step", TypeConverters.toFloat)
+
+
+class _CategoricalHMMParams(_SequenceParams):
+    nCategories = _p("nCategories", "number of symbols (default: inferred from the sample as max + 1)", _optional_int)
+    smoothing = _p("smoothing", "Dirichlet pseudo-count added to every emission count in the M-step", TypeConverters.toFloat)
+
+
+class _HMMModel(EMModel):
+    """A fitted HMM: ``transform`` adds the Viterbi state path (``predictionCol``, array<int>),
+    the per-step state posteriors (``probabilityCol``, array<array<double>>) and the
+    sequence's log-likelihood (``logLikelihoodCol``)."""
+
+    @property
+    def startProb(self) -> np.ndarray:
+        """(k,) probability of each state at the first step."""
+        return self.public_params()["startProb"]
+
+    @property
+    def transMat(self) -> np.ndarray:
+        """(k, k) transition probabilities: row i is P(next state | state i)."""
+        return self.public_params()["transMat"]
+
+
+class GaussianHMMModel(_GaussianHMMParams, _HMMModel):
+    """A fitted Gaussian HMM.
+
+    Attributes
+    ----------
+    startProb : (k,), transMat : (k, k), means : (k, d),
+    covariances : (k, d, d) for full, (k, d) for diag (as hmmlearn's ``covars_`` for diag, not expanded)
+    """
+
+    def __init__(self, family: GaussianHMMFamily, params, n_features: int):
+        super().__init__(family, params, n_features)
+        self._setDefault(covarianceType="full", regCovar=1e-6, sequenceCol=None, timeCol=None)
+        self._set(covarianceType=family.covariance_type, regCovar=family.reg_covar)
+
+    @property
+    def means(self) -> np.ndarray:
+        return self.public_params()["means"]
+
+    @property
+    def covariances(self) -> np.ndarray:
+        return self.public_params()["covariances"]
+
+
+class CategoricalHMMModel(_CategoricalHMMParams, _HMMModel):
+    """A fitted categorical HMM. Attributes: startProb (k,), transMat (k, k), emissionProb (k, n_categories)."""
+
+    def __init__(self, family: CategoricalHMMFamily, params, n_features: int):
+        super().__init__(family, params, n_features)
+        self._setDefault(nCategories=None, smoothing=0.0, sequenceCol=None, timeCol=None)
+        self._set(smoothing=family.smoothing)
+
+    @property
+    def emissionProb(self) -> np.ndarray:
+        return self.public_params()["emissionProb"]
+
+
+class GaussianHMM(_GaussianHMMParams, EMEstimator):
+    """Hidden Markov model with Gaussian emissions, trained by distributed Baum-Welch.
+
+    Each sequence is one unit: ``tol`` applies to the average log-likelihood per sequence,
+    and ``weightCol`` gives a weight per sequence. Agrees with hmmlearn's GaussianHMM from
+    the same initial parameters (with its ``covars_prior=0``; ``regCovar`` is scikit-learn's).
+
+    >>> hmm = GaussianHMM(k=3, covarianceType="diag", featuresCol="obs")   # doctest: +SKIP
+    >>> model = hmm.fit(df)                                                 # doctest: +SKIP
+    >>> model.startProb, model.transMat, model.means, model.covariances     # doctest: +SKIP
+    """
+
+    _model_class = GaussianHMMModel
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        k: int = 2,
+        covarianceType: str = "full",
+        maxIter: int = 100,
+        tol: float = 1e-3,
+        seed: int = 0,
+        regCovar: float = 1e-6,
+        initMode: str = "k-means++",
+        nInit: int = 1,
+        initialModel=None,
+        featuresCol="features",
+        sequenceCol: str | None = None,
+        timeCol: str | None = None,
+        predictionCol: str = "prediction",
+        probabilityCol: str = "probability",
+        logLikelihoodCol: str = "logLikelihood",
+        weightCol: str | None = None,
+        aggregationDepth: int = 2,
+        checkpointDir: str | None = None,
+        runId: str | None = None,
+        keepCheckpoints: int = 3,
+        numPartitions: int | None = None,
+        initSampleSize: int = 10_000,
+        s3Endpoint: str | None = None,
+    ):
+        super().__init__()
+        self._setDefault(covarianceType="full", regCovar=1e-6, sequenceCol=None, timeCol=None)
+        self._set_checked(**self._input_kwargs)
+
+    def family(self) -> GaussianHMMFamily:
+        return GaussianHMMFamily(
+            k=self.getOrDefault("k"),
+            covariance_type=self.getOrDefault("covarianceType"),
+            reg_covar=self.getOrDefault("regCovar"),
+            init_mode=self.getOrDefault("initMode"),
+        )
+
+
+class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
+    """Hidden Markov model emitting integer symbols 0..nCategories-1, trained by distributed Baum-Welch.
+
+    ``featuresCol`` holds one sequence of symbols per row (array of integers), or, in long
+    format, one symbol per row. ``smoothing`` > 0 keeps an unseen symbol from getting
+    probability zero. Agrees with hmmlearn's CategoricalHMM from the same initial parameters.
+    """
+
+    _model_class = CategoricalHMMModel
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        k: int = 2,
+        nCategories: int | None = None,
+        smoothing: float = 0.0,
+        maxIter: int = 100,
+        tol: float = 1e-3,
+        seed: int = 0,
+        nInit: int = 1,
+        initialModel=None,
+        featuresCol="features",
+        sequenceCol: str | None = None,
+        timeCol: str | None = None,
+        predictionCol: str = "prediction",
+        probabilityCol: str = "probability",
+        logLikelihoodCol: str = "logLikelihood",
+        weightCol: str | None = None,
+        aggregationDepth: int = 2,
+        checkpointDir: str | None = None,
+        runId: str | None = None,
+        keepCheckpoints: int = 3,
+        numPartitions: int | None = None,
+        initSampleSize: int = 10_000,
+        s3Endpoint: str | None = None,
+    ):
+        super().__init__()
+        self._setDefault(nCategories=None, smoothing=0.0, sequenceCol=None, timeCol=None)
+        self._set_checked(**self._input_kwargs)
+
+    def family(self) -> CategoricalHMMFamily:
+        return CategoricalHMMFamily(
+            k=self.getOrDefault("k"),
+            n_categories=self.getOrDefault("nCategories"),
+            smoothing=self.getOrDefault("smoothing"),
+        )
