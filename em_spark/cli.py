@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from em_spark.config import ConfigError, JobConfig, load_config
 
-__all__ = ["main", "run_train", "run_score"]
+__all__ = ["main", "run_train", "run_score", "run_impute", "run_select"]
 
 log = logging.getLogger("em_spark")
 
@@ -71,23 +71,37 @@ def read_input(spark: Any, config: JobConfig):
         fs, local = resolve(path, s3_endpoint=config.storage.s3Endpoint)
         if not exists(fs, f"{local}/part-0.parquet"):
             g = section.generate
-            log.info("writing demo data: %d rows, %d features, %d components -> %s", g.rows, g.features, g.components, path)
-            from em_spark.demo_data import write_blobs
+            from em_spark.demo_data import write_blobs, write_sequences
 
-            write_blobs(path, g.rows, g.features, g.components, g.separation, g.seed, config.storage.s3Endpoint)
+            if g.steps > 0:
+                log.info("writing demo sequences: %d x %d steps, %d features, %d states -> %s",
+                         g.rows, g.steps, g.features, g.components, path)
+                write_sequences(path, g.rows, g.steps, g.features, g.components, g.separation, g.seed,
+                                config.storage.s3Endpoint)
+            else:
+                log.info("writing demo data: %d rows, %d features, %d components%s -> %s", g.rows, g.features,
+                         g.components, f", {g.missingFraction:.0%} missing" if g.missingFraction else "", path)
+                write_blobs(path, g.rows, g.features, g.components, g.separation, g.seed, config.storage.s3Endpoint,
+                            g.missingFraction)
     return spark.read.format(section.format).options(**section.options).load(path)
 
 
-def _estimator(config: JobConfig, initial_model: Any):
-    from em_spark.api import GaussianMixture
+# model.* keys that only some families take; each is passed when the estimator has it.
+_FAMILY_KEYS = ("covarianceType", "regCovar", "initMode", "handleMissing", "kind", "smoothing", "nCategories")
+_INPUT_KEYS = ("labelCol", "sequenceCol", "timeCol")
 
-    if config.model.family != "gaussian":
-        raise ConfigError(f"config key 'model.family' is {config.model.family!r}; available: ['gaussian']")
-    return GaussianMixture(
+
+def _estimator(config: JobConfig, initial_model: Any):
+    """The configured family's estimator. A family-specific key left at its default gives way to
+    the family's own default; set to anything else on a family without it, it is an error."""
+    from em_spark.api import ESTIMATORS
+    from em_spark.config import InputSection, ModelSection
+
+    family = config.model.family
+    if family not in ESTIMATORS:
+        raise ConfigError(f"config key 'model.family' is {family!r}; available: {sorted(ESTIMATORS)}")
+    estimator = ESTIMATORS[family](
         k=config.model.k,
-        covarianceType=config.model.covarianceType,
-        regCovar=config.model.regCovar,
-        initMode=config.model.initMode,
         initialModel=initial_model,
         maxIter=config.fit.maxIter,
         tol=config.fit.tol,
@@ -103,6 +117,18 @@ def _estimator(config: JobConfig, initial_model: Any):
         keepCheckpoints=config.run.keepCheckpoints,
         s3Endpoint=config.storage.s3Endpoint,
     )
+    for section, keys, defaults in (("model", _FAMILY_KEYS, ModelSection()), ("input", _INPUT_KEYS, InputSection())):
+        for key in keys:
+            value, default = getattr(getattr(config, section), key), getattr(defaults, key)
+            if value == default:
+                continue
+            if not estimator.hasParam(key):
+                raise ConfigError(
+                    f"config key '{section}.{key}' does not apply to model.family {family!r} "
+                    f"(in {config.source}); remove it or choose a family that takes it"
+                )
+            estimator.setParams(**{key: value})
+    return estimator
 
 
 def _model_exists(uri: str, s3_endpoint: str | None) -> bool:
@@ -117,15 +143,26 @@ def _format_summary(model: Any, seconds: float, model_path: str | None) -> str:
     import numpy as np
 
     s = model.summary
+    unit = "sequences" if model._family.sequential else "rows"
+    setting = f" ({model.getOrDefault('covarianceType')})" if model.hasParam("covarianceType") else ""
     lines = [
-        f"em_spark fit: run {s.runId}: {s.numRows} rows, {model.numFeatures} features, k={s.k} "
-        f"({model.getOrDefault('covarianceType')})",
+        f"em_spark fit: run {s.runId}: {model._family.name}, {s.numRows} {unit}, {model.numFeatures} features, "
+        f"k={s.k}{setting}",
         f"  iterations {s.numIter} ({'converged' if s.converged else 'not converged'}), best restart {s.bestRestart + 1}, "
         f"average log-likelihood {s.averageLogLikelihood:.6f}, total {s.logLikelihood:.2f}, {seconds:.1f} s",
     ]
+    params = model.public_params()
+    per_component = [name for name in ("weights", "startProb", "means") if name in params]
     with np.printoptions(precision=4, suppress=True, linewidth=120):
-        for i, (w, m) in enumerate(zip(model.weights, model.means)):
-            lines.append(f"  component {i}: weight {w:.4f}  mean {np.array2string(m[:8])}{' ...' if m.size > 8 else ''}")
+        for i in range(s.k):
+            parts = []
+            for name in per_component:
+                value = params[name][i]
+                if np.ndim(value) == 0:
+                    parts.append(f"{name} {float(value):.4f}")
+                else:
+                    parts.append(f"{name} {np.array2string(value[:8])}{' ...' if value.size > 8 else ''}")
+            lines.append(f"  component {i}: " + "  ".join(parts))
     if model_path:
         lines.append(f"  model saved to {model_path}")
     return "\n".join(lines)
@@ -133,7 +170,7 @@ def _format_summary(model: Any, seconds: float, model_path: str | None) -> str:
 
 def run_train(config: JobConfig) -> Any:
     """Fit the configured model; save it; return the fitted model."""
-    from em_spark.api import GaussianMixtureModel
+    from em_spark.api import load_model
 
     started = time.perf_counter()
     model_path = _resolve_local(config.output.modelPath)
@@ -146,7 +183,7 @@ def run_train(config: JobConfig) -> Any:
         )
     initial = None
     if config.model.initialModel:
-        initial = GaussianMixtureModel.load(_resolve_local(config.model.initialModel), s3Endpoint=endpoint)
+        initial = load_model(_resolve_local(config.model.initialModel), s3Endpoint=endpoint)
     spark = _session(config)
     df = read_input(spark, config)
     model = _estimator(config, initial).fit(df)
@@ -166,8 +203,8 @@ def _input_partition_columns(df: Any, input_uri: str) -> list[str]:
     return [k for k in keys if k in df.columns]
 
 
-def _scoring_model(config: JobConfig):
-    from em_spark.api import GaussianMixtureModel
+def _scoring_model(config: JobConfig, model_path: str | None = None):
+    from em_spark.api import load_model, model_from_bytes
 
     if config.score.registryModel:
         from em_spark.registry import ModelRegistry
@@ -179,13 +216,13 @@ def _scoring_model(config: JobConfig):
         if version is None:
             raise ConfigError(f"registry model {config.score.registryModel!r} has no production version to score with")
         data = registry.load_bytes(config.score.registryModel, version)
-        return GaussianMixtureModel.from_bytes(data), f"{config.score.registryModel} v{version} (production)"
-    model_path = _resolve_local(config.score.modelPath or config.output.modelPath)
+        return model_from_bytes(data), f"{config.score.registryModel} v{version} (production)"
+    model_path = _resolve_local(model_path or config.score.modelPath or config.output.modelPath)
     if not model_path:
         raise ConfigError(
             f"config key 'score.modelPath' (or output.modelPath, or score.registryModel) is required (in {config.source})"
         )
-    return GaussianMixtureModel.load(model_path, s3Endpoint=config.storage.s3Endpoint), model_path
+    return load_model(model_path, s3Endpoint=config.storage.s3Endpoint), model_path
 
 
 def run_score(config: JobConfig) -> dict[str, Any]:
@@ -198,6 +235,9 @@ def run_score(config: JobConfig) -> dict[str, Any]:
         raise ConfigError(f"config key 'score.outputPath' is required (in {config.source})")
     model, model_name = _scoring_model(config)
     model.setParams(featuresCol=config.input.features)
+    for key in ("sequenceCol", "timeCol"):
+        if getattr(config.input, key) and model.hasParam(key):
+            model.setParams(**{key: getattr(config.input, key)})
     spark = _session(config)
     df = read_input(spark, config)
     keep = config.score.keepColumns if config.score.keepColumns is not None else df.columns
@@ -212,8 +252,18 @@ def run_score(config: JobConfig) -> dict[str, Any]:
         raise ConfigError(f"config key 'score.partitionBy' names columns not kept in the output: {unknown}")
     scored = model.transform(df)
     pred, prob, ll = (model.getOrDefault(n) for n in ("predictionCol", "probabilityCol", "logLikelihoodCol"))
-    # Probabilities as array<double>: readable by any Parquet consumer, not only Spark ML.
-    columns = [*keep, pred, vector_to_array(F.col(prob)).alias(prob), ll]
+    if model._family.sequential:
+        # One row per sequence: its Viterbi path, per-step state posteriors, log-likelihood.
+        if config.input.sequenceCol:
+            # Long format was grouped into one row per sequence: the step columns are gone.
+            keep = [config.input.sequenceCol]
+            if partition_by:
+                log.warning("score: long-format sequences are written without partitionBy %s", partition_by)
+                partition_by = []
+        columns = [*keep, pred, prob, ll]
+    else:
+        # Probabilities as array<double>: readable by any Parquet consumer, not only Spark ML.
+        columns = [*keep, pred, vector_to_array(F.col(prob)).alias(prob), ll]
     threshold = config.score.anomalyThreshold
     if threshold is not None:
         # Low likelihood under the model = unlike anything it was trained on.
@@ -238,7 +288,49 @@ def run_score(config: JobConfig) -> dict[str, Any]:
             result["unscored"], result["rows"],
         )
     anomalies = f", {result['anomalies']} below logLikelihood {threshold}" if threshold is not None else ""
-    print(f"em_spark score: {result['rows']} rows scored with {model_name}{anomalies} -> {output}", flush=True)
+    unit = "sequences" if model._family.sequential else "rows"
+    print(f"em_spark score: {result['rows']} {unit} scored with {model_name}{anomalies} -> {output}", flush=True)
+    return result
+
+
+def run_impute(config: JobConfig) -> dict[str, Any]:
+    """Write the input with missing entries filled by a Gaussian mixture; return counts.
+
+    Observed entries are kept as they are; each missing entry becomes its conditional
+    expectation given the row's observed entries, with its conditional standard deviation.
+    """
+    from pyspark.sql import functions as F
+
+    output = _resolve_local(config.impute.outputPath)
+    if not output:
+        raise ConfigError(f"config key 'impute.outputPath' is required (in {config.source})")
+    model, model_name = _scoring_model(config, config.impute.modelPath)
+    if not hasattr(model, "impute"):
+        raise ConfigError(f"{model_name} is a {type(model).__name__}; imputation needs a GaussianMixture model")
+    spark = _session(config)
+    df = read_input(spark, config)
+    keep = config.impute.keepColumns if config.impute.keepColumns is not None else df.columns
+    missing = [c for c in keep if c not in df.columns]
+    if missing:
+        raise ConfigError(f"config key 'impute.keepColumns' names columns not in the input: {missing}")
+    model.setParams(featuresCol=config.input.features)
+    out_col, std_col = config.impute.outputCol, config.impute.stdCol
+    imputed = model.impute(df, outputCol=out_col, stdCol=std_col).select(*keep, out_col, std_col)
+    imputed.write.mode(config.impute.mode).parquet(output)
+    # A row counts as imputed when any entry had to be filled (its std is positive somewhere).
+    filled = F.exists(F.col(std_col), lambda v: v > 0)
+    counts = spark.read.parquet(output).agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.when(F.col(out_col).isNull(), 1).otherwise(0)).alias("unreadable"),
+        F.sum(F.when(filled, 1).otherwise(0)).alias("imputed"),
+    ).first()
+    result = {"rows": int(counts["rows"]), "imputedRows": int(counts["imputed"] or 0),
+              "unreadable": int(counts["unreadable"] or 0), "output": output, "model": model_name}
+    if result["unreadable"]:
+        log.warning("%d rows could not be read (null vector, wrong length or infinite values); their outputs are null",
+                    result["unreadable"])
+    print(f"em_spark impute: {result['rows']} rows, {result['imputedRows']} with missing entries filled, "
+          f"with {model_name} -> {output}", flush=True)
     return result
 
 
@@ -284,6 +376,7 @@ def _parser() -> argparse.ArgumentParser:
         ("score", "score data with a saved model"),
         ("nightly", "the nightly retrain: drift check, warm-started retrain, holdout gate, registry"),
         ("select", "fit a grid of k and covariance types; report BIC and AIC, choose the best"),
+        ("impute", "fill missing entries with their conditional expectation under a Gaussian mixture"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML config (default: the embedded demo config)")
@@ -323,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_score(config)
         elif args.command == "select":
             run_select(config)
+        elif args.command == "impute":
+            run_impute(config)
         else:
             from em_spark.nightly import run_nightly
 

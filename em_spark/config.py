@@ -42,13 +42,16 @@ class SparkSection:
 
 @dataclass
 class GenerateSection:
-    """A synthetic Gaussian-blob data set, written once to the input path (for demos)."""
+    """A synthetic data set, written once to the input path (for demos): Gaussian blobs
+    (columns x0..x{d-1}), or with ``steps`` > 0 sequences from a Gaussian HMM (``obs``)."""
 
-    rows: int = 100_000
+    rows: int = 100_000  # rows, or sequences when steps > 0
     features: int = 2
-    components: int = 3
+    components: int = 3  # mixture components, or hidden states
     separation: float = 6.0
     seed: int = 42
+    missingFraction: float = 0.0  # blobs: share of entries left null (for imputation demos)
+    steps: int = 0  # > 0: sequences of this many steps
 
 
 @dataclass
@@ -58,17 +61,26 @@ class InputSection:
     options: dict[str, Any] = field(default_factory=dict)
     features: Any = "features"  # a Vector/array column name, or a list of numeric columns
     weightCol: str | None = None
+    labelCol: str | None = None  # known components for semi-supervised EM (null or -1: unknown)
+    sequenceCol: str | None = None  # HMMs, long format (one row per step): the sequence id ...
+    timeCol: str | None = None  # ... and the column ordering the steps
     generate: GenerateSection | None = None  # when set and the path is empty, write demo data there first
 
 
 @dataclass
 class ModelSection:
-    family: str = "gaussian"
+    """The model; keys a family does not take must stay at their defaults (else an error says so)."""
+
+    family: str = "gaussian"  # gaussian | kmeans | categorical | gaussian_hmm | categorical_hmm
     k: int = 2
-    covarianceType: str = "full"
+    covarianceType: str = "full"  # gaussian: full|diag|spherical|tied; gaussian_hmm: full|diag
     regCovar: float = 1e-6
     initMode: str = "k-means++"
     initialModel: str | None = None  # path of a saved model to start restart 0 from
+    handleMissing: str = "error"  # gaussian: "model" fits rows with missing (null/NaN) entries exactly
+    kind: str = "categorical"  # categorical: "categorical" codes or "multinomial" count vectors
+    smoothing: float | None = None  # categorical, categorical_hmm: Dirichlet pseudo-count (default: the family's)
+    nCategories: Any = None  # categorical(_hmm): categories per feature (default: inferred)
 
 
 @dataclass
@@ -98,6 +110,16 @@ class ScoreSection:
     anomalyThreshold: float | None = None  # rows with logLikelihood below this get anomaly=true
     anomalyCol: str = "anomaly"
     partitionBy: list[str] | None = None  # default: the input's partition columns (date=... directories)
+
+
+@dataclass
+class ImputeSection:
+    modelPath: str | None = None  # Gaussian mixture to impute with (default: output.modelPath)
+    outputPath: str | None = None  # Parquet output: the input with missing entries filled
+    outputCol: str = "imputed"  # array<double>: observed entries as they are, missing ones E[x_m | x_o]
+    stdCol: str = "imputedStd"  # array<double>: conditional standard deviation (0 where observed)
+    mode: str = "errorifexists"  # Spark save mode: errorifexists, overwrite
+    keepColumns: list[str] | None = None  # input columns to carry over (default: all)
 
 
 @dataclass
@@ -139,6 +161,7 @@ class JobConfig:
     fit: FitSection = field(default_factory=FitSection)
     output: OutputSection = field(default_factory=OutputSection)
     score: ScoreSection = field(default_factory=ScoreSection)
+    impute: ImputeSection = field(default_factory=ImputeSection)
     storage: StorageSection = field(default_factory=StorageSection)
     registry: RegistrySection = field(default_factory=RegistrySection)
     nightly: NightlySection = field(default_factory=NightlySection)
@@ -264,6 +287,15 @@ def _check(c: JobConfig) -> None:
         raise bad("model.covarianceType", f"must be one of full, diag, spherical, tied; got {c.model.covarianceType!r}")
     if c.model.initMode not in ("k-means++", "random"):
         raise bad("model.initMode", f"must be 'k-means++' or 'random', got {c.model.initMode!r}")
+    families = ("gaussian", "kmeans", "categorical", "gaussian_hmm", "categorical_hmm")
+    if c.model.family not in families:
+        raise bad("model.family", f"must be one of {', '.join(families)}; got {c.model.family!r}")
+    if c.model.handleMissing not in ("error", "model"):
+        raise bad("model.handleMissing", f"must be 'error' or 'model', got {c.model.handleMissing!r}")
+    if c.model.kind not in ("categorical", "multinomial"):
+        raise bad("model.kind", f"must be 'categorical' or 'multinomial', got {c.model.kind!r}")
+    if c.impute.mode not in ("errorifexists", "overwrite"):
+        raise bad("impute.mode", f"must be 'errorifexists' or 'overwrite', got {c.impute.mode!r}")
     if c.model.regCovar < 0:
         raise bad("model.regCovar", f"must be >= 0, got {c.model.regCovar}")
     if c.fit.maxIter < 1:

@@ -1,4 +1,5 @@
-"""Synthetic Gaussian blobs for the demo job and tests, written with pyarrow (no Spark)."""
+"""Synthetic demo data written with pyarrow (no Spark): Gaussian blobs (optionally with
+missing entries) and sequences from a Gaussian hidden Markov model."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["make_blobs", "write_blobs"]
+__all__ = ["make_blobs", "write_blobs", "make_hmm_sequences", "write_sequences"]
 
 
 def make_blobs(rows: int, features: int, components: int, separation: float = 6.0, seed: int = 42):
@@ -32,12 +33,55 @@ def make_blobs(rows: int, features: int, components: int, separation: float = 6.
 
 
 def write_blobs(uri: str, rows: int, features: int, components: int, separation: float = 6.0, seed: int = 42,
-                s3_endpoint: str | None = None) -> None:
-    """Write blobs as Parquet columns x0..x{d-1} plus the true ``component`` to ``uri``/part-0.parquet."""
+                s3_endpoint: str | None = None, missing_fraction: float = 0.0) -> None:
+    """Write blobs as Parquet columns x0..x{d-1} plus the true ``component`` to ``uri``/part-0.parquet.
+
+    With ``missing_fraction`` > 0 that share of the entries, chosen at random, are null.
+    """
+    X, labels, _ = make_blobs(rows, features, components, separation, seed)
+    missing = np.random.default_rng(seed + 1).random(X.shape) < missing_fraction
+    columns = {f"x{j}": pa.array(X[:, j], mask=missing[:, j]) for j in range(features)}
+    _write(uri, pa.table({**columns, "component": labels.astype(np.int32)}), s3_endpoint)
+
+
+def make_hmm_sequences(sequences: int, steps: int, features: int, states: int, separation: float = 4.0, seed: int = 42):
+    """Sequences of ``steps`` observations from a Gaussian HMM with sticky transitions.
+
+    Returns
+    -------
+    X : ndarray (sequences, steps, features); paths : ndarray (sequences, steps) of states;
+    truth : dict of startProb, transMat, means, covariances
+    """
+    rng = np.random.default_rng(seed)
+    start = rng.dirichlet(np.full(states, 5.0))
+    trans = rng.dirichlet(np.full(states, 1.0), size=states) * 0.3 + np.eye(states) * 0.7
+    means = rng.normal(scale=separation, size=(states, features))
+    covariances = np.array([np.eye(features) * rng.uniform(0.5, 1.5) for _ in range(states)])
+    paths = np.empty((sequences, steps), dtype=np.int64)
+    paths[:, 0] = rng.choice(states, size=sequences, p=start)
+    cumulative = np.cumsum(trans, axis=1)
+    for t in range(1, steps):
+        u = rng.random(sequences)[:, None]
+        paths[:, t] = np.minimum((u > cumulative[paths[:, t - 1]]).sum(axis=1), states - 1)
+    chol = np.linalg.cholesky(covariances)
+    z = rng.standard_normal((sequences, steps, features))
+    X = means[paths] + np.einsum("stij,stj->sti", chol[paths], z)
+    return X, paths, {"startProb": start, "transMat": trans, "means": means, "covariances": covariances}
+
+
+def write_sequences(uri: str, sequences: int, steps: int, features: int, states: int, separation: float = 4.0,
+                    seed: int = 42, s3_endpoint: str | None = None) -> None:
+    """Write HMM sequences as Parquet, one per row: ``id`` and ``obs`` (array<array<double>>)."""
+    X, _, _ = make_hmm_sequences(sequences, steps, features, states, separation, seed)
+    step = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), features).cast(pa.list_(pa.float64()))
+    offsets = pa.array(np.arange(0, (sequences + 1) * steps, steps, dtype=np.int32))
+    obs = pa.ListArray.from_arrays(offsets, step)
+    _write(uri, pa.table({"id": pa.array(np.arange(sequences)), "obs": obs}), s3_endpoint)
+
+
+def _write(uri: str, table: pa.Table, s3_endpoint: str | None) -> None:
     from em_spark.storage.fs import resolve
 
-    X, labels, _ = make_blobs(rows, features, components, separation, seed)
-    table = pa.table({**{f"x{j}": X[:, j] for j in range(features)}, "component": labels.astype(np.int32)})
     fs, path = resolve(uri, s3_endpoint=s3_endpoint)
     fs.create_dir(path, recursive=True)
     tmp = f"{path}/.part-0.parquet.tmp"

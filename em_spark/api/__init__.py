@@ -1,4 +1,4 @@
-"""pyspark.ml-style estimators and models."""
+"""pyspark.ml-style estimators and models, and lookups by name for config-driven jobs."""
 
 from em_spark.api.base import EMEstimator, EMModel, EMSummary
 from em_spark.api.categorical import CategoricalMixture, CategoricalMixtureModel
@@ -7,6 +7,7 @@ from em_spark.api.hmm import CategoricalHMM, CategoricalHMMModel, GaussianHMM, G
 from em_spark.api.kmeans import KMeans, KMeansModel
 
 __all__ = [
+    "ESTIMATORS",
     "CategoricalHMM",
     "CategoricalHMMModel",
     "CategoricalMixture",
@@ -20,4 +21,38 @@ __all__ = [
     "GaussianMixtureModel",
     "KMeans",
     "KMeansModel",
+    "load_model",
+    "model_from_bytes",
 ]
+
+#: family name (``model.family`` in a job config) -> estimator class
+ESTIMATORS: dict[str, type[EMEstimator]] = {
+    "gaussian": GaussianMixture,
+    "kmeans": KMeans,
+    "categorical": CategoricalMixture,
+    "gaussian_hmm": GaussianHMM,
+    "categorical_hmm": CategoricalHMM,
+}
+
+_MODELS: dict[str, type[EMModel]] = {est._model_class.__name__: est._model_class for est in ESTIMATORS.values()}
+
+
+def model_from_bytes(data: bytes, where: str = "<bytes>") -> EMModel:
+    """A saved model of any family, as the class it was saved from (no pickle involved)."""
+    from em_spark.storage import unpack
+
+    meta, _ = unpack(data)
+    cls = _MODELS.get(meta.get("modelClass"))
+    if cls is None:
+        raise ValueError(f"{where} holds a {meta.get('modelClass')!r}, not a model em_spark knows: {sorted(_MODELS)}")
+    return cls.from_bytes(data, where)
+
+
+def load_model(path: str, s3Endpoint: str | None = None) -> EMModel:
+    """Load a model saved by ``model.save(path)``, whatever its family."""
+    from em_spark.api.base import MODEL_FILE
+    from em_spark.storage import get_sealed
+    from em_spark.storage.fs import join
+
+    uri = join(path, MODEL_FILE)
+    return model_from_bytes(get_sealed(uri, s3_endpoint=s3Endpoint), uri)

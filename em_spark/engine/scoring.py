@@ -30,13 +30,10 @@ _SEQUENCE_SCORE_TYPE = "prediction array<int>, probability array<array<double>>,
 _IMPUTE_TYPE = "imputed array<double>, std array<double>"
 
 
-def _spec(family: EMFamily) -> InputSpec:
-    return InputSpec(sequences=family.sequential, allow_missing=family.models_missing)
-
-
-def _block_of(family: EMFamily, n_features: int, features: pa.Array) -> tuple[Block, np.ndarray]:
+def _block_of(family: EMFamily, n_features: int, features: pa.Array, allow_missing: bool = False) -> tuple[Block, np.ndarray]:
+    spec = InputSpec(sequences=family.sequential, allow_missing=allow_missing or family.models_missing)
     batch = pa.RecordBatch.from_arrays([features], names=[FEATURES_FIELD])
-    block, kept, _, _ = convert_arrow(batch, expected_features=n_features, spec=_spec(family))
+    block, kept, _, _ = convert_arrow(batch, expected_features=n_features, spec=spec)
     return block, kept
 
 
@@ -139,7 +136,8 @@ def score_frame(
 
 
 def _impute_batch(family: EMFamily, params: Params, n_features: int, features: pa.Array) -> pa.Array:
-    block, kept = _block_of(family, n_features, features)
+    # Imputing reads missing entries whatever the model was fitted with: they are what it fills.
+    block, kept = _block_of(family, n_features, features, allow_missing=True)
     n_kept = int(kept.sum())
     if block.n_rows:
         out = family.impute(block, params)

@@ -48,6 +48,9 @@ __all__ = ["DiagonalMissing", "FullMissing", "nan_mask", "pattern_groups"]
 _LOG_2PI = math.log(2.0 * math.pi)
 # Bound on the (k, rows, d) deviation arrays of one chunk (float64 elements): 4 MiB.
 _CHUNK_ELEMENTS = 1 << 19
+# A missingness pattern with at least this many rows gets its own matrix products;
+# smaller ones are batched with the others that miss as many coordinates.
+_LARGE_PATTERN_ROWS = 64
 
 
 def nan_mask(X: np.ndarray) -> np.ndarray | None:
@@ -78,13 +81,24 @@ def pattern_groups(missing: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     list of (pattern (d,) bool, rows (r,) int64 in increasing order), one per distinct
     row of ``missing``
     """
-    if missing.shape[0] == 0:
+    n, d = missing.shape
+    if n == 0:
         return []
-    patterns, inverse = np.unique(missing, axis=0, return_inverse=True)
+    # Each row's pattern as 64-bit words (little bit order), so grouping sorts integers:
+    # np.unique(missing, axis=0) sorts rows as opaque records, many times slower.
+    packed = np.packbits(missing, axis=1, bitorder="little")
+    width = -(-packed.shape[1] // 8) * 8
+    words = np.zeros((n, width), dtype=np.uint8)
+    words[:, : packed.shape[1]] = packed
+    codes = words.view(np.uint64)
+    if codes.shape[1] == 1:
+        _, first, inverse = np.unique(codes[:, 0], return_index=True, return_inverse=True)
+    else:
+        _, first, inverse = np.unique(codes, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
     order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(patterns.shape[0] + 1))
-    return [(patterns[p], order[bounds[p] : bounds[p + 1]]) for p in range(patterns.shape[0])]
+    bounds = np.searchsorted(inverse[order], np.arange(first.size + 1))
+    return [(missing[first[p]], order[bounds[p] : bounds[p + 1]]) for p in range(first.size)]
 
 
 def _row_slices(n: int, k: int, d: int) -> Iterator[slice]:
@@ -182,7 +196,24 @@ class _MissingModel:
 
 
 class FullMissing(_MissingModel):
-    """Conditional-Gaussian E-step for full covariance matrices, vectorized per missingness pattern.
+    """Conditional-Gaussian E-step for full covariance matrices, vectorized over missingness patterns.
+
+    Works from the precision Λ = Σ⁻¹, so the per-pattern algebra is on the m × m block of
+    the m *missing* coordinates (usually few) rather than on Σ_oo. With the block inverse:
+
+        Σ_mo Σ_oo⁻¹ = −Λ_mm⁻¹ Λ_mo          C = Σ_mm − Σ_mo Σ_oo⁻¹ Σ_om = Λ_mm⁻¹
+        log det Σ_oo = log det Σ + log det Λ_mm
+        (x_o − μ_o)ᵀ Σ_oo⁻¹ (x_o − μ_o) = (x̂ − μ)ᵀ Λ (x̂ − μ)
+
+    (the last because x̂_m minimizes the quadratic form over x_m, and its minimum is the
+    marginal's). The distance is then the squared norm of (x̂ − μ)ᵀ P with P Pᵀ = Λ, a
+    sum of squares as in the complete-data kernel, which cannot cancel.
+
+    A pattern with many rows (at least ``_LARGE_PATTERN_ROWS``) gets its constants once
+    and applied to its rows by matrix products. The many small patterns of scattered gaps
+    are batched instead, all those with the same number of missing coordinates at once:
+    their constants are computed as one stack and each row picks its own (a Python loop
+    over thousands of patterns would cost more than their algebra).
 
     Parameters
     ----------
@@ -194,49 +225,116 @@ class FullMissing(_MissingModel):
     def __init__(self, log_weights: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> None:
         self.log_weights = np.asarray(log_weights, dtype=np.float64)
         self.means = np.asarray(means, dtype=np.float64)
-        self.covariances = np.asarray(covariances, dtype=np.float64)
+        chol = np.linalg.cholesky(np.asarray(covariances, dtype=np.float64))
+        # P = L⁻ᵀ for Σ = L Lᵀ: P Pᵀ = Λ; log det Σ = −2 log det P = 2 Σ log diag L
+        self.prec_chol = np.swapaxes(np.linalg.inv(chol), 1, 2)
+        self.precisions = self.prec_chol @ np.swapaxes(self.prec_chol, 1, 2)
+        self.half_log_det = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)  # ½ log det Σ (k,)
 
-    def _pattern(self, gaps: np.ndarray):
-        """Per-pattern constants: (obs, log_const (k,), L⁻¹ (k, o, o), W (k, o, m), C (k, d, d) padded)."""
-        obs = ~gaps
-        cov = self.covariances
-        s_oo = cov[:, obs][:, :, obs]
-        s_om = cov[:, obs][:, :, gaps]
-        s_mm = cov[:, gaps][:, :, gaps]
-        chol = np.linalg.cholesky(s_oo)  # a principal submatrix of an SPD matrix is SPD
-        chol_inv = np.linalg.inv(chol)  # (k, o, o); o is at most d, and small
-        half_log_det = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-        log_const = self.log_weights - half_log_det - 0.5 * int(obs.sum()) * _LOG_2PI
-        # With W = L⁻¹ Σ_om: Σ_mo Σ_oo⁻¹ = Wᵀ L⁻¹ and C = Σ_mm − Wᵀ W (the Schur complement).
-        W = chol_inv @ s_om
-        schur = s_mm - np.swapaxes(W, 1, 2) @ W
-        cond = np.zeros_like(cov)
-        cond[np.ix_(np.arange(cov.shape[0]), gaps, gaps)] = 0.5 * (schur + np.swapaxes(schur, 1, 2))
-        return obs, log_const, chol_inv, W, cond
+    def _constants(self, patterns: np.ndarray):
+        """The per-pattern, per-component constants of P patterns that all miss m coordinates.
+
+        Parameters
+        ----------
+        patterns : (P, d) bool, True = missing; every row has the same number m of True
+
+        Returns
+        -------
+        obs (P, o), gaps (P, m) coordinate indices; log_const (k, P) = log π − ½ log det Σ_oo
+        − ½ o log 2π; B = Σ_mo Σ_oo⁻¹ (k, P, m, o); C = Λ_mm⁻¹ (k, P, m, m), the
+        conditional covariance of the missing coordinates.
+        """
+        d = patterns.shape[1]
+        m = int(patterns[0].sum())
+        order = np.argsort(~patterns, axis=1, kind="stable")  # missing (True) coordinates first
+        gaps, obs = order[:, :m], order[:, m:]
+        lam = self.precisions
+        lam_mm = lam[:, gaps[:, :, None], gaps[:, None, :]]  # (k, P, m, m)
+        lam_mo = lam[:, gaps[:, :, None], obs[:, None, :]]  # (k, P, m, o)
+        chol_mm = np.linalg.cholesky(lam_mm)  # a principal submatrix of an SPD matrix is SPD
+        chol_mm_inv = np.linalg.inv(chol_mm)
+        cond = np.swapaxes(chol_mm_inv, 2, 3) @ chol_mm_inv  # Λ_mm⁻¹ = L⁻ᵀ L⁻¹
+        B = -(cond @ lam_mo)
+        if m == d:  # nothing observed: the marginal is the empty product, exactly 1
+            log_const = np.repeat(self.log_weights[:, None], patterns.shape[0], axis=1)
+        else:
+            half_log_det_oo = self.half_log_det[:, None] + np.log(np.diagonal(chol_mm, axis1=2, axis2=3)).sum(axis=2)
+            log_const = self.log_weights[:, None] - half_log_det_oo - 0.5 * (d - m) * _LOG_2PI
+        return obs, gaps, log_const, B, cond
 
     def _parts(self, X: np.ndarray, missing: np.ndarray, moments: bool):
+        small: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for gaps, rows in pattern_groups(missing):
+            if rows.size >= _LARGE_PATTERN_ROWS:
+                yield from self._large_pattern_parts(X, gaps, rows)
+            else:
+                small.setdefault(int(gaps.sum()), []).append((gaps, rows))
+        for n_missing in sorted(small):
+            yield from self._small_pattern_parts(X, small[n_missing])
+
+    def _finish(self, dev, log_const):
+        """(log_joint (r, k), dev) from the deviations x̂ − μ (k, r, d) and log_const (k, r) or (k, 1)."""
+        whitened = dev @ self.prec_chol  # (k, r, d)
+        return (log_const - 0.5 * np.einsum("krd,krd->kr", whitened, whitened)).T, dev
+
+    def _large_pattern_parts(self, X, gaps, pattern_rows):
+        """One pattern: its constants applied to all its rows by matrix products."""
         k, d = self.means.shape
-        for gaps, pattern_rows in pattern_groups(missing):
-            obs, log_const, chol_inv, W, cond = self._pattern(gaps)
-            for part in _row_slices(pattern_rows.size, k, d):
-                rows = pattern_rows[part]
-                # e = x_o − μ_jo (k, r, o); z = L⁻¹ e, so ‖z‖² is the Mahalanobis distance on o
-                e_obs = X[rows][:, obs][None, :, :] - self.means[:, None, obs]
-                z = e_obs @ np.swapaxes(chol_inv, 1, 2)
-                log_joint = (log_const[:, None] - 0.5 * np.einsum("kro,kro->kr", z, z)).T
-                dev = None
-                if moments:
-                    dev = np.empty((k, rows.size, d))
-                    dev[:, :, obs] = e_obs
-                    dev[:, :, gaps] = z @ W  # x̂_m − μ_m = Σ_mo Σ_oo⁻¹ e = Wᵀ z, as rows
-                yield rows, log_joint, dev, cond
+        obs_idx, gap_idx, log_const, B, cond = self._constants(gaps[None])
+        obs, gap, B = obs_idx[0], gap_idx[0], B[:, 0]
+        for part in _row_slices(pattern_rows.size, k, 2 * d):
+            rows = pattern_rows[part]
+            dev = np.empty((k, rows.size, d))
+            e_obs = X[rows][:, obs][None, :, :] - self.means[:, None, obs]  # x_o − μ_o (k, r, o)
+            dev[:, :, obs] = e_obs
+            dev[:, :, gap] = e_obs @ np.swapaxes(B, 1, 2)  # x̂_m − μ_m = B (x_o − μ_o), as rows
+            log_joint, dev = self._finish(dev, log_const)
+            yield rows, log_joint, dev, (cond, gap_idx, None)
+
+    def _small_pattern_parts(self, X, members):
+        """Patterns with the same number of missing coordinates, each row picking its pattern's constants."""
+        k, d = self.means.shape
+        patterns = np.stack([gaps for gaps, _ in members])
+        all_rows = np.concatenate([rows for _, rows in members])  # grouped by pattern
+        all_pattern = np.repeat(np.arange(len(members)), [rows.size for _, rows in members])
+        m = int(patterns[0].sum())
+        # per row: k gathered (m, o) matrices besides the (k, d) deviations
+        for part in _row_slices(all_rows.size, k, m * (d - m) + 2 * d):
+            rows = all_rows[part]
+            used, pattern = np.unique(all_pattern[part], return_inverse=True)
+            obs_idx, gap_idx, log_const, B, cond = self._constants(patterns[used])
+            obs, gap = obs_idx[pattern], gap_idx[pattern]  # (r, o), (r, m)
+            e_obs = np.take_along_axis(X[rows], obs, axis=1)[None] - self.means[:, obs]  # (k, r, o)
+            dev = np.empty((k, rows.size, d))
+            np.put_along_axis(dev, np.broadcast_to(obs, (k, *obs.shape)), e_obs, axis=2)
+            e_gap = np.einsum("krmo,kro->krm", B[:, pattern], e_obs)
+            np.put_along_axis(dev, np.broadcast_to(gap, (k, *gap.shape)), e_gap, axis=2)
+            log_joint, dev = self._finish(dev, log_const[:, pattern])
+            yield rows, log_joint, dev, (cond, gap_idx, pattern)
 
     def _add_moments(self, dev, cond, wr, sq) -> None:
+        k, d = self.means.shape
         sq += np.matmul(dev.transpose(0, 2, 1) * wr[:, None, :], dev)
-        sq += wr.sum(axis=1)[:, None, None] * cond
+        # + Σ_rows w r C of the row's pattern, zero-padded: scatter the (k, P, m, m) blocks
+        cond, gap_idx, pattern = cond
+        n_patterns = cond.shape[1]
+        if pattern is None:
+            mass = wr.sum(axis=1)[:, None]  # (k, 1)
+        else:
+            mass = np.stack([np.bincount(pattern, weights=wr[j], minlength=n_patterns) for j in range(k)])
+        flat = (np.arange(k)[:, None, None, None] * d + gap_idx[None, :, :, None]) * d + gap_idx[None, :, None, :]
+        weighted = (mass[:, :, None, None] * cond).ravel()
+        sq += np.bincount(flat.ravel(), weights=weighted, minlength=k * d * d).reshape(k, d, d)
 
     def _cond_variances(self, cond, n_rows: int) -> np.ndarray:
-        return np.diagonal(cond, axis1=1, axis2=2)[:, None, :]  # (k, 1, d)
+        k, d = self.means.shape
+        cond, gap_idx, pattern = cond
+        pattern = np.zeros(n_rows, dtype=np.int64) if pattern is None else pattern
+        out = np.zeros((k, n_rows, d))
+        gap = gap_idx[pattern]
+        variances = np.diagonal(cond, axis1=2, axis2=3)[:, pattern]  # (k, r, m)
+        np.put_along_axis(out, np.broadcast_to(gap, (k, *gap.shape)), variances, axis=2)
+        return out
 
 
 class DiagonalMissing(_MissingModel):
