@@ -29,7 +29,8 @@ def match_components(family: Any, reference: dict, candidate: dict) -> tuple[np.
     """Order of ``candidate``'s components that best matches ``reference``'s.
 
     Returns ``order`` (k,), where candidate component ``order[j]`` takes id j, and the (k,)
-    Bhattacharyya distance of each matched pair: a minimum-cost assignment on the
+    distance of each matched pair (the family's ``component_distances``: Bhattacharyya for
+    Gaussian and categorical emissions): a minimum-cost assignment on the
     parameters, so downstream users keep their component ids across retrains.
     """
     from scipy.optimize import linear_sum_assignment
@@ -41,16 +42,19 @@ def match_components(family: Any, reference: dict, candidate: dict) -> tuple[np.
     return order, cost[rows, cols][np.argsort(rows)]
 
 
-def holdout_mask(df: Any, features: Any, fraction: float) -> Any:
+def holdout_mask(df: Any, features: Any, fraction: float, sequences: bool = False, key_col: str | None = None) -> Any:
     """A Column that is true for about ``fraction`` of the rows, chosen by a hash of the features.
 
     Depends on the row's content only, so a re-run (or a resumed run) holds out the same rows.
+    ``sequences``: one sequence per row, hashed whole. ``key_col``: hash this column instead
+    (the sequence id of long-format data, so all steps of a sequence go the same way).
     """
     from pyspark.sql import functions as F
 
-    from em_spark.engine.spark_source import feature_array
+    from em_spark.engine.spark_source import input_array
 
-    return F.pmod(F.xxhash64(feature_array(df, features)), F.lit(10_000)) < F.lit(int(round(fraction * 10_000)))
+    key = F.col(key_col) if key_col else input_array(df, features, sequences)
+    return F.pmod(F.xxhash64(key), F.lit(10_000)) < F.lit(int(round(fraction * 10_000)))
 
 
 def _resolve(uri: str | None) -> str | None:
@@ -77,8 +81,8 @@ def _avg_loglik(model: Any, df: Any) -> float:
 def run_nightly(config: JobConfig) -> dict[str, Any]:
     """Run (or confirm) one night's retrain; return the report that was written."""
     from em_spark import __version__
-    from em_spark.api import GaussianMixtureModel
     from em_spark.cli import _session, read_input
+    from em_spark.models import FAMILIES
     from em_spark.registry import ModelRegistry
     from em_spark.storage import ObjectExistsError, exists, join, resolve, validate_name, write_object
 
@@ -106,7 +110,8 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     spark = _session(config)
     data = read_input(spark, config)
     features = config.input.features
-    holdout_flag = holdout_mask(data, features, config.nightly.holdoutFraction)
+    sequential = FAMILIES[config.model.family].sequential
+    holdout_flag = holdout_mask(data, features, config.nightly.holdoutFraction, sequential, config.input.sequenceCol)
     train = data.where(~holdout_flag).cache()
     holdout = data.where(holdout_flag).cache()
     rows = {"train": train.count(), "holdout": holdout.count()}
@@ -115,8 +120,7 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     production_version = registry.alias(name) if name in registry.names() else None  # the first night has none
     production = None
     if production_version is not None:
-        production = GaussianMixtureModel.from_bytes(registry.load_bytes(name, production_version))
-        production.setParams(featuresCol=features, weightCol=config.input.weightCol)
+        production = _registered_model(config, registry, name, production_version)
 
     # Drift: how much worse the production model explains tonight's data than the
     # holdout it was accepted on. Positive = the world moved away from the model.
@@ -177,8 +181,25 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     return report
 
 
+def _registered_model(config: JobConfig, registry: Any, name: str, version: int) -> Any:
+    """A registered version, set up to read tonight's input; it must be of the configured family."""
+    from em_spark.api import ESTIMATORS, model_from_bytes
+
+    model = model_from_bytes(registry.load_bytes(name, version), f"{name} v{version}")
+    expected = ESTIMATORS[config.model.family]._model_class
+    if not isinstance(model, expected):
+        raise ConfigError(
+            f"{name} v{version} is a {type(model).__name__} but model.family is {config.model.family!r} "
+            f"(a {expected.__name__}); a nightly retrain keeps the family of its registered model"
+        )
+    model.setParams(featuresCol=config.input.features, weightCol=config.input.weightCol)
+    for key in ("sequenceCol", "timeCol"):
+        if getattr(config.input, key) and model.hasParam(key):
+            model.setParams(**{key: getattr(config.input, key)})
+    return model
+
+
 def _retrain(config, registry, name, run_id, production, production_version, train, holdout, timings) -> dict:
-    from em_spark.api import GaussianMixtureModel
     from em_spark.cli import _estimator
 
     existing = registry.find_by_run_id(name, run_id)
@@ -186,8 +207,7 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
     if existing is not None:
         # The fit finished and was registered before an interruption: reuse it.
         version = existing
-        model = GaussianMixtureModel.from_bytes(registry.load_bytes(name, existing.version))
-        model.setParams(featuresCol=config.input.features, weightCol=config.input.weightCol)
+        model = _registered_model(config, registry, name, existing.version)
         mapping = existing.extra.get("componentMapping")
     else:
         config.run.id = run_id
@@ -200,10 +220,11 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
             family = model._family
             order, distance = match_components(family, production.arrays, model.arrays)
             model = model.with_params(family.relabel(model.arrays, order))
-            moved = np.linalg.norm(model.means - production.means, axis=1)
+            new, old = model.public_params(), production.public_params()
+            moved = np.linalg.norm(new["means"] - old["means"], axis=1) if "means" in new else None
             mapping = [
-                {"component": j, "fromFitted": int(order[j]), "bhattacharyya": float(distance[j]),
-                 "meanShift": float(moved[j])}
+                {"component": j, "fromFitted": int(order[j]), "distance": float(distance[j]),
+                 **({"meanShift": float(moved[j])} if moved is not None else {})}
                 for j in range(len(order))
             ]
         t = time.perf_counter()
@@ -271,9 +292,9 @@ def human_summary(report: dict[str, Any]) -> str:
             f"BIC {m['bic']:.1f}, {m['numIter']} iterations"
         )
     for entry in report.get("componentMapping") or []:
+        moved = f"mean moved {entry['meanShift']:.4g}, " if "meanShift" in entry else ""
         lines.append(
-            f"  component {entry['component']} <- fitted {entry['fromFitted']} "
-            f"(mean moved {entry['meanShift']:.4g}, Bhattacharyya {entry['bhattacharyya']:.4g})"
+            f"  component {entry['component']} <- fitted {entry['fromFitted']} ({moved}distance {entry['distance']:.4g})"
         )
     lines.append(f"  production: {report.get('productionBefore')} -> {report.get('productionAfter')}")
     return "\n".join(lines)

@@ -225,7 +225,8 @@ class FullMissing(_MissingModel):
     def __init__(self, log_weights: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> None:
         self.log_weights = np.asarray(log_weights, dtype=np.float64)
         self.means = np.asarray(means, dtype=np.float64)
-        chol = np.linalg.cholesky(np.asarray(covariances, dtype=np.float64))
+        self.covariances = np.asarray(covariances, dtype=np.float64)
+        chol = np.linalg.cholesky(self.covariances)
         # P = L⁻ᵀ for Σ = L Lᵀ: P Pᵀ = Λ; log det Σ = −2 log det P = 2 Σ log diag L
         self.prec_chol = np.swapaxes(np.linalg.inv(chol), 1, 2)
         self.precisions = self.prec_chol @ np.swapaxes(self.prec_chol, 1, 2)
@@ -255,8 +256,9 @@ class FullMissing(_MissingModel):
         chol_mm_inv = np.linalg.inv(chol_mm)
         cond = np.swapaxes(chol_mm_inv, 2, 3) @ chol_mm_inv  # Λ_mm⁻¹ = L⁻ᵀ L⁻¹
         B = -(cond @ lam_mo)
-        if m == d:  # nothing observed: the marginal is the empty product, exactly 1
+        if m == d:  # nothing observed: the marginal is the empty product, exactly 1, and C = Σ
             log_const = np.repeat(self.log_weights[:, None], patterns.shape[0], axis=1)
+            cond = np.repeat(self.covariances[:, None], patterns.shape[0], axis=1)  # Λ⁻¹ would round
         else:
             half_log_det_oo = self.half_log_det[:, None] + np.log(np.diagonal(chol_mm, axis1=2, axis2=3)).sum(axis=2)
             log_const = self.log_weights[:, None] - half_log_det_oo - 0.5 * (d - m) * _LOG_2PI

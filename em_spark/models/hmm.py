@@ -661,6 +661,14 @@ class GaussianHMMFamily(_ChainMixin):
         d = int(np.shape(params["means"])[1])
         return self._chain_n_parameters() + self.k * d + self._kernel.n_cov_parameters(self.k, d)
 
+    def component_distances(self, params_a: Params, params_b: Params) -> np.ndarray:
+        """(k, k) Bhattacharyya distances between the states' emission Gaussians of two models.
+
+        States are matched by what they emit: the chain (start and transition probabilities)
+        is then relabeled along with them. Entry [i, j] compares state i of ``a`` with state j of ``b``.
+        """
+        return self._mixture.component_distances(params_a, params_b)
+
     def relabel(self, params: Params, order) -> Params:
         """Parameters with states reordered: new state j is old state ``order[j]``."""
         order, out = self._relabel_chain(params, order)
@@ -856,6 +864,13 @@ class CategoricalHMMFamily(_ChainMixin):
         """Free parameters (hmmlearn's ``_get_n_fit_scalars_per_param`` summed), for BIC and AIC."""
         c = int(np.shape(params["emissionprob"])[1])
         return self._chain_n_parameters() + self.k * (c - 1)
+
+    def component_distances(self, params_a: Params, params_b: Params) -> np.ndarray:
+        """(k, k) Bhattacharyya distances −log Σ_c sqrt(p_a(c) p_b(c)) between the states'
+        emission distributions of two models (0 for identical rows, inf for disjoint support)."""
+        coefficient = np.sqrt(params_a["emissionprob"]) @ np.sqrt(params_b["emissionprob"]).T
+        with np.errstate(divide="ignore"):
+            return -np.log(np.clip(coefficient, 0.0, 1.0))
 
     def relabel(self, params: Params, order) -> Params:
         """Parameters with states reordered: new state j is old state ``order[j]``."""

@@ -84,3 +84,40 @@ def test_killed_night_resumes_and_registers_once(spark, tmp_path, monkeypatch):
     report = run_nightly(_config(tmp_path, "2026-11-20"))
     assert report["decision"] == "promoted"
     assert [v.version for v in ModelRegistry((tmp_path / "registry").as_uri()).versions("demo-gmm")] == [1]
+
+
+def _sequence_night(root, date, shift=0.0, seed=1):
+    from em_spark.demo_data import make_hmm_sequences
+
+    X, _, _ = make_hmm_sequences(300, 30, 2, 3, separation=5.0, seed=42 + seed)
+    path = root / "sequences" / f"date={date}"
+    path.mkdir(parents=True)
+    obs = pa.array((X + shift).tolist(), pa.list_(pa.list_(pa.float64())))
+    pq.write_table(pa.table({"id": np.arange(len(X)), "obs": obs}), path / "part-0.parquet")
+
+
+def test_a_hidden_markov_model_retrains_nightly_with_states_matched_to_production(spark, tmp_path):
+    # The same nightly machinery for another family: holdout by whole sequences, drift per
+    # sequence, states matched by their emissions so that state ids survive the retrain.
+    registry = ModelRegistry((tmp_path / "registry").as_uri())
+    sets = {
+        "model.family": "gaussian_hmm", "model.k": 3, "model.covarianceType": "diag", "input.features": "obs",
+        "registry.modelName": "demo-hmm", "nightly.inputPath": f"{(tmp_path / 'sequences').as_uri()}/date={{date}}",
+        "fit.tol": 1e-4,
+    }
+    _sequence_night(tmp_path, "2026-11-20")
+    first = run_nightly(_config(tmp_path, "2026-11-20", **sets))
+    assert first["decision"] == "promoted" and registry.alias("demo-hmm") == 1
+    assert first["rows"]["train"] + first["rows"]["holdout"] == 300  # sequences, never split
+
+    _sequence_night(tmp_path, "2026-11-21", shift=1.0, seed=1)
+    moved = run_nightly(_config(tmp_path, "2026-11-21", **sets))
+    assert moved["drift"]["drop"] > 0.05 and moved["newVersion"] == 2
+    mapping = moved["componentMapping"]
+    assert sorted(m["fromFitted"] for m in mapping) == [0, 1, 2]
+    # every state's mean moved by about the shift: matched to itself, not to a neighbour
+    assert all(abs(m["meanShift"] - np.sqrt(2)) < 0.4 for m in mapping), mapping
+    from em_spark.api import model_from_bytes
+
+    new, old = (model_from_bytes(registry.load_bytes("demo-hmm", v)) for v in (2, 1))
+    np.testing.assert_allclose(new.means, old.means + 1.0, atol=0.4)
