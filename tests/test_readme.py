@@ -30,7 +30,7 @@ def _run(example: str) -> dict:
 
 @pytest.mark.spark
 def test_gaussian_mixture_example_runs_as_written(spark):
-    (example,) = [code for code in _fenced("python") if "GaussianMixture(" in code]
+    (example,) = [code for code in _fenced("python") if "GaussianMixture(k=3, covarianceType" in code]
     namespace = _run(example)
     model, same = namespace["model"], namespace["same"]
     assert model.summary.numIter >= 1 and same.means.shape == (3, 2)
@@ -44,6 +44,63 @@ def test_kmeans_example_runs_as_written(spark):
     assert namespace["km"].centers.shape == (3, 2) and namespace["labels"].count() == 3000
 
 
+def _example(marker: str) -> str:
+    (example,) = [code for code in _fenced("python") if marker in code]
+    return example
+
+
+@pytest.mark.spark
+def test_categorical_mixture_example_recovers_the_two_coins(spark):
+    namespace = _run(_example("CategoricalMixture("))
+    cm = namespace["cm"]
+    heads = sorted(float(p[1]) for p in cm.featureProbs[0])  # P(heads) of each coin, first toss
+    assert abs(heads[0] - 0.3) < 0.06 and abs(heads[1] - 0.8) < 0.06
+    assert abs(sorted(cm.weights)[0] - 0.5) < 0.05
+
+
+@pytest.mark.spark
+def test_hidden_markov_model_example_decodes_the_states(spark):
+    import numpy as np
+
+    namespace = _run(_example("GaussianHMM("))
+    model, truth = namespace["model"], namespace["truth"]
+    # states recovered: each fitted mean is near one true mean
+    distance = np.linalg.norm(model.means[:, None] - truth["means"][None], axis=2)
+    assert distance.min(axis=1).max() < 0.3
+    row = namespace["decoded"].orderBy("id").first()
+    assert len(row.prediction) == 40 and row.logLikelihood < 0
+
+
+@pytest.mark.spark
+def test_imputation_example_fills_every_missing_entry_and_keeps_the_observed_ones(spark):
+    import numpy as np
+
+    namespace = _run(_example("handleMissing="))
+    rows = namespace["filled"].collect()
+    X = namespace["X"]
+    for i, row in enumerate(rows[:200]):
+        observed = [v for v in (row.a, row.b, row.c)]
+        for j, value in enumerate(observed):
+            if value is None:
+                assert row.imputedStd[j] > 0 and np.isfinite(row.imputed[j])
+            else:
+                assert row.imputed[j] == value and row.imputedStd[j] == 0.0
+    assert len(rows) == len(X)
+
+
+@pytest.mark.spark
+def test_semi_supervised_example_names_components_after_their_labels(spark):
+    namespace = _run(_example("labelCol="))
+    predicted = [r.prediction for r in namespace["predicted"].collect()]
+    truth = namespace["truth"]
+    accuracy = sum(int(p == t) for p, t in zip(predicted, truth)) / len(truth)
+    assert accuracy > 0.8, accuracy
+
+
 def test_every_python_example_in_the_readme_is_run_by_a_test():
     examples = _fenced("python")
-    assert len(examples) == 2, "a new README example needs a test that runs it"
+    markers = ["GaussianMixture(k=3, covarianceType", "KMeans(", "CategoricalMixture(", "GaussianHMM(",
+               "handleMissing=", "labelCol="]
+    assert len(examples) == len(markers), "a new README example needs a test that runs it"
+    for marker in markers:
+        assert sum(marker in code for code in examples) == 1, marker

@@ -79,6 +79,7 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
         weightCol: str | None = None,
+        labelCol: str | None = None,
         aggregationDepth: int = 2,
         checkpointDir: str | None = None,
         runId: str | None = None,

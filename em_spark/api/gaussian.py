@@ -16,6 +16,8 @@ __all__ = ["GaussianMixture", "GaussianMixtureModel"]
 class _GaussianParams:
     covarianceType = _p("covarianceType", "'full', 'diag', 'spherical' or 'tied'", TypeConverters.toString)
     regCovar = _p("regCovar", "added to every covariance diagonal in the M-step (scikit-learn's reg_covar)", TypeConverters.toFloat)
+    handleMissing = _p("handleMissing", "'error': refuse null/NaN features; 'model': fit them exactly as missing values "
+                       "(conditional-Gaussian E-step)", TypeConverters.toString)
 
 
 class GaussianMixtureModel(EMModel, _GaussianParams):
@@ -31,8 +33,27 @@ class GaussianMixtureModel(EMModel, _GaussianParams):
 
     def __init__(self, family: GaussianFamily, params, n_features: int):
         super().__init__(family, params, n_features)
-        self._setDefault(covarianceType="full", regCovar=1e-6)
-        self._set(covarianceType=family.covariance_type, regCovar=family.reg_covar)
+        self._setDefault(covarianceType="full", regCovar=1e-6, handleMissing="error")
+        self._set(covarianceType=family.covariance_type, regCovar=family.reg_covar, handleMissing=family.handle_missing)
+
+    def impute(self, dataset: DataFrame, outputCol: str = "imputed", stdCol: str | None = None) -> DataFrame:
+        """``dataset`` with missing entries filled by their conditional expectation under the mixture.
+
+        Adds ``outputCol`` (array<double>: observed entries exactly as they are, each missing
+        (null or NaN) entry replaced by E[x_m | x_o], the responsibility-weighted conditional
+        means of the components) and ``stdCol`` (default ``outputCol + "Std"``; array<double>:
+        the conditional standard deviation of each entry, 0 where observed). Works whatever
+        ``handleMissing`` the model was fitted with. Rows that cannot be read (null vector,
+        wrong length, infinities) get nulls.
+        """
+        from dataclasses import replace
+
+        from em_spark.engine.scoring import impute_frame
+
+        family = replace(self._family, handle_missing="model")
+        dataset, features = self._input(dataset)
+        return impute_frame(dataset, family, self._arrays, self._n_features, features,
+                            output_col=outputCol, std_col=stdCol or f"{outputCol}Std")
 
     @property
     def weights(self) -> np.ndarray:
@@ -73,6 +94,11 @@ class GaussianMixture(EMEstimator, _GaussianParams):
     with scikit-learn's numerics: log-space E-step, Cholesky precisions, ``regCovar``
     added to every covariance diagonal, and ``tol`` on the average log-likelihood per sample.
 
+    ``handleMissing="model"`` fits rows with missing (null or NaN) features exactly: the
+    E-step uses each component's conditional Gaussian of the missing entries given the
+    observed ones, and the model's ``impute`` fills them. ``labelCol`` names a column of known
+    components (semi-supervised EM: those rows' responsibilities are fixed to their label).
+
     Examples
     --------
     >>> gm = GaussianMixture(k=3, covarianceType="full", seed=7)   # doctest: +SKIP
@@ -92,6 +118,7 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         tol: float = 1e-3,
         seed: int = 0,
         regCovar: float = 1e-6,
+        handleMissing: str = "error",
         initMode: str = "k-means++",
         nInit: int = 1,
         initialModel=None,
@@ -100,6 +127,7 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
         weightCol: str | None = None,
+        labelCol: str | None = None,
         aggregationDepth: int = 2,
         checkpointDir: str | None = None,
         runId: str | None = None,
@@ -109,7 +137,7 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         s3Endpoint: str | None = None,
     ):
         super().__init__()
-        self._setDefault(covarianceType="full", regCovar=1e-6)
+        self._setDefault(covarianceType="full", regCovar=1e-6, handleMissing="error")
         self._set_checked(**self._input_kwargs)
 
     def family(self) -> GaussianFamily:
@@ -118,4 +146,5 @@ class GaussianMixture(EMEstimator, _GaussianParams):
             covariance_type=self.getOrDefault("covarianceType"),
             reg_covar=self.getOrDefault("regCovar"),
             init_mode=self.getOrDefault("initMode"),
+            handle_missing=self.getOrDefault("handleMissing"),
         )
