@@ -340,19 +340,26 @@ def run_select(config: JobConfig) -> dict[str, Any]:
     from em_spark.engine.spark_source import load_blocks
     from em_spark.selection import format_table, select_models, to_json
 
+    base = _estimator(config, None)
+    covariance_types = config.select.covarianceTypes if base.hasParam("covarianceType") else [None]
+
+    def make_family(k: int, covariance_type: str | None):
+        candidate = base.copy().setParams(k=k, **({"covarianceType": covariance_type} if covariance_type else {}))
+        return candidate.family()
+
     spark = _session(config)
-    df = read_input(spark, config)
+    df, features = base._input(read_input(spark, config))
+    family = make_family(min(config.select.ks), covariance_types[0])
     settings = FitSettings(max_iter=config.fit.maxIter, tol=config.fit.tol, n_init=config.fit.nInit, seed=config.fit.seed)
     source = load_blocks(
-        df, config.input.features, config.input.weightCol, k=min(config.select.ks), seed=config.fit.seed,
+        df, features, config.input.weightCol, k=min(config.select.ks), seed=config.fit.seed,
         sample_size=config.fit.initSampleSize, num_partitions=config.fit.numPartitions,
         aggregation_depth=config.fit.aggregationDepth, label="em_spark select",
+        sequences=family.sequential, allow_missing=family.models_missing,
+        label_col=config.input.labelCol if family.supports_labels else None,
     )
     try:
-        candidates = select_models(
-            source, config.select.ks, config.select.covarianceTypes, settings,
-            reg_covar=config.model.regCovar, init_mode=config.model.initMode,
-        )
+        candidates = select_models(source, config.select.ks, covariance_types, settings, make_family=make_family)
     finally:
         source.close()
     criterion = config.select.criterion

@@ -13,10 +13,10 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from em_spark.engine.loop import FitSettings, fit_em
-from em_spark.models import GaussianFamily
+from em_spark.models import EMFamily, GaussianFamily
 
 __all__ = ["Candidate", "select_models", "format_table"]
 
@@ -26,7 +26,7 @@ log = logging.getLogger("em_spark")
 @dataclass
 class Candidate:
     k: int
-    covarianceType: str
+    covarianceType: str | None  # None for families without covariance types
     avgLogLik: float
     bic: float
     aic: float
@@ -44,17 +44,27 @@ def select_models(
     *,
     reg_covar: float = 1e-6,
     init_mode: str = "k-means++",
+    make_family: Callable[[int, str | None], EMFamily] | None = None,
 ) -> list[Candidate]:
-    """Fit every (k, covariance type) on ``source``; return the candidates in grid order."""
-    n = source.summary.weight_sum
+    """Fit every (k, covariance type) on ``source``; return the candidates in grid order.
+
+    ``make_family(k, covariance_type)`` builds each candidate (default: a Gaussian mixture);
+    give ``covariance_types=[None]`` for a family without them. BIC's sample size is the
+    total weight, or for sequences the number of steps (as hmmlearn counts).
+    """
+    summary = source.summary
+    n = summary.observations if summary.sequences else summary.weight_sum
+    if make_family is None:
+        def make_family(k: int, covariance_type: str | None) -> EMFamily:
+            return GaussianFamily(k=k, covariance_type=covariance_type, reg_covar=reg_covar, init_mode=init_mode)
     candidates = []
     for covariance_type in covariance_types:
         for k in ks:
-            if k > source.summary.rows:
-                log.warning("skipping k=%d: only %d rows", k, source.summary.rows)
+            if k > summary.observations:
+                log.warning("skipping k=%d: only %d rows", k, summary.observations)
                 continue
             started = time.perf_counter()
-            family = GaussianFamily(k=k, covariance_type=covariance_type, reg_covar=reg_covar, init_mode=init_mode)
+            family = make_family(k, covariance_type)
             result = fit_em(family, source, settings)
             stats = source.e_step(family, result.params, f"em_spark select k={k} {covariance_type} criteria")
             p = family.n_parameters(result.params)
@@ -64,7 +74,7 @@ def select_models(
                 numIter=result.n_iter, converged=result.converged, seconds=time.perf_counter() - started,
             )
             log.info("select: k=%d %s avgLogLik=%.6f BIC=%.1f AIC=%.1f (%d iterations, %.1f s)",
-                     k, covariance_type, candidate.avgLogLik, candidate.bic, candidate.aic,
+                     k, covariance_type or family.name, candidate.avgLogLik, candidate.bic, candidate.aic,
                      candidate.numIter, candidate.seconds)
             candidates.append(candidate)
     return candidates
@@ -83,10 +93,11 @@ def format_table(candidates: list[Candidate], criterion: str) -> str:
     for c in candidates:
         mark = "*" if c is chosen else ""
         lines.append(
-            f"{mark:2}{c.k:>3}  {c.covarianceType:<10} {c.avgLogLik:>12.5f} {c.bic:>14.1f} {c.aic:>14.1f} "
+            f"{mark:2}{c.k:>3}  {c.covarianceType or '-':<10} {c.avgLogLik:>12.5f} {c.bic:>14.1f} {c.aic:>14.1f} "
             f"{c.nParameters:>7} {c.numIter:>5}{'' if c.converged else ' (not converged)'}"
         )
-    lines.append(f"* chosen by lowest {criterion.upper()}: k={chosen.k}, covarianceType={chosen.covarianceType}")
+    setting = f", covarianceType={chosen.covarianceType}" if chosen.covarianceType else ""
+    lines.append(f"* chosen by lowest {criterion.upper()}: k={chosen.k}{setting}")
     return "\n".join(lines)
 
 

@@ -35,3 +35,24 @@ def test_select_config_is_validated():
     with pytest.raises(ConfigError, match="'select.criterion' must be 'bic' or 'aic'"):
         load_config("conf/local.yaml", ["select.criterion=mdl"])
     assert load_config("conf/local.yaml", ["select.ks=[2, 3]"]).select.ks == [2, 3]
+
+
+def test_selection_takes_any_family_and_counts_steps_for_sequence_bic():
+    # A grid over the number of HMM states: no covariance column, BIC's n = the steps.
+    from em_spark.demo_data import make_hmm_sequences
+    from em_spark.engine.loop import FitSettings, LocalBlockSource
+    from em_spark.models import Block, GaussianHMMFamily
+    from em_spark.selection import format_table, select_models
+
+    X, _, _ = make_hmm_sequences(200, 20, 2, 3, separation=5.0, seed=3)
+    block = Block(X.reshape(-1, 2), lengths=np.full(200, 20))
+    source = LocalBlockSource([block], sample_size=2000, seed=0)
+    candidates = select_models(
+        source, [2, 3, 4], [None], FitSettings(max_iter=30, tol=1e-4, seed=0),
+        make_family=lambda k, _: GaussianHMMFamily(k=k, covariance_type="diag"),
+    )
+    assert [c.k for c in candidates] == [2, 3, 4] and all(c.covarianceType is None for c in candidates)
+    for c in candidates:
+        assert c.bic == pytest.approx(-2.0 * c.avgLogLik * 200 + c.nParameters * np.log(4000))
+    assert min(candidates, key=lambda c: c.bic).k == 3
+    assert "chosen by lowest BIC: k=3\n" in format_table(candidates, "bic") + "\n"
