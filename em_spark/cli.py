@@ -235,9 +235,9 @@ def run_score(config: JobConfig) -> dict[str, Any]:
         raise ConfigError(f"config key 'score.outputPath' is required (in {config.source})")
     model, model_name = _scoring_model(config)
     model.setParams(featuresCol=config.input.features)
-    for key in ("sequenceCol", "timeCol"):
-        if getattr(config.input, key) and model.hasParam(key):
-            model.setParams(**{key: getattr(config.input, key)})
+    if model.hasParam("sequenceCol"):
+        # The config says how tonight's input is laid out, whatever the model was fitted on.
+        model.setParams(sequenceCol=config.input.sequenceCol, timeCol=config.input.timeCol)
     spark = _session(config)
     df = read_input(spark, config)
     keep = config.score.keepColumns if config.score.keepColumns is not None else df.columns

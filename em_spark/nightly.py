@@ -193,9 +193,9 @@ def _registered_model(config: JobConfig, registry: Any, name: str, version: int)
             f"(a {expected.__name__}); a nightly retrain keeps the family of its registered model"
         )
     model.setParams(featuresCol=config.input.features, weightCol=config.input.weightCol)
-    for key in ("sequenceCol", "timeCol"):
-        if getattr(config.input, key) and model.hasParam(key):
-            model.setParams(**{key: getattr(config.input, key)})
+    if model.hasParam("sequenceCol"):
+        # The config says how tonight's input is laid out, whatever the model was fitted on.
+        model.setParams(sequenceCol=config.input.sequenceCol, timeCol=config.input.timeCol)
     return model
 
 

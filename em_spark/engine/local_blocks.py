@@ -134,6 +134,8 @@ def read_partition(handle: LocalPartition) -> list[Block] | None:
             n_seq = handle.block_sequences[i]
             lengths = L[seq_start : seq_start + n_seq]
             seq_start += n_seq
+            if int(lengths.sum()) != n:
+                return None  # the lengths do not cut this write's blocks: not ours
         rows = slice(start, start + n)
         blocks.append(Block(X[rows], None if W is None else W[rows], lengths, None if Y is None else Y[rows]))
         start += n

@@ -147,6 +147,14 @@ def group_sequences(df: DataFrame, sequence_col: str, time_col: str, features: s
     """
     for name, role in ((sequence_col, "sequenceCol"), (time_col, "timeCol")):
         _field(df, name, role)
+    nulls = df.agg(
+        F.sum(F.col(sequence_col).isNull().cast("long")).alias("ids"), F.sum(F.col(time_col).isNull().cast("long")).alias("times")
+    ).first()
+    if nulls["ids"] or nulls["times"]:
+        raise DataValidationError(
+            f"long-format input has {nulls['ids'] or 0} row(s) with a null {sequence_col!r} and {nulls['times'] or 0} "
+            f"with a null {time_col!r}; every step needs a sequence id and a time (filter those rows out first)."
+        )
     step = F.struct(F.col(time_col).alias("t"), feature_array(df, features).alias("x"))
     grouped = df.groupBy(sequence_col).agg(
         F.sort_array(F.collect_list(step)).alias("__steps"),
@@ -429,6 +437,8 @@ def load_blocks(
     weight = _weight_expr(df, weight_col)
     if weight is not None:
         columns.append(weight.alias(WEIGHT_FIELD))
+    if sequences and label_col:
+        raise DataValidationError("labelCol is not supported for sequence models: a label belongs to a row, not a sequence")
     labels = _label_expr(df, label_col)
     if labels is not None:
         columns.append(labels.alias(LABEL_FIELD))

@@ -787,12 +787,15 @@ class GaussianFamily:
         kernel = self._kernel
         log_const = self._log_const(params, d)
         prepared = kernel.prepare(params["precisions_cholesky"])
-        gappy = np.zeros(X.shape[0], dtype=bool) if missing is None else missing.any(axis=1)
-        complete = np.flatnonzero(~gappy)
         out = np.empty((X.shape[0], self.k))
-        for start, stop, diffs, work in self._chunks(X[complete], params["means"]):
+        if missing is None:
+            complete, gappy = np.arange(X.shape[0]), None
+        else:
+            gappy = missing.any(axis=1)
+            complete = np.flatnonzero(~gappy)
+        for start, stop, diffs, work in self._chunks(X if gappy is None else X[complete], params["means"]):
             out[complete[start:stop]] = (log_const[:, None] - kernel.half_mahalanobis(diffs, work, prepared)).T
-        if gappy.any():
+        if gappy is not None:
             out[gappy] = self._missing_model(params).log_joint(X[gappy], missing[gappy])
         return out
 
@@ -910,7 +913,7 @@ class GaussianFamily:
         weight) in the sample then gets their weighted mean as its mean, so component ids
         follow the labels from the first iteration.
         """
-        sample = self._filled(sample) if sample.n_rows else sample
+        sample = self._filled(sample)
         X = np.asarray(sample.X, dtype=np.float64)
         w = np.asarray(sample.weights_or_ones(), dtype=np.float64)
         if X.shape[0] == 0:

@@ -81,7 +81,7 @@ def pattern_groups(missing: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     list of (pattern (d,) bool, rows (r,) int64 in increasing order), one per distinct
     row of ``missing``
     """
-    n, d = missing.shape
+    n = missing.shape[0]
     if n == 0:
         return []
     # Each row's pattern as 64-bit words (little bit order), so grouping sorts integers:
@@ -101,6 +101,22 @@ def pattern_groups(missing: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(missing[first[p]], order[bounds[p] : bounds[p + 1]]) for p in range(first.size)]
 
 
+def _inv_lower(lower: np.ndarray) -> np.ndarray:
+    """Inverses of a stack (..., m, m) of lower-triangular matrices, by forward substitution.
+
+    One vectorized step per row over the whole stack: for the many tiny matrices of the
+    missing-value patterns this is far faster than one LAPACK call per matrix.
+    """
+    m = lower.shape[-1]
+    inverse = np.zeros_like(lower)
+    for i in range(m):
+        # row i of L⁻¹: (e_i − L[i, :i] L⁻¹[:i, :]) / L[i, i]; entries right of i stay 0
+        row = -np.einsum("...j,...jc->...c", lower[..., i, :i], inverse[..., :i, :])
+        row[..., i] += 1.0
+        inverse[..., i, :] = row / lower[..., i, i, None]
+    return inverse
+
+
 def _row_slices(n: int, k: int, d: int) -> Iterator[slice]:
     step = max(1, _CHUNK_ELEMENTS // max(1, k * d))
     for start in range(0, n, step):
@@ -110,16 +126,16 @@ def _row_slices(n: int, k: int, d: int) -> Iterator[slice]:
 class _MissingModel:
     """What both implementations share: posteriors, statistics and imputation from ``_parts``.
 
-    A subclass implements ``_parts(X, missing, moments)`` yielding, for groups of rows,
-    ``(rows, log_joint (r, k), dev (k, r, d) | None, cond)`` where ``dev`` = x̂ − μ_j
-    (around each component's mean) and ``cond`` is the conditional covariance in the
-    subclass's layout; ``_add_moments`` and ``_cond_variances`` read that layout.
+    A subclass implements ``_parts(X, missing)`` yielding, for groups of rows,
+    ``(rows, log_joint (r, k), dev (k, r, d), cond)`` where ``dev`` = x̂ − μ_j (around
+    each component's mean) and ``cond`` is the conditional covariance in the subclass's
+    layout; ``_add_moments`` and ``_cond_variances`` read that layout.
     """
 
     log_weights: np.ndarray  # (k,)
     means: np.ndarray  # (k, d)
 
-    def _parts(self, X: np.ndarray, missing: np.ndarray, moments: bool):
+    def _parts(self, X: np.ndarray, missing: np.ndarray):
         raise NotImplementedError
 
     def _add_moments(self, dev, cond, wr, sq) -> None:
@@ -131,7 +147,7 @@ class _MissingModel:
     def log_joint(self, X: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """(n, k) log w_j + log N(x_o | μ_jo, Σ_joo) of the rows X (n, d) with NaN at ``missing``."""
         out = np.empty((X.shape[0], self.means.shape[0]))
-        for rows, log_joint, _, _ in self._parts(X, missing, moments=False):
+        for rows, log_joint, _, _ in self._parts(X, missing):
             out[rows] = log_joint
         return out
 
@@ -152,7 +168,7 @@ class _MissingModel:
         Returns Σ w loglik of the rows (observed-data, or complete-data for labelled rows).
         """
         loglik = 0.0
-        for rows, log_joint, dev, cond in self._parts(X, missing, moments=True):
+        for rows, log_joint, dev, cond in self._parts(X, missing):
             log_resp, row_loglik = log_posterior(log_joint)
             log_resp, row_loglik = clamp_to_labels(
                 log_joint, log_resp, row_loglik, None if labels is None else labels[rows]
@@ -165,7 +181,7 @@ class _MissingModel:
                 wr = (resp * w[rows, None]).T
                 loglik += float(row_loglik @ w[rows])
             nk += wr.sum(axis=1)
-            sums += np.einsum("kr,krd->kd", wr, dev)
+            sums += np.matmul(wr[:, None, :], dev)[:, 0, :]
             self._add_moments(dev, cond, wr, sq)
         return loglik
 
@@ -182,7 +198,7 @@ class _MissingModel:
         """
         imputed = np.array(X, dtype=np.float64)
         std = np.zeros_like(imputed)
-        for rows, log_joint, dev, cond in self._parts(X, missing, moments=True):
+        for rows, log_joint, dev, cond in self._parts(X, missing):
             log_resp, row_loglik = log_posterior(log_joint)
             log_resp, _ = clamp_to_labels(log_joint, log_resp, row_loglik, None if labels is None else labels[rows])
             resp = np.exp(log_resp).T[:, :, None]  # (k, r, 1)
@@ -207,7 +223,9 @@ class FullMissing(_MissingModel):
 
     (the last because x̂_m minimizes the quadratic form over x_m, and its minimum is the
     marginal's). The distance is then the squared norm of (x̂ − μ)ᵀ P with P Pᵀ = Λ, a
-    sum of squares as in the complete-data kernel, which cannot cancel.
+    sum of squares as in the complete-data kernel, which cannot cancel. Λ_mo (x_o − μ_o)
+    is read off one product e0 Λ over all rows (e0 = x − μ with 0 on missing coordinates),
+    so per row only m-sized pieces are gathered.
 
     A pattern with many rows (at least ``_LARGE_PATTERN_ROWS``) gets its constants once
     and applied to its rows by matrix products. The many small patterns of scattered gaps
@@ -227,9 +245,10 @@ class FullMissing(_MissingModel):
         self.means = np.asarray(means, dtype=np.float64)
         self.covariances = np.asarray(covariances, dtype=np.float64)
         chol = np.linalg.cholesky(self.covariances)
-        # P = L⁻ᵀ for Σ = L Lᵀ: P Pᵀ = Λ; log det Σ = −2 log det P = 2 Σ log diag L
-        self.prec_chol = np.swapaxes(np.linalg.inv(chol), 1, 2)
-        self.precisions = self.prec_chol @ np.swapaxes(self.prec_chol, 1, 2)
+        # P = L⁻ᵀ for Σ = L Lᵀ: P Pᵀ = Λ; contiguous, so products with it are plain GEMMs
+        self.prec_chol = np.ascontiguousarray(np.swapaxes(_inv_lower(chol), 1, 2))
+        precisions = self.prec_chol @ np.swapaxes(self.prec_chol, 1, 2)
+        self.precisions = 0.5 * (precisions + np.swapaxes(precisions, 1, 2))
         self.half_log_det = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)  # ½ log det Σ (k,)
 
     def _constants(self, patterns: np.ndarray):
@@ -241,30 +260,25 @@ class FullMissing(_MissingModel):
 
         Returns
         -------
-        obs (P, o), gaps (P, m) coordinate indices; log_const (k, P) = log π − ½ log det Σ_oo
-        − ½ o log 2π; B = Σ_mo Σ_oo⁻¹ (k, P, m, o); C = Λ_mm⁻¹ (k, P, m, m), the
-        conditional covariance of the missing coordinates.
+        gaps (P, m) missing coordinate indices; log_const (k, P) = log π − ½ log det Σ_oo
+        − ½ o log 2π; C = Λ_mm⁻¹ (k, P, m, m), the conditional covariance of the missing
+        coordinates.
         """
-        d = patterns.shape[1]
+        n_patterns, d = patterns.shape
         m = int(patterns[0].sum())
-        order = np.argsort(~patterns, axis=1, kind="stable")  # missing (True) coordinates first
-        gaps, obs = order[:, :m], order[:, m:]
-        lam = self.precisions
-        lam_mm = lam[:, gaps[:, :, None], gaps[:, None, :]]  # (k, P, m, m)
-        lam_mo = lam[:, gaps[:, :, None], obs[:, None, :]]  # (k, P, m, o)
-        chol_mm = np.linalg.cholesky(lam_mm)  # a principal submatrix of an SPD matrix is SPD
-        chol_mm_inv = np.linalg.inv(chol_mm)
-        cond = np.swapaxes(chol_mm_inv, 2, 3) @ chol_mm_inv  # Λ_mm⁻¹ = L⁻ᵀ L⁻¹
-        B = -(cond @ lam_mo)
+        gaps = np.argsort(~patterns, axis=1, kind="stable")[:, :m]  # the missing (True) coordinates
         if m == d:  # nothing observed: the marginal is the empty product, exactly 1, and C = Σ
-            log_const = np.repeat(self.log_weights[:, None], patterns.shape[0], axis=1)
-            cond = np.repeat(self.covariances[:, None], patterns.shape[0], axis=1)  # Λ⁻¹ would round
-        else:
-            half_log_det_oo = self.half_log_det[:, None] + np.log(np.diagonal(chol_mm, axis1=2, axis2=3)).sum(axis=2)
-            log_const = self.log_weights[:, None] - half_log_det_oo - 0.5 * (d - m) * _LOG_2PI
-        return obs, gaps, log_const, B, cond
+            log_const = np.repeat(self.log_weights[:, None], n_patterns, axis=1)
+            return gaps, log_const, np.repeat(self.covariances[:, None], n_patterns, axis=1)
+        lam_mm = self.precisions[:, gaps[:, :, None], gaps[:, None, :]]  # (k, P, m, m)
+        chol_mm = np.linalg.cholesky(lam_mm)  # a principal submatrix of an SPD matrix is SPD
+        chol_mm_inv = _inv_lower(chol_mm)
+        cond = np.swapaxes(chol_mm_inv, 2, 3) @ chol_mm_inv  # Λ_mm⁻¹ = L⁻ᵀ L⁻¹
+        half_log_det_oo = self.half_log_det[:, None] + np.log(np.diagonal(chol_mm, axis1=2, axis2=3)).sum(axis=2)
+        log_const = self.log_weights[:, None] - half_log_det_oo - 0.5 * (d - m) * _LOG_2PI
+        return gaps, log_const, cond
 
-    def _parts(self, X: np.ndarray, missing: np.ndarray, moments: bool):
+    def _parts(self, X: np.ndarray, missing: np.ndarray):
         small: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for gaps, rows in pattern_groups(missing):
             if rows.size >= _LARGE_PATTERN_ROWS:
@@ -272,47 +286,48 @@ class FullMissing(_MissingModel):
             else:
                 small.setdefault(int(gaps.sum()), []).append((gaps, rows))
         for n_missing in sorted(small):
-            yield from self._small_pattern_parts(X, small[n_missing])
+            yield from self._small_pattern_parts(X, missing, small[n_missing])
 
-    def _finish(self, dev, log_const):
-        """(log_joint (r, k), dev) from the deviations x̂ − μ (k, r, d) and log_const (k, r) or (k, 1)."""
+    def _observed_deviations(self, X_rows: np.ndarray, gaps: np.ndarray):
+        """(e0 (k, r, d), g (k, r, d)): x − μ with 0 on the missing coordinates, and e0 Λ.
+
+        On a missing coordinate, g holds (Λ_mo (x_o − μ_o)), the input of the regression.
+        """
+        e0 = np.where(gaps[None], 0.0, X_rows[None] - self.means[:, None, :])
+        return e0, e0 @ self.precisions  # Λ symmetric: rows of e0 Λ are (Λ e0)ᵀ
+
+    def _log_joint(self, dev, log_const):
+        """(r, k) log π + log N(x_o) from the deviations x̂ − μ (k, r, d) and log_const (k, r) or (k, 1)."""
         whitened = dev @ self.prec_chol  # (k, r, d)
-        return (log_const - 0.5 * np.einsum("krd,krd->kr", whitened, whitened)).T, dev
+        return (log_const - 0.5 * np.einsum("krd,krd->kr", whitened, whitened)).T
 
     def _large_pattern_parts(self, X, gaps, pattern_rows):
         """One pattern: its constants applied to all its rows by matrix products."""
         k, d = self.means.shape
-        obs_idx, gap_idx, log_const, B, cond = self._constants(gaps[None])
-        obs, gap, B = obs_idx[0], gap_idx[0], B[:, 0]
+        gap_idx, log_const, cond = self._constants(gaps[None])
+        gap = gap_idx[0]
         for part in _row_slices(pattern_rows.size, k, 2 * d):
             rows = pattern_rows[part]
-            dev = np.empty((k, rows.size, d))
-            e_obs = X[rows][:, obs][None, :, :] - self.means[:, None, obs]  # x_o − μ_o (k, r, o)
-            dev[:, :, obs] = e_obs
-            dev[:, :, gap] = e_obs @ np.swapaxes(B, 1, 2)  # x̂_m − μ_m = B (x_o − μ_o), as rows
-            log_joint, dev = self._finish(dev, log_const)
-            yield rows, log_joint, dev, (cond, gap_idx, None)
+            dev, g = self._observed_deviations(X[rows], gaps[None])
+            dev[:, :, gap] = -(g[:, :, gap] @ cond[:, 0])  # x̂_m − μ_m = −Λ_mm⁻¹ Λ_mo (x_o − μ_o)
+            yield rows, self._log_joint(dev, log_const), dev, (cond, gap_idx, None)
 
-    def _small_pattern_parts(self, X, members):
+    def _small_pattern_parts(self, X, missing, members):
         """Patterns with the same number of missing coordinates, each row picking its pattern's constants."""
         k, d = self.means.shape
         patterns = np.stack([gaps for gaps, _ in members])
         all_rows = np.concatenate([rows for _, rows in members])  # grouped by pattern
         all_pattern = np.repeat(np.arange(len(members)), [rows.size for _, rows in members])
         m = int(patterns[0].sum())
-        # per row: k gathered (m, o) matrices besides the (k, d) deviations
-        for part in _row_slices(all_rows.size, k, m * (d - m) + 2 * d):
+        for part in _row_slices(all_rows.size, k, m * m + 2 * d):  # per row: a gathered (m, m) C
             rows = all_rows[part]
             used, pattern = np.unique(all_pattern[part], return_inverse=True)
-            obs_idx, gap_idx, log_const, B, cond = self._constants(patterns[used])
-            obs, gap = obs_idx[pattern], gap_idx[pattern]  # (r, o), (r, m)
-            e_obs = np.take_along_axis(X[rows], obs, axis=1)[None] - self.means[:, obs]  # (k, r, o)
-            dev = np.empty((k, rows.size, d))
-            np.put_along_axis(dev, np.broadcast_to(obs, (k, *obs.shape)), e_obs, axis=2)
-            e_gap = np.einsum("krmo,kro->krm", B[:, pattern], e_obs)
-            np.put_along_axis(dev, np.broadcast_to(gap, (k, *gap.shape)), e_gap, axis=2)
-            log_joint, dev = self._finish(dev, log_const[:, pattern])
-            yield rows, log_joint, dev, (cond, gap_idx, pattern)
+            gap_idx, log_const, cond = self._constants(patterns[used])
+            dev, g = self._observed_deviations(X[rows], missing[rows])
+            gap = np.broadcast_to(gap_idx[pattern], (k, rows.size, m))
+            e_gap = -np.einsum("krab,krb->kra", cond[:, pattern], np.take_along_axis(g, gap, axis=2))
+            np.put_along_axis(dev, gap, e_gap, axis=2)
+            yield rows, self._log_joint(dev, log_const[:, pattern]), dev, (cond, gap_idx, pattern)
 
     def _add_moments(self, dev, cond, wr, sq) -> None:
         k, d = self.means.shape
@@ -354,7 +369,7 @@ class DiagonalMissing(_MissingModel):
         self.means = np.asarray(means, dtype=np.float64)
         self.variances = np.asarray(variances, dtype=np.float64)
 
-    def _parts(self, X: np.ndarray, missing: np.ndarray, moments: bool):
+    def _parts(self, X: np.ndarray, missing: np.ndarray):
         k, d = self.means.shape
         log_norm = _LOG_2PI + np.log(self.variances)  # (k, d): per-coordinate −2 log N constant
         inv_var = 1.0 / self.variances

@@ -16,12 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import multinomial
 
 from em_spark.models import Block, EMFamily, ModelError
-from em_spark.models.categorical import (
-    CategoricalMixtureFamily,
-    check_labels,
-    clamp_to_labels,
-    log_posterior,
-)
+from em_spark.models.categorical import CategoricalMixtureFamily
 from em_spark.stats import Stats, sum_stats
 
 KINDS = ["categorical", "multinomial"]
@@ -562,29 +557,6 @@ def test_labelled_rows_score_their_complete_data_log_likelihood():
     np.testing.assert_allclose(scored["loglik"][:3], joint[np.arange(3), [2, 0, 1]], rtol=1e-12)
     np.testing.assert_array_equal(scored["loglik"][3:], plain["loglik"][3:])
     assert np.array_equal(np.exp(scored["log_resp"][:3]), np.eye(3)[[2, 0, 1]])
-
-
-def test_label_helpers():
-    with np.errstate(divide="ignore"):
-        log_joint = np.log(np.array([[0.1, 0.3], [0.2, 0.2], [0.0, 0.5]]))
-    log_resp, loglik = log_posterior(log_joint)
-    np.testing.assert_allclose(np.exp(log_resp), [[0.25, 0.75], [0.5, 0.5], [0.0, 1.0]])
-    np.testing.assert_allclose(loglik, np.log([0.4, 0.4, 0.5]))
-    impossible_resp, impossible = log_posterior(np.full((1, 2), -np.inf))
-    assert impossible[0] == -np.inf and not np.any(np.isnan(impossible_resp))
-
-    labels = check_labels(np.array([-1, 0, 1]), 2)
-    clamped_resp, clamped = clamp_to_labels(log_joint, log_resp, loglik, labels)
-    np.testing.assert_allclose(np.exp(clamped_resp), [[0.25, 0.75], [1.0, 0.0], [0.0, 1.0]])
-    np.testing.assert_allclose(clamped, np.log([0.4, 0.2, 0.5]))
-    assert np.exp(log_resp[1, 0]) == 0.5  # inputs untouched
-
-    assert check_labels(None, 2) is None and check_labels(np.array([-1, -1]), 2) is None
-    assert clamp_to_labels(log_joint, log_resp, loglik, None) == (log_resp, loglik)
-    with pytest.raises(ModelError, match="label 2 is not a component id.*0..1 for k=2"):
-        check_labels(np.array([0, 2]), 2)
-    with pytest.raises(ModelError, match="integer component ids"):
-        check_labels(np.array([0.5, 1.0]), 2)
 
 
 # ---------------------------------------------------------------------------

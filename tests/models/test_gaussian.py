@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import warnings
+from itertools import permutations
 
 import numpy as np
 import pytest
+from scipy.stats import multivariate_normal
 from sklearn.datasets import load_iris, load_wine
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
@@ -43,9 +45,9 @@ def wine_standardized():
     return (X - X.mean(axis=0)) / X.std(axis=0)
 
 
-def fit(family, X, params, n_iter, weight=None, sample=None):
+def fit(family, X, params, n_iter, weight=None, sample=None, labels=None):
     """Run our E-step on the whole data and the M-step ``n_iter`` times; return params and history."""
-    block = Block(X, weight)
+    block = Block(X, weight, labels=labels)
     sample = block if sample is None else sample
     history = []
     for _ in range(n_iter):
@@ -536,3 +538,146 @@ def test_methods_never_mutate_their_inputs(covariance_type):
     assert np.array_equal(X, X_before) and np.array_equal(weight, w_before)
     assert isinstance(stats, Stats)
     assert all(result.params[name] is not params[name] for name in params)
+
+
+# ---------------------------------------------------------------------------
+# semi-supervised EM (Block.labels)
+
+
+def some_labels(n, k, fraction, seed, truth=None):
+    """-1 everywhere but a random ``fraction`` of the rows, labelled by ``truth`` (or at random)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(k, size=n) if truth is None else truth
+    return np.where(rng.random(n) < fraction, truth, -1)
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_labelled_rows_count_fully_for_their_component(covariance_type):
+    X = blobs(n=400, d=3)
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.5, 2.0, size=len(X))
+    labels = some_labels(len(X), 3, 0.3, seed=1)
+    family = GaussianFamily(3, covariance_type)
+    params, _ = fit(family, X, family.initialize(Block(X), np.random.default_rng(0)), 3)
+    known = labels >= 0
+
+    stats = family.e_step(Block(X[known], w[known], labels=labels[known]), params)
+    one_hot = np.eye(3)[labels[known]] * w[known, None]  # (n, k)
+    diffs = X[known][:, None, :] - params["means"][None]  # (n, k, d)
+    np.testing.assert_allclose(stats["nk"], one_hot.sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats["sum"], np.einsum("nk,nkd->kd", one_hot, diffs), rtol=1e-10, atol=1e-10)
+    sq = np.einsum("nk,nkd,nke->kde", one_hot, diffs, diffs)
+    expected_sq = np.diagonal(sq, axis1=1, axis2=2) if covariance_type in ("diag", "spherical") else sq
+    np.testing.assert_allclose(stats["sq"], expected_sq, rtol=1e-10, atol=1e-10)
+    covs = family.full_covariances(params)
+    complete_data = [
+        np.log(params["weights"][c]) + multivariate_normal(params["means"][c], covs[c]).logpdf(x)
+        for x, c in zip(X[known], labels[known])
+    ]
+    assert stats.loglik == pytest.approx(np.dot(complete_data, w[known]), rel=1e-10)
+
+    # labels change nothing for the unlabelled rows: the whole block is the sum of both parts
+    unlabelled = family.e_step(Block(X[~known], w[~known]), params)
+    assert family.e_step(Block(X, w, labels=labels), params).allclose(stats + unlabelled, rtol=1e-10, atol=1e-9)
+
+    scored = family.score(Block(X, labels=labels), params)
+    plain = family.score(Block(X), params)
+    assert np.array_equal(np.exp(scored["log_resp"][known]), np.eye(3)[labels[known]])
+    np.testing.assert_allclose(scored["loglik"][known], complete_data, rtol=1e-10)
+    np.testing.assert_allclose(scored["loglik"][~known], plain["loglik"][~known], rtol=1e-12)
+    np.testing.assert_allclose(scored["log_resp"][~known], plain["log_resp"][~known], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_labels_all_unknown_are_bit_identical_to_no_labels(covariance_type):
+    X = blobs(n=300, d=3)
+    family = GaussianFamily(3, covariance_type)
+    params = family.initialize(Block(X), np.random.default_rng(0))
+    unknown = np.full(len(X), -1)
+    a, b = family.e_step(Block(X), params), family.e_step(Block(X, labels=unknown), params)
+    assert all(np.array_equal(a[name], b[name]) for name in a)
+    scored = family.score(Block(X, labels=unknown), params)
+    assert all(np.array_equal(value, scored[name]) for name, value in family.score(Block(X), params).items())
+
+
+def test_a_label_beyond_k_is_refused():
+    X = blobs(n=50, d=2)
+    family = GaussianFamily(3)
+    params = family.initialize(Block(X), np.random.default_rng(0))
+    labels = np.full(len(X), -1)
+    labels[4] = 3
+    with pytest.raises(ModelError, match=r"label 3 is not a component id.*0..2 for k=3"):
+        family.e_step(Block(X, labels=labels), params)
+    with pytest.raises(ModelError, match="label 3 is not a component id"):
+        family.score(Block(X, labels=labels), params)
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_log_likelihood_never_decreases_with_labels(covariance_type):
+    X = blobs(n=500, d=3, k=4, spread=2.5)
+    labels = some_labels(len(X), 4, 0.05, seed=3)  # random labels: the data disagrees with them
+    family = GaussianFamily(4, covariance_type)
+    _, history = fit(family, X, family.initialize(Block(X), np.random.default_rng(9)), 30, labels=labels)
+    steps = np.diff(history)
+    assert np.all(steps >= -1e-9 * np.abs(history[1:])), steps
+
+
+def grid_of_blobs(n=1800, seed=0):
+    """3 x 3 overlapping blobs (sd 1, 3 apart in x, 3.6 in y); the class is the column.
+
+    Split into rows, the data is fitted slightly better (rows are further apart), so
+    unsupervised EM mostly finds the rows; a few labels must make it find the columns.
+    """
+    rng = np.random.default_rng(seed)
+    column, row = rng.integers(3, size=n), rng.integers(3, size=n)
+    X = np.stack([3.0 * column, 3.6 * row], axis=1) + rng.normal(size=(n, 2))
+    return X, column
+
+
+def accuracy(family, params, X, truth, best_permutation):
+    """Share of rows whose most likely component is their class (under the best relabelling if asked)."""
+    predicted = family.score(Block(X), params)["log_resp"].argmax(axis=1)
+    if not best_permutation:
+        return np.mean(predicted == truth)
+    return max(np.mean(np.asarray(p)[predicted] == truth) for p in permutations(range(family.k)))
+
+
+def test_a_few_labels_pick_the_split_and_the_component_ids():
+    gains = []
+    for seed in range(4):
+        X, column = grid_of_blobs(seed=seed)
+        labels = some_labels(len(X), 3, 0.05, seed, truth=column)
+        family = GaussianFamily(3, "full")
+        init = family.initialize(Block(X, labels=labels), np.random.default_rng(seed))
+
+        semi, history = fit(family, X, init, 150, labels=labels)
+        unsupervised, _ = fit(family, X, init, 150)
+
+        semi_accuracy = accuracy(family, semi, X, column, best_permutation=False)  # ids as they are
+        assert semi_accuracy > 0.85, (seed, semi_accuracy)
+        # component j sits on column j (x = 3j), in the middle row (y = 3.6)
+        np.testing.assert_allclose(semi["means"], [[0.0, 3.6], [3.0, 3.6], [6.0, 3.6]], atol=0.4)
+        assert np.all(np.diff(history) >= -1e-9 * np.abs(history[1:]))
+        # the unsupervised fit from the same start is never better, even allowed any relabelling
+        unsupervised_accuracy = accuracy(family, unsupervised, X, column, best_permutation=True)
+        assert semi_accuracy >= unsupervised_accuracy - 0.01, seed
+        gains.append(semi_accuracy - unsupervised_accuracy)
+    assert np.mean(gains) > 0.15, gains
+
+
+@pytest.mark.parametrize("init_mode", ["k-means++", "random"])
+def test_initialize_with_labels_aligns_component_ids(init_mode):
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
+    z = rng.integers(3, size=600)
+    X = centers[z] + rng.normal(size=(600, 2))
+    labels = np.full(len(X), -1)
+    for j in range(3):
+        labels[np.flatnonzero(z == j)[:5]] = j
+    family = GaussianFamily(3, init_mode=init_mode)
+    for seed in range(5):
+        params = family.initialize(Block(X, labels=labels), np.random.default_rng(seed))
+        assert_valid_params(family, params, 2)
+        np.testing.assert_allclose(params["means"], centers, atol=1.0)  # ids follow the labels
+        fitted, _ = fit(family, X, params, 30, labels=labels)
+        np.testing.assert_allclose(fitted["means"], centers, atol=0.3)

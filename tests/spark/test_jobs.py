@@ -98,3 +98,50 @@ def test_select_through_spark_submit_writes_the_table_and_json(tmp_path):
 
     report = json.loads((tmp_path / "select.json").read_text())
     assert report["chosen"]["k"] == 3 and len(report["candidates"]) == 4
+
+
+def test_hidden_markov_model_train_then_score_through_spark_submit(tmp_path):
+    # conf/hmm.yaml as shipped, smaller: sequences in, Viterbi paths and per-sequence likelihoods out.
+    submit = [_spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false"]
+    small = ["--config", str(REPO / "conf" / "hmm.yaml"), "--set", "input.generate.rows=300",
+             "--set", "input.generate.steps=20", "--set", "fit.maxIter=15"]
+    train = _run([*submit, str(REPO / "jobs" / "train.py"), *small], tmp_path)
+    assert train.returncode == 0, (train.stdout + train.stderr)[-3000:]
+    assert "em_spark fit: run hmm-demo: gaussian_hmm, 300 sequences, 2 features, k=3 (diag)" in train.stdout
+    score = _run([*submit, str(REPO / "jobs" / "score.py"), *small], tmp_path)
+    assert score.returncode == 0, (score.stdout + score.stderr)[-3000:]
+    assert "300 sequences scored" in score.stdout
+    table = pq.read_table(tmp_path / "em-spark-demo" / "scored-hmm").to_pydict()
+    assert set(table) == {"id", "prediction", "probability", "logLikelihood"}
+    assert all(len(path) == 20 and set(path) <= {0, 1, 2} for path in table["prediction"])
+    assert all(len(steps) == 20 and abs(sum(steps[0]) - 1.0) < 1e-9 for steps in table["probability"])
+
+
+def test_imputation_train_then_impute_through_spark_submit(tmp_path):
+    submit = [_spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false"]
+    small = ["--config", str(REPO / "conf" / "impute.yaml"), "--set", "input.generate.rows=4000",
+             "--set", "fit.nInit=1", "--set", "fit.maxIter=30"]
+    train = _run([*submit, str(REPO / "jobs" / "train.py"), *small], tmp_path)
+    out = train.stdout + train.stderr
+    assert train.returncode == 0, out[-3000:]
+    assert "missing entries modelled" in out
+    impute = _run([*submit, str(REPO / "jobs" / "impute.py"), *small], tmp_path)
+    assert impute.returncode == 0, (impute.stdout + impute.stderr)[-3000:]
+    assert "em_spark impute: 4000 rows" in impute.stdout
+    table = pq.read_table(tmp_path / "em-spark-demo" / "imputed").to_pydict()
+    filled = 0
+    for i in range(4000):
+        row = [table[f"x{j}"][i] for j in range(4)]
+        for j, value in enumerate(row):
+            if value is None:
+                filled += 1
+                assert table["imputedStd"][i][j] > 0
+            else:
+                assert table["imputed"][i][j] == value and table["imputedStd"][i][j] == 0.0
+    assert 0.15 * 16000 < filled < 0.25 * 16000  # about 20% of the entries were missing
+
+    # The same data without handleMissing: a clear error before fitting, naming the fix.
+    refused = _run([sys.executable, "-m", "em_spark.cli", "train", *small, "--set", "model.handleMissing=error",
+                    "--set", "run.id=refused"], tmp_path)
+    assert refused.returncode == 2 and "handleMissing='model'" in refused.stderr
+    assert "Traceback" not in refused.stderr
