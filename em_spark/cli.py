@@ -203,6 +203,16 @@ def _input_partition_columns(df: Any, input_uri: str) -> list[str]:
     return [k for k in keys if k in df.columns]
 
 
+def _kept_columns(df: Any, keep: list[str] | None, key: str) -> list[str]:
+    """The input columns an output carries: ``keep``, checked against the input, or all of them."""
+    if keep is None:
+        return list(df.columns)
+    missing = [c for c in keep if c not in df.columns]
+    if missing:
+        raise ConfigError(f"config key {key!r} names columns not in the input: {missing}")
+    return keep
+
+
 def _scoring_model(config: JobConfig, model_path: str | None = None):
     from em_spark.api import load_model, model_from_bytes
 
@@ -240,10 +250,7 @@ def run_score(config: JobConfig) -> dict[str, Any]:
         model.setParams(sequenceCol=config.input.sequenceCol, timeCol=config.input.timeCol)
     spark = _session(config)
     df = read_input(spark, config)
-    keep = config.score.keepColumns if config.score.keepColumns is not None else df.columns
-    missing = [c for c in keep if c not in df.columns]
-    if missing:
-        raise ConfigError(f"config key 'score.keepColumns' names columns not in the input: {missing}")
+    keep = _kept_columns(df, config.score.keepColumns, "score.keepColumns")
     partition_by = config.score.partitionBy
     if partition_by is None:
         partition_by = _input_partition_columns(df, _resolve_local(config.input.path))
@@ -309,10 +316,7 @@ def run_impute(config: JobConfig) -> dict[str, Any]:
         raise ConfigError(f"{model_name} is a {type(model).__name__}; imputation needs a GaussianMixture model")
     spark = _session(config)
     df = read_input(spark, config)
-    keep = config.impute.keepColumns if config.impute.keepColumns is not None else df.columns
-    missing = [c for c in keep if c not in df.columns]
-    if missing:
-        raise ConfigError(f"config key 'impute.keepColumns' names columns not in the input: {missing}")
+    keep = _kept_columns(df, config.impute.keepColumns, "impute.keepColumns")
     model.setParams(featuresCol=config.input.features)
     out_col, std_col = config.impute.outputCol, config.impute.stdCol
     imputed = model.impute(df, outputCol=out_col, stdCol=std_col).select(*keep, out_col, std_col)
