@@ -706,7 +706,7 @@ class CategoricalMixtureFamily:
 
     def _initialize_kmeans(self, X: np.ndarray, w: np.ndarray, n_categories: np.ndarray, rng: np.random.Generator):
         """(weights, probs) from k-means on the embedded rows, then the M-step of the hard assignment."""
-        from em_spark.models.gaussian import _kmeans_plusplus, _lloyd
+        from em_spark.models.seeding import kmeans_plusplus, lloyd
 
         k, offsets = self.k, _offsets(n_categories)
         embedded = self._embed_rows(X, n_categories)
@@ -717,8 +717,8 @@ class CategoricalMixtureFamily:
             )
         origin = (w @ embedded) / w.sum()
         centered = embedded - origin
-        centers = _kmeans_plusplus(centered, w, k, rng)
-        assignment, centers = _lloyd(centered, w, centers, _LLOYD_MAX_ITER)
+        centers = kmeans_plusplus(centered, w, k, rng)
+        assignment, centers = lloyd(centered, w, centers, _LLOYD_MAX_ITER)
         wr = (assignment[:, None] == np.arange(k)) * w[:, None]
         nk = wr.sum(axis=0)
         counts = self._counts(X, n_categories, wr)

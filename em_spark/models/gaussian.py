@@ -40,6 +40,7 @@ import numpy as np
 from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
 from em_spark.models.gaussian_missing import DiagonalMissing, FullMissing, nan_mask
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
+from em_spark.models.seeding import kmeans_plusplus, lloyd
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = ["GaussianFamily", "COVARIANCE_TYPES", "INIT_MODES", "HANDLE_MISSING"]
@@ -962,8 +963,8 @@ class GaussianFamily:
         # Center once so the ‖x‖² − 2 x·c + ‖c‖² distances do not cancel far from the origin.
         origin = (w @ X) / w.sum()
         centered = X - origin
-        centers = _kmeans_plusplus(centered, w, self.k, rng)
-        labels, centers = _lloyd(centered, w, centers, _LLOYD_MAX_ITER)
+        centers = kmeans_plusplus(centered, w, self.k, rng)
+        labels, centers = lloyd(centered, w, centers, _LLOYD_MAX_ITER)
         shift = centers + origin
         stats = self._accumulate(X, w, shift, None, None, labels=labels)
         weights, means, covariances, _ = self._estimate(stats, shift)
@@ -995,67 +996,3 @@ def _fill_column_means(X: np.ndarray, missing: np.ndarray, w: np.ndarray) -> np.
     weight[:, unweighted] = observed[:, unweighted]
     column_means = (weight * np.where(observed, X, 0.0)).sum(axis=0) / weight.sum(axis=0)
     return np.where(missing, column_means, X)
-
-
-# ---------------------------------------------------------------------------
-# k-means helpers (for initialization; run on the driver's sample)
-
-
-def _squared_distances_to(X: np.ndarray, point: np.ndarray) -> np.ndarray:
-    """(n,) squared Euclidean distances from the rows of X to one point (no cancellation)."""
-    diff = X - point
-    return np.einsum("ij,ij->i", diff, diff)
-
-
-def _kmeans_plusplus(X: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Weighted greedy k-means++ seeding (as scikit-learn's ``_kmeans_plusplus``).
-
-    Returns (k, d) centers, k distinct rows of X with positive weight.
-    """
-    n_trials = 2 + int(np.log(k))
-    first = rng.choice(X.shape[0], p=w / w.sum())
-    centers = [X[first]]
-    closest = _squared_distances_to(X, X[first])
-    for _ in range(1, k):
-        cumulative = np.cumsum(w * closest)
-        total = cumulative[-1]
-        if not total > 0:
-            raise ModelError(f"the data has fewer distinct points than k={k}; decrease k")
-        draws = rng.uniform(size=n_trials) * total
-        # side="right" lands only on rows with a positive contribution (never on a center);
-        # rounding past the end falls back to the last such row
-        candidates = np.searchsorted(cumulative, draws, side="right")
-        last_positive = int(np.flatnonzero(w * closest > 0)[-1])
-        candidates = np.minimum(candidates, last_positive)
-        trial = np.stack([np.minimum(closest, _squared_distances_to(X, X[c])) for c in candidates])
-        best = int(np.argmin(trial @ w))
-        closest = trial[best]
-        centers.append(X[candidates[best]])
-    return np.array(centers)
-
-
-def _lloyd(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int):
-    """Weighted Lloyd iterations until the assignments stop changing (at most ``max_iter`` updates).
-
-    Returns (labels (n,), centers (k, d)): the final assignment and the centers it was made to.
-    An empty cluster keeps its previous center.
-    """
-    k = centers.shape[0]
-    centers = centers.copy()
-    x_sq = np.einsum("ij,ij->i", X, X)
-
-    def assign(centers: np.ndarray) -> np.ndarray:
-        distances = x_sq[:, None] - 2.0 * (X @ centers.T) + np.einsum("ij,ij->i", centers, centers)
-        return np.argmin(distances, axis=1)  # ties go to the lower cluster index
-
-    labels = assign(centers)
-    for _ in range(max_iter):
-        one_hot = (labels[:, None] == np.arange(k)) * w[:, None]
-        mass = one_hot.sum(axis=0)
-        filled = mass > 0
-        centers[filled] = (one_hot.T @ X)[filled] / mass[filled, None]
-        new_labels = assign(centers)
-        if np.array_equal(new_labels, labels):
-            break
-        labels = new_labels
-    return labels, centers

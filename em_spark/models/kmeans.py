@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
-from em_spark.models.gaussian import _kmeans_plusplus
+from em_spark.models.seeding import kmeans_plusplus
 from em_spark.stats import Stats
 
 __all__ = ["KMeansFamily"]
@@ -157,5 +157,5 @@ class KMeansFamily:
             centers = distinct[rng.choice(distinct.shape[0], size=self.k, replace=False)]
         else:
             origin = (w @ X) / w.sum()
-            centers = _kmeans_plusplus(X - origin, w, self.k, rng) + origin
+            centers = kmeans_plusplus(X - origin, w, self.k, rng) + origin
         return {"centers": np.array(centers, dtype=np.float64), "weights": np.full(self.k, 1.0 / self.k)}

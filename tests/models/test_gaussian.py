@@ -347,7 +347,7 @@ def test_kmeans_initialization_survives_a_cluster_that_ends_up_empty(monkeypatch
     def seeds_with_a_far_center(X_centered, w, k, rng):
         return np.array([X_centered[0], X_centered[1], far_center])
 
-    monkeypatch.setattr(gaussian_module, "_kmeans_plusplus", seeds_with_a_far_center)
+    monkeypatch.setattr(gaussian_module, "kmeans_plusplus", seeds_with_a_far_center)
     family = GaussianFamily(3, "full")
     params = family.initialize(Block(X), np.random.default_rng(0))
     assert_valid_params(family, params, 2)
