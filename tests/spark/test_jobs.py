@@ -42,7 +42,7 @@ def test_train_then_score_through_spark_submit(tmp_path):
     submit = [_spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false"]
     train = _run([*submit, str(REPO / "jobs" / "train.py"), "--config", str(config)], tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
-    assert "em_spark fit: run job-test: 3000 rows" in train.stdout
+    assert "em_spark fit: run job-test: gaussian, 3000 rows" in train.stdout
     # one log line per iteration (spark-submit merges the driver's stderr into stdout)
     assert "run=job-test restart=1/1 iter=1/20" in train.stdout + train.stderr
     model = GaussianMixtureModel.load((tmp_path / "em-spark-demo" / "model-local").as_uri())

@@ -93,7 +93,7 @@ def test_compose_topology_without_docker_local_cluster_and_s3(s3_server, tmp_pat
     first = subprocess.run(submit, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     out = first.stdout + first.stderr
     assert first.returncode == 0, out[-4000:]
-    assert "em_spark fit: run docker-demo: 20000 rows" in out
+    assert "em_spark fit: run docker-demo: gaussian, 20000 rows" in out
     assert "in 2 partitions" in out  # one per executor core
     model = GaussianMixtureModel.load("s3://em-spark/models/demo", s3Endpoint=s3_server.endpoint)
     assert model.weights.shape == (3,)
