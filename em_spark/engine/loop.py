@@ -92,6 +92,9 @@ class FitSettings:
     checkpoint_dir: str | None = None
     keep_checkpoints: int = 3
     s3_endpoint: str | None = None
+    # How long the run's lease outlives a driver that died without releasing it (see
+    # em_spark.storage.locks). Not part of identity(): a resume may change it.
+    lock_ttl_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
@@ -104,6 +107,9 @@ class FitSettings:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not (isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1):
             raise ValueError(f"keepCheckpoints must be an integer >= 1, got {self.keep_checkpoints!r}")
+        ttl = self.lock_ttl_seconds
+        if isinstance(ttl, bool) or not (isinstance(ttl, (int, float)) and math.isfinite(ttl) and ttl > 0):
+            raise ValueError(f"lockTtlSeconds must be a finite number > 0, got {ttl!r}")
 
     def identity(self) -> dict[str, Any]:
         """Settings that shape the result; a resume must match them exactly."""
@@ -250,6 +256,25 @@ def _decode_state(payload: bytes, identity: dict[str, Any], where: str) -> _Stat
 # ---------------------------------------------------------------------------
 
 
+class _LeasedCheckpoints:
+    """A run's CheckpointStore that commits only while this process holds the run's lease."""
+
+    def __init__(self, store: Any, lock: Any) -> None:
+        self._store, self._lock = store, lock
+
+    def latest(self) -> Any:
+        return self._store.latest()
+
+    def commit(self, sequence: int, payload: bytes) -> str:
+        # LeaseLostError if another process took the run over (this one was paused past
+        # the TTL); renews the lease when the heartbeat interval has passed.
+        self._lock.check()
+        return self._store.commit(sequence, payload)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 def fit_em(
     family: EMFamily,
     source: BlockSource,
@@ -260,6 +285,12 @@ def fit_em(
 ) -> FitResult:
     """Fit ``family`` to ``source`` with EM; resume from checkpoints when the run id has them.
 
+    With checkpoints, the fit holds the run id's lease (:class:`~em_spark.storage.RunLock`)
+    from before it reads them until it ends, so two processes never fit one run at once: the
+    second raises :class:`~em_spark.storage.RunLockedError` naming the first. The lease of a
+    driver killed without releasing it is taken over at once by a re-run on the same machine,
+    and elsewhere once it expires (``settings.lock_ttl_seconds`` after its last renewal).
+
     Parameters
     ----------
     initial_params : full parameters for restart 0 (an ``initialModel``); later restarts,
@@ -267,6 +298,32 @@ def fit_em(
     data_identity : extra facts about the input that a resume must match (for example
         the feature and weight columns); the data fingerprint is always included.
     """
+    settings = replace(settings, run_id=settings.run_id or new_run_id())
+    if not settings.checkpoint_dir:
+        return _fit_em(family, source, settings, initial_params, data_identity=data_identity)
+    from em_spark.storage import RunLock
+
+    lock = RunLock(
+        settings.checkpoint_dir,
+        settings.run_id,
+        s3_endpoint=settings.s3_endpoint,
+        ttl_seconds=settings.lock_ttl_seconds,
+        logger=logging.LoggerAdapter(log, {"run_id": settings.run_id}),
+    )
+    with lock:  # released on return and on any error; a killed driver's lease expires
+        return _fit_em(family, source, settings, initial_params, data_identity=data_identity, lock=lock)
+
+
+def _fit_em(
+    family: EMFamily,
+    source: BlockSource,
+    settings: FitSettings,
+    initial_params: Params | None,
+    *,
+    data_identity: Mapping[str, Any] | None,
+    lock: Any = None,
+) -> FitResult:
+    """The fit itself; ``lock``, when given, is held and guards every checkpoint commit."""
     run_id = settings.run_id or new_run_id()
     logger = logging.LoggerAdapter(log, {"run_id": run_id})
     identity = {
@@ -286,6 +343,8 @@ def fit_em(
             s3_endpoint=settings.s3_endpoint,
             logger=logger,
         )
+        if lock is not None:
+            store = _LeasedCheckpoints(store, lock)
 
     def fresh_restart(restart: int, best: _Best | None) -> _State:
         if restart == 0 and initial_params is not None:
@@ -346,11 +405,25 @@ def fit_em(
         if store is not None:
             store.commit(state.restart * (settings.max_iter + 1) + state.iteration, _encode_state(state, identity))
         seconds.append(time.perf_counter() - started)
-        extra = "".join(f" {key}={value:.4g}" for key, value in family.progress(step.params).items())
-        logger.info(
+        progress = family.progress(step.params)
+        extra = "".join(f" {key}={value:.4g}" for key, value in progress.items())
+        weights = step.params.get("weights", step.params.get("startprob"))
+        # `log`, not the adapter: before Python 3.13 a LoggerAdapter drops the call's `extra`.
+        # em_event: the line's fields, for JSON logs and em_spark.metrics; em_weights: for metrics only.
+        log.info(
             "run=%s restart=%d/%d iter=%d/%d avgLogLik=%.8f change=%+.3e seconds=%.2f%s%s",
             run_id, state.restart + 1, settings.n_init, state.iteration, settings.max_iter, avg, change,
             seconds[-1], extra, " converged" if state.converged else "",
+            extra={
+                "run_id": run_id,
+                "em_event": {
+                    "event": "iteration", "run_id": run_id, "restart": state.restart + 1, "restarts": settings.n_init,
+                    "iteration": state.iteration, "maxIter": settings.max_iter, "avgLogLik": float(avg),
+                    "change": float(change), "seconds": seconds[-1], "converged": bool(state.converged),
+                    **{key: float(value) for key, value in progress.items()},
+                },
+                "em_weights": None if weights is None else np.asarray(weights, dtype=np.float64).tolist(),
+            },
         )
 
     best = state.best

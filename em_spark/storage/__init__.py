@@ -7,6 +7,7 @@ Knows nothing about Spark or models. The public pieces:
 * :mod:`.fs` -- ``resolve``, safe names, object primitives, ``put_sealed``/``get_sealed``.
 * :mod:`.s3` -- S3 writes through boto3 (the ``s3`` extra): atomic, conditional creates.
 * :mod:`.checkpoints` -- ``CheckpointStore``: per-run checkpoints with retention and fallback.
+* :mod:`.locks` -- ``RunLock``: a lease, so only one live process works on a run id.
 """
 
 from em_spark.storage.checkpoints import Checkpoint, CheckpointStore
@@ -34,14 +35,18 @@ from em_spark.storage.fs import (
     validate_name,
     write_object,
 )
+from em_spark.storage.locks import LeaseLostError, RunLock, RunLockedError
 
 __all__ = [
     "Checkpoint",
     "CheckpointStore",
     "CorruptObjectError",
     "InvalidNameError",
+    "LeaseLostError",
     "MissingDependencyError",
     "ObjectExistsError",
+    "RunLock",
+    "RunLockedError",
     "SequenceConflictError",
     "StorageError",
     "UnsupportedContentError",

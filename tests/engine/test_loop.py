@@ -171,3 +171,176 @@ def test_each_iteration_logs_one_line_with_run_id_change_and_family_progress(blo
     assert len(lines) == 3
     assert lines[1].startswith("run=logged restart=1/1 iter=2/3 avgLogLik=")
     assert "change=+" in lines[1] and "seconds=" in lines[1] and "minWeight=" in lines[1]
+
+
+# --- one live fit per run id ------------------------------------------------------
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from em_spark.storage import LeaseLostError, RunLock, RunLockedError, locks
+
+REPO = Path(__file__).resolve().parents[2]
+
+HOLD_CODE = """
+import sys
+from em_spark.storage import RunLock
+with RunLock(sys.argv[1], sys.argv[2], ttl_seconds=3600):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+# A driver: the same data, source and settings as the tests below; it can be killed
+# (os._exit) after some E-steps, slowed down, and held at a start line.
+FIT_CODE = """
+import os, sys, time
+import numpy as np
+from em_spark.demo_data import make_blobs
+from em_spark.engine.loop import FitSettings, LocalBlockSource, fit_em
+from em_spark.models import GaussianFamily
+from em_spark.models.base import Block
+from em_spark.storage import RunLockedError
+
+root, run_id, die_after, pause, gate = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+
+class Source(LocalBlockSource):
+    def e_step(self, family, params, label=""):
+        if self.e_step_calls == die_after:
+            os._exit(17)  # killed: no finally, no release
+        time.sleep(pause)
+        return super().e_step(family, params, label)
+
+X, _, _ = make_blobs(3000, 3, 3, separation=4.0, seed=3)
+source = Source([Block(b) for b in np.array_split(X, 4)], sample_size=500, seed=11)
+settings = FitSettings(max_iter=8, tol=0.0, seed=4, run_id=run_id, checkpoint_dir=root)
+print("ready", flush=True)
+while gate != "-" and not os.path.exists(gate):
+    time.sleep(0.002)
+try:
+    result = fit_em(GaussianFamily(k=3, covariance_type="diag"), source, settings)
+except RunLockedError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(3)
+print("fitted", result.n_iter, flush=True)
+"""
+
+
+def _driver(tmp_path, run_id, *, die_after=-1, pause=0.0, gate="-"):
+    args = [sys.executable, "-c", FIT_CODE, str(tmp_path), run_id, str(die_after), str(pause), str(gate)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def _free_for_another_machine(root, run_id, monkeypatch) -> bool:
+    """Whether a process on another machine could take the run now (a dead pid here does not count there)."""
+    with monkeypatch.context() as m:
+        m.setattr(locks, "_this_process", lambda: locks._Process("other", "other|boot=x|", 4242, None))
+        probe = RunLock(str(root), run_id, ttl_seconds=3600, heartbeat_seconds=0)
+        try:
+            probe.acquire()
+        except RunLockedError:
+            return False
+        probe.release()
+        return True
+
+
+def _changed(settings, **changes):
+    return FitSettings(**{**settings.__dict__, **changes})
+
+
+def test_a_fit_whose_run_another_process_holds_fails_fast_and_writes_nothing(blobs, tmp_path):
+    X, _ = blobs
+    settings = FitSettings(max_iter=5, tol=0.0, seed=4, run_id="busy", checkpoint_dir=str(tmp_path))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_CODE, str(tmp_path), "busy"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        source = _source(X)
+        with pytest.raises(RunLockedError, match=rf"^run busy is already running \(owner host .+ pid {holder.pid}, since "):
+            fit_em(GaussianFamily(k=3), source, settings)
+        assert source.e_step_calls == 0
+        assert CheckpointStore(str(tmp_path), "busy").sequences() == []
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+    assert fit_em(GaussianFamily(k=3), _source(X), settings).n_iter == 5  # released: the run proceeds
+
+
+def test_the_lease_is_released_when_a_fit_ends_and_when_it_fails(blobs, tmp_path, monkeypatch):
+    X, _ = blobs
+    settings = FitSettings(max_iter=3, tol=0.0, seed=4, run_id="rel", checkpoint_dir=str(tmp_path))
+    fit_em(GaussianFamily(k=3), _source(X), settings)
+    assert _free_for_another_machine(tmp_path, "rel", monkeypatch)
+    blocks = [Block(b) for b in np.array_split(X, 4)]
+    with pytest.raises(Killed):
+        fit_em(GaussianFamily(k=3), KilledAfter(blocks, 1, sample_size=500, seed=11), _changed(settings, run_id="rel2"))
+    assert _free_for_another_machine(tmp_path, "rel2", monkeypatch)
+
+
+def test_a_run_whose_driver_was_killed_resumes_at_the_next_iteration(blobs, tmp_path, monkeypatch):
+    X, _ = blobs
+    family = GaussianFamily(k=3, covariance_type="diag")
+    settings = FitSettings(max_iter=8, tol=0.0, seed=4, run_id="killed", checkpoint_dir=str(tmp_path))
+    reference = fit_em(family, _source(X), _changed(settings, run_id=None, checkpoint_dir=None))
+    killed = _driver(tmp_path, "killed", die_after=3)
+    assert killed.wait(timeout=120) == 17, killed.stderr.read()
+    assert CheckpointStore(str(tmp_path), "killed").sequences() == [1, 2, 3]
+    assert not _free_for_another_machine(tmp_path, "killed", monkeypatch)  # its lease was left behind
+
+    source = _source(X)
+    resumed = fit_em(family, source, settings)  # same machine: the dead driver's lease is taken over
+    assert source.e_step_calls == 5  # iterations 4..8 only
+    assert resumed.history == reference.history
+    np.testing.assert_array_equal(resumed.params["means"], reference.params["means"])
+    assert _free_for_another_machine(tmp_path, "killed", monkeypatch)
+
+
+def test_two_drivers_starting_one_run_at_once_exactly_one_fits(tmp_path):
+    gate = tmp_path / "go"
+    drivers = [_driver(tmp_path, "twice", pause=0.15, gate=gate) for _ in range(2)]
+    try:
+        for d in drivers:
+            assert d.stdout.readline().strip() == "ready"
+        gate.touch()
+        outputs = [d.communicate(timeout=120) for d in drivers]
+    finally:
+        for d in drivers:
+            if d.poll() is None:
+                d.kill()
+    codes = [d.returncode for d in drivers]
+    assert sorted(codes) == [0, 3], (codes, outputs)
+    winner = drivers[codes.index(0)]
+    _, loser_err = outputs[codes.index(3)]
+    assert outputs[codes.index(0)][0].strip().endswith("fitted 8")
+    assert "error: run twice is already running (owner host " in loser_err
+    assert f" pid {winner.pid}, since " in loser_err and "wait for it, or use another run id" in loser_err
+
+
+def test_a_fit_that_loses_its_lease_stops_before_the_next_checkpoint(blobs, tmp_path, monkeypatch):
+    X, _ = blobs
+    root = str(tmp_path)
+    thief = RunLock(root, "stolen", ttl_seconds=3600, heartbeat_seconds=0, clock=lambda: time.time() + 10_000)
+
+    class TakenOver(LocalBlockSource):
+        def e_step(self, family, params, label=""):
+            if self.e_step_calls == 2:
+                thief.acquire()  # a process that (by its clock) found the lease expired
+                time.sleep(0.6)  # the fit's heartbeat (every 0.2 s) runs meanwhile
+            return super().e_step(family, params, label)
+
+    settings = FitSettings(max_iter=6, tol=0.0, seed=4, run_id="stolen", checkpoint_dir=root, lock_ttl_seconds=1.0)
+    source = TakenOver([Block(b) for b in np.array_split(X, 4)], sample_size=500, seed=11)
+    with pytest.raises(LeaseLostError, match="lost the run's lease"):
+        fit_em(GaussianFamily(k=3), source, settings)
+    assert CheckpointStore(root, "stolen").sequences() == [1, 2]  # nothing written after the takeover
+    assert thief.renew().owner == thief.owner  # and the thief's lease was left alone
+
+
+def test_lock_ttl_is_validated_and_not_part_of_the_resume_identity():
+    assert FitSettings(lock_ttl_seconds=5).identity() == FitSettings().identity()
+    for bad in (0, -1, float("nan"), float("inf"), True, "60"):
+        with pytest.raises(ValueError, match="lockTtlSeconds"):
+            FitSettings(lock_ttl_seconds=bad)

@@ -1,0 +1,47 @@
+"""Two `em-spark train` commands with the same run id at once: one fits, the other stops clearly."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from em_spark.demo_data import write_blobs
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+def test_two_trains_with_one_run_id_at_once_exactly_one_proceeds(tmp_path):
+    config = yaml.safe_load((REPO / "conf" / "local.yaml").read_text())
+    config["run"]["id"] = "twice"
+    config["input"]["generate"] = None
+    config["fit"].update(maxIter=80, tol=0.0, nInit=1)  # far longer than the two drivers start apart
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    write_blobs(str(tmp_path / "em-spark-demo" / "data"), 3000, 2, 3, seed=1)  # both read it; neither writes it
+
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": "127.0.0.1"}
+    command = [sys.executable, "-m", "em_spark.cli", "train", "--config", str(path)]
+    drivers = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        outputs = [d.communicate(timeout=900) for d in drivers]
+    finally:
+        for d in drivers:
+            if d.poll() is None:
+                d.kill()
+    codes = [d.returncode for d in drivers]
+    assert sorted(codes) == [0, 2], (codes, [err[-3000:] for _, err in outputs])
+    winner = drivers[codes.index(0)]
+    loser_err = outputs[codes.index(2)][1]
+    assert "em-spark: error: run twice is already running (owner host " in loser_err
+    assert f" pid {winner.pid}, since " in loser_err and "wait for it, or use another run id" in loser_err
+    assert "Traceback" not in loser_err
+    assert (tmp_path / "em-spark-demo" / "model-local").exists()
