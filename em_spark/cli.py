@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from em_spark.config import ConfigError, JobConfig, load_config
 
-__all__ = ["main", "run_train", "run_score", "run_impute", "run_select"]
+__all__ = ["main", "run_train", "run_score", "run_impute", "run_select", "run_report"]
 
 log = logging.getLogger("em_spark")
 
@@ -26,7 +26,12 @@ class _JsonFormatter(logging.Formatter):
         }
         if getattr(record, "run_id", None):
             entry["run_id"] = record.run_id
-        return json.dumps(entry)
+        event = getattr(record, "em_event", None)  # a per-iteration line's fields, e.g. avgLogLik
+        if isinstance(event, dict):
+            from em_spark.metrics import json_safe
+
+            entry.update(json_safe(event))
+        return json.dumps(entry, allow_nan=False)
 
 
 def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
@@ -186,11 +191,65 @@ def run_train(config: JobConfig) -> Any:
         initial = load_model(_resolve_local(config.model.initialModel), s3Endpoint=endpoint)
     spark = _session(config)
     df = read_input(spark, config)
-    model = _estimator(config, initial).fit(df)
+    from em_spark import metrics
+
+    checkpoint_dir, metrics_path = _resolve_local(config.run.checkpointDir), _resolve_local(config.run.metricsPath)
+    with metrics.IterationRecorder(
+        config.run.id, lambda run_id: metrics.metrics_uri(run_id, checkpoint_dir, metrics_path), endpoint,
+    ) as recorder:
+        model = _estimator(config, initial).fit(df)
     if model_path:
         model.save(model_path, overwrite=config.output.overwrite)
+    metrics.publish(recorder, model, wall_seconds=time.perf_counter() - started, model_path=model_path,
+                    pushgateway=config.run.pushgateway)
     print(_format_summary(model, time.perf_counter() - started, model_path), flush=True)
     return model
+
+
+def run_report(config: JobConfig, source: str, output: str, data: str | None = None, features: str | None = None,
+               rows: int = 5000, model: str | None = None) -> dict[str, Any]:
+    """Draw a run (a run id, its metrics.json, or a saved model): report.png and report.html."""
+    from pathlib import Path
+
+    from em_spark.report import build_report
+    from em_spark.storage.fs import redact_uri
+
+    if rows < 1:
+        raise ConfigError(f"report: --rows must be >= 1, got {rows}")
+    endpoint = config.storage.s3Endpoint
+    uri = _resolve_local(source)
+    if "://" not in source and not Path(source).exists() and _is_name(source):
+        from em_spark.metrics import metrics_uri
+
+        uri = metrics_uri(source, _resolve_local(config.run.checkpointDir), _resolve_local(config.run.metricsPath))
+        if uri is None:
+            raise ConfigError(f"{source!r} is not a path; to find run {source!r} set run.checkpointDir or run.metricsPath")
+    try:
+        report, png, page = build_report(
+            uri, _resolve_local(output), data=_resolve_local(data),
+            features=features.split(",") if features and "," in features else features, max_rows=rows,
+            model_path=_resolve_local(model), s3_endpoint=endpoint,
+        )
+    except FileNotFoundError as exc:
+        raise ConfigError(f"report: nothing found at {redact_uri(uri)}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"report: cannot read {redact_uri(uri)}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"report: {exc}") from None
+    for note in report.notes:
+        print(f"  note: {note}", flush=True)
+    print(f"em_spark report: {', '.join(report.panels)} -> {png} and {page}", flush=True)
+    return {"png": png, "html": page, "panels": report.panels, "notes": report.notes}
+
+
+def _is_name(text: str) -> bool:
+    from em_spark.storage import validate_name
+
+    try:
+        validate_name(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _input_partition_columns(df: Any, input_uri: str) -> list[str]:
@@ -388,11 +447,19 @@ def _parser() -> argparse.ArgumentParser:
         ("nightly", "the nightly retrain: drift check, warm-started retrain, holdout gate, registry"),
         ("select", "fit a grid of k and covariance types; report BIC and AIC, choose the best"),
         ("impute", "fill missing entries with their conditional expectation under a Gaussian mixture"),
+        ("report", "draw a run: log-likelihood, component weights, clusters (report.png, report.html)"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML config (default: the embedded demo config)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set model.k=5 (repeatable)")
+    report = sub.choices["report"]
+    report.add_argument("source", help="a run id (found under run.checkpointDir), a run's metrics.json, or a saved model")
+    report.add_argument("--output", default="em-spark-report", help="directory for report.png and report.html")
+    report.add_argument("--data", help="Parquet data to draw as a scatter colored by component (at most 3 features)")
+    report.add_argument("--features", help="feature columns of --data, e.g. x0,x1 (default: the model's featuresCol)")
+    report.add_argument("--rows", type=int, default=5000, help="rows of --data to draw (default 5000)")
+    report.add_argument("--model", help="saved model to color the scatter with (default: the run's output.modelPath)")
     from em_spark.registry_cli import add_registry_parser
 
     add_registry_parser(sub)
@@ -429,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_select(config)
         elif args.command == "impute":
             run_impute(config)
+        elif args.command == "report":
+            run_report(config, args.source, args.output, args.data, args.features, args.rows, args.model)
         else:
             from em_spark.nightly import run_nightly
 

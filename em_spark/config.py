@@ -31,6 +31,8 @@ class RunSection:
     checkpointDir: str | None = None  # URI; None disables checkpoints
     keepCheckpoints: int = 3
     logFormat: str = "text"  # "text" or "json"
+    metricsPath: str | None = None  # URI of the run's metrics JSON ({runId} replaced); default <checkpointDir>/<runId>/metrics.json
+    pushgateway: str | None = None  # e.g. http://pushgateway:9091: push the run's metrics there when it ends
 
 
 @dataclass
@@ -308,6 +310,20 @@ def _check(c: JobConfig) -> None:
         raise bad("run.keepCheckpoints", f"must be >= 1, got {c.run.keepCheckpoints}")
     if c.run.logFormat not in ("text", "json"):
         raise bad("run.logFormat", f"must be 'text' or 'json', got {c.run.logFormat!r}")
+    if c.run.metricsPath is not None:
+        leftover = c.run.metricsPath.replace("{runId}", "")
+        if not c.run.metricsPath.strip() or "{" in leftover or "}" in leftover:
+            raise bad("run.metricsPath", f"must be a path or URI, optionally with {{runId}}; got {c.run.metricsPath!r}")
+    if c.run.pushgateway is not None:
+        import urllib.parse
+
+        url = urllib.parse.urlsplit(c.run.pushgateway)
+        try:
+            url.port  # raises on a port that is not a number
+        except ValueError:
+            url = url._replace(netloc="")
+        if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+            raise bad("run.pushgateway", f"must be an http(s) URL like http://pushgateway:9091, got {c.run.pushgateway!r}")
     if c.score.mode not in ("errorifexists", "overwrite"):
         raise bad("score.mode", f"must be 'errorifexists' or 'overwrite', got {c.score.mode!r}")
     if not c.select.ks or any(k < 1 for k in c.select.ks):

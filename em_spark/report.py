@@ -1,0 +1,361 @@
+"""A picture of a run: ``report.png`` and ``report.html`` (the same PNG embedded as base64).
+
+Panels: the average log-likelihood per iteration (every restart the metrics file holds,
+the best one drawn bold); the component weights over the best restart's iterations (or,
+without per-iteration weights, the final weights as bars); and, given data with at most 3
+features, a scatter of up to a few thousand rows colored by their most likely component.
+Two features are drawn as they are, three by their first two principal components (PCA of
+the plotted rows), one against a random vertical jitter.
+
+No Spark: models are read with :func:`em_spark.api.model_from_bytes`, data with pyarrow.
+Matplotlib draws with its Agg canvas only (no pyplot, no display).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Report", "build_report", "load_source", "read_points", "render", "write_report"]
+
+PANEL_INCHES = (5.0, 4.2)
+DPI = 100
+
+
+@dataclass
+class Report:
+    png: bytes
+    html: str
+    panels: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+# --- inputs ----------------------------------------------------------------------------
+
+
+def _load_model(uri: str, s3_endpoint: str | None) -> Any:
+    from em_spark.api import model_from_bytes
+    from em_spark.storage import get_sealed
+
+    return model_from_bytes(get_sealed(uri, s3_endpoint=s3_endpoint), uri)
+
+
+def load_source(source: str, s3_endpoint: str | None = None) -> tuple[dict[str, Any] | None, Any]:
+    """(metrics, model) from a run's ``metrics.json``, a saved model (its directory or its
+    ``model.emsp``), or a directory holding either. FileNotFoundError when there is neither."""
+    from em_spark.api.base import MODEL_FILE
+    from em_spark.metrics import METRICS_FILE, read_metrics
+    from em_spark.storage.fs import exists, resolve
+
+    base = source.split("?", 1)[0].rstrip("/")
+    if base.endswith(".json"):
+        return read_metrics(source, s3_endpoint), None
+    if base.endswith(".emsp"):
+        return None, _load_model(source, s3_endpoint)
+    metrics = model = None
+    for name in (METRICS_FILE, MODEL_FILE):
+        uri = f"{base}/{name}"
+        fs, path = resolve(uri, s3_endpoint=s3_endpoint)
+        if exists(fs, path):
+            if name == METRICS_FILE:
+                metrics = read_metrics(uri, s3_endpoint)
+            else:
+                model = _load_model(uri, s3_endpoint)
+    if metrics is None and model is None:
+        raise FileNotFoundError(f"{source}: neither a run's {METRICS_FILE} nor a saved model ({MODEL_FILE}) is there")
+    return metrics, model
+
+
+def read_points(data: str, features: str | list[str], max_rows: int = 5000, s3_endpoint: str | None = None) -> np.ndarray:
+    """Up to ``max_rows`` rows of Parquet data as an (n, d) array: ``features`` is a list of
+    numeric columns or one array column. Rows with a null or NaN entry are dropped."""
+    import pyarrow.dataset as ds
+
+    from em_spark.storage.fs import resolve
+
+    fs, path = resolve(data, s3_endpoint=s3_endpoint)
+    columns = [features] if isinstance(features, str) else list(features)
+    dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    missing = [c for c in columns if c not in dataset.schema.names]
+    if missing:
+        raise ValueError(f"{data} has no column(s) {missing}; its columns are {dataset.schema.names}")
+    table = dataset.head(max_rows, columns=columns)
+    if isinstance(features, str):
+        values = table.column(0).to_pylist()
+        if values and not isinstance(values[0], (list, tuple)) and values[0] is not None:
+            raise ValueError(f"column {features!r} is not an array column; name numeric columns with --features a,b")
+        rows = [v for v in values if v is not None]
+        X = np.array(rows, dtype=np.float64) if rows else np.empty((0, 0))
+    else:
+        X = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns])
+    if X.ndim != 2:
+        raise ValueError(f"{data}: the rows of {features!r} do not all have the same length")
+    return X[np.all(np.isfinite(X), axis=1)]
+
+
+# --- drawing ---------------------------------------------------------------------------
+
+
+def _history_by_restart(metrics: dict[str, Any]) -> tuple[dict[int, tuple[list[int], list[float]]], int | None]:
+    per = [r for r in metrics.get("perIteration") or [] if r.get("avgLogLik") is not None]
+    curves: dict[int, tuple[list[int], list[float]]] = {}
+    for r in per:
+        xs, ys = curves.setdefault(int(r["restart"]), ([], []))
+        xs.append(int(r["iteration"]))
+        ys.append(float(r["avgLogLik"]))
+    best = metrics.get("bestRestart")
+    history = metrics.get("logLikelihoodHistory")
+    if history and (best is None or len(curves.get(best, ([], []))[0]) < len(history)):
+        # The summary's history is complete even when earlier attempts left no records.
+        curves[best or 1] = (list(range(1, len(history) + 1)), [float(v) for v in history])
+    return curves, best
+
+
+def _plot_loglik(ax: Any, metrics: dict[str, Any]) -> None:
+    curves, best = _history_by_restart(metrics)
+    for restart in sorted(curves):
+        xs, ys = curves[restart]
+        is_best = restart == best or len(curves) == 1
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=2.2 if is_best else 1.0, alpha=1.0 if is_best else 0.6,
+                label=f"restart {restart}" + (" (best)" if restart == best and len(curves) > 1 else ""))
+    ax.set_title("Average log-likelihood per iteration")
+    ax.set_xlabel("iteration")
+    _integer_ticks(ax)
+    ax.set_ylabel("avg log-likelihood per row")
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _plot_weights(ax: Any, metrics: dict[str, Any]) -> str:
+    name = metrics.get("weightsName") or "weights"
+    best = metrics.get("bestRestart") or max([r["restart"] for r in metrics.get("perIteration") or []], default=1)
+    per = sorted(
+        (r for r in metrics.get("perIteration") or [] if r.get("restart") == best and r.get("weights") is not None),
+        key=lambda r: r["iteration"],
+    )
+    if per:
+        xs = [r["iteration"] for r in per]
+        W = np.array([r["weights"] for r in per], dtype=np.float64)
+        for j in range(W.shape[1]):
+            ax.plot(xs, W[:, j], marker="o", markersize=2, color=_color(j, W.shape[1]), label=f"component {j}")
+        ax.set_title(f"Component {name} over iterations" + (f" (restart {best})" if (metrics.get("restarts") or 1) > 1 else ""))
+        ax.set_xlabel("iteration")
+        _integer_ticks(ax)
+        if W.shape[1] <= 10:
+            ax.legend(fontsize=7)
+        what = "over iterations"
+    else:
+        weights = metrics.get("componentWeights") or []
+        ax.bar(range(len(weights)), weights, color=[_color(j, len(weights)) for j in range(len(weights))])
+        ax.set_title(f"Final component {name}")
+        ax.set_xlabel("component")
+        ax.set_xticks(range(len(weights)))
+        what = "final"
+    ax.set_ylabel(name)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    return what
+
+
+def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _color(j: int, k: int) -> Any:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    return cmap(j % cmap.N)
+
+
+def _projection(X: np.ndarray) -> tuple[Any, tuple[str, str], str]:
+    """A function mapping (n, d) rows to 2-D, its axis labels, and how it was made."""
+    d = X.shape[1]
+    if d == 2:
+        return (lambda A: A), ("feature 0", "feature 1"), "the two features as they are"
+    if d == 1:
+        jitter = np.random.default_rng(0).uniform(-0.5, 0.5, size=len(X))
+
+        def one(A: np.ndarray) -> np.ndarray:  # the rows get the jitter, the means sit at 0
+            return np.column_stack([A[:, 0], jitter if A is X else np.zeros(len(A))])
+
+        return one, ("feature 0", "random jitter"), "the one feature against a random jitter"
+    center = X.mean(axis=0)
+    _, s, vt = np.linalg.svd(X - center, full_matrices=False)
+    share = s**2 / max(float(np.sum(s**2)), 1e-300)
+    labels = (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
+    return (lambda A: (A - center) @ vt[:2].T), labels, "the first two principal components of the 3 features (PCA of the plotted rows)"
+
+
+def _plot_scatter(ax: Any, model: Any, X: np.ndarray) -> str:
+    labels = np.argmax(model.predict_numpy(X)["log_resp"], axis=1)
+    k = int(model.summary.k) if model.hasSummary else int(np.max(labels)) + 1
+    project, (xlabel, ylabel), how = _projection(X)
+    P = project(X)
+    for j in range(k):
+        mask = labels == j
+        if mask.any():
+            ax.scatter(P[mask, 0], P[mask, 1], s=6, alpha=0.6, color=_color(j, k), label=f"component {j}")
+    public = model.public_params()
+    centers = public.get("means", public.get("centers"))
+    if centers is not None and np.shape(centers)[-1] == X.shape[1]:
+        C = project(np.asarray(centers, dtype=np.float64))
+        ax.scatter(C[:, 0], C[:, 1], marker="x", s=80, color="black", linewidths=2, label="means")
+    ax.set_title(f"{len(X)} rows by most likely component")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if k <= 10:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return how
+
+
+def render(metrics: dict[str, Any], model: Any = None, points: np.ndarray | None = None) -> Report:
+    """Draw the report. ``metrics`` is a metrics document (see :func:`em_spark.metrics.build_metrics`);
+    ``model`` and ``points`` add the scatter when the model scores rows and d <= 3."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    notes: list[str] = []
+    scatter = False
+    if points is not None:
+        if model is None:
+            notes.append("scatter skipped: it needs the model (pass --model)")
+        elif model._family.sequential:
+            notes.append(f"scatter skipped: {model._family.name} models sequences, not rows")
+        elif points.shape[1] > 3:
+            notes.append(f"scatter skipped: the data has {points.shape[1]} features; it is drawn for at most 3")
+        elif points.shape[1] != model.numFeatures:
+            notes.append(f"scatter skipped: the data has {points.shape[1]} features, the model {model.numFeatures}")
+        elif len(points) == 0:
+            notes.append("scatter skipped: no complete rows in the data")
+        else:
+            scatter = True
+    panels = ["log-likelihood", "weights"] + (["scatter"] if scatter else [])
+    fig = Figure(figsize=(PANEL_INCHES[0] * len(panels), PANEL_INCHES[1]), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels))
+    _plot_loglik(axes[0], metrics)
+    if _plot_weights(axes[1], metrics) == "final":
+        notes.append("no per-iteration weights (a saved model keeps only the final ones; the run's metrics.json has them)")
+    if scatter:
+        notes.append(f"scatter: {_plot_scatter(axes[2], model, points)}; colors are each row's most likely component")
+    fig.suptitle(_title(metrics))
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    png = buffer.getvalue()
+    return Report(png=png, html=_html(metrics, png, notes), panels=panels, notes=notes)
+
+
+def _title(metrics: dict[str, Any]) -> str:
+    parts = [f"run {metrics.get('runId') or '?'}"]
+    if metrics.get("family"):
+        parts.append(f"{metrics['family']} k={metrics.get('k')}")
+    if metrics.get("status") == "running":
+        parts.append(f"running (restart {metrics.get('restart')}, iteration {metrics.get('iteration')})")
+    elif metrics.get("iterations") is not None:
+        parts.append(f"{metrics['iterations']} iterations, {'converged' if metrics.get('converged') else 'not converged'}")
+    return "em_spark " + " · ".join(parts)
+
+
+def _html(metrics: dict[str, Any], png: bytes, notes: list[str]) -> str:
+    rows = [
+        ("run id", metrics.get("runId")), ("status", metrics.get("status")), ("family", metrics.get("family")),
+        ("k", metrics.get("k")), ("features", metrics.get("numFeatures")), ("rows", metrics.get("rows")),
+        ("iterations", metrics.get("iterations")), ("converged", metrics.get("converged")),
+        ("best restart", metrics.get("bestRestart")),
+        ("average log-likelihood", metrics.get("averageLogLikelihood")),
+        ("BIC (training)", (metrics.get("criteria") or {}).get("bic")),
+        ("wall time (s)", metrics.get("wallSeconds")), ("model", metrics.get("modelPath")),
+        ("updated", metrics.get("updatedAt")),
+    ]
+    table = "\n".join(
+        f"<tr><th>{html.escape(name)}</th><td>{html.escape(_fmt(value))}</td></tr>" for name, value in rows if value is not None
+    )
+    note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    title = html.escape(_title(metrics))
+    image = base64.b64encode(png).decode("ascii")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style>
+</head><body>
+<h1>{title}</h1>
+<table>
+{table}
+</table>
+<p><img alt="log-likelihood, component weights{' and scatter' if 'scatter:' in ' '.join(notes) else ''}" src="data:image/png;base64,{image}"></p>
+<ul>{note_items}</ul>
+</body></html>
+"""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_report(report: Report, output_dir: str, s3_endpoint: str | None = None) -> tuple[str, str]:
+    """Write ``report.png`` and ``report.html`` under ``output_dir`` (any pyarrow.fs URI); their URIs."""
+    from em_spark.storage.fs import resolve, write_object
+
+    base = output_dir.rstrip("/")
+    written = []
+    for name, data in (("report.png", report.png), ("report.html", report.html.encode())):
+        uri = f"{base}/{name}"
+        fs, path = resolve(uri, s3_endpoint=s3_endpoint)
+        write_object(fs, path, data, overwrite=True)
+        written.append(uri)
+    return written[0], written[1]
+
+
+def build_report(
+    source: str,
+    output_dir: str,
+    *,
+    data: str | None = None,
+    features: str | list[str] | None = None,
+    max_rows: int = 5000,
+    model_path: str | None = None,
+    s3_endpoint: str | None = None,
+) -> tuple[Report, str, str]:
+    """Read ``source`` (see :func:`load_source`), optionally ``data``, draw, and write the report.
+
+    The scatter's model is ``model_path``, else the source's model, else the ``modelPath`` its
+    metrics name; its features are ``features``, else the model's ``featuresCol``."""
+    from em_spark.api.base import MODEL_FILE
+    from em_spark.metrics import build_metrics
+
+    metrics, model = load_source(source, s3_endpoint)
+    if model_path:
+        model = _load_model(_model_file(model_path, MODEL_FILE), s3_endpoint)
+    elif model is None and data and metrics and metrics.get("modelPath"):
+        model = _load_model(_model_file(metrics["modelPath"], MODEL_FILE), s3_endpoint)
+    if metrics is None:
+        if not model.hasSummary:
+            raise ValueError(f"{source}: the model was saved without a training summary; there is nothing to draw")
+        metrics = build_metrics(model.summary.runId, [], model)
+    points = None
+    if data:
+        if features is None and model is not None:
+            features = model.getOrDefault("featuresCol")
+        if features is None:
+            raise ValueError("--data needs --features (or a model whose featuresCol names the columns)")
+        points = read_points(data, features, max_rows, s3_endpoint)
+    report = render(metrics, model, points)
+    png, page = write_report(report, output_dir, s3_endpoint)
+    return report, png, page
+
+
+def _model_file(path: str, model_file: str) -> str:
+    base = path.split("?", 1)[0].rstrip("/")
+    return path if base.endswith(".emsp") else f"{base}/{model_file}"

@@ -1,0 +1,191 @@
+"""``em-spark report``: a PNG and an HTML page of a run, from its metrics.json or a saved model.
+
+The models here are fitted without a JVM (``fit_em`` on in-process blocks), except in the
+test marked ``spark``, which runs the CLI's train job and then reports on it by run id."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from em_spark import cli, metrics
+from em_spark.api.base import EMSummary
+from em_spark.api.gaussian import GaussianMixtureModel
+from em_spark.demo_data import make_blobs
+from em_spark.engine.loop import FitSettings, LocalBlockSource, fit_em
+from em_spark.models import GaussianFamily
+from em_spark.models.base import Block
+from em_spark.report import build_report, render
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PANEL_WIDTH, HEIGHT = 500, 420  # pixels: 5 x 4.2 inches at 100 dpi per panel
+
+
+@pytest.fixture(autouse=True)
+def em_logger(monkeypatch):
+    """INFO on the em_spark logger (the recorder listens there), restored afterwards; and a CLI
+    ``main`` that leaves the test session's SparkSession running."""
+    logger = logging.getLogger("em_spark")
+    saved = (logger.level, list(logger.handlers), logger.propagate)
+    logger.setLevel(logging.INFO)
+    monkeypatch.setattr(cli, "_stop_session", lambda: None)
+    yield logger
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]
+
+
+def _fit(X, tmp_path, run_id="rep", k=3, n_init=2):
+    """Fit without Spark; write the run's metrics.json and save the model. Returns their URIs."""
+    ckpt, model_uri = (tmp_path / "ckpt").as_uri(), (tmp_path / "model").as_uri()
+    family = GaussianFamily(k=k)
+    source = LocalBlockSource([Block(b) for b in np.array_split(X, 3)], sample_size=500, seed=1)
+    with metrics.IterationRecorder(run_id, lambda rid: metrics.metrics_uri(rid, ckpt, None)) as recorder:
+        result = fit_em(family, source, FitSettings(max_iter=30, tol=1e-6, n_init=n_init, seed=3, run_id=run_id))
+    model = GaussianMixtureModel(family, result.params, X.shape[1])
+    model._summary = EMSummary(model, result, None)
+    model.setParams(featuresCol=[f"x{j}" for j in range(X.shape[1])])
+    model.save(model_uri)
+    metrics.publish(recorder, model, wall_seconds=2.0, model_path=model_uri)
+    return f"{ckpt}/{run_id}/metrics.json", model_uri, result
+
+
+def _parquet(X, path):
+    path.mkdir()
+    pq.write_table(pa.table({f"x{j}": X[:, j] for j in range(X.shape[1])}), path / "part-0.parquet")
+    return str(path)
+
+
+def _check_png(data: bytes, panels: int):
+    import io
+
+    import matplotlib.image
+
+    assert data.startswith(PNG_SIGNATURE)
+    image = matplotlib.image.imread(io.BytesIO(data), format="png")
+    assert image.shape[:2] == (HEIGHT, PANEL_WIDTH * panels)
+    assert image[..., :3].std() > 0.05  # something is drawn, not a blank canvas
+
+
+def _embedded_png(page: str) -> bytes:
+    match = re.search(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert match, "the page does not embed a PNG"
+    return base64.b64decode(match.group(1))
+
+
+def test_report_from_a_runs_metrics_with_a_scatter_of_the_data(tmp_path):
+    X, truth, _ = make_blobs(2000, 2, 3, separation=6.0, seed=4)
+    metrics_uri, _, result = _fit(X, tmp_path)
+    data = _parquet(X, tmp_path / "data")
+    report, png_uri, html_uri = build_report(metrics_uri, str(tmp_path / "out"), data=data, max_rows=1200)
+    # The scatter's model comes from the modelPath the metrics name; its features from the model.
+    assert report.panels == ["log-likelihood", "weights", "scatter"]
+    assert png_uri == str(tmp_path / "out" / "report.png") and html_uri == str(tmp_path / "out" / "report.html")
+    png = (tmp_path / "out" / "report.png").read_bytes()
+    _check_png(png, panels=3)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert _embedded_png(page) == png
+    assert "run rep" in page and "gaussian k=3" in page and "the two features as they are" in page
+
+
+def test_weights_over_iterations_come_from_the_metrics_and_a_model_alone_shows_the_final_ones(tmp_path):
+    X = make_blobs(1500, 2, 3, seed=6)[0]
+    metrics_uri, model_uri, _ = _fit(X, tmp_path)
+    doc = json.loads((tmp_path / "ckpt" / "rep" / "metrics.json").read_text())
+    from_metrics = render(doc)
+    assert from_metrics.panels == ["log-likelihood", "weights"] and from_metrics.notes == []
+    _check_png(from_metrics.png, panels=2)
+
+    report, _, _ = build_report(model_uri, (tmp_path / "from-model").as_uri())
+    assert report.panels == ["log-likelihood", "weights"]
+    assert any("no per-iteration weights" in n for n in report.notes)
+    _check_png((tmp_path / "from-model" / "report.png").read_bytes(), panels=2)
+    assert "no per-iteration weights" in (tmp_path / "from-model" / "report.html").read_text()
+    # The model file itself, and the run directory holding metrics.json, work as sources too.
+    assert build_report(f"{model_uri}/model.emsp", str(tmp_path / "o2"))[0].panels == ["log-likelihood", "weights"]
+    assert build_report(str(tmp_path / "ckpt" / "rep"), str(tmp_path / "o3"))[0].notes == []
+
+
+def test_three_features_are_drawn_by_their_principal_components_and_more_are_not_drawn(tmp_path):
+    X3 = make_blobs(1500, 3, 2, seed=7)[0]
+    metrics_uri, _, _ = _fit(X3, tmp_path / "three", k=2, n_init=1)
+    report, _, _ = build_report(metrics_uri, str(tmp_path / "o3"), data=_parquet(X3, tmp_path / "d3"))
+    assert report.panels[-1] == "scatter"
+    assert any("principal components" in n for n in report.notes)
+
+    X5 = make_blobs(1500, 5, 2, seed=8)[0]
+    metrics_uri, _, _ = _fit(X5, tmp_path / "five", k=2, n_init=1)
+    report, _, _ = build_report(metrics_uri, str(tmp_path / "o5"), data=_parquet(X5, tmp_path / "d5"))
+    assert report.panels == ["log-likelihood", "weights"]
+    assert any("5 features" in n for n in report.notes)
+
+
+def test_the_cli_reports_a_run_by_id_or_by_path(tmp_path, capsys):
+    X = make_blobs(1500, 2, 3, seed=9)[0]
+    _fit(X, tmp_path, run_id="nightly-7")
+    data = _parquet(X, tmp_path / "data")
+    checkpoint_dir = (tmp_path / "ckpt").as_uri()
+    code = cli.main(["report", "nightly-7", "--set", f"run.checkpointDir={checkpoint_dir}", "--output",
+                     str(tmp_path / "by-id"), "--data", data, "--features", "x0,x1", "--rows", "500"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "em_spark report: log-likelihood, weights, scatter ->" in out
+    _check_png((tmp_path / "by-id" / "report.png").read_bytes(), panels=3)
+
+    code = cli.main(["report", str(tmp_path / "model"), "--output", str(tmp_path / "by-path")])
+    assert code == 0 and (tmp_path / "by-path" / "report.html").is_file()
+
+    code = cli.main(["report", "no-such-run", "--set", f"run.checkpointDir={checkpoint_dir}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "em-spark: error: report:" in err and "no-such-run" in err
+    code = cli.main(["report", "nightly-7", "--set", f"run.checkpointDir={checkpoint_dir}",
+                     "--output", str(tmp_path / "x"), "--data", data, "--features", "nope"])
+    assert code == 2 and "no column(s) ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.spark
+def test_cli_train_writes_metrics_pushes_them_and_the_run_can_be_reported(spark, tmp_path, capsys):
+    import http.server
+    import threading
+
+    received = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):  # noqa: N802
+            received.append((self.path, self.rfile.read(int(self.headers["Content-Length"])).decode()))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = cli.load_config(None, [
+            f"input.path={tmp_path / 'data'}", "input.generate.rows=3000", f"run.checkpointDir={tmp_path / 'ckpt'}",
+            "run.id=cli-run", f"output.modelPath={tmp_path / 'model'}", "fit.maxIter=8", "fit.nInit=1",
+            f"run.pushgateway=http://127.0.0.1:{server.server_address[1]}",
+        ])
+        cli.run_train(config)
+    finally:
+        server.shutdown()
+        server.server_close()
+    doc = json.loads((tmp_path / "ckpt" / "cli-run" / "metrics.json").read_text())
+    assert doc["status"] == "finished" and doc["runId"] == "cli-run" and doc["rows"] == 3000
+    assert doc["modelPath"] == (tmp_path / "model").as_uri() and doc["wallSeconds"] > 0
+    assert len(doc["perIteration"]) == doc["iterations"] and all(len(r["weights"]) == 3 for r in doc["perIteration"])
+    [(path, body)] = received
+    assert path == "/metrics/job/em_spark/run_id/cli-run"
+    assert re.search(rf'^em_spark_iterations{{family="gaussian"}} {doc["iterations"]}$', body, re.M)
+
+    result = cli.run_report(config, "cli-run", str(tmp_path / "report"), data=str(tmp_path / "data"))
+    assert result["panels"] == ["log-likelihood", "weights", "scatter"]
+    _check_png((tmp_path / "report" / "report.png").read_bytes(), panels=3)
