@@ -43,6 +43,13 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    if level <= logging.DEBUG:
+        # Debugging a job: let the libraries' debug lines (boto3, urllib3) through too.
+        # em_spark.storage.s3 redacts credentials from botocore's; py4j's are one per JVM call.
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(level)
+        logging.getLogger("py4j").setLevel(logging.INFO)
 
 
 def _resolve_local(uri: str | None) -> str | None:
@@ -487,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging()
             return run_registry(args)
         config = load_config(args.config, args.overrides)
-        setup_logging(config.run.logFormat)
+        setup_logging(config.run.logFormat, getattr(logging, config.run.logLevel))
         if args.command == "train":
             run_train(config)
         elif args.command == "score":

@@ -31,6 +31,7 @@ class RunSection:
     checkpointDir: str | None = None  # URI; None disables checkpoints
     keepCheckpoints: int = 3
     logFormat: str = "text"  # "text" or "json"
+    logLevel: str = "INFO"  # DEBUG also shows the libraries' debug lines (credentials redacted)
     metricsPath: str | None = None  # URI of the run's metrics JSON ({runId} replaced); default <checkpointDir>/<runId>/metrics.json
     pushgateway: str | None = None  # e.g. http://pushgateway:9091: push the run's metrics there when it ends
 
@@ -308,6 +309,8 @@ def _check(c: JobConfig) -> None:
         raise bad("fit.nInit", f"must be >= 1, got {c.fit.nInit}")
     if c.run.keepCheckpoints < 1:
         raise bad("run.keepCheckpoints", f"must be >= 1, got {c.run.keepCheckpoints}")
+    if c.run.logLevel not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise bad("run.logLevel", f"must be DEBUG, INFO, WARNING or ERROR, got {c.run.logLevel!r}")
     if c.run.logFormat not in ("text", "json"):
         raise bad("run.logFormat", f"must be 'text' or 'json', got {c.run.logFormat!r}")
     if c.run.metricsPath is not None:

@@ -36,6 +36,10 @@ def test_overrides_are_typed_yaml_values():
         ("run.id=../../etc", "'run.id' is invalid"),
         ("output.overwrite=maybe", "'output.overwrite' must be true or false"),
         ("model", "expects key=value"),
+        ("run.logLevel=LOUD", "'run.logLevel' must be DEBUG, INFO, WARNING or ERROR"),
+        ("model.family=gmm", "'model.family' must be one of gaussian, kmeans"),
+        ("model.handleMissing=ignore", "'model.handleMissing' must be 'error' or 'model'"),
+        ("model.kind=poisson", "'model.kind' must be 'categorical' or 'multinomial'"),
     ],
 )
 def test_bad_values_name_the_offending_key(override, message):

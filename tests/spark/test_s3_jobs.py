@@ -102,3 +102,32 @@ def test_compose_topology_without_docker_local_cluster_and_s3(s3_server, tmp_pat
     assert again.returncode == 0 and "already finished" in again.stdout + again.stderr
     for secret in (os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_ACCESS_KEY_ID"]):
         assert secret not in out
+
+
+def test_debug_logging_and_the_spark_event_log_never_show_the_credentials(s3_server, tmp_path):
+    # A job against the S3 test server at DEBUG, with Spark's event log on: boto3's request
+    # signing is logged, yet neither the key id nor the secret appears anywhere.
+    s3_server.client().create_bucket(Bucket="secrets-check")
+    import yaml
+
+    events = tmp_path / "events"
+    events.mkdir()
+    config = yaml.safe_load((REPO / "conf" / "local.yaml").read_text())
+    config["spark"]["conf"].update({"spark.eventLog.enabled": "true", "spark.eventLog.dir": events.as_uri()})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    command = [
+        sys.executable, "-m", "em_spark.cli", "train", "--config", str(tmp_path / "job.yaml"),
+        "--set", "run.logLevel=DEBUG", "--set", "run.id=secrets", "--set", "fit.maxIter=3", "--set", "fit.nInit=1",
+        "--set", "run.checkpointDir=s3://secrets-check/checkpoints", "--set", "output.modelPath=s3://secrets-check/model",
+        "--set", f"storage.s3Endpoint={s3_server.endpoint}", "--set", "input.generate.rows=3000",
+    ]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "botocore" in out and "DEBUG" in out  # the libraries' debug lines were on
+    logs = [p for p in events.rglob("*") if p.is_file()]
+    assert logs, "Spark wrote no event log"
+    texts = [out] + [p.read_text(errors="replace") for p in logs]
+    for secret in (os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_ACCESS_KEY_ID"]):
+        assert all(secret not in text for text in texts)
