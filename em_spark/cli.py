@@ -134,7 +134,8 @@ def _estimator(config: JobConfig, initial_model: Any):
             value, default = getattr(getattr(config, section), key), getattr(defaults, key)
             if value == default:
                 continue
-            if not estimator.hasParam(key):
+            applies = estimator.hasParam(key) and (key != "labelCol" or estimator.family().supports_labels)
+            if not applies:
                 raise ConfigError(
                     f"config key '{section}.{key}' does not apply to model.family {family!r} "
                     f"(in {config.source}); remove it or choose a family that takes it"

@@ -67,3 +67,17 @@ def test_no_job_script_shadows_a_standard_library_module():
 
     jobs = [p.stem for p in (REPO / "jobs").glob("*.py")]
     assert not set(jobs) & set(sys.stdlib_module_names), jobs
+
+
+def test_a_family_key_on_a_family_without_it_is_refused_by_name():
+    from em_spark.cli import _estimator
+
+    config = load_config(str(REPO / "conf" / "local.yaml"), ["model.family=categorical", "model.handleMissing=model"])
+    with pytest.raises(ConfigError, match="'model.handleMissing' does not apply to model.family 'categorical'"):
+        _estimator(config, None)
+    hmm = load_config(str(REPO / "conf" / "hmm.yaml"), ["input.labelCol=y"])
+    with pytest.raises(ConfigError, match="'input.labelCol' does not apply to model.family 'gaussian_hmm'"):
+        _estimator(hmm, None)
+    # keys left at their defaults give way to the family's own defaults
+    categorical = _estimator(load_config(str(REPO / "conf" / "local.yaml"), ["model.family=categorical"]), None)
+    assert categorical.getOrDefault("initMode") == "random"
