@@ -213,8 +213,16 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
         config.run.id = run_id
         config.run.checkpointDir = config.run.checkpointDir or _join_registry(config, name, "checkpoints")
         config.fit.nInit = 1 + config.nightly.freshRestarts if production is not None else max(config.fit.nInit, 1)
-        model = _estimator(config, production).fit(train)
+        from em_spark import metrics
+
+        checkpoint_dir, metrics_path = config.run.checkpointDir, _resolve(config.run.metricsPath)
+        with metrics.IterationRecorder(
+            run_id, lambda rid: metrics.metrics_uri(rid, checkpoint_dir, metrics_path), config.storage.s3Endpoint,
+        ) as recorder:
+            model = _estimator(config, production).fit(train)
         timings["fit"] = time.perf_counter() - t
+        # The night's fit is a run like any other: its metrics file (and push) as for train.
+        metrics.publish(recorder, model, wall_seconds=timings["fit"], pushgateway=config.run.pushgateway)
         mapping = None
         if production is not None:
             family = model._family

@@ -43,6 +43,11 @@ def test_nights_promote_keep_and_report(spark, tmp_path):
 
     again = run_nightly(_config(tmp_path, "2026-11-20"))
     assert again["alreadyDone"] and len(registry.versions("demo-gmm")) == 1
+    # the night's fit left a metrics file next to its checkpoints, as a train run does
+    import json
+
+    metrics = json.loads((tmp_path / "registry" / "demo-gmm" / "checkpoints" / "demo-gmm-2026-11-20" / "metrics.json").read_text())
+    assert metrics["runId"] == "demo-gmm-2026-11-20" and metrics["status"] == "finished"
 
     _night(tmp_path, "2026-11-21", seed=2)  # same world: no drift, no retrain
     calm = run_nightly(_config(tmp_path, "2026-11-21"))
