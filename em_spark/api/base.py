@@ -253,6 +253,11 @@ class EMEstimator(Estimator, EMParams):
 class EMModel(Model, EMParams):
     """A fitted model: parameters as numpy arrays, Spark transform, safe save/load."""
 
+    #: the params a saved model keeps (how it reads and writes data), restored on load
+    _saved_params: tuple[str, ...] = (
+        "featuresCol", "predictionCol", "probabilityCol", "logLikelihoodCol", "weightCol", "seed",
+    )
+
     def __init__(self, family: EMFamily, params: ParamArrays, n_features: int):
         super().__init__()
         self._family = family
@@ -348,7 +353,7 @@ class EMModel(Model, EMParams):
     def to_bytes(self) -> bytes:
         from em_spark.storage import pack
 
-        keep = {"featuresCol", "predictionCol", "probabilityCol", "logLikelihoodCol", "weightCol", "seed"}
+        keep = set(self._saved_params)
         meta = {
             "format": MODEL_FORMAT,
             "modelClass": type(self).__name__,

@@ -46,13 +46,10 @@ class GaussianMixtureModel(EMModel, _GaussianParams):
         ``handleMissing`` the model was fitted with. Rows that cannot be read (null vector,
         wrong length, infinities) get nulls.
         """
-        from dataclasses import replace
-
         from em_spark.engine.scoring import impute_frame
 
-        family = replace(self._family, handle_missing="model")
         dataset, features = self._input(dataset)
-        return impute_frame(dataset, family, self._arrays, self._n_features, features,
+        return impute_frame(dataset, self._family, self._arrays, self._n_features, features,
                             output_col=outputCol, std_col=stdCol or f"{outputCol}Std")
 
     @property

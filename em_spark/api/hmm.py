@@ -76,14 +76,9 @@ class _HMMModel(EMModel):
         """(k, k) transition probabilities: row i is P(next state | state i)."""
         return self.public_params()["transMat"]
 
-    def to_bytes(self) -> bytes:
-        """As every model, plus sequenceCol and timeCol: a model fitted on long-format data
-        (whose featuresCol names the step columns) reads that format again once loaded."""
-        from em_spark.storage import pack, unpack
-
-        meta, arrays = unpack(super().to_bytes())
-        meta["params"].update({name: self.getOrDefault(name) for name in ("sequenceCol", "timeCol")})
-        return pack(meta, arrays)
+    # A model fitted on long-format data (whose featuresCol names the step columns) reads
+    # that format again once loaded.
+    _saved_params = (*EMModel._saved_params, "sequenceCol", "timeCol")
 
 
 class GaussianHMMModel(_GaussianHMMParams, _HMMModel):

@@ -37,12 +37,13 @@ def _block_of(family: EMFamily, n_features: int, features: pa.Array, allow_missi
     return block, kept
 
 
-def _lists(values: np.ndarray, lengths: np.ndarray, valid: np.ndarray) -> pa.ListArray:
+def _lists(values: np.ndarray | pa.Array, lengths: np.ndarray, valid: np.ndarray) -> pa.ListArray:
     """A list array of ``valid.size`` entries: entry i (valid) holds the next ``lengths`` values, else null."""
     sizes = np.zeros(valid.size, np.int64)
     sizes[valid] = lengths
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(~valid))
+    values = values if isinstance(values, pa.Array) else pa.array(values)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~valid))
 
 
 def _score_batch(family: EMFamily, params: Params, n_features: int, features: pa.Array) -> pa.Array:
@@ -72,14 +73,9 @@ def _score_sequence_batch(family: EMFamily, params: Params, n_features: int, fea
     seq_loglik = np.zeros(n)
     seq_loglik[kept] = scores["loglik"]
     path = _lists(scores["viterbi"].astype(np.int32), lengths, kept)
-    steps = pa.ListArray.from_arrays(
-        pa.array(np.arange(0, (block.n_rows + 1) * k, k, dtype=np.int32)), pa.array(np.exp(scores["log_resp"]).ravel())
-    )
-    offsets = np.zeros(n + 1, np.int32)
-    sizes = np.zeros(n, np.int64)
-    sizes[kept] = lengths
-    offsets[1:] = np.cumsum(sizes)
-    posteriors = pa.ListArray.from_arrays(pa.array(offsets), steps, mask=pa.array(~kept))
+    per_step = np.exp(scores["log_resp"]).ravel()
+    steps = _lists(per_step, np.full(block.n_rows, k), np.ones(block.n_rows, bool))  # one list of k per step
+    posteriors = _lists(steps, lengths, kept)
     return pa.StructArray.from_arrays(
         [path, posteriors, pa.array(seq_loglik, mask=~kept)], names=["prediction", "probability", "logLikelihood"]
     )

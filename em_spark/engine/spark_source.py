@@ -147,22 +147,26 @@ def group_sequences(df: DataFrame, sequence_col: str, time_col: str, features: s
     """
     for name, role in ((sequence_col, "sequenceCol"), (time_col, "timeCol")):
         _field(df, name, role)
-    nulls = df.agg(
-        F.sum(F.col(sequence_col).isNull().cast("long")).alias("ids"), F.sum(F.col(time_col).isNull().cast("long")).alias("times")
-    ).first()
-    if nulls["ids"] or nulls["times"]:
-        raise DataValidationError(
-            f"long-format input has {nulls['ids'] or 0} row(s) with a null {sequence_col!r} and {nulls['times'] or 0} "
-            f"with a null {time_col!r}; every step needs a sequence id and a time (filter those rows out first)."
-        )
     step = F.struct(F.col(time_col).alias("t"), feature_array(df, features).alias("x"))
     grouped = df.groupBy(sequence_col).agg(
         F.sort_array(F.collect_list(step)).alias("__steps"),
-        (F.count(F.lit(1)) - F.countDistinct(F.col(time_col))).alias("__dup"),
+        F.sum(F.col(time_col).isNull().cast("long")).alias("__null_times"),
+        (F.count(F.col(time_col)) - F.countDistinct(F.col(time_col))).alias("__dup"),
     )
-    duplicated = grouped.filter(F.col("__dup") > 0).select(sequence_col).limit(3).collect()
-    if duplicated:
-        ids = [row[0] for row in duplicated]
+    # One check job over the grouped steps: null ids (one group), null times, duplicate times.
+    problems = grouped.select(
+        F.sum(F.when(F.col(sequence_col).isNull(), F.size("__steps")).otherwise(0)).alias("null_ids"),
+        F.sum("__null_times").alias("null_times"),
+        F.sum((F.col("__dup") > 0).cast("long")).alias("duplicated"),
+    ).first()
+    if problems["null_ids"] or problems["null_times"]:
+        raise DataValidationError(
+            f"long-format input has {problems['null_ids'] or 0} row(s) with a null {sequence_col!r} and "
+            f"{problems['null_times'] or 0} with a null {time_col!r}; every step needs a sequence id and a time "
+            "(filter those rows out first)."
+        )
+    if problems["duplicated"]:
+        ids = [row[0] for row in grouped.filter(F.col("__dup") > 0).select(sequence_col).limit(3).collect()]
         raise DataValidationError(
             f"sequence(s) {ids} have two or more steps with the same {time_col!r}; each step of a sequence "
             "needs a distinct time (deduplicate the input first)."

@@ -36,6 +36,8 @@ kernel of :class:`~em_spark.models.gaussian.GaussianFamily`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from collections.abc import Iterator
 
@@ -123,7 +125,7 @@ def _row_slices(n: int, k: int, d: int) -> Iterator[slice]:
         yield slice(start, min(n, start + step))
 
 
-class _MissingModel:
+class _MissingModel(ABC):
     """What both implementations share: posteriors, statistics and imputation from ``_parts``.
 
     A subclass implements ``_parts(X, missing)`` yielding, for groups of rows,
@@ -135,14 +137,17 @@ class _MissingModel:
     log_weights: np.ndarray  # (k,)
     means: np.ndarray  # (k, d)
 
+    @abstractmethod
     def _parts(self, X: np.ndarray, missing: np.ndarray):
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def _add_moments(self, dev, cond, wr, sq) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def _cond_variances(self, cond, n_rows: int) -> np.ndarray:
-        raise NotImplementedError
+        """See the class docstring."""
 
     def log_joint(self, X: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """(n, k) log w_j + log N(x_o | μ_jo, Σ_joo) of the rows X (n, d) with NaN at ``missing``."""
