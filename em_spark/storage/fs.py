@@ -30,6 +30,9 @@ from em_spark.storage.frame import seal, unseal
 __all__ = [
     "NAME_PATTERN",
     "resolve",
+    "local_path",
+    "file_uri",
+    "check_writable",
     "join",
     "absolute_uri",
     "redact_uri",
@@ -114,8 +117,9 @@ def redact_uri(uri: str) -> str:
 def resolve(uri: str, *, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
     """The filesystem and the path inside it for ``uri``.
 
-    Plain paths (relative ones made absolute) and ``file://`` URIs are local; any
-    other URI goes to ``pyarrow.fs.FileSystem.from_uri`` (s3, gs, hdfs, ...).
+    Plain paths (relative ones made absolute) and ``file://`` URIs are local (see
+    :func:`local_path`); any other URI goes to ``pyarrow.fs.FileSystem.from_uri``
+    (s3, gs, hdfs, ...).
     For ``s3://``, ``s3_endpoint`` (``http://host:port`` or ``https://host``, e.g. a
     MinIO server) names the endpoint; without it ``AWS_ENDPOINT_URL_S3`` or
     ``AWS_ENDPOINT_URL`` does, and without those AWS itself is used. ``s3://`` needs
@@ -126,6 +130,9 @@ def resolve(uri: str, *, s3_endpoint: str | None = None) -> tuple[pafs.FileSyste
         raise ValueError(f"storage URI must be a non-empty string, got {uri!r}")
     if not _SCHEME_RE.match(uri):
         return pafs.LocalFileSystem(), os.path.abspath(uri)
+    local = local_path(uri)
+    if local is not None:
+        return pafs.LocalFileSystem(), local
     if uri.split("://", 1)[0].lower() == "s3":
         s3.require_boto3()  # fail before any work rather than at the first write
         # Passed explicitly: pyarrow's own reading of AWS_ENDPOINT_URL varies by version.
@@ -139,6 +146,67 @@ def resolve(uri: str, *, s3_endpoint: str | None = None) -> tuple[pafs.FileSyste
         # `from None`: pyarrow's message and traceback may quote the URI with its credentials.
         raise ValueError(f"cannot open storage URI {redact_uri(uri)!r}: {_scrub(str(exc), uri)}") from None
     return filesystem, path
+
+
+def local_path(uri: str) -> str | None:
+    """The local path a ``file://`` URI names, read as Spark (Hadoop's ``Path``) reads it.
+
+    Hadoop does not percent-decode a path string: ``file:///data/a%20b`` is the directory
+    ``a%20b`` and ``file:///data/a b`` the directory ``a b``. pyarrow's ``from_uri`` decodes
+    the first and rejects the second, so a job that hands one string to both would read
+    and write two different places. Both read it literally here. ``None`` if ``uri`` is
+    not a ``file:`` URI.
+    """
+    scheme, sep, rest = uri.partition(":")
+    if not sep or scheme.lower() != "file":
+        return None
+    if rest.startswith("//"):
+        authority, slash, path = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            raise ValueError(f"file URI {uri!r} names host {authority!r}; only local files are supported (file:///path)")
+        rest = slash + path
+    if not rest.startswith("/"):
+        raise ValueError(f"file URI {uri!r} must hold an absolute path (file:///path)")
+    return os.path.normpath(rest) if rest != "/" else "/"
+
+
+def file_uri(path: str) -> str:
+    """The ``file://`` URI of a local path (made absolute), literal as :func:`local_path` reads it.
+
+    Not ``Path.as_uri()``: it percent-encodes spaces, ``%`` and ``=``, which Spark does not
+    decode, so a ``date=2026-11-22`` partition or a folder named ``a b`` would not be found.
+    """
+    return "file://" + os.path.abspath(path)
+
+
+def check_writable(uri: str, *, s3_endpoint: str | None = None) -> None:
+    """Raise :class:`OSError` with the reason unless objects can be written under ``uri``.
+
+    Writes and deletes one small probe object, so a fit learns before it starts, not after
+    an hour, that its checkpoints or model cannot be stored. Directories the probe had to
+    create are removed again, so nothing is left behind.
+    """
+    fs, path = resolve(uri, s3_endpoint=s3_endpoint)
+    created: str | None = None
+    if fs.type_name == "local":
+        probe_dir = path
+        while not os.path.lexists(probe_dir):  # the first ancestor that exists
+            created, probe_dir = probe_dir, os.path.dirname(probe_dir)
+        if not os.path.isdir(probe_dir):
+            kind = "a file" if os.path.isfile(probe_dir) else "not a directory"
+            raise NotADirectoryError(errno.ENOTDIR, f"cannot write to {redact_uri(uri)}: {probe_dir} is {kind}")
+    probe = posixpath.join(path, f".em-spark-write-probe-{uuid.uuid4().hex}")
+    try:
+        write_object(fs, probe, b"probe", overwrite=True)
+        fs.delete_file(probe)
+    except OSError as exc:
+        # pyarrow's text ("Cannot create directory '/proc/x'. Detail: [errno 2] ...") as one clause
+        reason = _scrub(str(exc.strerror or exc), uri).replace(". Detail: ", ": ").rstrip(".")
+        raise type(exc)(exc.errno, f"cannot write to {redact_uri(uri)} ({reason})") from None
+    finally:
+        if created is not None:
+            with contextlib.suppress(OSError):
+                fs.delete_dir(created)
 
 
 def _s3_with_endpoint(uri: str, endpoint: str, source: str) -> tuple[pafs.FileSystem, str]:
