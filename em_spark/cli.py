@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+import urllib.parse
 from typing import Any, Sequence
 
 from em_spark.config import ConfigError, JobConfig, load_config
@@ -55,14 +57,43 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
 def _resolve_local(uri: str | None) -> str | None:
     """Relative local paths become absolute file:// URIs (Spark and pyarrow then agree).
 
-    Not ``Path.as_uri()``: it percent-encodes ``=`` and Spark does not decode it, so a
-    ``date=2026-11-22`` partition directory would not be found.
+    The URI is literal, as Spark reads it (see :func:`em_spark.storage.local_path`): a
+    space, ``=`` or ``%20`` in a folder name means that folder, in the log and on disk.
     """
     if uri is None or "://" in uri:
         return uri
-    from pathlib import Path
+    from em_spark.storage import file_uri
 
-    return "file://" + str(Path(uri).resolve())
+    return file_uri(uri)
+
+
+def _load_saved_model(uri: str, key: str, config: JobConfig, fix: str) -> Any:
+    """The model saved at ``uri`` (named by config ``key``), or a ConfigError saying what to do."""
+    from em_spark.api import load_model
+    from em_spark.storage import redact_uri
+
+    try:
+        return load_model(uri, s3Endpoint=config.storage.s3Endpoint)
+    except FileNotFoundError:
+        raise ConfigError(f"config key {key!r}: no saved model at {redact_uri(uri)} (in {config.source}); {fix}") from None
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"config key {key!r}: cannot load the model at {redact_uri(uri)}: {exc}") from None
+
+
+def _check_outputs_writable(config: JobConfig, model_path: str | None) -> None:
+    """Refuse, before any data is read, a checkpoint dir or model path that cannot be written."""
+    from em_spark.storage import check_writable
+
+    for key, uri in (("run.checkpointDir", _resolve_local(config.run.checkpointDir)), ("output.modelPath", model_path)):
+        if not uri:
+            continue
+        try:
+            check_writable(uri, s3_endpoint=config.storage.s3Endpoint)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"config key {key!r}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}; "
+                              "choose a location this job can write") from None
 
 
 def _session(config: JobConfig):
@@ -95,7 +126,26 @@ def read_input(spark: Any, config: JobConfig):
                          g.components, f", {g.missingFraction:.0%} missing" if g.missingFraction else "", path)
                 write_blobs(path, g.rows, g.features, g.components, g.separation, g.seed, config.storage.s3Endpoint,
                             g.missingFraction)
+    require_input(config)
     return spark.read.format(section.format).options(**section.options).load(path)
+
+
+def require_input(config: JobConfig) -> None:
+    """A clear error for a local input path that is not there, before Spark starts or logs a
+    stack trace for it. Other stores (s3a, hdfs) are left to Spark's reader, which may know
+    schemes pyarrow does not. Demo data (``input.generate``) is written when missing."""
+    from em_spark.storage import local_path
+
+    path = _resolve_local(config.input.path)
+    if not path or config.input.generate is not None:
+        return
+    local = local_path(path) if path.startswith("file:") else None
+    if local is None or os.path.exists(local):
+        return
+    night = f" for nightly.date {config.nightly.date}" if config.nightly.date and config.nightly.inputPath else ""
+    key = "nightly.inputPath" if night else "input.path"
+    raise ConfigError(f"no input data at {path}{night} (config key {key!r}, in {config.source}); "
+                      "check the path, or that the data for that date has landed")
 
 
 # model.* keys that only some families take; each is passed when the estimator has it.
@@ -183,8 +233,6 @@ def _format_summary(model: Any, seconds: float, model_path: str | None) -> str:
 
 def run_train(config: JobConfig) -> Any:
     """Fit the configured model; save it; return the fitted model."""
-    from em_spark.api import load_model
-
     started = time.perf_counter()
     model_path = _resolve_local(config.output.modelPath)
     endpoint = config.storage.s3Endpoint
@@ -196,7 +244,10 @@ def run_train(config: JobConfig) -> Any:
         )
     initial = None
     if config.model.initialModel:
-        initial = load_model(_resolve_local(config.model.initialModel), s3Endpoint=endpoint)
+        initial = _load_saved_model(_resolve_local(config.model.initialModel), "model.initialModel", config,
+                                    "point it at a model saved by em-spark train (a directory holding model.emsp)")
+    _check_outputs_writable(config, model_path)
+    require_input(config)
     spark = _session(config)
     df = read_input(spark, config)
     from em_spark import metrics
@@ -265,7 +316,9 @@ def _input_partition_columns(df: Any, input_uri: str) -> list[str]:
     files = df.inputFiles()
     if not files:
         return []
-    relative = files[0][len(input_uri):] if files[0].startswith(input_uri) else files[0]
+    # Spark lists files as encoded URIs (a space as %20); the input URI is literal (see _resolve_local).
+    first = urllib.parse.unquote(files[0]) if input_uri.startswith("file:") else files[0]
+    relative = first[len(input_uri):] if first.startswith(input_uri) else first
     keys = [segment.split("=", 1)[0] for segment in relative.strip("/").split("/")[:-1] if "=" in segment]
     return [k for k in keys if k in df.columns]
 
@@ -434,7 +487,11 @@ def run_select(config: JobConfig) -> dict[str, Any]:
     finally:
         source.close()
     criterion = config.select.criterion
-    print(format_table(candidates, criterion), flush=True)
+    try:
+        table = format_table(candidates, criterion)
+    except ValueError as exc:  # every grid point skipped
+        raise ConfigError(f"select: {exc} (in {config.source})") from None
+    print(table, flush=True)
     report = to_json(candidates, criterion, input=config.input.path, rows=source.summary.rows)
     output = _resolve_local(config.select.outputPath)
     if output:

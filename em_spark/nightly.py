@@ -81,7 +81,7 @@ def _avg_loglik(model: Any, df: Any) -> float:
 def run_nightly(config: JobConfig) -> dict[str, Any]:
     """Run (or confirm) one night's retrain; return the report that was written."""
     from em_spark import __version__
-    from em_spark.cli import _session, read_input
+    from em_spark.cli import _session, read_input, require_input
     from em_spark.models import FAMILIES
     from em_spark.registry import ModelRegistry
     from em_spark.storage import ObjectExistsError, exists, join, resolve, validate_name, write_object
@@ -107,6 +107,7 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     if not template:
         raise ConfigError(f"the nightly job needs nightly.inputPath or input.path (in {config.source})")
     config.input.path = template.replace("{date}", date)
+    require_input(config)
     spark = _session(config)
     data = read_input(spark, config)
     features = config.input.features

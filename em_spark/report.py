@@ -71,34 +71,75 @@ def load_source(source: str, s3_endpoint: str | None = None) -> tuple[dict[str, 
     return metrics, model
 
 
-def read_points(data: str, features: str | list[str], max_rows: int = 5000, s3_endpoint: str | None = None) -> np.ndarray:
-    """Up to ``max_rows`` rows of Parquet data as an (n, d) array: ``features`` is a list of
-    numeric columns or one array column. Rows with a null or NaN entry are dropped."""
+def read_points(data: str, features: str | list[str], max_rows: int = 5000, s3_endpoint: str | None = None,
+                sequences: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``max_rows`` rows of Parquet data as ``(X, lengths)``: ``X`` (n, d), ``features`` a
+    list of numeric columns or one array column. Rows with a null or NaN entry are dropped.
+
+    ``sequences``: the column holds one sequence per row (array<array<double>>, or array<number>
+    of symbols); ``X`` holds the steps of whole sequences, at most ``max_rows`` of them, and
+    ``lengths`` (n_sequences,) their lengths. Without it ``lengths`` is None."""
     import pyarrow.dataset as ds
 
-    from em_spark.storage.fs import resolve
+    from em_spark.storage.fs import exists, redact_uri, resolve
 
     fs, path = resolve(data, s3_endpoint=s3_endpoint)
     columns = [features] if isinstance(features, str) else list(features)
+    if not exists(fs, path):
+        # A ValueError, not FileNotFoundError: the caller's "nothing found" is about the run, not the data.
+        raise ValueError(f"--data {redact_uri(data)}: no data there; pass a Parquet file or directory that exists")
     dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
     missing = [c for c in columns if c not in dataset.schema.names]
     if missing:
         raise ValueError(f"{data} has no column(s) {missing}; its columns are {dataset.schema.names}")
+    if sequences:
+        if not isinstance(features, str):
+            raise ValueError("a sequence model's --data needs one column holding a sequence per row (--features obs)")
+        return _read_sequences(dataset, features, max_rows)
     table = dataset.head(max_rows, columns=columns)
     if isinstance(features, str):
         values = table.column(0).to_pylist()
         if values and not isinstance(values[0], (list, tuple)) and values[0] is not None:
             raise ValueError(f"column {features!r} is not an array column; name numeric columns with --features a,b")
         rows = [v for v in values if v is not None]
-        X = np.array(rows, dtype=np.float64) if rows else np.empty((0, 0))
+        X = np.array(rows, dtype=np.float64) if rows and _same_length(rows) else None
+        if X is None or X.ndim != 2:
+            raise ValueError(f"{data}: the rows of {features!r} are not all vectors of one length (a sequence column "
+                             "needs a sequence model: pass the HMM run or --model)")
     else:
         X = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns])
-    if X.ndim != 2:
-        raise ValueError(f"{data}: the rows of {features!r} do not all have the same length")
-    return X[np.all(np.isfinite(X), axis=1)]
+    return X[np.all(np.isfinite(X), axis=1)], None
 
 
-# --- drawing ---------------------------------------------------------------------------
+def _same_length(rows: list) -> bool:
+    return all(isinstance(r, (list, tuple)) and len(r) == len(rows[0]) and
+               all(not isinstance(v, (list, tuple)) for v in r) for r in rows)
+
+
+def _read_sequences(dataset: Any, column: str, max_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Whole sequences of ``column`` until ``max_steps`` steps: (steps (n, d), lengths)."""
+    steps: list[np.ndarray] = []
+    total = 0
+    for batch in dataset.to_batches(columns=[column]):
+        for sequence in batch.column(0).to_pylist():
+            if not sequence:
+                continue
+            try:
+                S = np.asarray(sequence, dtype=np.float64)
+            except (TypeError, ValueError):  # ragged steps or nulls inside: not drawable
+                continue
+            S = S.reshape(len(sequence), -1)
+            if S.shape[1] != (steps[0].shape[1] if steps else S.shape[1]) or not np.all(np.isfinite(S)):
+                continue
+            if steps and total + len(S) > max_steps:
+                break
+            steps.append(S)
+            total += len(S)
+        if total >= max_steps:
+            break
+    if not steps:
+        return np.empty((0, 1)), np.empty(0, np.int64)
+    return np.concatenate(steps), np.array([len(S) for S in steps], np.int64)
 
 
 def _history_by_restart(metrics: dict[str, Any]) -> tuple[dict[int, tuple[list[int], list[float]]], int | None]:
@@ -195,8 +236,11 @@ def _projection(X: np.ndarray) -> tuple[Any, tuple[str, str], str]:
     return (lambda A: (A - center) @ vt[:2].T), labels, "the first two principal components of the 3 features (PCA of the plotted rows)"
 
 
-def _plot_scatter(ax: Any, model: Any, X: np.ndarray) -> str:
-    labels = np.argmax(model.predict_numpy(X)["log_resp"], axis=1)
+def _plot_scatter(ax: Any, model: Any, X: np.ndarray, lengths: np.ndarray | None = None) -> str:
+    if lengths is None:
+        labels = np.argmax(model.predict_numpy(X)["log_resp"], axis=1)
+    else:  # the steps of sequences, colored by their Viterbi state
+        labels = model.predict_numpy(X, lengths=lengths)["viterbi"]
     k = int(model.summary.k) if model.hasSummary else int(np.max(labels)) + 1
     project, (xlabel, ylabel), how = _projection(X)
     P = project(X)
@@ -209,7 +253,8 @@ def _plot_scatter(ax: Any, model: Any, X: np.ndarray) -> str:
     if centers is not None and np.shape(centers)[-1] == X.shape[1]:
         C = project(np.asarray(centers, dtype=np.float64))
         ax.scatter(C[:, 0], C[:, 1], marker="x", s=80, color="black", linewidths=2, label="means")
-    ax.set_title(f"{len(X)} rows by most likely component")
+    ax.set_title(f"{len(X)} rows by most likely component" if lengths is None else
+                 f"{len(X)} steps of {len(lengths)} sequences by Viterbi state")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if k <= 10:
@@ -218,9 +263,11 @@ def _plot_scatter(ax: Any, model: Any, X: np.ndarray) -> str:
     return how
 
 
-def render(metrics: dict[str, Any], model: Any = None, points: np.ndarray | None = None) -> Report:
+def render(metrics: dict[str, Any], model: Any = None, points: np.ndarray | None = None,
+           lengths: np.ndarray | None = None) -> Report:
     """Draw the report. ``metrics`` is a metrics document (see :func:`em_spark.metrics.build_metrics`);
-    ``model`` and ``points`` add the scatter when the model scores rows and d <= 3."""
+    ``model`` and ``points`` add the scatter when d <= 3: rows by component, or for a sequence
+    model the steps of the sequences (``lengths``) by Viterbi state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -229,8 +276,8 @@ def render(metrics: dict[str, Any], model: Any = None, points: np.ndarray | None
     if points is not None:
         if model is None:
             notes.append("scatter skipped: it needs the model (pass --model)")
-        elif model._family.sequential:
-            notes.append(f"scatter skipped: {model._family.name} models sequences, not rows")
+        elif model.family.sequential and lengths is None:
+            notes.append(f"scatter skipped: {model.family.name} models sequences; give it a sequence column")
         elif points.shape[1] > 3:
             notes.append(f"scatter skipped: the data has {points.shape[1]} features; it is drawn for at most 3")
         elif points.shape[1] != model.numFeatures:
@@ -247,7 +294,8 @@ def render(metrics: dict[str, Any], model: Any = None, points: np.ndarray | None
     if _plot_weights(axes[1], metrics) == "final":
         notes.append("no per-iteration weights (a saved model keeps only the final ones; the run's metrics.json has them)")
     if scatter:
-        notes.append(f"scatter: {_plot_scatter(axes[2], model, points)}; colors are each row's most likely component")
+        colors = "each row's most likely component" if lengths is None else "each step's state on its Viterbi path"
+        notes.append(f"scatter: {_plot_scatter(axes[2], model, points, lengths)}; colors are {colors}")
     fig.suptitle(_title(metrics))
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -344,14 +392,15 @@ def build_report(
         if not model.hasSummary:
             raise ValueError(f"{source}: the model was saved without a training summary; there is nothing to draw")
         metrics = build_metrics(model.summary.runId, [], model)
-    points = None
+    points = lengths = None
     if data:
         if features is None and model is not None:
             features = model.getOrDefault("featuresCol")
         if features is None:
             raise ValueError("--data needs --features (or a model whose featuresCol names the columns)")
-        points = read_points(data, features, max_rows, s3_endpoint)
-    report = render(metrics, model, points)
+        sequences = model is not None and model.family.sequential
+        points, lengths = read_points(data, features, max_rows, s3_endpoint, sequences=sequences)
+    report = render(metrics, model, points, lengths)
     png, page = write_report(report, output_dir, s3_endpoint)
     return report, png, page
 

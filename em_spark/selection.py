@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.models import EMFamily, GaussianFamily
+from em_spark.models.base import ModelError
 
 __all__ = ["Candidate", "select_models", "format_table"]
 
@@ -34,6 +35,13 @@ class Candidate:
     numIter: int
     converged: bool
     seconds: float
+    skipped: str | None = None  # why this grid point was not fitted (too few rows, a failed fit); metrics are NaN
+
+    @classmethod
+    def not_fitted(cls, k: int, covariance_type: str | None, reason: str) -> "Candidate":
+        nan = float("nan")
+        return cls(k=k, covarianceType=covariance_type, avgLogLik=nan, bic=nan, aic=nan, nParameters=0,
+                   numIter=0, converged=False, seconds=0.0, skipped=reason)
 
 
 def select_models(
@@ -48,6 +56,10 @@ def select_models(
 ) -> list[Candidate]:
     """Fit every (k, covariance type) on ``source``; return the candidates in grid order.
 
+    A grid point that cannot be fitted (k above the number of rows, or a fit that fails
+    with a :class:`~em_spark.models.base.ModelError`) stays in the list with its reason in
+    ``skipped``, so the table shows it instead of silently leaving it out.
+
     ``make_family(k, covariance_type)`` builds each candidate (default: a Gaussian mixture);
     give ``covariance_types=[None]`` for a family without them. BIC's sample size is the
     total weight, or for sequences the number of steps (as hmmlearn counts).
@@ -61,11 +73,18 @@ def select_models(
     for covariance_type in covariance_types:
         for k in ks:
             if k > summary.observations:
-                log.warning("skipping k=%d: only %d rows", k, summary.observations)
+                reason = f"only {summary.observations} rows"
+                log.warning("select: skipping k=%d: %s", k, reason)
+                candidates.append(Candidate.not_fitted(k, covariance_type, reason))
                 continue
             started = time.perf_counter()
             family = make_family(k, covariance_type)
-            result = fit_em(family, source, settings)
+            try:
+                result = fit_em(family, source, settings)
+            except ModelError as exc:
+                log.warning("select: k=%d %s failed: %s", k, covariance_type or family.name, exc)
+                candidates.append(Candidate.not_fitted(k, covariance_type, f"fit failed: {exc}"))
+                continue
             stats = source.e_step(family, result.params, f"em_spark select k={k} {covariance_type} criteria")
             p = family.n_parameters(result.params)
             candidate = Candidate(
@@ -81,16 +100,23 @@ def select_models(
 
 
 def best(candidates: list[Candidate], criterion: str) -> Candidate:
-    """The candidate with the lowest criterion (the earlier one on a tie)."""
-    return min(candidates, key=lambda c: getattr(c, criterion))
+    """The fitted candidate with the lowest criterion (the earlier one on a tie)."""
+    fitted = [c for c in candidates if c.skipped is None]
+    if not fitted:
+        reasons = "; ".join(f"k={c.k}{' ' + c.covarianceType if c.covarianceType else ''}: {c.skipped}" for c in candidates)
+        raise ValueError(f"no candidate of the grid could be fitted ({reasons}); choose smaller select.ks")
+    return min(fitted, key=lambda c: getattr(c, criterion))
 
 
 def format_table(candidates: list[Candidate], criterion: str) -> str:
-    """A table a person can read, the chosen candidate marked with ``*``."""
+    """A table a person can read, the chosen candidate marked with ``*``, skipped ones with their reason."""
     chosen = best(candidates, criterion)
     header = f"{'':2}{'k':>3}  {'covariance':<10} {'avgLogLik':>12} {'BIC':>14} {'AIC':>14} {'params':>7} {'iter':>5}"
     lines = [header]
     for c in candidates:
+        if c.skipped is not None:
+            lines.append(f"{'':2}{c.k:>3}  {c.covarianceType or '-':<10} skipped: {c.skipped}")
+            continue
         mark = "*" if c is chosen else ""
         lines.append(
             f"{mark:2}{c.k:>3}  {c.covarianceType or '-':<10} {c.avgLogLik:>12.5f} {c.bic:>14.1f} {c.aic:>14.1f} "
@@ -101,9 +127,15 @@ def format_table(candidates: list[Candidate], criterion: str) -> str:
     return "\n".join(lines)
 
 
+def _json_candidate(c: Candidate) -> dict[str, Any]:
+    # NaN is not JSON: a skipped candidate's metrics are null.
+    return {key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in asdict(c).items()}
+
+
 def to_json(candidates: list[Candidate], criterion: str, **context: Any) -> str:
     chosen = best(candidates, criterion)
     return json.dumps(
-        {"criterion": criterion, "chosen": asdict(chosen), "candidates": [asdict(c) for c in candidates], **context},
-        indent=2,
+        {"criterion": criterion, "chosen": _json_candidate(chosen), "candidates": [_json_candidate(c) for c in candidates],
+         **context},
+        indent=2, allow_nan=False,
     )

@@ -24,6 +24,14 @@ def _java_binary() -> str | None:
         candidate = os.path.join(home, "bin", "java")
         if os.path.exists(candidate):
             return candidate
+        # Spark's launcher runs $JAVA_HOME/bin/java whenever JAVA_HOME is set, so a java on
+        # PATH does not help: it would fail with a shell error and a Py4J stack trace.
+        on_path = shutil.which("java")
+        found = f" (there is a java on PATH at {os.path.realpath(on_path)})" if on_path else ""
+        raise JavaNotFoundError(
+            f"JAVA_HOME is {home!r}, which has no bin/java{found}; Spark runs $JAVA_HOME/bin/java, so "
+            f"point JAVA_HOME at a JDK {MIN_JAVA} or 21 install, or unset it to use java from PATH"
+        )
     return shutil.which("java")
 
 

@@ -189,3 +189,49 @@ def test_cli_train_writes_metrics_pushes_them_and_the_run_can_be_reported(spark,
     result = cli.run_report(config, "cli-run", str(tmp_path / "report"), data=str(tmp_path / "data"))
     assert result["panels"] == ["log-likelihood", "weights", "scatter"]
     _check_png((tmp_path / "report" / "report.png").read_bytes(), panels=3)
+
+
+def test_report_with_a_data_path_that_does_not_exist_blames_the_data_not_the_run(tmp_path):
+    from clitools import run_cli, snapshot
+
+    X = make_blobs(600, 2, 2, seed=10)[0]
+    metrics_uri, _, _ = _fit(X, tmp_path, k=2, n_init=1)
+    before = snapshot(tmp_path)
+    result = run_cli("report", metrics_uri, "--output", str(tmp_path / "out"), "--data", "no-such-data",
+                     "--features", "x0,x1", cwd=tmp_path)
+    line = result.assert_clean_error("--data file://", "no-such-data: no data there")
+    assert "metrics.json" not in line and snapshot(tmp_path) == before
+
+
+def test_report_on_an_hmm_run_draws_the_steps_by_viterbi_state(tmp_path):
+    from clitools import run_cli
+
+    from em_spark.api.hmm import GaussianHMMModel
+    from em_spark.demo_data import make_hmm_sequences
+    from em_spark.models import GaussianHMMFamily
+
+    X, _, _ = make_hmm_sequences(120, 30, 2, 3, separation=5.0, seed=4)
+    ckpt, model_uri = (tmp_path / "ckpt").as_uri(), (tmp_path / "model").as_uri()
+    family = GaussianHMMFamily(k=3, covariance_type="diag")
+    source = LocalBlockSource([Block(X.reshape(-1, 2), lengths=np.full(120, 30))], sample_size=2000, seed=0)
+    with metrics.IterationRecorder("hmm", lambda rid: metrics.metrics_uri(rid, ckpt, None)) as recorder:
+        result = fit_em(family, source, FitSettings(max_iter=8, seed=0, run_id="hmm"))
+    model = GaussianHMMModel(family, result.params, 2)
+    model._summary = EMSummary(model, result, None)
+    model.setParams(featuresCol="obs")
+    model.save(model_uri)
+    metrics.publish(recorder, model, wall_seconds=1.0, model_path=model_uri)
+    pq.write_table(pa.table({"obs": [seq.tolist() for seq in X]}), tmp_path / "sequences.parquet")
+
+    result = run_cli("report", "hmm", "--set", f"run.checkpointDir={ckpt}", "--output", str(tmp_path / "out"),
+                     "--data", str(tmp_path / "sequences.parquet"), "--rows", "600", cwd=tmp_path)
+    assert result.code == 0, result.err[-3000:]
+    assert "em_spark report: log-likelihood, weights, scatter ->" in result.out
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "each step&#x27;s state on its Viterbi path" in page or "each step's state on its Viterbi path" in page
+    _check_png((tmp_path / "out" / "report.png").read_bytes(), panels=3)
+    # Whole sequences up to the step budget: 600 steps are 20 sequences of 30.
+    from em_spark.report import read_points
+
+    points, lengths = read_points(str(tmp_path / "sequences.parquet"), "obs", 600, sequences=True)
+    assert lengths.tolist() == [30] * 20 and np.array_equal(points, X[:20].reshape(-1, 2))

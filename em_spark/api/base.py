@@ -7,6 +7,7 @@ live here once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from abc import abstractmethod
 import logging
@@ -20,7 +21,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from em_spark.engine.loop import FitResult, FitSettings, fit_em
+from em_spark.engine.loop import FitResult, FitSettings, fit_em, run_lock
 from em_spark.engine.scoring import score_frame
 from em_spark.engine.spark_source import describe_features, load_blocks
 from em_spark.engine.validation import DataValidationError
@@ -208,6 +209,16 @@ class EMEstimator(Estimator, EMParams):
 
             validate_name(settings.run_id, "run id")
         started = time.perf_counter()
+        with contextlib.ExitStack() as held:
+            lock = None
+            if settings.checkpoint_dir and settings.run_id:
+                # The run's lease before the load: a second run of the same id stops here, at once.
+                lock = held.enter_context(run_lock(settings))
+            return self._fit_source(family, original, dataset, features, weight_col, label_col, settings, started, lock)
+
+    def _fit_source(self, family: EMFamily, original: DataFrame, dataset: DataFrame, features: Any,
+                    weight_col: str | None, label_col: str | None, settings: FitSettings, started: float,
+                    lock: Any) -> "EMModel":
         source = load_blocks(
             dataset,
             features,
@@ -240,6 +251,7 @@ class EMEstimator(Estimator, EMParams):
             result = fit_em(
                 family, source, settings, initial,
                 data_identity={"features": features, "weightCol": weight_col, **({"labelCol": label_col} if label_col else {})},
+                lock=lock,
             )
         finally:
             source.close()
@@ -268,6 +280,11 @@ class EMModel(Model, EMParams):
         self._set(k=family.k)
 
     # -- parameters ---------------------------------------------------------
+    @property
+    def family(self) -> EMFamily:
+        """The fitted model family (with its hyperparameters), for layers that need the protocol."""
+        return self._family
+
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         """All fitted parameter arrays, including derived ones (e.g. precision Cholesky factors)."""
@@ -306,11 +323,15 @@ class EMModel(Model, EMParams):
             loglik_col=self.getOrDefault("logLikelihoodCol") or None,
         )
 
-    def predict_numpy(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Score rows held on the driver: ``log_resp`` (n, k) and ``loglik`` (n,)."""
+    def predict_numpy(self, X: np.ndarray, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Score rows held on the driver: ``log_resp`` (n, k) and ``loglik`` (n,); for a sequence
+        model ``X`` holds the steps of sequences of ``lengths`` and the result has ``viterbi`` (n,)
+        and one ``loglik`` per sequence."""
         from em_spark.models.base import Block
 
-        return self._family.score(Block(np.asarray(X, dtype=np.float64)), self._arrays)
+        block = Block(np.asarray(X, dtype=np.float64),
+                      lengths=None if lengths is None else np.asarray(lengths, dtype=np.int64))
+        return self._family.score(block, self._arrays)
 
     def _total_log_likelihood(self, dataset: DataFrame) -> tuple[float, float, float]:
         """(sum of w * loglik, sum of w, weighted number of observations) over the dataset; every

@@ -282,6 +282,7 @@ def fit_em(
     initial_params: Params | None = None,
     *,
     data_identity: Mapping[str, Any] | None = None,
+    lock: Any = None,
 ) -> FitResult:
     """Fit ``family`` to ``source`` with EM; resume from checkpoints when the run id has them.
 
@@ -297,21 +298,29 @@ def fit_em(
         and restart 0 without it, are seeded by ``family.initialize`` on the sample.
     data_identity : extra facts about the input that a resume must match (for example
         the feature and weight columns); the data fingerprint is always included.
+    lock : the run's lease (:func:`run_lock`), already held by the caller, who took it
+        before loading the data so that a second run stops before paying for a load.
     """
     settings = replace(settings, run_id=settings.run_id or new_run_id())
     if not settings.checkpoint_dir:
         return _fit_em(family, source, settings, initial_params, data_identity=data_identity)
+    if lock is not None:  # the caller took the lease already (before loading the data) and releases it
+        return _fit_em(family, source, settings, initial_params, data_identity=data_identity, lock=lock)
+    with run_lock(settings) as lock:  # released on return and on any error; a killed driver's lease expires
+        return _fit_em(family, source, settings, initial_params, data_identity=data_identity, lock=lock)
+
+
+def run_lock(settings: FitSettings) -> Any:
+    """The lease of ``settings.run_id`` under ``settings.checkpoint_dir``, not yet taken (a context manager)."""
     from em_spark.storage import RunLock
 
-    lock = RunLock(
+    return RunLock(
         settings.checkpoint_dir,
         settings.run_id,
         s3_endpoint=settings.s3_endpoint,
         ttl_seconds=settings.lock_ttl_seconds,
         logger=logging.LoggerAdapter(log, {"run_id": settings.run_id}),
     )
-    with lock:  # released on return and on any error; a killed driver's lease expires
-        return _fit_em(family, source, settings, initial_params, data_identity=data_identity, lock=lock)
 
 
 def _fit_em(

@@ -44,4 +44,6 @@ def test_two_trains_with_one_run_id_at_once_exactly_one_proceeds(tmp_path):
     assert "em-spark: error: run twice is already running (owner host " in loser_err
     assert f" pid {winner.pid}, since " in loser_err and "wait for it, or use another run id" in loser_err
     assert "Traceback" not in loser_err
+    # The lease comes before the load: the losing run never paid for reading the data.
+    assert "loaded and validated" not in loser_err and "loaded and validated" in outputs[codes.index(0)][1]
     assert (tmp_path / "em-spark-demo" / "model-local").exists()
