@@ -315,9 +315,8 @@ class ModelRegistry:
             stack = _promotion_stack(history)
             current = head.version
             if len(stack) < 2 or stack[-2] is None:
-                damaged = [e for e in history if e.damaged]
-                if stack[-2:-1] == [None] and damaged:
-                    cut = damaged[-1]
+                if len(stack) >= 2:  # None only stands for what a damaged entry hid
+                    cut = [e for e in history if e.damaged][-1]
                     raise RegistryError(
                         f"cannot roll back alias {alias!r} of model {name!r} from version {current}: the version "
                         f"before it is unknown because entry {cut.sequence} of its log ({redact_uri(cut.uri)}) is "

@@ -12,7 +12,13 @@ import json
 import math
 from typing import Any
 
-from em_spark.registry import DEFAULT_ALIAS, DamagedAliasEntry, ModelRegistry, ModelVersion, RegistryError
+from em_spark.registry import (
+    DEFAULT_ALIAS,
+    DamagedAliasEntry,
+    ModelRegistry,
+    ModelVersion,
+    RegistryError,
+)
 from em_spark.storage.fs import redact_uri
 
 __all__ = ["add_registry_parser", "run_registry"]

@@ -30,7 +30,7 @@ ENTRY = "{:010d}.json.sealed"
 
 def em_spark(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
-    return subprocess.run([sys.executable, "-m", "em_spark.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "em_spark.cli", *args], check=False, cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -292,7 +292,7 @@ def test_registering_logs_no_incomplete_version_but_list_still_shows_real_ones(r
         " run_id='nightly-2', metrics={})\n"
     )
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
-    result = subprocess.run([sys.executable, "-c", script, str(root)], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-c", script, str(root)], check=False, cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "registered version 2 (run nightly-2)" in result.stderr
