@@ -19,7 +19,14 @@ primitive used is "create this key unless it exists" (``write_object`` with
 * an alias is an append-only log of entries instead of one pointer object that is
   overwritten: overwriting atomically would need compare-and-swap on the object's
   ETag (``If-Match``), which this registry deliberately does not rely on. The
-  current value is the newest entry that verifies.
+  current value is the newest entry, and only the newest: entries are created at
+  "highest listed sequence + 1", so entry k+1 was always written after entry k
+  existed and supersedes it whatever it said;
+* the registry never moves an alias by itself: if the newest entry is damaged,
+  resolving the alias fails and names the entry, and the repair is an explicit
+  ``promote`` that appends a fresh entry past it. A damaged *older* entry is
+  reported but does not decide anything, except that ``rollback`` cannot go back
+  past it (the promotion stack below it is unknown and is never guessed).
 
 The registry never interprets model bytes and never imports a model class.
 """
@@ -36,7 +43,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow.fs as pafs
 
@@ -64,6 +71,7 @@ __all__ = [
     "DEFAULT_ALIAS",
     "LATEST",
     "AliasEntry",
+    "DamagedAliasEntry",
     "IncompleteVersion",
     "ModelRegistry",
     "ModelVersion",
@@ -126,6 +134,27 @@ class AliasEntry:
     sequence: int
     action: str = "promote"  # or "rollback"
     by: str = ""
+    # Written on top of a damaged newest entry: that entry's sequence (``previous`` is then unknown, None).
+    repairs: int | None = None
+
+    damaged: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class DamagedAliasEntry:
+    """An entry of an alias log that does not verify (torn, flipped, misplaced) or is missing.
+
+    It is shown in :meth:`ModelRegistry.alias_history` so damage is never hidden; it
+    points at no version (``version`` is ``None``).
+    """
+
+    alias: str
+    sequence: int
+    uri: str
+    problem: str
+
+    damaged: ClassVar[bool] = True
+    version: ClassVar[None] = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +238,7 @@ class ModelRegistry:
 
         # The upload is the slow step; a run registered meanwhile (one writer per run id
         # is assumed, as for checkpoints) still wins, and this version stays incomplete.
-        existing = self.find_by_run_id(name, run_id)
+        existing = self._find_by_run_id(name, run_id, in_flight=number)
         if existing is not None:
             self._log_duplicate(existing, model_sha256)
             return existing
@@ -243,13 +272,22 @@ class ModelRegistry:
         _check_name(name, "model name")
         alias = _check_alias(alias)
         number = _check_number(version)
-        self.get(name, number)  # unknown model or version: a clear error before anything is written
+        found = self.get(name, number)  # unknown model or version: a clear error before anything is written
+        # A version whose model bytes are damaged would only fail later, when scoring with it.
+        self._verified_model_bytes(found, f"cannot promote model {name!r} version {number} to alias {alias!r}: ",
+                                   f"; alias {alias!r} was not moved")
 
-        def entry_for(history: list[AliasEntry]) -> AliasEntry | None:
+        def entry_for(history: list[AliasEntry | DamagedAliasEntry]) -> AliasEntry | None:
             head = history[-1] if history else None
-            if head is not None and head.version == number:
+            if head is None:
+                return _new_entry(alias, number, None, reason, "promote")
+            if head.damaged:  # the repair: a fresh entry supersedes the damaged one
+                log.warning("model %s: alias %s entry %d is damaged (%s); the new entry %d supersedes it",
+                            name, alias, head.sequence, head.problem, head.sequence + 1)
+                return _new_entry(alias, number, None, reason, "promote", repairs=head.sequence)
+            if head.version == number:
                 return None
-            return _new_entry(alias, number, head.version if head else None, reason, "promote")
+            return _new_entry(alias, number, head.version, reason, "promote")
 
         return self._append_alias_entry(name, alias, entry_for)
 
@@ -263,27 +301,51 @@ class ModelRegistry:
         alias = _check_alias(alias)
         self._require_model(name)
 
-        def entry_for(history: list[AliasEntry]) -> AliasEntry:
+        def entry_for(history: list[AliasEntry | DamagedAliasEntry]) -> AliasEntry:
             if not history:
                 raise RegistryError(f"alias {alias!r} of model {name!r} is not set; nothing to roll back")
+            head = history[-1]
+            repair = self._repair_hint(name, alias, head_damaged=head.damaged)
+            if head.damaged:
+                raise RegistryError(
+                    f"cannot roll back alias {alias!r} of model {name!r}: its newest entry {head.sequence} "
+                    f"({redact_uri(head.uri)}) is damaged ({head.problem}), so neither the version it points at "
+                    f"nor the one before is known and none is guessed; {repair}"
+                )
             stack = _promotion_stack(history)
-            current = history[-1].version
-            if len(stack) < 2:
+            current = head.version
+            if len(stack) < 2 or stack[-2] is None:
+                if len(stack) >= 2:  # None only stands for what a damaged entry hid
+                    cut = [e for e in history if e.damaged][-1]
+                    raise RegistryError(
+                        f"cannot roll back alias {alias!r} of model {name!r} from version {current}: the version "
+                        f"before it is unknown because entry {cut.sequence} of its log ({redact_uri(cut.uri)}) is "
+                        f"damaged ({cut.problem}) and none is guessed; {repair}"
+                    )
                 raise RegistryError(
                     f"nothing to roll back to: alias {alias!r} of model {name!r} points at version {current} "
                     "and no earlier version was promoted before it; promote a version explicitly instead"
                 )
             target = stack[-2]
-            if self._read_version(name, target)[0] is None:
+            found, problem = self._read_version(name, target)
+            if found is None:
                 raise RegistryError(
                     f"cannot roll back alias {alias!r} of model {name!r} to version {target}: that version is "
-                    "missing or damaged; promote a version explicitly instead"
+                    f"missing or damaged ({problem}); promote a version explicitly instead"
                 )
+            self._verified_model_bytes(
+                found, f"cannot roll back alias {alias!r} of model {name!r} to version {target}: ",
+                f"; alias {alias!r} was not moved (still version {current}); promote a version explicitly instead",
+            )
             return _new_entry(alias, target, current, reason, "rollback")
 
         return self._append_alias_entry(name, alias, entry_for)
 
     # --- reading --------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether the registry root exists (a first registration creates it)."""
+        return exists(self._fs, self._root)
 
     def names(self) -> list[str]:
         """Names of the models in the registry, sorted."""
@@ -318,7 +380,10 @@ class ModelRegistry:
     def find_by_run_id(self, name: str, run_id: str) -> ModelVersion | None:
         """The (lowest-numbered) complete version registered by ``run_id``, or ``None``."""
         _check_name(name, "model name")
-        for version in self._complete_versions(name):
+        return self._find_by_run_id(name, run_id)
+
+    def _find_by_run_id(self, name: str, run_id: str, in_flight: int | None = None) -> ModelVersion | None:
+        for version in self._complete_versions(name, in_flight=in_flight):
             if version.run_id == run_id:
                 return version
         return None
@@ -355,44 +420,67 @@ class ModelRegistry:
     def load_bytes(self, name: str, version: int | str = DEFAULT_ALIAS) -> bytes:
         """The model bytes of a version (for ``Model.from_bytes``), checked against its metadata."""
         found = self.get(name, version)
-        uri = join(found.uri, MODEL_OBJECT)
+        return self._verified_model_bytes(found, f"model {name!r} version {found.version}: ")
+
+    def _verified_model_bytes(self, found: ModelVersion, prefix: str, suffix: str = "") -> bytes:
+        """The version's model bytes if their seal and recorded checksum verify, else a RegistryError."""
+        uri = redact_uri(join(found.uri, MODEL_OBJECT))
         try:
-            data = unseal(read_object(self._fs, self._version_path(name, found.version, MODEL_OBJECT)))
+            data = unseal(read_object(self._fs, self._version_path(found.name, found.version, MODEL_OBJECT)))
         except FileNotFoundError:
-            raise RegistryError(f"model {name!r} version {found.version}: the model object {redact_uri(uri)} is missing") from None
+            raise RegistryError(f"{prefix}the model object {uri} is missing{suffix}") from None
         except CorruptObjectError as exc:
-            raise RegistryError(f"model {name!r} version {found.version}: the model object is damaged ({exc})") from None
+            raise RegistryError(f"{prefix}the model object is damaged ({exc}): {uri}{suffix}") from None
         if hashlib.sha256(data).hexdigest() != found.model_sha256:
             raise RegistryError(
-                f"model {name!r} version {found.version}: the model object {redact_uri(uri)} does not match "
-                "the checksum recorded in its metadata"
+                f"{prefix}the model object {uri} does not match the checksum recorded in its metadata{suffix}"
             )
         return data
 
     def alias(self, name: str, alias: str = DEFAULT_ALIAS) -> int | None:
-        """The version ``alias`` points at, or ``None`` if it was never set."""
-        history = self.alias_history(name, alias)
-        return history[-1].version if history else None
+        """The version ``alias`` points at, or ``None`` if it was never set.
 
-    def alias_history(self, name: str, alias: str = DEFAULT_ALIAS) -> list[AliasEntry]:
-        """Verified entries of the alias log, oldest first; damaged ones are skipped with a warning."""
+        A :class:`RegistryError` naming the entry and the repair if the newest entry of
+        the log is damaged: the alias is never resolved from an older entry instead.
+        """
+        history = self.alias_history(name, alias)
+        if not history:
+            return None
+        head = history[-1]
+        if head.damaged:
+            raise RegistryError(self._damaged_head_message(name, alias, history))
+        return head.version
+
+    def alias_history(self, name: str, alias: str = DEFAULT_ALIAS) -> list[AliasEntry | DamagedAliasEntry]:
+        """Every entry of the alias log, oldest first; damaged or missing ones as :class:`DamagedAliasEntry`."""
         _check_name(name, "model name")
         alias = _check_alias(alias)
         self._require_model(name)
-        return self._alias_entries(name, alias)[0]
+        return self._alias_entries(name, alias)
 
-    def aliases_of(self, name: str) -> dict[str, int]:
-        """Every alias of ``name`` that is set, with the version it points at."""
+    def alias_names(self, name: str) -> list[str]:
+        """The aliases of ``name`` that have a log (set, or damaged), sorted."""
         _check_name(name, "model name")
         aliases_dir = self._model_path(name, "aliases")
         selector = pafs.FileSelector(aliases_dir, allow_not_found=True, recursive=False)
+        return sorted(
+            info.base_name for info in self._fs.get_file_info(selector)
+            if info.type == pafs.FileType.Directory and _is_valid_name(info.base_name) and info.base_name != LATEST
+            and not info.base_name.isdigit()
+        )
+
+    def aliases_of(self, name: str) -> dict[str, int]:
+        """Every alias of ``name`` that is set, with the version it points at.
+
+        An alias whose newest entry is damaged points at no known version and is left
+        out; :meth:`alias` raises for it and :meth:`alias_history` shows the damage.
+        """
         found = {}
-        for info in self._fs.get_file_info(selector):
-            if info.type == pafs.FileType.Directory and _is_valid_name(info.base_name) and info.base_name != LATEST:
-                history = self._alias_entries(name, info.base_name)[0]
-                if history:
-                    found[info.base_name] = history[-1].version
-        return dict(sorted(found.items()))
+        for alias in self.alias_names(name):
+            history = self._alias_entries(name, alias)
+            if history and not history[-1].damaged:
+                found[alias] = history[-1].version
+        return found
 
     # --- versions: internals ------------------------------------------------------
 
@@ -453,12 +541,15 @@ class ModelRegistry:
             self._metadata_cache[(name, number)] = metadata
         return _version_from_metadata(copy.deepcopy(metadata), self._version_uri(name, number)), ""
 
-    def _complete_versions(self, name: str) -> list[ModelVersion]:
+    def _complete_versions(self, name: str, in_flight: int | None = None) -> list[ModelVersion]:
+        """Complete versions; ``in_flight`` is the caller's own registration, incomplete by design."""
         complete = []
         for number in self._claimed_numbers(name):
             version, problem = self._read_version(name, number)
             if version is not None:
                 complete.append(version)
+            elif number == in_flight and not problem.startswith("damaged"):
+                continue
             elif problem.startswith("damaged"):
                 log.warning("model %s: skipping version %d at %s: %s", name, number,
                             redact_uri(self._version_uri(name, number)), problem)
@@ -470,6 +561,11 @@ class ModelRegistry:
     def _require_model(self, name: str) -> None:
         if exists(self._fs, self._model_path(name, "versions")):
             return
+        if not self.exists():
+            raise RegistryError(
+                f"unknown model {name!r}: registry {redact_uri(self.root_uri)} does not exist; check the registry "
+                "URI, or create it with a first registration (a nightly run or ModelRegistry.register)"
+            )
         known = self.names()
         listing = ", ".join(known) if known else "none, the registry is empty"
         raise RegistryError(f"unknown model {name!r} in registry {redact_uri(self.root_uri)}; known models: {listing}")
@@ -488,26 +584,64 @@ class ModelRegistry:
     def _alias_dir(self, name: str, alias: str) -> str:
         return self._model_path(name, "aliases", alias)
 
-    def _alias_entries(self, name: str, alias: str) -> tuple[list[AliasEntry], int]:
-        """(verified entries oldest first, highest sequence present, valid or not)."""
+    def _alias_entry_uri(self, name: str, alias: str, sequence: int) -> str:
+        return join(self.root_uri, name, "aliases", alias, _number_name(sequence) + ".json.sealed")
+
+    def _alias_entries(self, name: str, alias: str) -> list[AliasEntry | DamagedAliasEntry]:
+        """Every entry from 1 to the highest sequence present, oldest first; damage is kept visible.
+
+        A sequence number below the highest that is not listed (entries are never
+        deleted, so something removed it) is reported as damaged too.
+        """
         names = list_names(self._fs, self._alias_dir(name, alias))
-        sequences = sorted(int(m.group(1)) for m in map(_ENTRY_RE.fullmatch, names) if m)
-        entries = []
-        for sequence in sequences:
+        present = {int(m.group(1)) for m in map(_ENTRY_RE.fullmatch, names) if m}
+        entries: list[AliasEntry | DamagedAliasEntry] = []
+        for sequence in range(1, max(present, default=0) + 1):
             key = (name, alias, sequence)
             entry = self._entry_cache.get(key)
             if entry is None:
+                if sequence not in present:
+                    entries.append(DamagedAliasEntry(alias, sequence, self._alias_entry_uri(name, alias, sequence),
+                                                     "missing: the log has later entries but not this one"))
+                    continue
                 path = join(self._alias_dir(name, alias), _number_name(sequence) + ".json.sealed")
                 try:
                     entry = _parse_entry(unseal(read_object(self._fs, path)), alias, sequence)
                 except FileNotFoundError:
+                    problem = "listed but could not be read"
+                except CorruptObjectError as exc:
+                    problem = str(exc)
+                except ValueError as exc:
+                    problem = f"not a valid alias entry: {exc}"
+                else:
+                    self._entry_cache[key] = entry
+                    entries.append(entry)
                     continue
-                except (CorruptObjectError, ValueError) as exc:
-                    log.warning("model %s: skipping damaged entry %d of alias %s: %s", name, sequence, alias, exc)
-                    continue
-                self._entry_cache[key] = entry
+                entries.append(DamagedAliasEntry(alias, sequence, self._alias_entry_uri(name, alias, sequence), problem))
+                continue
             entries.append(entry)
-        return entries, (sequences[-1] if sequences else 0)
+        return entries
+
+    def _repair_hint(self, name: str, alias: str, *, head_damaged: bool = True) -> str:
+        if alias == DEFAULT_ALIAS:
+            how = f"`em-spark registry promote --registry {redact_uri(self.root_uri)} --name {name} --version N`"
+        else:
+            how = f"ModelRegistry.promote({name!r}, N, alias={alias!r})"
+        if head_damaged:
+            return (f"to repair, promote the version that should be in {alias} explicitly: {how} appends a fresh "
+                    "entry that supersedes the damaged one")
+        return f"promote the version that should be in {alias} explicitly instead: {how}"
+
+    def _damaged_head_message(self, name: str, alias: str, history: list[AliasEntry | DamagedAliasEntry]) -> str:
+        head = history[-1]
+        verified = [e for e in history if not e.damaged]
+        before = (f" (entry {verified[-1].sequence}, the newest that verifies, had set version "
+                  f"{verified[-1].version} before it)" if verified else "")
+        return (
+            f"alias {alias!r} of model {name!r} cannot be resolved: its newest log entry {head.sequence} "
+            f"({redact_uri(head.uri)}) is damaged ({head.problem}), so the version it set is unknown{before}, and "
+            f"the registry does not fall back to an older entry; {self._repair_hint(name, alias)}"
+        )
 
     def _append_alias_entry(
         self, name: str, alias: str, entry_for: Callable[[list[AliasEntry]], AliasEntry | None]
@@ -518,12 +652,12 @@ class ModelRegistry:
         and decide again, once; a second loss is reported rather than retried forever.
         """
         for attempt in range(2):
-            history, highest = self._alias_entries(name, alias)
+            history = self._alias_entries(name, alias)
             entry = entry_for(history)
             if entry is None:  # already pointing there
                 log.info("model %s: alias %s already points at version %d", name, alias, history[-1].version)
                 return history[-1]
-            sequence = highest + 1
+            sequence = (history[-1].sequence if history else 0) + 1
             if sequence > _MAX_NUMBER:
                 raise RegistryError(f"alias {alias!r} of model {name!r} has no sequence numbers left")
             entry = AliasEntry(**{**asdict(entry), "sequence": sequence})
@@ -534,8 +668,8 @@ class ModelRegistry:
                 log.info("model %s: alias %s changed concurrently (entry %d taken); re-reading", name, alias, sequence)
                 continue
             self._entry_cache[(name, alias, sequence)] = entry
-            log.info("model %s: alias %s -> version %d (was %s, %s)", name, alias, entry.version,
-                     entry.previous, entry.action)
+            was = f"unknown, entry {entry.repairs} is damaged" if entry.repairs is not None else entry.previous
+            log.info("model %s: alias %s -> version %d (was %s, %s)", name, alias, entry.version, was, entry.action)
             return entry
         raise RegistryError(
             f"alias {alias!r} of model {name!r} was changed by someone else while this change was being made, "
@@ -633,11 +767,13 @@ def _version_from_metadata(metadata: dict, uri: str) -> ModelVersion:
     )
 
 
-def _new_entry(alias: str, version: int, previous: int | None, reason: str, action: str) -> AliasEntry:
+def _new_entry(
+    alias: str, version: int, previous: int | None, reason: str, action: str, repairs: int | None = None
+) -> AliasEntry:
     if not isinstance(reason, str):
         raise RegistryError(f"reason must be a string, got {type(reason).__name__}")
     return AliasEntry(alias=alias, version=version, previous=previous, at=_utc_now(), reason=reason,
-                      sequence=0, action=action, by=_who())
+                      sequence=0, action=action, by=_who(), repairs=repairs)
 
 
 def _parse_entry(payload: bytes, alias: str, sequence: int) -> AliasEntry:
@@ -652,20 +788,26 @@ def _parse_entry(payload: bytes, alias: str, sequence: int) -> AliasEntry:
     return AliasEntry(
         alias=alias, version=version, previous=raw.get("previous"), at=str(raw.get("at", "")),
         reason=str(raw.get("reason", "")), sequence=sequence, action=str(raw.get("action", "promote")),
-        by=str(raw.get("by", "")),
+        by=str(raw.get("by", "")), repairs=raw.get("repairs") if isinstance(raw.get("repairs"), int) else None,
     )
 
 
-def _promotion_stack(history: list[AliasEntry]) -> list[int]:
-    """Replay the log: a promotion pushes its version, a rollback pops back to its version."""
-    stack: list[int] = []
+def _promotion_stack(history: list[AliasEntry | DamagedAliasEntry]) -> list[int | None]:
+    """Replay the log: a promotion pushes its version, a rollback pops back to its version.
+
+    A damaged entry could have been either, so everything below it becomes unknown:
+    the stack restarts as ``[None]`` and a rollback can never reach past it. Entries
+    after it still replay exactly (they say which version they set).
+    """
+    stack: list[int | None] = []
     for entry in history:
-        if entry.action == "rollback":
-            if stack:
+        if entry.damaged:
+            stack = [None]
+        elif entry.action == "rollback":
+            if stack and stack[-1] is not None:
                 stack.pop()
-            if not stack or stack[-1] != entry.version:  # a damaged, skipped entry can leave gaps
+            if not stack or stack[-1] != entry.version:
                 stack.append(entry.version)
         elif not stack or stack[-1] != entry.version:
             stack.append(entry.version)
     return stack
-

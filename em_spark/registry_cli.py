@@ -12,7 +12,13 @@ import json
 import math
 from typing import Any
 
-from em_spark.registry import DEFAULT_ALIAS, ModelRegistry, ModelVersion, RegistryError
+from em_spark.registry import (
+    DEFAULT_ALIAS,
+    DamagedAliasEntry,
+    ModelRegistry,
+    ModelVersion,
+    RegistryError,
+)
 from em_spark.storage.fs import redact_uri
 
 __all__ = ["add_registry_parser", "run_registry"]
@@ -53,15 +59,26 @@ def run_registry(args: argparse.Namespace) -> int:
     registry = ModelRegistry(args.registry, s3_endpoint=args.s3_endpoint)
     command = args.registry_command
     if command == "list":
+        if not registry.exists():
+            raise RegistryError(
+                f"registry {redact_uri(registry.root_uri)} does not exist; check --registry, or create it with a "
+                "first registration (an `em-spark nightly` run, or ModelRegistry.register in Python)"
+            )
         print(_list_versions(registry, args.name, args.incomplete) if args.name else _list_models(registry))
     elif command == "show":
         version = registry.get(args.name, args.version)
         shown = {**version.to_dict(), "aliases": _aliases_pointing_at(registry, version)}
         shown["uri"] = redact_uri(shown["uri"])  # the registry URI may carry credentials
+        problems = _alias_problems(registry, args.name)
+        if problems:
+            shown["alias_problems"] = problems
         print(json.dumps(shown, indent=2, ensure_ascii=False))
     elif command == "promote":
         entry = registry.promote(args.name, args.version, reason=args.reason)
-        was = f"was {entry.previous}" if entry.previous is not None else "was not set"
+        if entry.repairs is not None:
+            was = f"was unknown: entry {entry.repairs} of its log is damaged; entry {entry.sequence} supersedes it"
+        else:
+            was = f"was {entry.previous}" if entry.previous is not None else "was not set"
         print(f"model {args.name}: {entry.alias} -> version {entry.version} ({was})")
     elif command == "rollback":
         entry = registry.rollback(args.name, reason=args.reason)
@@ -76,20 +93,22 @@ def _list_models(registry: ModelRegistry) -> str:
     if not names:
         return f"no models in {redact_uri(registry.root_uri)}"
     rows = []
+    notes = []
     for name in names:
         complete = registry.versions(name)
-        production = registry.alias(name, DEFAULT_ALIAS)
+        production, damaged = _production(registry, name)
         rows.append([
             name,
-            str(production) if production is not None else "-",
+            "DAMAGED" if damaged else str(production) if production is not None else "-",
             str(complete[-1].version) if complete else "-",
             str(len(complete)),
         ])
-    return _table(["model", DEFAULT_ALIAS, "latest", "versions"], rows)
+        notes.extend(_alias_problems(registry, name).values())
+    return "\n".join([_table(["model", DEFAULT_ALIAS, "latest", "versions"], rows), *notes])
 
 
 def _list_versions(registry: ModelRegistry, name: str, incomplete: bool) -> str:
-    production = registry.alias(name, DEFAULT_ALIAS)
+    production, damaged = _production(registry, name)
     rows = []
     for v in registry.versions(name):
         m = v.metrics
@@ -103,11 +122,45 @@ def _list_versions(registry: ModelRegistry, name: str, incomplete: bool) -> str:
         ])
     header = ["version", "created (UTC)", "run id", "train avgLogLik", "holdout avgLogLik", "BIC"]
     lines = [_table(header, rows) if rows else f"model {name}: no complete versions"]
-    lines.append(f"(* = {DEFAULT_ALIAS})" if production is not None else f"({DEFAULT_ALIAS} is not set)")
+    if damaged:
+        lines.append(f"({DEFAULT_ALIAS} is unknown: its newest log entry is damaged)")
+    else:
+        lines.append(f"(* = {DEFAULT_ALIAS})" if production is not None else f"({DEFAULT_ALIAS} is not set)")
+    lines.extend(_alias_problems(registry, name).values())
     if incomplete:
         for v in registry.incomplete_versions(name):
             lines.append(f"incomplete version {v.version} (run {v.run_id or '?'}, claimed {v.claimed_at or '?'}): {v.reason}")
     return "\n".join(lines)
+
+
+def _production(registry: ModelRegistry, name: str) -> tuple[int | None, bool]:
+    """(the production version or None, whether its newest log entry is damaged); never falls back."""
+    history = registry.alias_history(name, DEFAULT_ALIAS)
+    if history and history[-1].damaged:
+        return None, True
+    return (history[-1].version if history else None), False
+
+
+def _alias_problems(registry: ModelRegistry, name: str) -> dict[str, str]:
+    """For each alias with damaged log entries, one line saying what they mean and the repair."""
+    problems = {}
+    for alias in registry.alias_names(name):
+        history = registry.alias_history(name, alias)
+        damaged: list[DamagedAliasEntry] = [e for e in history if e.damaged]
+        if not damaged:
+            continue
+        if history[-1].damaged:
+            try:
+                registry.alias(name, alias)
+            except RegistryError as exc:
+                problems[alias] = str(exc)
+            continue
+        listed = ", ".join(f"{e.sequence} ({redact_uri(e.uri)}: {e.problem})" for e in damaged)
+        problems[alias] = (
+            f"alias {alias!r} log entries damaged: {listed}; they no longer decide its value (later entries "
+            f"supersede them), but a rollback cannot go back past entry {damaged[-1].sequence}"
+        )
+    return problems
 
 
 def _aliases_pointing_at(registry: ModelRegistry, version: ModelVersion) -> list[str]:

@@ -215,8 +215,12 @@ def test_get_by_number_alias_latest_and_clear_errors(reg):
         reg.get("gmm", 9)
     with pytest.raises(RegistryError, match="unknown model 'other'.*known models: gmm"):
         reg.get("other", 1)
+    with pytest.raises(RegistryError, match="unknown model 'gmm': registry .*-missing does not exist; .*first registration"):
+        ModelRegistry(str(reg.root_uri) + "-missing").versions("gmm")
+    empty = Path(str(reg.root_uri) + "-empty")
+    empty.mkdir()
     with pytest.raises(RegistryError, match="unknown model 'gmm'.*the registry is empty"):
-        ModelRegistry(str(reg.root_uri) + "-empty").versions("gmm")
+        ModelRegistry(str(empty)).versions("gmm")
     with pytest.raises(RegistryError, match="a version must be a number >= 1"):
         reg.get("gmm", 0)
     reg.promote("gmm", 2)
@@ -408,7 +412,8 @@ def test_losing_the_race_twice_fails_clearly(reg, monkeypatch):
         reg.promote("gmm", 3)
 
 
-def test_a_damaged_alias_entry_is_skipped_with_a_warning(reg, root, caplog):
+def test_a_damaged_newest_alias_entry_fails_resolving_instead_of_falling_back(reg, root):
+    # Was: the damaged entry was skipped with a warning and the alias silently answered 1.
     for i in (1, 2):
         register(reg, f"r{i}")
     reg.promote("gmm", 1)
@@ -416,10 +421,95 @@ def test_a_damaged_alias_entry_is_skipped_with_a_warning(reg, root, caplog):
     entry = root / "gmm" / "aliases" / "production" / "0000000002.json.sealed"
     entry.write_bytes(entry.read_bytes()[:-3])
     fresh = ModelRegistry(str(root))
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert fresh.alias("gmm") == 1
-    assert "skipping damaged entry 2 of alias production" in caplog.text
-    assert fresh.promote("gmm", 2).sequence == 3  # appends past the damaged entry, never over it
+    for resolve in (lambda: fresh.alias("gmm"), lambda: fresh.get("gmm"), lambda: fresh.load_bytes("gmm")):
+        with pytest.raises(RegistryError, match=r"alias 'production' of model 'gmm' cannot be resolved: its newest "
+                                                r"log entry 2 \(.*0000000002\.json\.sealed\) is damaged .*"
+                                                r"does not fall back .*registry promote .*--name gmm --version N"):
+            resolve()
+    assert fresh.aliases_of("gmm") == {}
+    history = fresh.alias_history("gmm")
+    assert [(e.sequence, e.damaged, e.version) for e in history] == [(1, False, 1), (2, True, None)]
+    with pytest.raises(RegistryError, match="newest entry 2 .* is damaged .*none is guessed"):
+        fresh.rollback("gmm")
+    repaired = fresh.promote("gmm", 2)  # appends past the damaged entry, never over it
+    assert (repaired.sequence, repaired.previous, repaired.repairs) == (3, None, 2)
+    assert ModelRegistry(str(root)).alias("gmm") == 2
+
+
+def test_a_damaged_older_alias_entry_is_superseded_but_limits_rollback(reg, root):
+    for i in (1, 2, 3, 4):
+        register(reg, f"r{i}")
+    for n in (1, 2, 3, 4):
+        reg.promote("gmm", n)
+    entry = root / "gmm" / "aliases" / "production" / "0000000002.json.sealed"
+    entry.write_bytes(seal(b"{not json"))
+    fresh = ModelRegistry(str(root))
+    assert fresh.alias("gmm") == 4  # entry 4 was written after entry 2 existed: it decides
+    assert [e.damaged for e in fresh.alias_history("gmm")] == [False, True, False, False]
+    assert fresh.rollback("gmm").version == 3  # entries after the damage replay exactly
+    with pytest.raises(RegistryError, match="from version 3: the version before it is unknown because entry 2 "
+                                            ".*is damaged .*none is guessed; promote the version that should be in production explicitly instead"):
+        fresh.rollback("gmm")
+    assert fresh.alias("gmm") == 3
+
+
+def test_a_missing_alias_entry_below_the_newest_counts_as_damaged(reg, root):
+    for i in (1, 2, 3):
+        register(reg, f"r{i}")
+    for n in (1, 2, 3):
+        reg.promote("gmm", n)
+    (root / "gmm" / "aliases" / "production" / "0000000002.json.sealed").unlink()
+    history = ModelRegistry(str(root)).alias_history("gmm")
+    assert [(e.sequence, e.damaged) for e in history] == [(1, False), (2, True), (3, False)]
+    assert "missing" in history[1].problem
+    with pytest.raises(RegistryError, match="the version before it is unknown because entry 2"):
+        ModelRegistry(str(root)).rollback("gmm")
+
+
+@pytest.mark.parametrize("damage", ["flipped", "resealed", "missing"])
+def test_promote_and_rollback_refuse_a_version_with_a_damaged_model(reg, root, damage):
+    for i in (1, 2):
+        register(reg, f"r{i}")
+    reg.promote("gmm", 1)
+    model = root / "gmm" / "versions" / "0000000002" / "model.emsp"
+    if damage == "flipped":
+        data = model.read_bytes()
+        model.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    elif damage == "resealed":
+        model.write_bytes(seal(b"some other model"))
+    else:
+        model.unlink()
+    with pytest.raises(RegistryError, match=r"cannot promote model 'gmm' version 2 to alias 'production': the model "
+                                            r"object .*(damaged|does not match|missing).*alias 'production' was not moved"):
+        reg.promote("gmm", 2)
+    assert reg.alias("gmm") == 1 and len(reg.alias_history("gmm")) == 1
+
+
+def test_rollback_refuses_a_target_with_a_damaged_model(reg, root):
+    for i in (1, 2):
+        register(reg, f"r{i}")
+    reg.promote("gmm", 1)
+    reg.promote("gmm", 2)
+    (root / "gmm" / "versions" / "0000000001" / "model.emsp").write_bytes(seal(b"some other model"))
+    with pytest.raises(RegistryError, match="cannot roll back alias 'production' of model 'gmm' to version 1: .*"
+                                            r"does not match .*was not moved \(still version 2\)"):
+        reg.rollback("gmm")
+    assert reg.alias("gmm") == 2 and len(reg.alias_history("gmm")) == 2
+
+
+def test_registering_does_not_log_its_own_version_as_incomplete(reg, root, caplog):
+    register(reg, "r1")
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        register(reg, "r2")
+    assert "incomplete" not in caplog.text and "registered version 2" in caplog.text
+    # A real incomplete version is still reported.
+    claim = root / "gmm" / "versions" / "0000000003.claim"
+    write_object(pafs.LocalFileSystem(), str(claim), seal(json.dumps({"run_id": "crashed"}).encode()))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        register(reg, "r4")
+    assert "skipping incomplete version 3" in caplog.text and "skipping incomplete version 4" not in caplog.text
+    assert [v.version for v in ModelRegistry(str(root)).incomplete_versions("gmm")] == [3]
 
 
 # --- names --------------------------------------------------------------------------------
@@ -552,8 +642,13 @@ def test_cli_errors_are_registry_errors(populated, argv, message):
 
 
 def test_cli_list_on_an_empty_registry(tmp_path, capsys):
-    out = run(["registry", "list", "--registry", str(tmp_path / "none")], capsys)
-    assert out.strip() == f"no models in {tmp_path / 'none'}"
+    # Was: a root that does not exist also said "no models"; now only an existing empty one does.
+    (tmp_path / "empty").mkdir()
+    out = run(["registry", "list", "--registry", str(tmp_path / "empty")], capsys)
+    assert out.strip() == f"no models in {tmp_path / 'empty'}"
+    with pytest.raises(RegistryError, match="registry .*none does not exist; check --registry, or create it"):
+        run_registry(cli(["registry", "list", "--registry", str(tmp_path / "none")]))
+    assert not (tmp_path / "none").exists()
 
 
 def test_cli_show_does_not_print_credentials_from_the_registry_uri(populated, capsys, monkeypatch):
