@@ -108,6 +108,8 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
         raise ConfigError(f"the nightly job needs nightly.inputPath or input.path (in {config.source})")
     config.input.path = template.replace("{date}", date)
     require_input(config)
+    # Before Spark starts: a damaged production alias is refused at once, not after the read.
+    production_version = registry.alias(name) if registry.exists() and name in registry.names() else None  # first night: none
     spark = _session(config)
     data = read_input(spark, config)
     features = config.input.features
@@ -118,7 +120,6 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     rows = {"train": train.count(), "holdout": holdout.count()}
     timings["read"] = time.perf_counter() - started
 
-    production_version = registry.alias(name) if name in registry.names() else None  # the first night has none
     production = None
     if production_version is not None:
         production = _registered_model(config, registry, name, production_version)
