@@ -407,7 +407,7 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
         if not isinstance(value, bool):
             raise bad("must be true or false")
         return value
-    if text.startswith("str"):
+    if hint is str or text.startswith("str"):
         if number:
             return _text(value)  # YAML reads 0042 and 1.0 as numbers; the key wants the text
         if not isinstance(value, str):
