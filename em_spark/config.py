@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import functools
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -232,7 +233,7 @@ def _text(value: Any) -> str:
     return getattr(value, "text", None) or str(value)
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _Strict:
     """PyYAML's SafeLoader, stricter where it would silently do the wrong thing.
 
     A key given twice in one mapping is an error naming the key and both lines (SafeLoader
@@ -272,19 +273,27 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
-        value = _Int(super().construct_yaml_int(node))
+        value = _Int(yaml.SafeLoader.construct_yaml_int(self, node))
         value.text = node.value
         return value
 
     def construct_yaml_float(self, node: yaml.ScalarNode) -> Any:
-        value = _Float(super().construct_yaml_float(node))
+        value = _Float(yaml.SafeLoader.construct_yaml_float(self, node))
         value.text = node.value
         return value
 
 
-_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
-_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
-_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+def _strict_loader(base: type) -> type:
+    loader = type(f"_Strict{base.__name__}", (_Strict, base), {})
+    loader.add_constructor("tag:yaml.org,2002:int", _Strict.construct_yaml_int)
+    loader.add_constructor("tag:yaml.org,2002:float", _Strict.construct_yaml_float)
+    loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+    return loader
+
+
+# libyaml's parser when PyYAML was built with it (the same events, a few times faster), else PyYAML's own
+_PythonLoader = _strict_loader(yaml.SafeLoader)
+_StrictLoader = _strict_loader(yaml.CSafeLoader) if getattr(yaml, "__with_libyaml__", False) else _PythonLoader
 
 
 def _record_paths(node: yaml.Node, path: str, paths: dict[int, str], seen: set[int]) -> None:
@@ -314,13 +323,13 @@ def _yaml_problem(exc: BaseException) -> str:
         return _one_line(", ".join(parts) or str(exc))
     if isinstance(exc, RecursionError):
         return "it is nested too deeply"
-    return _one_line(f"{exc}" or type(exc).__name__)
+    return _one_line(f"{type(exc).__name__}: {exc}")  # a constructor's own error, e.g. !!int abc
 
 
-def _load_yaml(text: str, where: str, root: str = "") -> Any:
+def _load_yaml(text: str, where: str, root: str = "", loader_class: type | None = None) -> Any:
     """Parse ``text``; every failure (PyYAML's errors, and the ValueError or TypeError some of its
     constructors raise) comes out as one ConfigError."""
-    loader = _StrictLoader(text)
+    loader = (loader_class or _StrictLoader)(text)
     loader.where, loader.root = where, root
     try:
         return loader.get_single_data()
@@ -349,6 +358,7 @@ def _section_type(hint: Any) -> type | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def _field_hints(cls: type) -> dict[str, Any]:
     hints = get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls) if f.name != "source"}
@@ -644,7 +654,7 @@ def _check(c: JobConfig) -> None:
         raise bad("input.features", f"must be a column name or a non-empty list of column names, got {_show(features)}")
     if (c.input.sequenceCol is None) != (c.input.timeCol is None):
         given, missing = ("input.sequenceCol", "input.timeCol") if c.input.timeCol is None else ("input.timeCol", "input.sequenceCol")
-        raise bad(missing, f"must be set together with {given} (long-format sequences need both), got null")
+        raise bad(given, f"needs {missing} too: long-format sequences take both columns (or neither), but {missing} is null")
     from em_spark.storage import validate_name
 
     for key, value, what in (
@@ -686,8 +696,10 @@ def _check_output_columns(c: JobConfig, bad: Any) -> None:
     taken = [col for col in keep if col in SCORE_COLUMNS]
     if taken:
         raise bad("score.keepColumns", f"must not hold {taken[0]!r}: the scores are written under {', '.join(SCORE_COLUMNS)}")
-    if score.anomalyCol in (*SCORE_COLUMNS, *keep):
-        raise bad("score.anomalyCol", f"must differ from the other output columns ({', '.join([*SCORE_COLUMNS, *keep])}), got {score.anomalyCol!r}")
+    if score.anomalyCol in keep:
+        raise bad("score.keepColumns", f"must not hold {score.anomalyCol!r}: score.anomalyCol is written under that name")
+    if score.anomalyCol in SCORE_COLUMNS:
+        raise bad("score.anomalyCol", f"must differ from the score columns {', '.join(SCORE_COLUMNS)}, got {score.anomalyCol!r}")
     if score.keepColumns is not None and score.partitionBy:
         unknown = [col for col in score.partitionBy if col not in score.keepColumns]
         if unknown:

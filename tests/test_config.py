@@ -57,14 +57,16 @@ def test_overrides_are_typed_yaml_values():
         ("select.covarianceTypes=[full, full]", "'select.covarianceTypes' lists 'full' more than once"),
         ("score.keepColumns=[a, '']", "'score.keepColumns' must not hold an empty name"),
         ("score.keepColumns=[a, prediction]", "'score.keepColumns' must not hold 'prediction'"),
-        ("score.anomalyCol=logLikelihood", "'score.anomalyCol' must differ from the other output columns"),
+        ("score.anomalyCol=logLikelihood", "'score.anomalyCol' must differ from the score columns"),
+        ("score.keepColumns=[a, anomaly]", "'score.keepColumns' must not hold 'anomaly': score.anomalyCol is written"),
         ("score.mode=append", "'score.mode' must be 'errorifexists' or 'overwrite'"),
         ("impute.stdCol=imputed", "'impute.stdCol' must differ from impute.outputCol"),
         ("input.format=''", "'input.format' must not be empty"),
         ("input.path=' '", "'input.path' must not be empty"),
         ("input.features=[x0, x0]", "'input.features' lists 'x0' more than once"),
         ("input.features=[]", "'input.features' must be a column name or a non-empty list"),
-        ("input.sequenceCol=id", "'input.timeCol' must be set together with input.sequenceCol"),
+        ("input.sequenceCol=id", "'input.sequenceCol' needs input.timeCol too: long-format sequences take both"),
+        ("input.timeCol=t", "'input.timeCol' needs input.sequenceCol too"),
         ("spark.master=''", "'spark.master' must not be empty"),
         ("spark.master=local [2]", "'spark.master' must be a Spark master URL"),
         ("spark.appName=''", "'spark.appName' must not be empty"),
@@ -216,3 +218,24 @@ def test_unreadable_yaml_in_the_file_is_a_config_error(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "conf").glob("*.yaml")))
 def test_every_shipped_config_still_loads(name):
     load_config(str(REPO / "conf" / name))
+
+
+@pytest.mark.parametrize("loader", ["libyaml", "python"])
+def test_libyaml_and_pure_python_yaml_read_the_same(loader):
+    import yaml
+
+    from em_spark import config as module
+
+    if loader == "libyaml" and not getattr(yaml, "__with_libyaml__", False):
+        pytest.skip("PyYAML was built without libyaml")
+    cls = module._StrictLoader if loader == "libyaml" else module._PythonLoader
+    data = module._load_yaml("run: {id: 0042}\nnightly: {date: 2026-13-01}\nfit: {tol: 1.0e-3, maxIter: 5}\n", "a.yaml",
+                             loader_class=cls)
+    assert data == {"run": {"id": 0o42}, "nightly": {"date": "2026-13-01"}, "fit": {"tol": 1e-3, "maxIter": 5}}
+    assert data["run"]["id"].text == "0042" and data["fit"]["tol"].text == "1.0e-3"
+    with pytest.raises(ConfigError, match=r"^config key 'a\.b' is given twice, at line 2 and line 4; .* \(in a\.yaml\)$"):
+        module._load_yaml("a:\n  b: 1\n  c: 2\n  b: 3\n", "a.yaml", loader_class=cls)
+    with pytest.raises(ConfigError, match=r"^config file a\.yaml is not valid YAML: .*line 2"):
+        module._load_yaml("a: [\n", "a.yaml", loader_class=cls)
+    with pytest.raises(ConfigError, match="nested too deeply|not valid YAML"):
+        module._load_yaml("[" * 5000 + "]" * 5000, "a.yaml", loader_class=cls)
