@@ -567,15 +567,13 @@ _RANGES: dict[str, tuple[Any, str]] = {
 
 
 def _leaves(section: Any, prefix: str = ""):
-    """(dotted key, value) of every key of every section, walking the dataclasses."""
-    for f in fields(section):
-        if f.name == "source":
-            continue
-        value, key = getattr(section, f.name), f"{prefix}.{f.name}" if prefix else f.name
+    """(dotted key, value, may be null) of every key of every section, walking the dataclasses."""
+    for name, hint in _field_hints(type(section)).items():
+        value, key = getattr(section, name), f"{prefix}.{name}" if prefix else name
         if dataclasses.is_dataclass(value):
             yield from _leaves(value, key)
         else:
-            yield key, value
+            yield key, value, "None" in str(hint)
 
 
 def _check(c: JobConfig) -> None:
@@ -583,14 +581,14 @@ def _check(c: JobConfig) -> None:
         return ConfigError(f"config key {key!r} {problem} (in {c.source})")
 
     # Rules for every key, by the kind of value it holds.
-    for key, value in _leaves(c):
+    for key, value, optional in _leaves(c):
         if isinstance(value, float) and not math.isfinite(value):
             rule = _RANGES.get(key, (None, ""))[1]
             raise bad(key, f"must be a finite number{' ' + rule if rule else ''}, got {value}")
         if key in _RANGES and isinstance(value, (int, float)) and not _RANGES[key][0](value):
             raise bad(key, f"must be {_RANGES[key][1]}, got {value}")
         if isinstance(value, str) and not value.strip():
-            raise bad(key, f"must not be empty, got {value!r}" + ("" if key in ("spark.appName", "input.format") else "; leave it out or null for none"))
+            raise bad(key, f"must not be empty, got {value!r}" + ("; leave it out or set it to null for none" if optional else ""))
         if isinstance(value, list):
             if any(isinstance(v, str) and not v.strip() for v in value):
                 raise bad(key, f"must not hold an empty name, got {_show(value)}")
