@@ -248,6 +248,7 @@ def run_train(config: JobConfig) -> Any:
                                     "point it at a model saved by em-spark train (a directory holding model.emsp)")
     _check_outputs_writable(config, model_path)
     require_input(config)
+    estimator = _estimator(config, initial)  # family keys checked before Spark starts
     spark = _session(config)
     df = read_input(spark, config)
     from em_spark import metrics
@@ -256,7 +257,7 @@ def run_train(config: JobConfig) -> Any:
     with metrics.IterationRecorder(
         config.run.id, lambda run_id: metrics.metrics_uri(run_id, checkpoint_dir, metrics_path), endpoint,
     ) as recorder:
-        model = _estimator(config, initial).fit(df)
+        model = estimator.fit(df)
     if model_path:
         model.save(model_path, overwrite=config.output.overwrite)
     metrics.publish(recorder, model, wall_seconds=time.perf_counter() - started, model_path=model_path,
@@ -568,18 +569,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_nightly(config)
     except expected as exc:
-        print(f"em-spark: error: {exc}", file=sys.stderr)
+        print(f"em-spark: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except Exception as exc:
         from pyspark.errors import AnalysisException
 
         if isinstance(exc, AnalysisException):
-            print(f"em-spark: error: Spark could not read or write the data: {exc}", file=sys.stderr)
+            # Spark's message, without the JVM stack trace some versions append after it.
+            first = str(exc).split("\n\tat ", 1)[0].split("\nJVM stacktrace:", 1)[0]
+            print(f"em-spark: error: Spark could not read or write the data: {_one_line(first)}", file=sys.stderr)
             return 2
         raise
     finally:
         _stop_session()
     return 0
+
+
+def _one_line(message: str) -> str:
+    """An error message as the one line the CLI promises."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _stop_session() -> None:
