@@ -150,6 +150,71 @@ def build_args(instructions: list[tuple[str, str]]) -> tuple[dict[str, str], str
     raise AssertionError("the Dockerfile has no FROM")
 
 
+IMAGE_REPO = "/opt/em_spark"  # where the Dockerfile copies the repo and pip-installs it from
+SHELL_OPERATORS = {";", "&&", "||", "|", "&"}
+
+
+def shell_commands(script: str) -> list[list[str]]:
+    """A RUN's shell script as its simple commands (split at ;, &&, ||), each a list of words."""
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    commands, current = [], []
+    for token in lexer:
+        if token in SHELL_OPERATORS:
+            if current:
+                commands.append(current)
+            current = []
+        else:
+            current.append(token)
+    if current:
+        commands.append(current)
+    return commands
+
+
+def install_commands(path: Path) -> list[list[str]]:
+    """The python3 commands of the one RUN that pip-installs em_spark, in order (the install and
+    the checks after it), with the build ARGs substituted. tests/spark/test_docker_image.py runs
+    exactly these in a clean virtualenv."""
+    instructions = dockerfile_instructions(path)
+    args, _ = build_args(instructions)
+    runs = [substitute(v, args) for k, v in instructions if k == "RUN" and re.search(r"\bpip install\b", v)]
+    assert len(runs) == 1, f"{path.name} should pip-install in exactly one RUN, found {len(runs)}"
+    commands = [words for words in shell_commands(runs[0]) if words[0] == "python3"]
+    installs = [words for words in commands if words[1:4] == ["-m", "pip", "install"]]
+    assert len(installs) == 1, (
+        f"{path.name} should have one `python3 -m pip install ...` (the one the image test replays), got {installs}"
+    )
+    return commands
+
+
+def pip_install_targets(path: Path) -> list[str]:
+    """What the Dockerfile's pip install installs (its arguments that are not options)."""
+    install = next(w for w in install_commands(path) if w[1:4] == ["-m", "pip", "install"])
+    return [word for word in install[4:] if not word.startswith("-")]
+
+
+def em_spark_install(path: Path) -> tuple[str, set[str]]:
+    """The pip target that installs em_spark from IMAGE_REPO, and the extras it names."""
+    targets = pip_install_targets(path)
+    found = [(t, re.fullmatch(re.escape(IMAGE_REPO) + r"(?:\[([^\]]*)\])?", t)) for t in targets]
+    ours = [(t, m) for t, m in found if m]
+    assert len(ours) == 1, f"{path.name} should `pip install {IMAGE_REPO}` (the repo, copied into the image) once; it installs {targets}"
+    target, match = ours[0]
+    return target, {e.strip() for e in (match.group(1) or "").split(",") if e.strip()}
+
+
+def image_copies(path: Path) -> list[tuple[list[str], str]]:
+    """(sources, destination) of each COPY from the build context into IMAGE_REPO."""
+    out = []
+    for keyword, value in dockerfile_instructions(path):
+        words = shlex.split(value)
+        if keyword == "COPY" and not any(w.startswith("--from=") for w in words):
+            words = [w for w in words if not w.startswith("--")]
+            if words[-1] == IMAGE_REPO or words[-1].startswith(IMAGE_REPO + "/"):
+                out.append((words[:-1], words[-1]))
+    return out
+
+
 def pyspark_requirement() -> Requirement:
     text = (ROOT / "pyproject.toml").read_text()
     try:
@@ -163,6 +228,16 @@ def pyspark_requirement() -> Requirement:
         if requirement.name == "pyspark":
             return requirement
     raise AssertionError(f"pyproject.toml lists no pyspark dependency: {dependencies}")
+
+
+def pyproject_extras() -> set[str]:
+    text = (ROOT / "pyproject.toml").read_text()
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        section = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+        return set(re.findall(r"^([A-Za-z][\w.-]*)\s*=", section, re.MULTILINE))
+    return set(tomllib.loads(text)["project"].get("optional-dependencies", {}))
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +353,8 @@ def test_dockerfile_pins_pyspark_to_the_image_spark(dockerfile):
 def test_dockerfile_installs_em_spark_as_root_and_runs_as_spark(dockerfile):
     instructions = dockerfile_instructions(dockerfile)
     users = [(i, v) for i, (k, v) in enumerate(instructions) if k == "USER"]
-    install = [i for i, (k, v) in enumerate(instructions) if k == "RUN" and re.search(r"pip install\b.*\s/opt/em_spark\b", v)]
-    assert install, f"{dockerfile.name} should `pip install /opt/em_spark` (the repo, copied into the image)"
+    install = [i for i, (k, v) in enumerate(instructions) if k == "RUN" and re.search(r"\bpip install\b", v)]
+    em_spark_install(dockerfile)
     root_before = [v for i, v in users if i < install[0]]
     assert root_before and root_before[-1] == "root", f"{dockerfile.name}: pip install runs as {root_before[-1:] or 'the base image user'}, not root"
     assert users and users[-1][1] == "spark", f"{dockerfile.name} should end as USER spark, ends as {users[-1][1] if users else 'nothing'}"
@@ -289,6 +364,20 @@ def test_dockerfile_installs_em_spark_as_root_and_runs_as_spark(dockerfile):
         assert needed in copied, f"{dockerfile.name} does not COPY {needed} into /opt/em_spark (copies {sorted(copied)})"
     env = " ".join(v for k, v in instructions if k == "ENV")
     assert re.search(r"\bPYSPARK_PYTHON=python3\b", env), f"{dockerfile.name} should set PYSPARK_PYTHON=python3, ENV is {env!r}"
+
+
+def test_dockerfile_installs_the_extras_the_config_needs(dockerfile, config):
+    # Every s3:// write goes through boto3 (em_spark's `s3` extra): without it the job stops at
+    # its first write with MissingDependencyError.
+    target, extras = em_spark_install(dockerfile)
+    declared = pyproject_extras()
+    assert extras <= declared, f"{dockerfile.name} installs extras {sorted(extras - declared)} that pyproject.toml does not declare ({sorted(declared)})"
+    if s3_buckets(config):
+        assert "s3" in extras, (
+            f"{CONFIG_FILE} writes to S3 ({sorted(s3_buckets(config))}), which needs boto3, but {dockerfile.name} installs "
+            f"{target!r} without the `s3` extra: the job would stop with MissingDependencyError"
+        )
+    assert "test" not in extras, f"{dockerfile.name} installs the `test` extra into the image"
 
 
 def test_dockerfile_adds_s3a_when_spark_reads_s3(dockerfile, config):
