@@ -56,12 +56,8 @@ from typing import Any, ClassVar, Mapping, NamedTuple
 import numpy as np
 
 from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
-from em_spark.models.gaussian import (
-    _KERNELS,
-    _LOG_2PI,
-    GaussianFamily,
-    _not_positive_definite_components,
-)
+from em_spark.models.gaussian import GaussianFamily
+from em_spark.models.kernels import KERNELS, LOG_2PI, chunks, ill_defined_covariance, not_positive_definite_components
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = ["GaussianHMMFamily", "CategoricalHMMFamily", "HMM_COVARIANCE_TYPES"]
@@ -639,7 +635,7 @@ class GaussianHMMFamily(_ChainMixin):
 
     @property
     def _kernel(self):
-        return _KERNELS[self.covariance_type]
+        return KERNELS[self.covariance_type]
 
     # -- description ------------------------------------------------------------
 
@@ -712,10 +708,10 @@ class GaussianHMMFamily(_ChainMixin):
         d = X.shape[1]
         kernel = self._kernel
         prec_chol = params["precisions_cholesky"]
-        log_const = kernel.log_det(prec_chol, d) - 0.5 * d * _LOG_2PI
+        log_const = kernel.log_det(prec_chol, d) - 0.5 * d * LOG_2PI
         prepared = kernel.prepare(prec_chol)
         out = np.empty((self.k, X.shape[0]))
-        for start, stop, diffs, work in self._mixture._chunks(X, params["means"]):
+        for start, stop, diffs, work in chunks(self._kernel, X, params["means"]):
             half_maha = kernel.half_mahalanobis(diffs, work, prepared)
             np.subtract(log_const[:, None], half_maha, out=out[:, start:stop])
         return out
@@ -726,7 +722,7 @@ class GaussianHMMFamily(_ChainMixin):
         d = X.shape[1]
         sums = np.zeros((k, d))
         sq = np.zeros(kernel.sq_shape(k, d))
-        for start, stop, diffs, work in self._mixture._chunks(X, params["means"]):
+        for start, stop, diffs, work in chunks(self._kernel, X, params["means"]):
             kernel.moments(diffs, work, wgamma[:, start:stop], sums, sq)
         return {"post": wgamma.sum(axis=1), "sum": sums, "sq": sq}
 
@@ -755,13 +751,8 @@ class GaussianHMMFamily(_ChainMixin):
         try:
             prec_chol = self._kernel.precisions_cholesky(covariances)
         except np.linalg.LinAlgError:
-            bad = _not_positive_definite_components(covariances, self.covariance_type)
-            who = f"state {bad[0]} has an" if len(bad) == 1 else f"states {bad} have an"
-            raise ModelError(
-                f"Fitting the Gaussian HMM failed: {who} ill-defined empirical covariance: increase "
-                "regCovar, or decrease the number of states, or scale the data (a state may have "
-                "collapsed onto one point or a lower-dimensional subspace)"
-            ) from None
+            bad = not_positive_definite_components(covariances, self.covariance_type)
+            raise ill_defined_covariance("Gaussian HMM", bad, self.covariance_type, unit="state") from None
         return MStepResult(
             {
                 "startprob": startprob,
