@@ -7,6 +7,7 @@
 * :func:`chunks`: the row-chunk iterator all of them run on (feature-major scratch buffers).
 * Cholesky helpers: :func:`inv_lower_triangular`, :func:`cholesky_or_none`,
   :func:`not_positive_definite_components`; ``LOG_2PI``.
+* :func:`log0`: log with log 0 = −inf and no warning (probabilities that may be exactly 0).
 * :func:`ill_defined_covariance`: the one error text for a covariance the M-step cannot factor.
 
 Precisions are Cholesky factors P with P Pᵀ = Σ⁻¹ (upper triangular for full and tied), so
@@ -32,6 +33,7 @@ __all__ = [
     "cholesky_or_none",
     "ill_defined_covariance",
     "inv_lower_triangular",
+    "log0",
     "normalize_log_prob",
     "not_positive_definite_components",
 ]
@@ -393,3 +395,9 @@ def ill_defined_covariance(
         f"number of {unit}s, or scale the data (a {unit} may have collapsed onto one point or a lower-dimensional "
         "subspace)"
     )
+
+
+def log0(values: np.ndarray) -> np.ndarray:
+    """np.log without the divide-by-zero warning: log 0 = −inf (probabilities may be exactly 0)."""
+    with np.errstate(divide="ignore"):
+        return np.log(values)
