@@ -61,7 +61,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.special import gammaln
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
+from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
@@ -77,8 +77,6 @@ __all__ = [
 KINDS = ("categorical", "multinomial")
 INIT_MODES = ("random", "k-means++")
 
-# A component whose share of the total weight falls below this has lost its mass.
-_DEAD_FRACTION = 1e-10
 _LLOYD_MAX_ITER = 20
 # initialModel arrays must sum to 1 within this (then they are renormalized exactly)
 _SUM_TOLERANCE = 1e-6
@@ -134,7 +132,7 @@ def _is_number(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class CategoricalMixtureFamily:
+class CategoricalMixtureFamily(FamilyBase):
     """Mixture of ``k`` products of categorical distributions, or of ``k`` multinomials.
 
     Parameters
@@ -226,10 +224,6 @@ class CategoricalMixtureFamily:
 
     # -- protocol: description ------------------------------------------------
 
-    def config(self) -> dict[str, Any]:
-        """JSON-able hyperparameters, including the family name."""
-        return family_config(self)
-
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """Copies of ``weights`` (k,), ``probs`` (k, T) and ``n_categories`` (d,)."""
         return {name: np.array(params[name], dtype=np.float64) for name in ("weights", "probs", "n_categories")}
@@ -264,9 +258,7 @@ class CategoricalMixtureFamily:
 
     def relabel(self, params: Params, order: np.ndarray) -> Params:
         """Parameters with components reordered: new component j is old component ``order[j]``."""
-        order = np.asarray(order)
-        if sorted(order.tolist()) != list(range(self.k)):
-            raise ModelError(f"relabel needs a permutation of 0..{self.k - 1}, got {order.tolist()}")
+        order = self._permutation(order)
         return {
             name: value[order].copy() if name in ("weights", "probs") else np.array(value, copy=True)
             for name, value in params.items()
@@ -552,12 +544,7 @@ class CategoricalMixtureFamily:
         sample's overall frequencies), with weight 1/len(sample); an event says so.
         With ``fix_weights`` the weights stay as they are.
         """
-        total_weight = float(stats[WEIGHT])
-        if not total_weight > 0:
-            raise ModelError(
-                "the statistics carry no weight (no rows, or all sample weights are 0); "
-                "cannot estimate a categorical mixture from no data"
-            )
+        total_weight = self._require_weight(stats, "a categorical mixture")
         n_categories = self._n_categories(params)
         offsets = _offsets(n_categories)
         nk = np.asarray(stats["nk"], dtype=np.float64)
@@ -571,7 +558,7 @@ class CategoricalMixtureFamily:
         # documents) keeps its previous probabilities there
         empty = _block_sums(counts + self.smoothing, offsets) <= 0
         probs[empty] = np.asarray(params["probs"])[empty]
-        dead = np.flatnonzero(nk < _DEAD_FRACTION * total_weight)
+        dead = self._lost_mass(nk, total_weight)
         events = []
         if dead.size:
             seeds = self._reseed_distributions(sample, params, n_categories, dead)
@@ -654,8 +641,7 @@ class CategoricalMixtureFamily:
         """
         X = np.asarray(sample.X, dtype=np.float64)
         w = np.asarray(sample.weights_or_ones(), dtype=np.float64)
-        if X.shape[0] == 0:
-            raise ModelError("cannot initialize from an empty sample; is the data empty?")
+        self._require_sample(sample)
         if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
             raise ModelError("the sample's weights must be finite, non-negative and not all 0")
         n_categories = self._sample_n_categories(X)

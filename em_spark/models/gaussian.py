@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
+from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
 from em_spark.models.kernels import (
     COVARIANCE_TYPES,
     KERNELS,
@@ -61,8 +61,6 @@ HANDLE_MISSING = ("error", "model")
 # scikit-learn adds 10 machine epsilons to every nk so an empty component divides by
 # something non-zero; we do the same so both fits agree to rounding.
 _NK_EPS = 10.0 * np.finfo(np.float64).eps
-# A component whose share of the total weight falls below this has lost its mass.
-_DEAD_FRACTION = 1e-10
 _LLOYD_MAX_ITER = 20
 
 
@@ -86,7 +84,7 @@ def _weighted_covariance(X: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class GaussianFamily:
+class GaussianFamily(FamilyBase):
     """Mixture of ``k`` multivariate Gaussians, fitted by EM with scikit-learn's semantics.
 
     Parameters
@@ -107,6 +105,7 @@ class GaussianFamily:
     name: ClassVar[str] = "gaussian"
     sequential: ClassVar[bool] = False
     supports_labels: ClassVar[bool] = True
+    supports_impute: ClassVar[bool] = True
 
     k: int
     covariance_type: str = "full"
@@ -149,10 +148,6 @@ class GaussianFamily:
     def _kernel(self) -> Kernel:
         return KERNELS[self.covariance_type]
 
-    def config(self) -> dict[str, Any]:
-        """JSON-able hyperparameters, including the family name."""
-        return family_config(self)
-
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """Copies of ``weights`` (k,), ``means`` (k, d) and ``covariances`` (shape by type)."""
         return {name: np.array(params[name], dtype=np.float64) for name in ("weights", "means", "covariances")}
@@ -191,9 +186,7 @@ class GaussianFamily:
 
     def relabel(self, params: Params, order: np.ndarray) -> Params:
         """Parameters with components reordered: new component j is old component ``order[j]``."""
-        order = np.asarray(order)
-        if sorted(order.tolist()) != list(range(self.k)):
-            raise ModelError(f"relabel needs a permutation of 0..{self.k - 1}, got {order.tolist()}")
+        order = self._permutation(order)
         out = {}
         for name, value in params.items():
             per_component = name in ("weights", "means") or (
@@ -493,12 +486,7 @@ class GaussianFamily:
         A component whose weight share fell below 1e-10 is re-seeded at the ``sample`` point
         the current model explains worst, with the sample's covariance; an event says so.
         """
-        total_weight = float(stats[WEIGHT])
-        if not total_weight > 0:
-            raise ModelError(
-                "the statistics carry no weight (no rows, or all sample weights are 0); "
-                "cannot estimate a Gaussian mixture from no data"
-            )
+        total_weight = self._require_weight(stats, "a Gaussian mixture")
         weights, means, covariances, dead = self._estimate(stats, params["means"])
         events = []
         if dead.size:
@@ -521,7 +509,7 @@ class GaussianFamily:
         means = shift + delta
         covariances = self._kernel.covariance(nk, delta, np.asarray(stats["sq"]), self.reg_covar)
         weights = nk / nk.sum()
-        dead = np.flatnonzero(nk_raw < _DEAD_FRACTION * float(stats[WEIGHT]))
+        dead = self._lost_mass(nk_raw, float(stats[WEIGHT]))
         return weights, means, covariances, dead
 
     def _reseed(self, weights, means, covariances, dead, seeds, sample: Block) -> None:
@@ -587,8 +575,7 @@ class GaussianFamily:
         sample = self._filled(sample)
         X = np.asarray(sample.X, dtype=np.float64)
         w = np.asarray(sample.weights_or_ones(), dtype=np.float64)
-        if X.shape[0] == 0:
-            raise ModelError("cannot initialize from an empty sample; is the data empty?")
+        self._require_sample(sample)
         if not np.all(np.isfinite(X)) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ModelError("the sample must be finite with non-negative weights")
         distinct, inverse = np.unique(X[w > 0], axis=0, return_inverse=True)

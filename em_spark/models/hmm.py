@@ -43,10 +43,10 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from em_spark.models.base import Block, ModelError, Params, check_k, family_config
+from em_spark.models.base import Block, ModelError, Params, check_k
 from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.kernels import KERNELS, LOG_2PI, chunks, ill_defined_covariance, log0, not_positive_definite_components
-from em_spark.models.markov import MarkovChain, block_sequences, chain_m_step, dead_state_event, dead_states
+from em_spark.models.markov import MarkovChain, block_sequences, dead_state_event, dead_states
 from em_spark.stats import Stats
 
 __all__ = ["GaussianHMMFamily", "CategoricalHMMFamily", "HMM_COVARIANCE_TYPES"]
@@ -145,10 +145,6 @@ class GaussianHMMFamily(MarkovChain):
         return KERNELS[self.covariance_type]
 
     # -- description ------------------------------------------------------------
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able hyperparameters, including the family name."""
-        return family_config(self)
 
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """Copies of ``startProb`` (k,), ``transMat`` (k, k), ``means`` (k, d), ``covariances``."""
@@ -316,10 +312,6 @@ class CategoricalHMMFamily(MarkovChain):
 
     # -- description ------------------------------------------------------------
 
-    def config(self) -> dict[str, Any]:
-        """JSON-able hyperparameters, including the family name."""
-        return family_config(self)
-
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """Copies of ``startProb`` (k,), ``transMat`` (k, k) and ``emissionProb`` (k, n_categories)."""
         return {
@@ -422,8 +414,7 @@ class CategoricalHMMFamily(MarkovChain):
     def _initialize_emissions(self, sample: Block, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Emission rows drawn from a flat Dirichlet; ``n_categories`` (when None) is one more
         than the sample's largest symbol."""
-        if sample.n_rows == 0:
-            raise ModelError("cannot initialize from an empty sample; is the data empty?")
+        self._require_sample(sample)
         symbols = self._symbols(np.asarray(sample.X, dtype=np.float64), self.n_categories)
         c = self.n_categories if self.n_categories is not None else int(symbols.max()) + 1
         return {"emissionprob": rng.dirichlet(np.ones(c), size=self.k)}

@@ -12,11 +12,11 @@ and ``tol`` applies to its change per row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
+from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
 from em_spark.models.seeding import kmeans_plusplus
 from em_spark.stats import Stats
 
@@ -35,7 +35,7 @@ def _squared_distances(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class KMeansFamily:
+class KMeansFamily(FamilyBase):
     """``k`` centers fitted by Lloyd's algorithm (hard EM).
 
     Parameters
@@ -57,10 +57,6 @@ class KMeansFamily:
         object.__setattr__(self, "k", check_k(self.k, "clusters"))
         if self.init_mode not in INIT_MODES:
             raise ModelError(f"initMode must be one of {list(INIT_MODES)}, got {self.init_mode!r}")
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able hyperparameters, including the family name."""
-        return family_config(self)
 
     # -- parameters -----------------------------------------------------------
 
@@ -91,9 +87,7 @@ class KMeansFamily:
         return _squared_distances(params_a["centers"], params_b["centers"])
 
     def relabel(self, params: Params, order: np.ndarray) -> Params:
-        order = np.asarray(order)
-        if sorted(order.tolist()) != list(range(self.k)):
-            raise ModelError(f"relabel needs a permutation of 0..{self.k - 1}, got {order.tolist()}")
+        order = self._permutation(order)
         return {name: value[order].copy() for name, value in params.items()}
 
     # -- EM -------------------------------------------------------------------

@@ -26,11 +26,11 @@ log-likelihood −inf (and the E-step refuses it, with a message).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params
+from em_spark.models.base import DEAD_FRACTION, Block, FamilyBase, MStepResult, ModelError, Params
 from em_spark.models.kernels import log0
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
@@ -48,9 +48,6 @@ __all__ = [
     "viterbi",
 ]
 
-# A state whose expected occupancy falls below this share of all observations has lost
-# its mass: its emission parameters are not estimable and it keeps the previous ones.
-_DEAD_FRACTION = 1e-10
 # Scaling factors below the smallest normal double lose precision: redo in log space.
 _TINY = np.finfo(np.float64).tiny
 # The E-step runs on groups of whole sequences of about this many bytes per (k, n_rows)
@@ -393,7 +390,7 @@ def chain_m_step(stats: Stats, params: Params, events: list[str]) -> tuple[np.nd
 
 def dead_states(occupancy: np.ndarray) -> np.ndarray:
     total = occupancy.sum()
-    return np.flatnonzero(~(occupancy >= _DEAD_FRACTION * total) | ~(occupancy > 0))
+    return np.flatnonzero(~(occupancy >= DEAD_FRACTION * total) | ~(occupancy > 0))
 
 
 def dead_state_event(j: int, share: float) -> str:
@@ -401,14 +398,6 @@ def dead_state_event(j: int, share: float) -> str:
         f"state {j} lost its mass (occupancy share {float(f'{share:.3g}')}); kept its previous "
         "emission parameters"
     )
-
-
-def _require_weight(stats: Stats, what: str) -> None:
-    if not float(stats[WEIGHT]) > 0 or not float(np.sum(stats["start"])) > 0:
-        raise ModelError(
-            "the statistics carry no weight (no sequences, or all sequence weights are 0); "
-            f"cannot estimate {what} from no data"
-        )
 
 
 def stationary(transmat: np.ndarray) -> np.ndarray:
@@ -421,7 +410,7 @@ def stationary(transmat: np.ndarray) -> np.ndarray:
     return pi / pi.sum() if pi.sum() > 0 else np.full(k, 1.0 / k)
 
 
-class MarkovChain(ABC):
+class MarkovChain(FamilyBase, ABC):
     """Base of the HMM families: the chain, with the emissions left to the subclass.
 
     The chain's parameters are ``startprob`` (k,) and ``transmat`` (k, k); its statistics
@@ -562,7 +551,8 @@ class MarkovChain(ABC):
         A state with no expected transitions out keeps its transMat row; the emission model
         says what it does with a state that lost its mass; events say so.
         """
-        _require_weight(stats, self._what)
+        if not float(stats[WEIGHT]) > 0 or not float(np.sum(stats["start"])) > 0:
+            raise self._no_weight(self._what, "sequences")
         events: list[str] = []
         startprob, transmat = chain_m_step(stats, params, events)
         emissions = self._emission_m_step(stats, params, events)
@@ -580,9 +570,7 @@ class MarkovChain(ABC):
 
     def relabel(self, params: Params, order) -> Params:
         """Parameters with states reordered: new state j is old state ``order[j]``."""
-        order = np.asarray(order)
-        if sorted(order.tolist()) != list(range(self.k)):
-            raise ModelError(f"relabel needs a permutation of 0..{self.k - 1}, got {order.tolist()}")
+        order = self._permutation(order)
         out = {
             "startprob": params["startprob"][order].copy(),
             "transmat": params["transmat"][np.ix_(order, order)].copy(),

@@ -17,7 +17,6 @@ import pytest
 from hmmlearn import hmm as hl
 from threadpoolctl import threadpool_limits
 
-import em_spark.models.hmm as hmm_module
 import em_spark.models.markov as markov_module
 from em_spark.models import Block, EMFamily, ModelError, MStepResult
 from em_spark.models.hmm import CategoricalHMMFamily, GaussianHMMFamily
