@@ -74,7 +74,52 @@ def make_inputs() -> dict[str, dict[str, np.ndarray]]:
     emission = np.array([[0.6, 0.2, 0.1, 0.05, 0.05], [0.05, 0.1, 0.5, 0.3, 0.05], [0.1, 0.1, 0.1, 0.2, 0.5]])
     symbols = np.array([rng.choice(5, p=emission[s]) for s in states], dtype=np.float64)[:, None]
     out["symbols"] = {"X": symbols, "lengths": lengths}
+    out.update(make_initial_models(out))
     return out
+
+
+def make_initial_models(data) -> dict[str, dict[str, np.ndarray]]:
+    """User-given initial models (``initialModel`` arrays), some just within the tolerances
+    (sums off by 1e-9, covariances asymmetric by rounding), so their validation and
+    renormalization are part of the golden fits."""
+    rng = np.random.default_rng(77)
+    X = data["blobs"]["X"]
+    means = X[rng.choice(X.shape[0], size=3, replace=False)]
+    A = rng.normal(size=(3, 3, 3))
+    full = A @ np.swapaxes(A, 1, 2) + np.eye(3)
+    full[:, 0, 1] *= 1 + 1e-12  # asymmetric by rounding: symmetrized
+    off = np.array([0.3, 0.3, 0.4]) * (1 + 1e-9)  # sums to 1 within 1e-6: renormalized
+    seq_means = data["sequences"]["X"][rng.choice(data["sequences"]["X"].shape[0], size=3, replace=False)]
+    return {
+        "init_gaussian_full": {"weights": off, "means": means, "covariances": full},
+        "init_gaussian_diag": {"weights": off, "means": means, "covariances": rng.uniform(0.5, 3.0, size=(3, 3))},
+        "init_gaussian_tied": {"weights": off, "means": means, "covariances": full[0]},
+        "init_gaussian_spherical": {"weights": off, "means": means, "covariances": rng.uniform(0.5, 3.0, size=3)},
+        "init_kmeans": {"centers": means},
+        "init_codes": {
+            "weights": np.array([0.45, 0.55]) * (1 + 1e-9),
+            "probs": np.concatenate([rng.dirichlet(np.ones(c), size=2) for c in (3, 2, 4)], axis=1) * (1 - 1e-9),
+            "n_categories": np.array([3.0, 2.0, 4.0]),
+        },
+        "init_counts": {"weights": off, "probs": rng.dirichlet(np.ones(6), size=3) * (1 + 1e-9)},
+        "init_gaussian_hmm_diag": {
+            "startProb": rng.dirichlet(np.ones(3)) * (1 + 1e-9),
+            "transMat": rng.dirichlet(np.ones(3), size=3) * (1 - 1e-9),
+            "means": seq_means,
+            "covariances": rng.uniform(0.5, 2.0, size=(3, 2)),
+        },
+        "init_gaussian_hmm_full": {
+            "startProb": rng.dirichlet(np.ones(3)),
+            "transMat": rng.dirichlet(np.ones(3), size=3),
+            "means": seq_means,
+            "covariances": full[:, :2, :2],
+        },
+        "init_symbols": {
+            "startProb": rng.dirichlet(np.ones(3)),
+            "transMat": rng.dirichlet(np.ones(3), size=3) * (1 + 1e-9),
+            "emissionProb": rng.dirichlet(np.ones(5), size=3) * (1 - 1e-9),
+        },
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -167,6 +212,26 @@ def numpy_cases(inputs) -> dict[str, Callable[[], dict[str, np.ndarray]]]:
     )
     cases["np_categorical_hmm_smoothed"] = lambda: _local(
         CategoricalHMMFamily(k=3, n_categories=6, smoothing=0.5), _blocks(syms, 2, sequences=True), max_iter=6
+    )
+    # from user-given initial models: their validation and renormalization are part of the fit
+    for cov in ("full", "diag", "spherical", "tied"):
+        cases[f"np_gaussian_{cov}_initial"] = lambda cov=cov: _local(
+            GaussianFamily(k=3, covariance_type=cov), _blocks(blobs, 2), max_iter=4, initial=inputs[f"init_gaussian_{cov}"]
+        )
+    cases["np_kmeans_initial"] = lambda: _local(KMeansFamily(k=3), _blocks(blobs, 2), max_iter=4, initial=inputs["init_kmeans"])
+    cases["np_categorical_codes_initial"] = lambda: _local(
+        CategoricalMixtureFamily(k=2, smoothing=0.0), _blocks(codes, 2), max_iter=4, initial=inputs["init_codes"]
+    )
+    cases["np_categorical_multinomial_initial"] = lambda: _local(
+        CategoricalMixtureFamily(k=3, kind="multinomial"), _blocks(counts, 2), max_iter=4, initial=inputs["init_counts"]
+    )
+    for cov in ("full", "diag"):
+        cases[f"np_gaussian_hmm_{cov}_initial"] = lambda cov=cov: _local(
+            GaussianHMMFamily(k=3, covariance_type=cov), _blocks(seqs, 2, sequences=True), max_iter=4,
+            initial=inputs[f"init_gaussian_hmm_{cov}"],
+        )
+    cases["np_categorical_hmm_initial"] = lambda: _local(
+        CategoricalHMMFamily(k=3), _blocks(syms, 2, sequences=True), max_iter=4, initial=inputs["init_symbols"]
     )
     return cases
 
