@@ -63,6 +63,7 @@ from scipy.special import gammaln
 
 from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
+from em_spark.models.validation import check_parameter, check_present
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = [
@@ -78,8 +79,6 @@ KINDS = ("categorical", "multinomial")
 INIT_MODES = ("random", "k-means++")
 
 _LLOYD_MAX_ITER = 20
-# initialModel arrays must sum to 1 within this (then they are renormalized exactly)
-_SUM_TOLERANCE = 1e-6
 # inferring n_categories as max code + 1 refuses to allocate more columns than this
 _MAX_INFERRED_CATEGORIES = 1_000_000
 # values per row chunk of the elementwise data passes (checks, multinomial coefficient):
@@ -285,56 +284,20 @@ class CategoricalMixtureFamily(FamilyBase):
         non-negative and sum to 1 within 1e-6 (they are renormalized).
         """
         k, d = self.k, int(n_features)
-        missing = [name for name in ("weights", "probs") if name not in arrays]
-        if missing:
-            raise ModelError(f"initialModel is missing {missing}; give weights, probs (and n_categories)")
-        checked = {}
-        for name in ("weights", "probs"):
-            try:
-                value = np.array(arrays[name], dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ModelError(f"initialModel {name} must be numeric arrays: {exc}") from None
-            if not np.all(np.isfinite(value)):
-                raise ModelError(f"initialModel {name} must be finite (no NaN or infinity)")
-            checked[name] = value
-        n_categories = self._public_n_categories(arrays, d, checked["probs"])
-        total = int(n_categories.sum())
-        for name, shape in (("weights", (k,)), ("probs", (k, total))):
-            if checked[name].shape != shape:
-                raise ModelError(
-                    f"initialModel {name} must have shape {shape} for k={k} and n_categories "
-                    f"{n_categories.tolist()}, got {checked[name].shape}"
-                )
-
-        weights = checked["weights"]
-        if np.any(weights < 0):
-            raise ModelError(f"initialModel weights must be non-negative, got {weights.tolist()}")
-        if abs(weights.sum() - 1.0) > _SUM_TOLERANCE:
-            raise ModelError(f"initialModel weights must sum to 1, got sum {weights.sum():.8g}")
+        check_present(arrays, ("weights", "probs"), optional=("n_categories",))
+        weights = check_parameter(arrays["weights"], "weights")
+        probs = check_parameter(arrays["probs"], "probs")
+        n_categories = self._public_n_categories(arrays, d, probs)
+        offsets = _offsets(n_categories)
+        what = f"k={k} and n_categories {n_categories.tolist()}"
+        weights = check_parameter(weights, "weights", shape=(k,), what=what, min_value=0.0, simplex=True)
         if self.fix_weights and np.any(weights == 0):
             raise ModelError(
                 "with fix_weights an initialModel weight of 0 would switch its component off for good; "
                 f"give every component a positive weight, got {weights.tolist()}"
             )
-        probs = checked["probs"]
-        if np.any(probs < 0):
-            raise ModelError("initialModel probs must be non-negative")
-        offsets = _offsets(n_categories)
-        sums = np.add.reduceat(probs, offsets[:-1], axis=1)  # (k, d)
-        bad = np.argwhere(np.abs(sums - 1.0) > _SUM_TOLERANCE)
-        if bad.size:
-            j, f = (int(v) for v in bad[0])
-            where = "the row"
-            if self.kind == "categorical":
-                where = f"feature {f} (columns {offsets[f]}..{offsets[f + 1] - 1})"
-            raise ModelError(
-                f"initialModel probs of component {j} must sum to 1 over {where}, got {sums[j, f]:.8g}"
-            )
-        return {
-            "weights": weights / weights.sum(),
-            "probs": _normalize_blocks(probs, offsets),
-            "n_categories": n_categories.astype(np.float64),
-        }
+        probs = check_parameter(probs, "probs", shape=(k, int(offsets[-1])), what=what, min_value=0.0, simplex=offsets)
+        return {"weights": weights, "probs": probs, "n_categories": n_categories.astype(np.float64)}
 
     def _public_n_categories(self, arrays: Mapping[str, np.ndarray], d: int, probs: np.ndarray) -> np.ndarray:
         given = None

@@ -49,6 +49,7 @@ from em_spark.models.kernels import (
     not_positive_definite_components,
 )
 from em_spark.models.gaussian_missing import DiagonalMissing, FullMissing, nan_mask
+from em_spark.models.validation import check_parameter, check_present
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.seeding import kmeans_plusplus, lloyd
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
@@ -214,52 +215,19 @@ class GaussianFamily(FamilyBase):
         (symmetric positive definite), then computes ``precisions_cholesky``.
         """
         k, d, kind = self.k, int(n_features), self.covariance_type
-        missing = [name for name in ("weights", "means", "covariances") if name not in arrays]
-        if missing:
-            raise ModelError(f"initialModel is missing {missing}; give weights, means and covariances")
-        expected = {"weights": (k,), "means": (k, d), "covariances": self._kernel.cov_shape(k, d)}
-        checked = {}
-        for name, shape in expected.items():
-            try:
-                value = np.array(arrays[name], dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ModelError(f"initialModel {name} must be numeric arrays: {exc}") from None
-            if value.shape != shape:
-                raise ModelError(
-                    f"initialModel {name} must have shape {shape} for k={k}, {d} features and "
-                    f"covarianceType={kind!r}, got {value.shape}"
-                )
-            if not np.all(np.isfinite(value)):
-                raise ModelError(f"initialModel {name} must be finite (no NaN or infinity)")
-            checked[name] = value
-
-        weights = checked["weights"]
-        if np.any(weights < 0):
-            raise ModelError(f"initialModel weights must be non-negative, got {weights.tolist()}")
-        if abs(weights.sum() - 1.0) > 1e-6:
-            raise ModelError(f"initialModel weights must sum to 1, got sum {weights.sum():.8g}")
-        weights = weights / weights.sum()
-
-        covariances = checked["covariances"]
-        if kind in ("full", "tied"):
-            scale = np.max(np.abs(covariances))
-            if not np.allclose(covariances, np.swapaxes(covariances, -1, -2), rtol=1e-8, atol=1e-12 * scale):
-                raise ModelError(f"initialModel covariances must be symmetric (covarianceType={kind!r})")
-            covariances = 0.5 * (covariances + np.swapaxes(covariances, -1, -2))
-        try:
-            prec_chol = self._kernel.precisions_cholesky(covariances)
-        except np.linalg.LinAlgError:
-            bad = not_positive_definite_components(covariances, kind)
-            what = "the tied covariance" if kind == "tied" else f"components {bad}"
-            raise ModelError(
-                f"initialModel covariances must be positive definite (covarianceType={kind!r}); "
-                f"{what} are not"
-            ) from None
+        check_present(arrays, ("weights", "means", "covariances"))
+        what = f"k={k}, {d} features and covarianceType={kind!r}"
+        weights = check_parameter(arrays["weights"], "weights", shape=(k,), what=what, min_value=0.0, simplex=True)
+        means = check_parameter(arrays["means"], "means", shape=(k, d), what=what)
+        covariances = check_parameter(
+            arrays["covariances"], "covariances", shape=self._kernel.cov_shape(k, d), what=what,
+            positive_definite="matrices" if kind in ("full", "tied") else "variances",
+        )
         return {
             "weights": weights,
-            "means": checked["means"],
+            "means": means,
             "covariances": covariances,
-            "precisions_cholesky": prec_chol,
+            "precisions_cholesky": self._kernel.precisions_cholesky(covariances),
         }
 
     # -- protocol: E-step and scoring --------------------------------------------

@@ -39,59 +39,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 
 from em_spark.models.base import Block, ModelError, Params, check_k
 from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.kernels import KERNELS, LOG_2PI, chunks, ill_defined_covariance, log0, not_positive_definite_components
+from em_spark.models.validation import check_parameter, check_present
 from em_spark.models.markov import MarkovChain, block_sequences, dead_state_event, dead_states
 from em_spark.stats import Stats
 
 __all__ = ["GaussianHMMFamily", "CategoricalHMMFamily", "HMM_COVARIANCE_TYPES"]
 
 HMM_COVARIANCE_TYPES = ("full", "diag")
-
-# Tolerance on the sums of user-given probability vectors (then renormalized).
-_SUM_TOL = 1e-6
-
-
-def _checked_distribution(arrays: Mapping[str, Any], name: str, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """A user-given probability vector or stack of rows: shape, finite, ≥ 0, sums to 1 (renormalized)."""
-    try:
-        value = np.array(arrays[name], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"initialModel {name} must be a numeric array: {exc}") from None
-    if value.shape != shape:
-        raise ModelError(f"initialModel {name} must have shape {shape} for {what}, got {value.shape}")
-    if not np.all(np.isfinite(value)):
-        raise ModelError(f"initialModel {name} must be finite (no NaN or infinity)")
-    if np.any(value < 0):
-        raise ModelError(f"initialModel {name} must be non-negative (probabilities)")
-    sums = value.sum(axis=-1)
-    if np.any(np.abs(sums - 1.0) > _SUM_TOL):
-        if value.ndim == 1:
-            raise ModelError(f"initialModel {name} must sum to 1, got sum {float(sums):.8g}")
-        bad = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOL)
-        raise ModelError(
-            f"initialModel {name} rows must each sum to 1; rows {bad.tolist()} sum to "
-            f"{[float(f'{s:.8g}') for s in sums[bad]]}"
-        )
-    return value / sums[..., None] if value.ndim > 1 else value / sums
-
-
-def _check_missing(arrays: Mapping[str, Any], names: tuple[str, ...]) -> None:
-    missing = [name for name in names if name not in arrays]
-    if missing:
-        raise ModelError(
-            f"initialModel is missing {missing}; give {', '.join(names[:-1])} and {names[-1]} "
-            f"(got {sorted(arrays)})"
-        )
-
-
-# ---------------------------------------------------------------------------
-# Gaussian emissions
 
 
 @dataclass(frozen=True)
@@ -176,20 +137,20 @@ class GaussianHMMFamily(MarkovChain):
         startProb and each transMat row must be non-negative and sum to 1 within 1e-6 (then
         renormalized); means and covariances are checked as the ``gaussian`` family does.
         """
-        _check_missing(arrays, ("startProb", "transMat", "means", "covariances"))
-        k = self.k
-        startprob = _checked_distribution(arrays, "startProb", (k,), f"k={k}")
-        transmat = _checked_distribution(arrays, "transMat", (k, k), f"k={k}")
-        emission = self._mixture.params_from_public(
-            {"weights": np.full(k, 1.0 / k), "means": arrays["means"], "covariances": arrays["covariances"]},
-            n_features,
+        check_present(arrays, ("startProb", "transMat", "means", "covariances"))
+        chain = self._chain_from_public(arrays)
+        k, d, kind = self.k, int(n_features), self.covariance_type
+        what = f"k={k}, {d} features and covarianceType={kind!r}"
+        means = check_parameter(arrays["means"], "means", shape=(k, d), what=what)
+        covariances = check_parameter(
+            arrays["covariances"], "covariances", shape=self._kernel.cov_shape(k, d), what=what,
+            positive_definite="matrices" if kind == "full" else "variances", unit="state",
         )
         return {
-            "startprob": startprob,
-            "transmat": transmat,
-            "means": emission["means"],
-            "covariances": emission["covariances"],
-            "precisions_cholesky": emission["precisions_cholesky"],
+            **chain,
+            "means": means,
+            "covariances": covariances,
+            "precisions_cholesky": self._kernel.precisions_cholesky(covariances),
         }
 
     # -- E-step -------------------------------------------------------------------
@@ -342,16 +303,18 @@ class CategoricalHMMFamily(MarkovChain):
         """
         if int(n_features) != 1:
             raise ModelError(self._one_column_message(int(n_features)))
-        _check_missing(arrays, ("startProb", "transMat", "emissionProb"))
+        check_present(arrays, ("startProb", "transMat", "emissionProb"))
+        chain = self._chain_from_public(arrays)
         k = self.k
-        startprob = _checked_distribution(arrays, "startProb", (k,), f"k={k}")
-        transmat = _checked_distribution(arrays, "transMat", (k, k), f"k={k}")
         width = np.shape(arrays["emissionProb"])
         c = self.n_categories if self.n_categories is not None else (width[1] if len(width) == 2 else -1)
         if c < 1:
             raise ModelError(f"initialModel emissionProb must have shape (k, n_categories) = ({k}, C), got {width}")
-        emission = _checked_distribution(arrays, "emissionProb", (k, c), f"k={k} and nCategories={c}")
-        return {"startprob": startprob, "transmat": transmat, "emissionprob": emission}
+        emission = check_parameter(
+            arrays["emissionProb"], "emissionProb", shape=(k, c), what=f"k={k} and nCategories={c}",
+            min_value=0.0, simplex=True,
+        )
+        return {**chain, "emissionprob": emission}
 
     # -- E-step -------------------------------------------------------------------
 

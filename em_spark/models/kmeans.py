@@ -18,6 +18,7 @@ import numpy as np
 
 from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
 from em_spark.models.seeding import kmeans_plusplus
+from em_spark.models.validation import check_parameter
 from em_spark.stats import Stats
 
 __all__ = ["KMeansFamily"]
@@ -69,12 +70,9 @@ class KMeansFamily(FamilyBase):
         centers = arrays.get("centers", arrays.get("means"))
         if centers is None:
             raise ModelError("an initial k-means model needs 'centers' of shape (k, n_features)")
-        centers = np.asarray(centers, dtype=np.float64)
-        if centers.shape != (self.k, n_features):
-            raise ModelError(f"initialModel centers must have shape ({self.k}, {n_features}), got {centers.shape}")
-        if not np.all(np.isfinite(centers)):
-            raise ModelError("initialModel centers must be finite")
-        return {"centers": centers.copy(), "weights": np.full(self.k, 1.0 / self.k)}
+        what = f"k={self.k} and {n_features} features"
+        centers = check_parameter(centers, "centers", shape=(self.k, n_features), what=what)
+        return {"centers": centers, "weights": np.full(self.k, 1.0 / self.k)}
 
     def n_parameters(self, params: Params) -> int:
         return int(params["centers"].size)

@@ -32,6 +32,7 @@ import numpy as np
 
 from em_spark.models.base import DEAD_FRACTION, Block, FamilyBase, MStepResult, ModelError, Params
 from em_spark.models.kernels import log0
+from em_spark.models.validation import check_parameter
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = [
@@ -577,6 +578,17 @@ class MarkovChain(FamilyBase, ABC):
         }
         out.update(self._relabel_emissions(params, order))
         return out
+
+    def _chain_from_public(self, arrays) -> dict[str, np.ndarray]:
+        """startprob and transmat from an ``initialModel``'s startProb and transMat: non-negative,
+        summing to 1 (per row) within 1e-6, then renormalized."""
+        what = f"k={self.k}"
+        return {
+            "startprob": check_parameter(arrays["startProb"], "startProb", shape=(self.k,), what=what, min_value=0.0, simplex=True),
+            "transmat": check_parameter(
+                arrays["transMat"], "transMat", shape=(self.k, self.k), what=what, min_value=0.0, simplex=True
+            ),
+        }
 
     def component_weights(self, params: Params) -> np.ndarray:
         """(k,) the start probabilities: what a state's share is reported as."""
