@@ -62,6 +62,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
+from em_spark.models.kernels import log0
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.validation import check_parameter, check_present
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
@@ -115,11 +116,6 @@ def _row_chunks(X: np.ndarray):
     step = max(1, _CHUNK_ELEMENTS // max(width, 1))
     for start in range(0, n, step):
         yield slice(start, min(n, start + step))
-
-
-def _log(values: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.log(values)
 
 
 def _is_number(value: Any) -> bool:
@@ -392,7 +388,7 @@ class CategoricalMixtureFamily(FamilyBase):
     def _log_components(self, X: np.ndarray, n_categories: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """(n, k) log p(x_i | z=j), without the multinomial coefficient."""
         n = X.shape[0]
-        log_probs = _log(probs)
+        log_probs = log0(probs)
         if self.kind == "multinomial":
             zero = probs <= 0
             if not zero.any():
@@ -427,7 +423,7 @@ class CategoricalMixtureFamily(FamilyBase):
         """(X, n_categories, log_resp (n, k), loglik (n,)) of a checked block, labels applied."""
         X, n_categories = self._check_block(block, params)
         labels = check_labels(block.labels, self.k)
-        log_joint = self._log_components(X, n_categories, params["probs"]) + _log(params["weights"])
+        log_joint = self._log_components(X, n_categories, params["probs"]) + log0(params["weights"])
         log_resp, loglik = log_posterior(log_joint)
         log_resp, loglik = clamp_to_labels(log_joint, log_resp, loglik, labels)
         coefficient = self._log_coefficient(X)
@@ -494,7 +490,7 @@ class CategoricalMixtureFamily(FamilyBase):
         impossible = ~np.isfinite(loglik)
         if impossible.any():
             log_resp = log_resp.copy()
-            log_resp[impossible] = _log(params["weights"])
+            log_resp[impossible] = log0(params["weights"])
         return {"log_resp": log_resp, "loglik": loglik}
 
     # -- protocol: M-step ----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Numerical kernels shared by the Gaussian families (mixture and HMM emissions): public, written once.
+"""Numerical kernels shared by the families (the Gaussian mixture and HMM emissions above all): public, written once.
 
 * ``KERNELS``: per covariance type ("full", "tied", "diag", "spherical"), a :class:`Kernel` of
   small plain functions: the shapes of covariances and second moments, the log-density pieces
