@@ -11,7 +11,6 @@ import contextlib
 import json
 from abc import abstractmethod
 import logging
-import math
 import time
 from typing import Any, Mapping
 
@@ -26,6 +25,7 @@ from em_spark.engine.scoring import score_frame
 from em_spark.engine.spark_source import describe_features, load_blocks
 from em_spark.engine.validation import DataValidationError
 from em_spark.models.base import EMFamily, Params as ParamArrays
+from em_spark.models.criteria import information_criteria
 
 __all__ = ["EMParams", "EMEstimator", "EMModel", "EMSummary", "MODEL_FILE"]
 
@@ -360,7 +360,7 @@ class EMModel(Model, EMParams):
         (for sequences their steps, as hmmlearn counts them)."""
         ll, w, n = self._total_log_likelihood(dataset)
         p = self._family.n_parameters(self._arrays)
-        return {"avgLogLik": ll / w, "bic": -2.0 * ll + p * math.log(n), "aic": -2.0 * ll + 2.0 * p}
+        return {"avgLogLik": ll / w, **information_criteria(ll, p, n)}
 
     def bic(self, dataset: DataFrame) -> float:
         """Bayesian information criterion on ``dataset`` (lower is better), as scikit-learn defines it."""

@@ -416,7 +416,7 @@ def _fit_em(
         seconds.append(time.perf_counter() - started)
         progress = family.progress(step.params)
         extra = "".join(f" {key}={value:.4g}" for key, value in progress.items())
-        weights = step.params.get("weights", step.params.get("startprob"))
+        weights = family.component_weights(step.params)
         # `log`, not the adapter: before Python 3.13 a LoggerAdapter drops the call's `extra`.
         # em_event: the line's fields, for JSON logs and em_spark.metrics; em_weights: for metrics only.
         log.info(
@@ -431,7 +431,7 @@ def _fit_em(
                     "change": float(change), "seconds": seconds[-1], "converged": bool(state.converged),
                     **{key: float(value) for key, value in progress.items()},
                 },
-                "em_weights": None if weights is None else np.asarray(weights, dtype=np.float64).tolist(),
+                "em_weights": np.asarray(weights, dtype=np.float64).tolist(),
             },
         )
 

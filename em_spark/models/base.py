@@ -11,13 +11,26 @@ broadcasts, checkpoints (without pickle) and hands back to the API layer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-from em_spark.stats import Stats
+from em_spark.stats import WEIGHT, Stats
 
-__all__ = ["Block", "Params", "MStepResult", "EMFamily", "ModelError", "check_k", "family_config"]
+__all__ = [
+    "Block",
+    "Params",
+    "MStepResult",
+    "EMFamily",
+    "FamilyBase",
+    "ModelError",
+    "DEAD_FRACTION",
+    "check_k",
+    "family_config",
+]
+
+#: A component (state) whose share of the total weight falls below this has lost its mass.
+DEAD_FRACTION = 1e-10
 
 Params = dict  # dict[str, np.ndarray]; kept as a plain dict so it serializes without pickle
 
@@ -145,6 +158,10 @@ class EMFamily(Protocol):
     models_missing: bool
     #: ``Block.labels`` (semi-supervised EM) are honoured; the loader refuses a label column otherwise
     supports_labels: bool
+    #: the family has ``impute(block, params) -> {"imputed": (n, d), "std": (n, d)}``, filling
+    #: NaN entries by their conditional expectation (an optional capability, declared here so
+    #: callers never probe for the method)
+    supports_impute: bool
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyperparameters; two families with equal config fit identically."""
@@ -176,7 +193,71 @@ class EMFamily(Protocol):
         """Per-row outputs: ``log_resp`` (n, k) log-responsibilities and ``loglik`` (n,)."""
 
     def n_parameters(self, params: Params) -> int:
-        """Number of free parameters, for BIC and AIC."""
+        """Number of free parameters, for BIC and AIC (:mod:`em_spark.models.criteria`)."""
+
+    def component_weights(self, params: Params) -> np.ndarray:
+        """(k,) each component's share, for logs and metrics: mixing weights (HMMs: startprob)."""
+
+    def relabel(self, params: Params, order: np.ndarray) -> Params:
+        """Parameters with components reordered: new component j is old component ``order[j]``."""
+
+    def component_distances(self, params_a: Params, params_b: Params) -> np.ndarray:
+        """(k, k) dissimilarities, entry [i, j] between component i of ``a`` and j of ``b``
+        (0 for identical components), for matching components across fits."""
 
     def progress(self, params: Params) -> dict[str, float]:
         """A few numbers worth a glance in the per-iteration log line, e.g. ``minWeight``."""
+
+
+class FamilyBase:
+    """What every family repeats, written once: its config, the relabel permutation check,
+    the dead-component threshold and the "no weight" / "empty sample" errors.
+
+    Families are frozen dataclasses deriving from this (it has no fields of its own).
+    """
+
+    name: ClassVar[str]
+    k: int
+    #: optional capabilities, declared (see :class:`EMFamily`)
+    supports_impute: ClassVar[bool] = False
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able hyperparameters, including the family name."""
+        return family_config(self)
+
+    def component_weights(self, params: Params) -> np.ndarray:
+        """(k,) the mixing weights."""
+        return params["weights"]
+
+    def _permutation(self, order: Any) -> np.ndarray:
+        """``order`` as an array, or a ModelError unless it is a permutation of 0..k-1."""
+        order = np.asarray(order)
+        if sorted(order.tolist()) != list(range(self.k)):
+            raise ModelError(f"relabel needs a permutation of 0..{self.k - 1}, got {order.tolist()}")
+        return order
+
+    @staticmethod
+    def _lost_mass(mass: np.ndarray, total: float) -> np.ndarray:
+        """Indices of the components whose mass is below DEAD_FRACTION of ``total``."""
+        return np.flatnonzero(mass < DEAD_FRACTION * total)
+
+    @staticmethod
+    def _no_weight(what: str, units: str = "rows") -> ModelError:
+        """The error of an M-step given statistics of no data (``what``: "a Gaussian mixture")."""
+        return ModelError(
+            f"the statistics carry no weight (no {units}, or all their weights are 0); "
+            f"cannot estimate {what} from no data"
+        )
+
+    def _require_weight(self, stats: Stats, what: str) -> float:
+        """The statistics' total weight, or the "no weight" error when it is not positive."""
+        total_weight = float(stats[WEIGHT])
+        if not total_weight > 0:
+            raise self._no_weight(what)
+        return total_weight
+
+    @staticmethod
+    def _require_sample(sample: Block) -> None:
+        """The "empty sample" error of an initialization from no rows."""
+        if sample.n_rows == 0:
+            raise ModelError("cannot initialize from an empty sample; is the data empty?")

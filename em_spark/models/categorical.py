@@ -61,8 +61,10 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.special import gammaln
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
+from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
+from em_spark.models.kernels import log0
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
+from em_spark.models.validation import check_parameter, check_present
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = [
@@ -77,11 +79,7 @@ __all__ = [
 KINDS = ("categorical", "multinomial")
 INIT_MODES = ("random", "k-means++")
 
-# A component whose share of the total weight falls below this has lost its mass.
-_DEAD_FRACTION = 1e-10
 _LLOYD_MAX_ITER = 20
-# initialModel arrays must sum to 1 within this (then they are renormalized exactly)
-_SUM_TOLERANCE = 1e-6
 # inferring n_categories as max code + 1 refuses to allocate more columns than this
 _MAX_INFERRED_CATEGORIES = 1_000_000
 # values per row chunk of the elementwise data passes (checks, multinomial coefficient):
@@ -120,11 +118,6 @@ def _row_chunks(X: np.ndarray):
         yield slice(start, min(n, start + step))
 
 
-def _log(values: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.log(values)
-
-
 def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
 
@@ -134,7 +127,7 @@ def _is_number(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class CategoricalMixtureFamily:
+class CategoricalMixtureFamily(FamilyBase):
     """Mixture of ``k`` products of categorical distributions, or of ``k`` multinomials.
 
     Parameters
@@ -226,10 +219,6 @@ class CategoricalMixtureFamily:
 
     # -- protocol: description ------------------------------------------------
 
-    def config(self) -> dict[str, Any]:
-        """JSON-able hyperparameters, including the family name."""
-        return family_config(self)
-
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """Copies of ``weights`` (k,), ``probs`` (k, T) and ``n_categories`` (d,)."""
         return {name: np.array(params[name], dtype=np.float64) for name in ("weights", "probs", "n_categories")}
@@ -264,9 +253,7 @@ class CategoricalMixtureFamily:
 
     def relabel(self, params: Params, order: np.ndarray) -> Params:
         """Parameters with components reordered: new component j is old component ``order[j]``."""
-        order = np.asarray(order)
-        if sorted(order.tolist()) != list(range(self.k)):
-            raise ModelError(f"relabel needs a permutation of 0..{self.k - 1}, got {order.tolist()}")
+        order = self._permutation(order)
         return {
             name: value[order].copy() if name in ("weights", "probs") else np.array(value, copy=True)
             for name, value in params.items()
@@ -293,56 +280,20 @@ class CategoricalMixtureFamily:
         non-negative and sum to 1 within 1e-6 (they are renormalized).
         """
         k, d = self.k, int(n_features)
-        missing = [name for name in ("weights", "probs") if name not in arrays]
-        if missing:
-            raise ModelError(f"initialModel is missing {missing}; give weights, probs (and n_categories)")
-        checked = {}
-        for name in ("weights", "probs"):
-            try:
-                value = np.array(arrays[name], dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ModelError(f"initialModel {name} must be numeric arrays: {exc}") from None
-            if not np.all(np.isfinite(value)):
-                raise ModelError(f"initialModel {name} must be finite (no NaN or infinity)")
-            checked[name] = value
-        n_categories = self._public_n_categories(arrays, d, checked["probs"])
-        total = int(n_categories.sum())
-        for name, shape in (("weights", (k,)), ("probs", (k, total))):
-            if checked[name].shape != shape:
-                raise ModelError(
-                    f"initialModel {name} must have shape {shape} for k={k} and n_categories "
-                    f"{n_categories.tolist()}, got {checked[name].shape}"
-                )
-
-        weights = checked["weights"]
-        if np.any(weights < 0):
-            raise ModelError(f"initialModel weights must be non-negative, got {weights.tolist()}")
-        if abs(weights.sum() - 1.0) > _SUM_TOLERANCE:
-            raise ModelError(f"initialModel weights must sum to 1, got sum {weights.sum():.8g}")
+        check_present(arrays, ("weights", "probs"), optional=("n_categories",))
+        weights = check_parameter(arrays["weights"], "weights")
+        probs = check_parameter(arrays["probs"], "probs")
+        n_categories = self._public_n_categories(arrays, d, probs)
+        offsets = _offsets(n_categories)
+        what = f"k={k} and n_categories {n_categories.tolist()}"
+        weights = check_parameter(weights, "weights", shape=(k,), what=what, min_value=0.0, simplex=True)
         if self.fix_weights and np.any(weights == 0):
             raise ModelError(
                 "with fix_weights an initialModel weight of 0 would switch its component off for good; "
                 f"give every component a positive weight, got {weights.tolist()}"
             )
-        probs = checked["probs"]
-        if np.any(probs < 0):
-            raise ModelError("initialModel probs must be non-negative")
-        offsets = _offsets(n_categories)
-        sums = np.add.reduceat(probs, offsets[:-1], axis=1)  # (k, d)
-        bad = np.argwhere(np.abs(sums - 1.0) > _SUM_TOLERANCE)
-        if bad.size:
-            j, f = (int(v) for v in bad[0])
-            where = "the row"
-            if self.kind == "categorical":
-                where = f"feature {f} (columns {offsets[f]}..{offsets[f + 1] - 1})"
-            raise ModelError(
-                f"initialModel probs of component {j} must sum to 1 over {where}, got {sums[j, f]:.8g}"
-            )
-        return {
-            "weights": weights / weights.sum(),
-            "probs": _normalize_blocks(probs, offsets),
-            "n_categories": n_categories.astype(np.float64),
-        }
+        probs = check_parameter(probs, "probs", shape=(k, int(offsets[-1])), what=what, min_value=0.0, simplex=offsets)
+        return {"weights": weights, "probs": probs, "n_categories": n_categories.astype(np.float64)}
 
     def _public_n_categories(self, arrays: Mapping[str, np.ndarray], d: int, probs: np.ndarray) -> np.ndarray:
         given = None
@@ -437,7 +388,7 @@ class CategoricalMixtureFamily:
     def _log_components(self, X: np.ndarray, n_categories: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """(n, k) log p(x_i | z=j), without the multinomial coefficient."""
         n = X.shape[0]
-        log_probs = _log(probs)
+        log_probs = log0(probs)
         if self.kind == "multinomial":
             zero = probs <= 0
             if not zero.any():
@@ -472,7 +423,7 @@ class CategoricalMixtureFamily:
         """(X, n_categories, log_resp (n, k), loglik (n,)) of a checked block, labels applied."""
         X, n_categories = self._check_block(block, params)
         labels = check_labels(block.labels, self.k)
-        log_joint = self._log_components(X, n_categories, params["probs"]) + _log(params["weights"])
+        log_joint = self._log_components(X, n_categories, params["probs"]) + log0(params["weights"])
         log_resp, loglik = log_posterior(log_joint)
         log_resp, loglik = clamp_to_labels(log_joint, log_resp, loglik, labels)
         coefficient = self._log_coefficient(X)
@@ -539,7 +490,7 @@ class CategoricalMixtureFamily:
         impossible = ~np.isfinite(loglik)
         if impossible.any():
             log_resp = log_resp.copy()
-            log_resp[impossible] = _log(params["weights"])
+            log_resp[impossible] = log0(params["weights"])
         return {"log_resp": log_resp, "loglik": loglik}
 
     # -- protocol: M-step ----------------------------------------------------------
@@ -552,12 +503,7 @@ class CategoricalMixtureFamily:
         sample's overall frequencies), with weight 1/len(sample); an event says so.
         With ``fix_weights`` the weights stay as they are.
         """
-        total_weight = float(stats[WEIGHT])
-        if not total_weight > 0:
-            raise ModelError(
-                "the statistics carry no weight (no rows, or all sample weights are 0); "
-                "cannot estimate a categorical mixture from no data"
-            )
+        total_weight = self._require_weight(stats, "a categorical mixture")
         n_categories = self._n_categories(params)
         offsets = _offsets(n_categories)
         nk = np.asarray(stats["nk"], dtype=np.float64)
@@ -571,7 +517,7 @@ class CategoricalMixtureFamily:
         # documents) keeps its previous probabilities there
         empty = _block_sums(counts + self.smoothing, offsets) <= 0
         probs[empty] = np.asarray(params["probs"])[empty]
-        dead = np.flatnonzero(nk < _DEAD_FRACTION * total_weight)
+        dead = self._lost_mass(nk, total_weight)
         events = []
         if dead.size:
             seeds = self._reseed_distributions(sample, params, n_categories, dead)
@@ -654,8 +600,7 @@ class CategoricalMixtureFamily:
         """
         X = np.asarray(sample.X, dtype=np.float64)
         w = np.asarray(sample.weights_or_ones(), dtype=np.float64)
-        if X.shape[0] == 0:
-            raise ModelError("cannot initialize from an empty sample; is the data empty?")
+        self._require_sample(sample)
         if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
             raise ModelError("the sample's weights must be finite, non-negative and not all 0")
         n_categories = self._sample_n_categories(X)

@@ -33,101 +33,40 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
+from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
+from em_spark.models.kernels import (
+    COVARIANCE_TYPES,
+    KERNELS,
+    LOG_2PI,
+    Kernel,
+    chunks,
+    ill_defined_covariance,
+    normalize_log_prob,
+    not_positive_definite_components,
+)
 from em_spark.models.gaussian_missing import DiagonalMissing, FullMissing, nan_mask
+from em_spark.models.validation import check_parameter, check_present
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.seeding import kmeans_plusplus, lloyd
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = ["GaussianFamily", "COVARIANCE_TYPES", "INIT_MODES", "HANDLE_MISSING"]
 
-COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 INIT_MODES = ("k-means++", "random")
 HANDLE_MISSING = ("error", "model")
 
-_LOG_2PI = math.log(2.0 * math.pi)
 # scikit-learn adds 10 machine epsilons to every nk so an empty component divides by
 # something non-zero; we do the same so both fits agree to rounding.
 _NK_EPS = 10.0 * np.finfo(np.float64).eps
-# A component whose share of the total weight falls below this has lost its mass.
-_DEAD_FRACTION = 1e-10
-# Rows per chunk inside a block: the chunk's two (k, ~d, rows) scratch buffers stay in
-# cache, so the elementwise passes over them are cache-hot instead of trips to memory (a
-# k x n x d temporary for a 64k-row block is not), while chunks stay long enough that
-# numpy's per-call overhead is small. 2 MiB measured best for d=10 (about 4.8k rows at k=5).
-_SCRATCH_BYTES = 1 << 21
-_MIN_CHUNK_ROWS = 256
 _LLOYD_MAX_ITER = 20
-
-_ILL_DEFINED = (
-    "ill-defined empirical covariance: increase regCovar, or decrease the number of "
-    "components, or scale the data (a component may have collapsed onto one point or a "
-    "lower-dimensional subspace)"
-)
 
 
 # ---------------------------------------------------------------------------
-# Linear algebra shared by all covariance types
-
-
-def _inv_lower_triangular(lower: np.ndarray) -> np.ndarray:
-    """Inverse of a stack of lower-triangular matrices by forward substitution.
-
-    Parameters
-    ----------
-    lower : ndarray of shape (..., d, d), lower triangular with non-zero diagonal
-
-    Returns
-    -------
-    inverse : ndarray of shape (..., d, d), exactly lower triangular
-    """
-    d = lower.shape[-1]
-    inverse = np.zeros_like(lower)
-    for i in range(d):
-        # row i of L⁻¹: (e_i − L[i, :i] L⁻¹[:i, :]) / L[i, i]; entries right of i stay 0
-        row = -np.einsum("...j,...jc->...c", lower[..., i, :i], inverse[..., :i, :])
-        row[..., i] += 1.0
-        inverse[..., i, :] = row / lower[..., i, i, None]
-    return inverse
-
-
-def _cholesky_or_none(matrices: np.ndarray) -> np.ndarray | None:
-    """Lower Cholesky factors of a stack of matrices, or None if one is not positive definite."""
-    try:
-        chol = np.linalg.cholesky(matrices)
-    except np.linalg.LinAlgError:
-        return None
-    return chol if np.all(np.isfinite(chol)) else None
-
-
-def _precisions_cholesky_matrices(covariances: np.ndarray) -> np.ndarray:
-    """P = (L⁻¹)ᵀ for Σ = L Lᵀ, so P Pᵀ = Σ⁻¹ and P is upper triangular (sklearn's convention).
-
-    Raises ``np.linalg.LinAlgError`` when a matrix is not positive definite.
-    """
-    chol = _cholesky_or_none(covariances)
-    if chol is None:
-        raise np.linalg.LinAlgError("not positive definite")
-    return np.swapaxes(_inv_lower_triangular(chol), -1, -2)
-
-
-def _precisions_cholesky_variances(variances: np.ndarray) -> np.ndarray:
-    if not np.all(variances > 0.0) or not np.all(np.isfinite(variances)):
-        raise np.linalg.LinAlgError("non-positive variance")
-    return 1.0 / np.sqrt(variances)
-
-
-def _not_positive_definite_components(covariances: np.ndarray, covariance_type: str) -> list[int]:
-    """Indices of components whose covariance is not positive definite (error path only)."""
-    if covariance_type in ("diag", "spherical"):
-        bad = ~np.all(np.reshape(covariances > 0.0, (covariances.shape[0], -1)), axis=1)
-        return [int(i) for i in np.flatnonzero(bad)]
-    stack = covariances[None] if covariance_type == "tied" else covariances
-    return [i for i in range(stack.shape[0]) if _cholesky_or_none(stack[i]) is None]
+# Sample statistics
 
 
 def _weighted_covariance(X: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -140,256 +79,13 @@ def _weighted_covariance(X: np.ndarray, w: np.ndarray) -> np.ndarray:
     return scaled.T @ scaled  # Aᵀ A: numpy uses syrk, the result is exactly symmetric
 
 
-# ---------------------------------------------------------------------------
-# Per covariance type: small plain functions, dispatched through _KERNELS.
-#
-# The E-step works on chunks of rows in a *feature-major* layout: a chunk's differences
-# x − μ_k are stored as ``diffs`` of shape (k, width, rows), one row per feature. Every
-# elementwise pass then runs along a long contiguous axis (rows), where a (k, rows, d)
-# layout would make numpy loop over inner runs of only d elements, and the matrix
-# products are plain GEMMs on (d, rows) panels. ``diffs`` is filled once per chunk and
-# used for the Mahalanobis distances and for the moments; ``work`` is a second buffer of
-# the same shape for GEMM outputs, weighted copies and squares.
-
-# Below this many features, Σ (w r D) Dᵀ as a GEMM against a weighted copy is about twice
-# as fast as numpy's syrk path for √(w r) D (√(w r) D)ᵀ on OpenBLAS (tiny output, long inner
-# dimension); from about 35 features syrk wins because it does half the flops. Measured.
-_SYRK_MIN_FEATURES = 36
-
-
-def _scratch_width_matrix(d: int) -> int:
-    # [x − μ_k ; 1]: the trailing row of ones makes one product yield sq, sum and nk.
-    return d + 1
-
-
-def _scratch_width_vector(d: int) -> int:
-    # x − μ_k in ``diffs`` and (x − μ_k)² in ``work``: two separate buffers, because a ufunc
-    # writing one view of a buffer from another view of it makes numpy copy the input first
-    return d
-
-
-def _fill_matrix(diffs: np.ndarray, work: np.ndarray, XT: np.ndarray, means: np.ndarray) -> None:
-    d = XT.shape[0]
-    np.subtract(XT[None, :, :], means[:, :, None], out=diffs[:, :d])
-    diffs[:, d] = 1.0
-
-
-def _fill_vector(diffs: np.ndarray, work: np.ndarray, XT: np.ndarray, means: np.ndarray) -> None:
-    np.subtract(XT[None, :, :], means[:, :, None], out=diffs)
-    np.square(diffs, out=work)
-
-
-# ``prepare`` turns precisions_cholesky into what ``half_mahalanobis`` multiplies by; the
-# factor ½ of log N is folded in here (√½ on a Cholesky factor, ½ on a squared one) so the
-# chunk loop saves a pass over the (k, rows) distances.
-
-
-def _prepare_full(prec_chol: np.ndarray) -> np.ndarray:
-    # √½ Pᵀ, contiguous: the left factor of a GEMM on (d, rows) panels
-    return np.ascontiguousarray(np.swapaxes(prec_chol, -1, -2)) * math.sqrt(0.5)
-
-
-def _prepare_tied(prec_chol: np.ndarray) -> np.ndarray:
-    return _prepare_full(prec_chol[None])
-
-
-def _prepare_squared(prec_chol: np.ndarray) -> np.ndarray:
-    return 0.5 * np.square(prec_chol)  # ½ diagonal precisions (k, d), or (k,) for spherical
-
-
-def _half_mahalanobis_matrix(diffs: np.ndarray, work: np.ndarray, prepared: np.ndarray) -> np.ndarray:
-    # ½‖(x − μ_k) P_k‖² = squared column norms of √½ P_kᵀ (x − μ_k): one GEMM per component
-    # (batched in C); einsum's fused multiply-add reduction beats square-then-sum.
-    d = prepared.shape[-1]
-    whitened = np.matmul(prepared, diffs[:, :d], out=work[:, :d])
-    return np.einsum("kdm,kdm->km", whitened, whitened)
-
-
-def _half_mahalanobis_diag(diffs: np.ndarray, work: np.ndarray, prepared: np.ndarray) -> np.ndarray:
-    return np.matmul(prepared[:, None, :], work)[:, 0, :]  # Σ_j ½ p_kj² (x_j − μ_kj)²
-
-
-def _half_mahalanobis_spherical(diffs: np.ndarray, work: np.ndarray, prepared: np.ndarray) -> np.ndarray:
-    return work.sum(axis=1) * prepared[:, None]
-
-
-def _moments_matrix(diffs: np.ndarray, work: np.ndarray, wr: np.ndarray, sums: np.ndarray, sq: np.ndarray) -> None:
-    # gram_k = [D;1] diag(w r_k) [D;1]ᵀ holds Σ w r D Dᵀ (sq) and Σ w r D (sum) in one product.
-    d = sums.shape[1]
-    if d < _SYRK_MIN_FEATURES:
-        weighted = np.multiply(diffs, wr[:, None, :], out=work)
-        gram = np.matmul(weighted, np.swapaxes(diffs, 1, 2))
-    else:
-        # the differences are not needed any more: scale them by √(w r) in place, then
-        # S Sᵀ on one buffer is numpy's syrk path (half the flops of a GEMM)
-        diffs *= np.sqrt(wr)[:, None, :]
-        gram = np.matmul(diffs, np.swapaxes(diffs, 1, 2))
-    sq += gram[:, :d, :d]
-    sums += gram[:, :d, d]
-
-
-def _moments_vector(diffs: np.ndarray, work: np.ndarray, wr: np.ndarray, sums: np.ndarray, sq: np.ndarray) -> None:
-    # batched gemv: Σ w r (x − μ_k) and Σ w r (x − μ_k)²
-    sums += np.matmul(diffs, wr[:, :, None])[:, :, 0]
-    sq += np.matmul(work, wr[:, :, None])[:, :, 0]
-
-
-def _covariance_full(nk: np.ndarray, delta: np.ndarray, sq: np.ndarray, reg: float) -> np.ndarray:
-    cov = sq / nk[:, None, None] - delta[:, :, None] * delta[:, None, :]
-    # the small-d GEMM path gives sq symmetric only up to rounding; make it exact
-    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
-    d = cov.shape[-1]
-    cov[:, np.arange(d), np.arange(d)] += reg
-    return cov
-
-
-def _covariance_tied(nk: np.ndarray, delta: np.ndarray, sq: np.ndarray, reg: float) -> np.ndarray:
-    # Pooled scatter around each component's new mean: Σ_k (sq_k − nk δ_k δ_kᵀ) / Σ nk.
-    scatter = sq.sum(axis=0) - np.einsum("k,ki,kj->ij", nk, delta, delta)
-    cov = scatter / nk.sum()
-    cov = 0.5 * (cov + cov.T)
-    cov[np.diag_indices_from(cov)] += reg
-    return cov
-
-
-def _covariance_diag(nk: np.ndarray, delta: np.ndarray, sq: np.ndarray, reg: float) -> np.ndarray:
-    return sq / nk[:, None] - np.square(delta) + reg
-
-
-def _covariance_spherical(nk: np.ndarray, delta: np.ndarray, sq: np.ndarray, reg: float) -> np.ndarray:
-    return _covariance_diag(nk, delta, sq, reg).mean(axis=1)
-
-
-def _log_det_full(prec_chol: np.ndarray, d: int) -> np.ndarray:
-    # P is triangular: log det P is the sum of the logs of its diagonal
-    return np.log(np.diagonal(prec_chol, axis1=-2, axis2=-1)).sum(axis=-1)
-
-
-def _log_det_tied(prec_chol: np.ndarray, d: int) -> np.ndarray:
-    return np.log(np.diagonal(prec_chol)).sum()
-
-
-def _log_det_diag(prec_chol: np.ndarray, d: int) -> np.ndarray:
-    return np.log(prec_chol).sum(axis=1)
-
-
-def _log_det_spherical(prec_chol: np.ndarray, d: int) -> np.ndarray:
-    return d * np.log(prec_chol)
-
-
-def _set_component_full(cov: np.ndarray, j: int, sample_cov: np.ndarray, reg: float) -> None:
-    cov[j] = sample_cov + reg * np.eye(sample_cov.shape[0])
-
-
-def _set_component_tied(cov: np.ndarray, j: int, sample_cov: np.ndarray, reg: float) -> None:
-    pass  # one covariance shared by all components: a re-seeded component keeps it
-
-
-def _set_component_diag(cov: np.ndarray, j: int, sample_cov: np.ndarray, reg: float) -> None:
-    cov[j] = np.diagonal(sample_cov) + reg
-
-
-def _set_component_spherical(cov: np.ndarray, j: int, sample_cov: np.ndarray, reg: float) -> None:
-    cov[j] = np.diagonal(sample_cov).mean() + reg
-
-
-@dataclass(frozen=True)
-class _Kernel:
-    """The small functions one covariance type is made of."""
-
-    cov_shape: Callable[[int, int], tuple[int, ...]]
-    sq_shape: Callable[[int, int], tuple[int, ...]]
-    scratch_width: Callable[[int], int]
-    fill: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
-    prepare: Callable[[np.ndarray], np.ndarray]
-    half_mahalanobis: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-    moments: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
-    covariance: Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
-    precisions_cholesky: Callable[[np.ndarray], np.ndarray]
-    log_det: Callable[[np.ndarray, int], np.ndarray]
-    set_component: Callable[[np.ndarray, int, np.ndarray, float], None]
-    n_cov_parameters: Callable[[int, int], int]
-
-
-_KERNELS: dict[str, _Kernel] = {
-    "full": _Kernel(
-        cov_shape=lambda k, d: (k, d, d),
-        sq_shape=lambda k, d: (k, d, d),
-        scratch_width=_scratch_width_matrix,
-        fill=_fill_matrix,
-        prepare=_prepare_full,
-        half_mahalanobis=_half_mahalanobis_matrix,
-        moments=_moments_matrix,
-        covariance=_covariance_full,
-        precisions_cholesky=_precisions_cholesky_matrices,
-        log_det=_log_det_full,
-        set_component=_set_component_full,
-        n_cov_parameters=lambda k, d: k * d * (d + 1) // 2,
-    ),
-    "tied": _Kernel(
-        cov_shape=lambda k, d: (d, d),
-        sq_shape=lambda k, d: (k, d, d),
-        scratch_width=_scratch_width_matrix,
-        fill=_fill_matrix,
-        prepare=_prepare_tied,
-        half_mahalanobis=_half_mahalanobis_matrix,
-        moments=_moments_matrix,
-        covariance=_covariance_tied,
-        precisions_cholesky=_precisions_cholesky_matrices,
-        log_det=_log_det_tied,
-        set_component=_set_component_tied,
-        n_cov_parameters=lambda k, d: d * (d + 1) // 2,
-    ),
-    "diag": _Kernel(
-        cov_shape=lambda k, d: (k, d),
-        sq_shape=lambda k, d: (k, d),
-        scratch_width=_scratch_width_vector,
-        fill=_fill_vector,
-        prepare=_prepare_squared,
-        half_mahalanobis=_half_mahalanobis_diag,
-        moments=_moments_vector,
-        covariance=_covariance_diag,
-        precisions_cholesky=_precisions_cholesky_variances,
-        log_det=_log_det_diag,
-        set_component=_set_component_diag,
-        n_cov_parameters=lambda k, d: k * d,
-    ),
-    "spherical": _Kernel(
-        cov_shape=lambda k, d: (k,),
-        sq_shape=lambda k, d: (k, d),
-        scratch_width=_scratch_width_vector,
-        fill=_fill_vector,
-        prepare=_prepare_squared,
-        half_mahalanobis=_half_mahalanobis_spherical,
-        moments=_moments_vector,
-        covariance=_covariance_spherical,
-        precisions_cholesky=_precisions_cholesky_variances,
-        log_det=_log_det_spherical,
-        set_component=_set_component_spherical,
-        n_cov_parameters=lambda k, d: k,
-    ),
-}
-
-
-def _normalize_log_prob(log_prob: np.ndarray) -> np.ndarray:
-    """Turn (k, rows) joint log-probabilities into responsibilities, in place.
-
-    Returns the (rows,) log-normalizers log Σ_k exp(log_prob[k]) (logsumexp over k).
-    """
-    peak = log_prob.max(axis=0)
-    log_prob -= peak
-    np.exp(log_prob, out=log_prob)
-    total = log_prob.sum(axis=0)
-    log_prob /= total
-    return peak + np.log(total)
-
 
 # ---------------------------------------------------------------------------
 # The family
 
 
 @dataclass(frozen=True)
-class GaussianFamily:
+class GaussianFamily(FamilyBase):
     """Mixture of ``k`` multivariate Gaussians, fitted by EM with scikit-learn's semantics.
 
     Parameters
@@ -410,6 +106,7 @@ class GaussianFamily:
     name: ClassVar[str] = "gaussian"
     sequential: ClassVar[bool] = False
     supports_labels: ClassVar[bool] = True
+    supports_impute: ClassVar[bool] = True
 
     k: int
     covariance_type: str = "full"
@@ -419,7 +116,7 @@ class GaussianFamily:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "components"))
-        if self.covariance_type not in _KERNELS:
+        if self.covariance_type not in KERNELS:
             raise ModelError(
                 f"covarianceType must be one of {list(COVARIANCE_TYPES)}, got {self.covariance_type!r}"
             )
@@ -449,12 +146,8 @@ class GaussianFamily:
         return self.handle_missing == "model"
 
     @property
-    def _kernel(self) -> _Kernel:
-        return _KERNELS[self.covariance_type]
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able hyperparameters, including the family name."""
-        return family_config(self)
+    def _kernel(self) -> Kernel:
+        return KERNELS[self.covariance_type]
 
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """Copies of ``weights`` (k,), ``means`` (k, d) and ``covariances`` (shape by type)."""
@@ -494,9 +187,7 @@ class GaussianFamily:
 
     def relabel(self, params: Params, order: np.ndarray) -> Params:
         """Parameters with components reordered: new component j is old component ``order[j]``."""
-        order = np.asarray(order)
-        if sorted(order.tolist()) != list(range(self.k)):
-            raise ModelError(f"relabel needs a permutation of 0..{self.k - 1}, got {order.tolist()}")
+        order = self._permutation(order)
         out = {}
         for name, value in params.items():
             per_component = name in ("weights", "means") or (
@@ -524,52 +215,19 @@ class GaussianFamily:
         (symmetric positive definite), then computes ``precisions_cholesky``.
         """
         k, d, kind = self.k, int(n_features), self.covariance_type
-        missing = [name for name in ("weights", "means", "covariances") if name not in arrays]
-        if missing:
-            raise ModelError(f"initialModel is missing {missing}; give weights, means and covariances")
-        expected = {"weights": (k,), "means": (k, d), "covariances": self._kernel.cov_shape(k, d)}
-        checked = {}
-        for name, shape in expected.items():
-            try:
-                value = np.array(arrays[name], dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ModelError(f"initialModel {name} must be numeric arrays: {exc}") from None
-            if value.shape != shape:
-                raise ModelError(
-                    f"initialModel {name} must have shape {shape} for k={k}, {d} features and "
-                    f"covarianceType={kind!r}, got {value.shape}"
-                )
-            if not np.all(np.isfinite(value)):
-                raise ModelError(f"initialModel {name} must be finite (no NaN or infinity)")
-            checked[name] = value
-
-        weights = checked["weights"]
-        if np.any(weights < 0):
-            raise ModelError(f"initialModel weights must be non-negative, got {weights.tolist()}")
-        if abs(weights.sum() - 1.0) > 1e-6:
-            raise ModelError(f"initialModel weights must sum to 1, got sum {weights.sum():.8g}")
-        weights = weights / weights.sum()
-
-        covariances = checked["covariances"]
-        if kind in ("full", "tied"):
-            scale = np.max(np.abs(covariances))
-            if not np.allclose(covariances, np.swapaxes(covariances, -1, -2), rtol=1e-8, atol=1e-12 * scale):
-                raise ModelError(f"initialModel covariances must be symmetric (covarianceType={kind!r})")
-            covariances = 0.5 * (covariances + np.swapaxes(covariances, -1, -2))
-        try:
-            prec_chol = self._kernel.precisions_cholesky(covariances)
-        except np.linalg.LinAlgError:
-            bad = _not_positive_definite_components(covariances, kind)
-            what = "the tied covariance" if kind == "tied" else f"components {bad}"
-            raise ModelError(
-                f"initialModel covariances must be positive definite (covarianceType={kind!r}); "
-                f"{what} are not"
-            ) from None
+        check_present(arrays, ("weights", "means", "covariances"))
+        what = f"k={k}, {d} features and covarianceType={kind!r}"
+        weights = check_parameter(arrays["weights"], "weights", shape=(k,), what=what, min_value=0.0, simplex=True)
+        means = check_parameter(arrays["means"], "means", shape=(k, d), what=what)
+        covariances = check_parameter(
+            arrays["covariances"], "covariances", shape=self._kernel.cov_shape(k, d), what=what,
+            positive_definite="matrices" if kind in ("full", "tied") else "variances",
+        )
         return {
             "weights": weights,
-            "means": checked["means"],
+            "means": means,
             "covariances": covariances,
-            "precisions_cholesky": prec_chol,
+            "precisions_cholesky": self._kernel.precisions_cholesky(covariances),
         }
 
     # -- protocol: E-step and scoring --------------------------------------------
@@ -579,34 +237,13 @@ class GaussianFamily:
         with np.errstate(divide="ignore"):  # a weight of exactly 0 gives -inf: a dead component
             log_weights = np.log(params["weights"])
         log_det = self._kernel.log_det(params["precisions_cholesky"], d)
-        return log_weights + log_det - 0.5 * d * _LOG_2PI
+        return log_weights + log_det - 0.5 * d * LOG_2PI
 
     def _check_block(self, block: Block, params: Params) -> int:
         d = int(np.shape(params["means"])[1])
         if block.n_features != d:
             raise ModelError(f"data has {block.n_features} features but the model has {d}")
         return d
-
-    def _chunks(self, X: np.ndarray, means: np.ndarray):
-        """Yield (start, stop, diffs, work) over row chunks of X, ``diffs`` filled around ``means``.
-
-        ``diffs`` and ``work`` are (k, width, rows) views of two scratch buffers reused by
-        every chunk; the chunk size keeps them cache-resident (see _SCRATCH_BYTES).
-        """
-        kernel, k = self._kernel, self.k
-        n, d = X.shape
-        width = kernel.scratch_width(d)
-        chunk = min(n, max(_MIN_CHUNK_ROWS, _SCRATCH_BYTES // (8 * k * width)))
-        if chunk == 0:
-            return
-        XT = np.ascontiguousarray(X.T)  # one transposed copy: chunks become (d, rows) panels
-        diffs_buf = np.empty((k, width, chunk))
-        work_buf = np.empty((k, width, chunk))
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            diffs, work = diffs_buf[:, :, : stop - start], work_buf[:, :, : stop - start]
-            kernel.fill(diffs, work, XT[:, start:stop], means)
-            yield start, stop, diffs, work
 
     def _accumulate(
         self,
@@ -632,7 +269,7 @@ class GaussianFamily:
         sq = np.zeros(kernel.sq_shape(k, d))
         loglik = 0.0
         prepared = None if prec_chol is None else kernel.prepare(prec_chol)
-        for start, stop, diffs, work in self._chunks(X, shift):
+        for start, stop, diffs, work in chunks(self._kernel, X, shift):
             if labels is None:
                 half_maha = kernel.half_mahalanobis(diffs, work, prepared)
                 log_prob = np.subtract(log_const[:, None], half_maha, out=half_maha)
@@ -640,7 +277,7 @@ class GaussianFamily:
                     known = np.flatnonzero(clamp[start:stop] >= 0)
                     which = clamp[start:stop][known]
                     picked = log_prob[which, known]  # the joint log-probabilities, before normalizing
-                log_norm = _normalize_log_prob(log_prob)
+                log_norm = normalize_log_prob(log_prob)
                 resp = log_prob  # (k, rows), normalized in place
                 if clamp is not None and known.size:
                     resp[:, known] = 0.0
@@ -724,7 +361,7 @@ class GaussianFamily:
         prepared = kernel.prepare(params["precisions_cholesky"])
         log_resp = np.empty((X.shape[0], self.k))
         loglik = np.empty(X.shape[0])
-        for start, stop, diffs, work in self._chunks(X, params["means"]):
+        for start, stop, diffs, work in chunks(self._kernel, X, params["means"]):
             log_prob = log_const[:, None] - kernel.half_mahalanobis(diffs, work, prepared)
             peak = log_prob.max(axis=0)
             log_norm = peak + np.log(np.exp(log_prob - peak).sum(axis=0))
@@ -794,7 +431,7 @@ class GaussianFamily:
         else:
             gappy = missing.any(axis=1)
             complete = np.flatnonzero(~gappy)
-        for start, stop, diffs, work in self._chunks(X if gappy is None else X[complete], params["means"]):
+        for start, stop, diffs, work in chunks(self._kernel, X if gappy is None else X[complete], params["means"]):
             out[complete[start:stop]] = (log_const[:, None] - kernel.half_mahalanobis(diffs, work, prepared)).T
         if gappy is not None:
             out[gappy] = self._missing_model(params).log_joint(X[gappy], missing[gappy])
@@ -817,12 +454,7 @@ class GaussianFamily:
         A component whose weight share fell below 1e-10 is re-seeded at the ``sample`` point
         the current model explains worst, with the sample's covariance; an event says so.
         """
-        total_weight = float(stats[WEIGHT])
-        if not total_weight > 0:
-            raise ModelError(
-                "the statistics carry no weight (no rows, or all sample weights are 0); "
-                "cannot estimate a Gaussian mixture from no data"
-            )
+        total_weight = self._require_weight(stats, "a Gaussian mixture")
         weights, means, covariances, dead = self._estimate(stats, params["means"])
         events = []
         if dead.size:
@@ -845,7 +477,7 @@ class GaussianFamily:
         means = shift + delta
         covariances = self._kernel.covariance(nk, delta, np.asarray(stats["sq"]), self.reg_covar)
         weights = nk / nk.sum()
-        dead = np.flatnonzero(nk_raw < _DEAD_FRACTION * float(stats[WEIGHT]))
+        dead = self._lost_mass(nk_raw, float(stats[WEIGHT]))
         return weights, means, covariances, dead
 
     def _reseed(self, weights, means, covariances, dead, seeds, sample: Block) -> None:
@@ -861,14 +493,8 @@ class GaussianFamily:
         try:
             prec_chol = self._kernel.precisions_cholesky(covariances)
         except np.linalg.LinAlgError:
-            bad = _not_positive_definite_components(covariances, self.covariance_type)
-            if self.covariance_type == "tied":
-                who = "the tied covariance has an"
-            elif len(bad) == 1:
-                who = f"component {bad[0]} has an"
-            else:
-                who = f"components {bad} have an"
-            raise ModelError(f"Fitting the Gaussian mixture failed: {who} {_ILL_DEFINED}") from None
+            bad = not_positive_definite_components(covariances, self.covariance_type)
+            raise ill_defined_covariance("Gaussian mixture", bad, self.covariance_type) from None
         return {"weights": weights, "means": means, "covariances": covariances, "precisions_cholesky": prec_chol}
 
     def _lowest_likelihood_points(self, sample: Block, params: Params, new_means: np.ndarray, dead: np.ndarray):
@@ -917,8 +543,7 @@ class GaussianFamily:
         sample = self._filled(sample)
         X = np.asarray(sample.X, dtype=np.float64)
         w = np.asarray(sample.weights_or_ones(), dtype=np.float64)
-        if X.shape[0] == 0:
-            raise ModelError("cannot initialize from an empty sample; is the data empty?")
+        self._require_sample(sample)
         if not np.all(np.isfinite(X)) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ModelError("the sample must be finite with non-negative weights")
         distinct, inverse = np.unique(X[w > 0], axis=0, return_inverse=True)

@@ -38,16 +38,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
 
+from em_spark.models.kernels import LOG_2PI, inv_lower_triangular
 from em_spark.models.labels import clamp_to_labels, log_posterior
 
 __all__ = ["DiagonalMissing", "FullMissing", "nan_mask", "pattern_groups"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 # Bound on the (k, rows, d) deviation arrays of one chunk (float64 elements): 4 MiB.
 _CHUNK_ELEMENTS = 1 << 19
 # A missingness pattern with at least this many rows gets its own matrix products;
@@ -101,22 +100,6 @@ def pattern_groups(missing: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(first.size + 1))
     return [(missing[first[p]], order[bounds[p] : bounds[p + 1]]) for p in range(first.size)]
-
-
-def _inv_lower(lower: np.ndarray) -> np.ndarray:
-    """Inverses of a stack (..., m, m) of lower-triangular matrices, by forward substitution.
-
-    One vectorized step per row over the whole stack: for the many tiny matrices of the
-    missing-value patterns this is far faster than one LAPACK call per matrix.
-    """
-    m = lower.shape[-1]
-    inverse = np.zeros_like(lower)
-    for i in range(m):
-        # row i of L⁻¹: (e_i − L[i, :i] L⁻¹[:i, :]) / L[i, i]; entries right of i stay 0
-        row = -np.einsum("...j,...jc->...c", lower[..., i, :i], inverse[..., :i, :])
-        row[..., i] += 1.0
-        inverse[..., i, :] = row / lower[..., i, i, None]
-    return inverse
 
 
 def _row_slices(n: int, k: int, d: int) -> Iterator[slice]:
@@ -251,7 +234,7 @@ class FullMissing(_MissingModel):
         self.covariances = np.asarray(covariances, dtype=np.float64)
         chol = np.linalg.cholesky(self.covariances)
         # P = L⁻ᵀ for Σ = L Lᵀ: P Pᵀ = Λ; contiguous, so products with it are plain GEMMs
-        self.prec_chol = np.ascontiguousarray(np.swapaxes(_inv_lower(chol), 1, 2))
+        self.prec_chol = np.ascontiguousarray(np.swapaxes(inv_lower_triangular(chol), 1, 2))
         precisions = self.prec_chol @ np.swapaxes(self.prec_chol, 1, 2)
         self.precisions = 0.5 * (precisions + np.swapaxes(precisions, 1, 2))
         self.half_log_det = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)  # ½ log det Σ (k,)
@@ -277,10 +260,10 @@ class FullMissing(_MissingModel):
             return gaps, log_const, np.repeat(self.covariances[:, None], n_patterns, axis=1)
         lam_mm = self.precisions[:, gaps[:, :, None], gaps[:, None, :]]  # (k, P, m, m)
         chol_mm = np.linalg.cholesky(lam_mm)  # a principal submatrix of an SPD matrix is SPD
-        chol_mm_inv = _inv_lower(chol_mm)
+        chol_mm_inv = inv_lower_triangular(chol_mm)
         cond = np.swapaxes(chol_mm_inv, 2, 3) @ chol_mm_inv  # Λ_mm⁻¹ = L⁻ᵀ L⁻¹
         half_log_det_oo = self.half_log_det[:, None] + np.log(np.diagonal(chol_mm, axis1=2, axis2=3)).sum(axis=2)
-        log_const = self.log_weights[:, None] - half_log_det_oo - 0.5 * (d - m) * _LOG_2PI
+        log_const = self.log_weights[:, None] - half_log_det_oo - 0.5 * (d - m) * LOG_2PI
         return gaps, log_const, cond
 
     def _parts(self, X: np.ndarray, missing: np.ndarray):
@@ -376,7 +359,7 @@ class DiagonalMissing(_MissingModel):
 
     def _parts(self, X: np.ndarray, missing: np.ndarray):
         k, d = self.means.shape
-        log_norm = _LOG_2PI + np.log(self.variances)  # (k, d): per-coordinate −2 log N constant
+        log_norm = LOG_2PI + np.log(self.variances)  # (k, d): per-coordinate −2 log N constant
         inv_var = 1.0 / self.variances
         for rows in _row_slices(X.shape[0], k, d):
             gaps = missing[rows]

@@ -12,12 +12,13 @@ and ``tol`` applies to its change per row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 
-from em_spark.models.base import Block, MStepResult, ModelError, Params, check_k, family_config
+from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
 from em_spark.models.seeding import kmeans_plusplus
+from em_spark.models.validation import check_parameter
 from em_spark.stats import Stats
 
 __all__ = ["KMeansFamily"]
@@ -35,7 +36,7 @@ def _squared_distances(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class KMeansFamily:
+class KMeansFamily(FamilyBase):
     """``k`` centers fitted by Lloyd's algorithm (hard EM).
 
     Parameters
@@ -58,10 +59,6 @@ class KMeansFamily:
         if self.init_mode not in INIT_MODES:
             raise ModelError(f"initMode must be one of {list(INIT_MODES)}, got {self.init_mode!r}")
 
-    def config(self) -> dict[str, Any]:
-        """JSON-able hyperparameters, including the family name."""
-        return family_config(self)
-
     # -- parameters -----------------------------------------------------------
 
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
@@ -73,12 +70,9 @@ class KMeansFamily:
         centers = arrays.get("centers", arrays.get("means"))
         if centers is None:
             raise ModelError("an initial k-means model needs 'centers' of shape (k, n_features)")
-        centers = np.asarray(centers, dtype=np.float64)
-        if centers.shape != (self.k, n_features):
-            raise ModelError(f"initialModel centers must have shape ({self.k}, {n_features}), got {centers.shape}")
-        if not np.all(np.isfinite(centers)):
-            raise ModelError("initialModel centers must be finite")
-        return {"centers": centers.copy(), "weights": np.full(self.k, 1.0 / self.k)}
+        what = f"k={self.k} and {n_features} features"
+        centers = check_parameter(centers, "centers", shape=(self.k, n_features), what=what)
+        return {"centers": centers, "weights": np.full(self.k, 1.0 / self.k)}
 
     def n_parameters(self, params: Params) -> int:
         return int(params["centers"].size)
@@ -91,9 +85,7 @@ class KMeansFamily:
         return _squared_distances(params_a["centers"], params_b["centers"])
 
     def relabel(self, params: Params, order: np.ndarray) -> Params:
-        order = np.asarray(order)
-        if sorted(order.tolist()) != list(range(self.k)):
-            raise ModelError(f"relabel needs a permutation of 0..{self.k - 1}, got {order.tolist()}")
+        order = self._permutation(order)
         return {name: value[order].copy() for name, value in params.items()}
 
     # -- EM -------------------------------------------------------------------

@@ -17,6 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 import em_spark.models.gaussian as gaussian_module
+import em_spark.models.kernels as kernels_module
 from em_spark.models import FAMILIES, Block, EMFamily, GaussianFamily, ModelError, MStepResult
 from em_spark.stats import Stats, sum_stats
 
@@ -111,8 +112,8 @@ def assert_valid_params(family, params, d):
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Force many E-step chunks of an odd size, so chunk boundaries are exercised."""
-    monkeypatch.setattr(gaussian_module, "_SCRATCH_BYTES", 0)
-    monkeypatch.setattr(gaussian_module, "_MIN_CHUNK_ROWS", 7)
+    monkeypatch.setattr(kernels_module, "_SCRATCH_BYTES", 0)
+    monkeypatch.setattr(kernels_module, "_MIN_CHUNK_ROWS", 7)
 
 
 # ---------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def test_many_chunks_per_block_match_sklearn(covariance_type, tiny_chunks):
 @pytest.mark.parametrize("covariance_type", ["full", "tied"])
 def test_many_features_use_the_syrk_path_and_still_match_sklearn(covariance_type):
     d = 40
-    assert d >= gaussian_module._SYRK_MIN_FEATURES
+    assert d >= kernels_module._SYRK_MIN_FEATURES
     X = blobs(n=900, d=d, k=2, spread=3.0)
     family = GaussianFamily(2, covariance_type)
     init = family.initialize(Block(X), np.random.default_rng(3))
@@ -266,8 +267,8 @@ def test_e_step_does_not_depend_on_the_chunk_size(covariance_type, monkeypatch):
     family = GaussianFamily(3, covariance_type)
     params = family.initialize(Block(X), np.random.default_rng(0))
     one_chunk = family.e_step(Block(X), params)
-    monkeypatch.setattr(gaussian_module, "_SCRATCH_BYTES", 0)
-    monkeypatch.setattr(gaussian_module, "_MIN_CHUNK_ROWS", 13)
+    monkeypatch.setattr(kernels_module, "_SCRATCH_BYTES", 0)
+    monkeypatch.setattr(kernels_module, "_MIN_CHUNK_ROWS", 13)
     assert one_chunk.allclose(family.e_step(Block(X), params), rtol=1e-11, atol=1e-10)
 
 

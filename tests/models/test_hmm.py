@@ -17,7 +17,7 @@ import pytest
 from hmmlearn import hmm as hl
 from threadpoolctl import threadpool_limits
 
-import em_spark.models.hmm as hmm_module
+import em_spark.models.markov as markov_module
 from em_spark.models import Block, EMFamily, ModelError, MStepResult
 from em_spark.models.hmm import CategoricalHMMFamily, GaussianHMMFamily
 from em_spark.stats import Stats, sum_stats
@@ -181,8 +181,8 @@ def blocks_of(block, cuts):
 @pytest.fixture
 def tiny_groups(monkeypatch):
     """Force many sequence groups per block (a few sequences each), so group boundaries are exercised."""
-    monkeypatch.setattr(hmm_module, "_GROUP_BYTES", 0)
-    monkeypatch.setattr(hmm_module, "_MIN_GROUP_ROWS", 37)
+    monkeypatch.setattr(markov_module, "_GROUP_BYTES", 0)
+    monkeypatch.setattr(markov_module, "_MIN_GROUP_ROWS", 37)
 
 
 # ---------------------------------------------------------------------------
@@ -360,7 +360,7 @@ def test_empty_block_gives_zero_statistics_with_the_right_shapes(family_kind):
 def test_grouping_does_not_change_the_statistics(tiny_groups):
     family, block, params = gaussian_setup("full", n_seq=40, seed=9)
     grouped = family.e_step(block, params)
-    hmm_module._GROUP_BYTES, hmm_module._MIN_GROUP_ROWS = 1 << 30, 1 << 30  # undone by monkeypatch
+    markov_module._GROUP_BYTES, markov_module._MIN_GROUP_ROWS = 1 << 30, 1 << 30  # undone by monkeypatch
     assert grouped.allclose(family.e_step(block, params), rtol=1e-12, atol=1e-10)
 
 
