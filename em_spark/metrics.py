@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from em_spark.models.criteria import aic, bic
+
 __all__ = [
     "METRICS_FILE",
     "IterationRecorder",
@@ -214,8 +216,9 @@ def build_metrics(
         doc["perIteration"] = records
         return doc
     s = model.summary
-    family = model._family
+    family = model.family
     public = model.public_params()
+    # The label of the component shares in the report: the public name of the family's weights.
     weights_name = next((n for n in ("weights", "startProb") if n in public), None)
     best = s.bestRestart + 1
     best_records = [r for r in records if r["restart"] == best]
@@ -237,7 +240,7 @@ def build_metrics(
         iterationSeconds=[float(r["seconds"]) for r in best_records] or [float(v) for v in s.iterationSeconds],
         wallSeconds=None if wall_seconds is None else float(wall_seconds),
         weightsName=weights_name,
-        componentWeights=None if weights_name is None else public[weights_name].tolist(),
+        componentWeights=family.component_weights(model.arrays).tolist(),
         criteria=_criteria(model),
         perIteration=records,
     )
@@ -252,8 +255,8 @@ def _criteria(model: Any) -> dict[str, Any]:
     if not model._family.sequential:
         p = int(model._family.n_parameters(model.arrays))
         n = float(s.totalWeight)
-        out.update(nParameters=p, bic=-2.0 * s.logLikelihood + p * math.log(n) if n > 0 else None,
-                   aic=-2.0 * s.logLikelihood + 2.0 * p)
+        out.update(nParameters=p, bic=bic(float(s.logLikelihood), p, n) if n > 0 else None,
+                   aic=aic(float(s.logLikelihood), p))
     return out
 
 

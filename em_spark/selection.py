@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.models import EMFamily, GaussianFamily
 from em_spark.models.base import ModelError
+from em_spark.models.criteria import information_criteria
 
 __all__ = ["Candidate", "select_models", "format_table"]
 
@@ -89,7 +90,7 @@ def select_models(
             p = family.n_parameters(result.params)
             candidate = Candidate(
                 k=k, covarianceType=covariance_type, avgLogLik=stats.loglik / stats.weight,
-                bic=-2.0 * stats.loglik + p * math.log(n), aic=-2.0 * stats.loglik + 2.0 * p, nParameters=p,
+                **information_criteria(stats.loglik, p, n), nParameters=p,
                 numIter=result.n_iter, converged=result.converged, seconds=time.perf_counter() - started,
             )
             log.info("select: k=%d %s avgLogLik=%.6f BIC=%.1f AIC=%.1f (%d iterations, %.1f s)",
