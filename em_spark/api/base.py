@@ -7,7 +7,6 @@ live here once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from abc import abstractmethod
 import logging
@@ -209,16 +208,10 @@ class EMEstimator(Estimator, EMParams):
 
             validate_name(settings.run_id, "run id")
         started = time.perf_counter()
-        with contextlib.ExitStack() as held:
-            lock = None
-            if settings.checkpoint_dir and settings.run_id:
-                # The run's lease before the load: a second run of the same id stops here, at once.
-                lock = held.enter_context(run_lock(settings))
-            return self._fit_source(family, original, dataset, features, weight_col, label_col, settings, started, lock)
-
-    def _fit_source(self, family: EMFamily, original: DataFrame, dataset: DataFrame, features: Any,
-                    weight_col: str | None, label_col: str | None, settings: FitSettings, started: float,
-                    lock: Any) -> "EMModel":
+        if settings.checkpoint_dir and settings.run_id:
+            # A second run of a running id stops here, before it pays for a load. fit_em takes the
+            # lease itself after the load, so a run refused for bad data leaves nothing behind.
+            run_lock(settings).ensure_free()
         source = load_blocks(
             dataset,
             features,
@@ -251,7 +244,6 @@ class EMEstimator(Estimator, EMParams):
             result = fit_em(
                 family, source, settings, initial,
                 data_identity={"features": features, "weightCol": weight_col, **({"labelCol": label_col} if label_col else {})},
-                lock=lock,
             )
         finally:
             source.close()

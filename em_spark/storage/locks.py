@@ -267,6 +267,20 @@ class RunLock:
                 "wait for them, or use another run id"
             )
 
+    def ensure_free(self) -> None:
+        """Raise :class:`RunLockedError` if another process holds the run's lease now; write nothing.
+
+        A cheap look before expensive work (loading the data) that the lease will guard: a
+        second run of a running id stops at once. It does not reserve anything, so
+        :meth:`acquire` must still follow, and decides any race.
+        """
+        with self._mutex:
+            if self._held is not None:
+                return
+            newest = self._newest()
+            if newest is not None and self._free_because(newest, self._clock()) is None:
+                raise self._locked_error(newest)
+
     def renew(self) -> Lease:
         """Extend the lease by the TTL from now; :class:`LeaseLostError` if it was taken over."""
         with self._mutex:

@@ -91,6 +91,20 @@ def test_acquire_refuses_a_second_holder_until_released(tmp_path):
     assert _lease_names(tmp_path) == ["lease-0000000003.emlease"]  # older generations pruned
 
 
+def test_ensure_free_names_a_live_holder_and_writes_nothing(tmp_path):
+    look = _lock(tmp_path)
+    look.ensure_free()  # no lease at all: free, and nothing is created by looking
+    assert not (tmp_path / "run-1").exists()
+    holder = _lock(tmp_path)
+    lease = holder.acquire()
+    with pytest.raises(RunLockedError, match=f"run run-1 is already running .* pid {os.getpid()}, since "):
+        look.ensure_free()
+    assert _lease_names(tmp_path) == [f"lease-{lease.generation:010d}.emlease"]
+    holder.ensure_free()  # the holder itself may go on
+    holder.release()
+    look.ensure_free()
+
+
 def test_a_released_lease_leaves_a_marker_and_frees_the_run_for_any_machine(tmp_path, elsewhere):
     holder = _lock(tmp_path, ttl_seconds=3600)
     holder.acquire()
