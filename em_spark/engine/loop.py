@@ -10,74 +10,29 @@ after every M-step is committed before the next E-step starts.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 import numpy as np
 
-from em_spark.models.base import Block, EMFamily, Params
-from em_spark.stats import Stats
+from em_spark.engine.sources import BlockSource
+from em_spark.engine.state import BestRestart, FitState, ResumeMismatchError, checkpoint_identity, decode_state, encode_state
+from em_spark.models.base import EMFamily, Params
 
 __all__ = [
-    "BlockSource",
     "FitSettings",
     "FitResult",
-    "ResumeMismatchError",
-    "LocalBlockSource",
+    "ResumeMismatchError",  # raised by fit_em (defined with the checkpoint format in engine.state)
     "fit_em",
     "new_run_id",
+    "run_lock",
 ]
 
 log = logging.getLogger("em_spark")
-
-CHECKPOINT_FORMAT = 1
-
-
-class ResumeMismatchError(ValueError):
-    """A run id's checkpoints were written for other data or another configuration."""
-
-
-class BlockSource(Protocol):
-    """The data, as the loop sees it."""
-
-    n_features: int
-    fingerprint: str  # changes when the data changes; compared on resume
-    sample: Block  # bounded sample, held on the driver, for initialization and re-seeding
-    summary: Any  # a LoadSummary: rows, weight_sum, ...
-
-    def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
-        """Summed sufficient statistics of all rows under ``params``."""
-
-
-class LocalBlockSource:
-    """In-process blocks: for tests and for small data on the driver."""
-
-    def __init__(self, blocks: list[Block], sample_size: int = 10_000, seed: int = 0):
-        from em_spark.engine.blocks import summarize_block
-
-        self.blocks = blocks
-        summary = None
-        for b in blocks:
-            s = summarize_block(b, sample_size, seed)
-            summary = s if summary is None else summary + s
-        self.summary = summary
-        self.n_features = blocks[0].n_features
-        self.fingerprint = summary.data_identity
-        self.sample = summary.sample
-        self.e_step_calls = 0
-
-    def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
-        self.e_step_calls += 1
-        total = None
-        for block in self.blocks:
-            s = family.e_step(block, params)
-            total = s if total is None else total + s
-        return total
 
 
 @dataclass(frozen=True)
@@ -141,114 +96,12 @@ class FitResult:
         return self.history[-1] * self.total_weight
 
 
-@dataclass
-class _Best:
-    restart: int
-    params: Params
-    history: list[float]
-    converged: bool
-
-
-@dataclass
-class _State:
-    """Everything a checkpoint holds: enough to continue as if never stopped."""
-
-    restart: int
-    iteration: int  # M-steps done in this restart
-    params: Params
-    initial_params: Params
-    history: list[float]
-    converged: bool
-    best: _Best | None = None
-    done: bool = False
-
-    def restart_finished(self, max_iter: int) -> bool:
-        return self.converged or self.iteration >= max_iter
-
-
 def new_run_id() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
 
 
-def params_digest(params: Mapping[str, np.ndarray] | None) -> str | None:
-    """A content hash of parameter arrays (to recognise the same initialModel)."""
-    if params is None:
-        return None
-    h = hashlib.sha256()
-    for name in sorted(params):
-        arr = np.ascontiguousarray(params[name], dtype=np.float64)
-        h.update(name.encode() + str(arr.shape).encode() + arr.tobytes())
-    return h.hexdigest()
-
-
 def _rng(seed: int, *path: int) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, *path])
-
-
-# ---------------------------------------------------------------------------
-# Checkpoint payloads
-# ---------------------------------------------------------------------------
-
-
-def _encode_state(state: _State, identity: dict[str, Any]) -> bytes:
-    from em_spark.storage import pack
-
-    arrays: dict[str, np.ndarray] = {}
-    for prefix, params in (("params", state.params), ("init", state.initial_params)):
-        arrays.update({f"{prefix}.{k}": v for k, v in params.items()})
-    best = None
-    if state.best is not None:
-        arrays.update({f"best.{k}": v for k, v in state.best.params.items()})
-        best = {"restart": state.best.restart, "history": state.best.history, "converged": state.best.converged}
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "identity": identity,
-        "restart": state.restart,
-        "iteration": state.iteration,
-        "history": state.history,
-        "converged": state.converged,
-        "done": state.done,
-        "best": best,
-    }
-    return pack(meta, arrays)
-
-
-def _decode_state(payload: bytes, identity: dict[str, Any], where: str) -> _State:
-    from em_spark.storage import unpack
-
-    meta, arrays = unpack(payload)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ResumeMismatchError(
-            f"checkpoint {where} has format {meta.get('format')!r}; this em_spark writes format "
-            f"{CHECKPOINT_FORMAT}. Use a new runId."
-        )
-    stored = meta["identity"]
-    if stored != identity:
-        keys = sorted(set(stored) | set(identity))
-        diffs = [f"{k}: checkpoint has {stored.get(k)!r}, this run has {identity.get(k)!r}" for k in keys if stored.get(k) != identity.get(k)]
-        raise ResumeMismatchError(
-            f"cannot resume from {where}: it was written for different data or settings ("
-            + "; ".join(diffs)
-            + "). Resuming would mix two fits. Use a new runId, or restore the original data and config."
-        )
-
-    def group(prefix: str) -> Params:
-        return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
-
-    best = None
-    if meta["best"] is not None:
-        b = meta["best"]
-        best = _Best(b["restart"], group("best"), list(b["history"]), b["converged"])
-    return _State(
-        restart=meta["restart"],
-        iteration=meta["iteration"],
-        params=group("params"),
-        initial_params=group("init"),
-        history=list(meta["history"]),
-        converged=meta["converged"],
-        best=best,
-        done=meta["done"],
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -335,12 +188,7 @@ def _fit_em(
     """The fit itself; ``lock``, when given, is held and guards every checkpoint commit."""
     run_id = settings.run_id or new_run_id()
     logger = logging.LoggerAdapter(log, {"run_id": run_id})
-    identity = {
-        "family": family.config(),
-        "settings": settings.identity(),
-        "data": {"fingerprint": source.fingerprint, **dict(data_identity or {})},
-        "initialModel": params_digest(initial_params),
-    }
+    identity = checkpoint_identity(family, settings, source.fingerprint, data_identity, initial_params)
     store = None
     if settings.checkpoint_dir:
         from em_spark.storage import CheckpointStore
@@ -355,18 +203,18 @@ def _fit_em(
         if lock is not None:
             store = _LeasedCheckpoints(store, lock)
 
-    def fresh_restart(restart: int, best: _Best | None) -> _State:
+    def fresh_restart(restart: int, best: BestRestart | None) -> FitState:
         if restart == 0 and initial_params is not None:
             init = {k: np.array(v, dtype=np.float64) for k, v in initial_params.items()}
         else:
             init = family.initialize(source.sample, _rng(settings.seed, restart))
-        return _State(restart, 0, init, init, [], False, best)
+        return FitState(restart, 0, init, init, [], False, best)
 
     state = None
     if store is not None:
         latest = store.latest()
         if latest is not None:
-            state = _decode_state(latest.payload, identity, latest.uri)
+            state = decode_state(latest.payload, identity, latest.uri)
             logger.info(
                 "run=%s resuming from %s: restart %d/%d, iteration %d%s",
                 run_id, latest.uri, state.restart + 1, settings.n_init, state.iteration,
@@ -387,13 +235,13 @@ def _fit_em(
             best = state.best
             # scikit-learn keeps the restart with the highest final lower bound.
             if best is None or state.history[-1] > best.history[-1]:
-                best = _Best(state.restart, state.params, state.history, state.converged)
+                best = BestRestart(state.restart, state.params, state.history, state.converged)
             if state.restart + 1 < settings.n_init:
                 state = fresh_restart(state.restart + 1, best)
             else:
                 state = replace(state, best=best, done=True)
                 if store is not None:
-                    store.commit(settings.n_init * (settings.max_iter + 1), _encode_state(state, identity))
+                    store.commit(settings.n_init * (settings.max_iter + 1), encode_state(state, identity))
             continue
 
         started = time.perf_counter()
@@ -412,7 +260,7 @@ def _fit_em(
             converged=abs(change) < settings.tol,
         )
         if store is not None:
-            store.commit(state.restart * (settings.max_iter + 1) + state.iteration, _encode_state(state, identity))
+            store.commit(state.restart * (settings.max_iter + 1) + state.iteration, encode_state(state, identity))
         seconds.append(time.perf_counter() - started)
         progress = family.progress(step.params)
         extra = "".join(f" {key}={value:.4g}" for key, value in progress.items())
