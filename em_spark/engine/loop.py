@@ -20,12 +20,19 @@ from typing import Any, Mapping
 import numpy as np
 
 from em_spark.engine.sources import BlockSource
-from em_spark.engine.state import BestRestart, FitState, ResumeMismatchError, checkpoint_identity, decode_state, encode_state
+from em_spark.engine.state import (
+    BestRestart,
+    FitState,
+    ResumeMismatchError,
+    checkpoint_identity,
+    decode_state,
+    encode_state,
+)
 from em_spark.models.base import EMFamily, Params
 
 __all__ = [
-    "FitSettings",
     "FitResult",
+    "FitSettings",
     "ResumeMismatchError",  # raised by fit_em (defined with the checkpoint format in engine.state)
     "fit_em",
     "new_run_id",
@@ -185,73 +192,104 @@ def _fit_em(
     data_identity: Mapping[str, Any] | None,
     lock: Any = None,
 ) -> FitResult:
-    """The fit itself; ``lock``, when given, is held and guards every checkpoint commit."""
-    run_id = settings.run_id or new_run_id()
-    logger = logging.LoggerAdapter(log, {"run_id": run_id})
-    identity = checkpoint_identity(family, settings, source.fingerprint, data_identity, initial_params)
-    store = None
-    if settings.checkpoint_dir:
+    """The fit itself; ``lock``, when given, is held and guards every checkpoint commit.
+
+    The restarts x iterations loop of scikit-learn's ``BaseMixture.fit_predict``, written
+    over a :class:`~em_spark.engine.state.FitState` so that it can start from a checkpoint
+    anywhere in it: mid-restart, between restarts, or already done.
+    """
+    fit = _Fit(family, source, settings, initial_params, data_identity, lock)
+    state = fit.start_or_resume()
+    while not state.done:  # restarts
+        while not state.restart_finished(settings.max_iter):  # iterations
+            state = fit.iterate(state)
+        state = fit.finish_restart(state)
+    return fit.result(state)
+
+
+class _Fit:
+    """One fit's fixed context (family, data, settings, checkpoints, logger) and its steps."""
+
+    def __init__(
+        self,
+        family: EMFamily,
+        source: BlockSource,
+        settings: FitSettings,
+        initial_params: Params | None,
+        data_identity: Mapping[str, Any] | None,
+        lock: Any,
+    ) -> None:
+        self.family, self.source, self.settings, self.initial_params = family, source, settings, initial_params
+        self.run_id = settings.run_id or new_run_id()
+        self.logger = logging.LoggerAdapter(log, {"run_id": self.run_id})
+        self.identity = checkpoint_identity(family, settings, source.fingerprint, data_identity, initial_params)
+        self.store = self._checkpoints(lock)
+        self.seconds: list[float] = []  # per iteration run by this process (not those before a resume)
+
+    def _checkpoints(self, lock: Any) -> Any:
+        """The run's CheckpointStore (guarded by ``lock`` when given), or None without a checkpointDir."""
+        settings = self.settings
+        if not settings.checkpoint_dir:
+            return None
         from em_spark.storage import CheckpointStore
 
         store = CheckpointStore(
             settings.checkpoint_dir,
-            run_id,
+            self.run_id,
             keep_last=settings.keep_checkpoints,
             s3_endpoint=settings.s3_endpoint,
-            logger=logger,
+            logger=self.logger,
         )
-        if lock is not None:
-            store = _LeasedCheckpoints(store, lock)
+        return _LeasedCheckpoints(store, lock) if lock is not None else store
 
-    def fresh_restart(restart: int, best: BestRestart | None) -> FitState:
-        if restart == 0 and initial_params is not None:
-            init = {k: np.array(v, dtype=np.float64) for k, v in initial_params.items()}
-        else:
-            init = family.initialize(source.sample, _rng(settings.seed, restart))
-        return FitState(restart, 0, init, init, [], False, best)
+    def _commit(self, sequence: int, state: FitState) -> None:
+        if self.store is not None:
+            self.store.commit(sequence, encode_state(state, self.identity))
 
-    state = None
-    if store is not None:
-        latest = store.latest()
+    def start_or_resume(self) -> FitState:
+        """The latest checkpoint's state when the run has one; else restart 0, iteration 0."""
+        settings, run_id = self.settings, self.run_id
+        latest = self.store.latest() if self.store is not None else None
         if latest is not None:
-            state = decode_state(latest.payload, identity, latest.uri)
-            logger.info(
+            state = decode_state(latest.payload, self.identity, latest.uri)
+            self.logger.info(
                 "run=%s resuming from %s: restart %d/%d, iteration %d%s",
                 run_id, latest.uri, state.restart + 1, settings.n_init, state.iteration,
                 " (already finished)" if state.done else "",
             )
-    if state is None:
-        state = fresh_restart(0, None)
-        logger.info(
+            return state
+        state = self._fresh_restart(0, None)
+        self.logger.info(
             "run=%s starting: %s k=%d, %d features, maxIter=%d, tol=%g, nInit=%d, seed=%d%s",
-            run_id, family.name, family.k, source.n_features, settings.max_iter, settings.tol,
+            run_id, self.family.name, self.family.k, self.source.n_features, settings.max_iter, settings.tol,
             settings.n_init, settings.seed,
-            f", checkpoints in {settings.checkpoint_dir}" if store is not None else "",
+            f", checkpoints in {settings.checkpoint_dir}" if self.store is not None else "",
         )
+        return state
 
-    seconds: list[float] = []
-    while not state.done:
-        if state.restart_finished(settings.max_iter):
-            best = state.best
-            # scikit-learn keeps the restart with the highest final lower bound.
-            if best is None or state.history[-1] > best.history[-1]:
-                best = BestRestart(state.restart, state.params, state.history, state.converged)
-            if state.restart + 1 < settings.n_init:
-                state = fresh_restart(state.restart + 1, best)
-            else:
-                state = replace(state, best=best, done=True)
-                if store is not None:
-                    store.commit(settings.n_init * (settings.max_iter + 1), encode_state(state, identity))
-            continue
+    def _fresh_restart(self, restart: int, best: BestRestart | None) -> FitState:
+        """Restart ``restart`` before its first E-step: the initialModel for restart 0, else seeded."""
+        if restart == 0 and self.initial_params is not None:
+            init = {k: np.array(v, dtype=np.float64) for k, v in self.initial_params.items()}
+        else:
+            init = self.family.initialize(self.source.sample, _rng(self.settings.seed, restart))
+        return FitState(restart, 0, init, init, [], False, best)
 
+    def iterate(self, state: FitState) -> FitState:
+        """One E-step over the data and one M-step on the driver, committed before it returns."""
+        settings = self.settings
         started = time.perf_counter()
-        label = f"em_spark run={run_id} restart={state.restart + 1}/{settings.n_init} iter={state.iteration + 1}"
-        stats = source.e_step(family, state.params, label)
+        label = f"em_spark run={self.run_id} restart={state.restart + 1}/{settings.n_init} iter={state.iteration + 1}"
+        stats = self.source.e_step(self.family, state.params, label)
         avg = stats.loglik / stats.weight
         change = avg - state.history[-1] if state.history else math.inf
-        step = family.m_step(stats, state.params, source.sample, _rng(settings.seed, state.restart, state.iteration))
+        step = self.family.m_step(
+            stats, state.params, self.source.sample, _rng(settings.seed, state.restart, state.iteration)
+        )
         for event in step.events:
-            logger.warning("run=%s restart=%d iter=%d: %s", run_id, state.restart + 1, state.iteration + 1, event)
+            self.logger.warning(
+                "run=%s restart=%d iter=%d: %s", self.run_id, state.restart + 1, state.iteration + 1, event
+            )
         state = replace(
             state,
             iteration=state.iteration + 1,
@@ -259,40 +297,64 @@ def _fit_em(
             history=state.history + [avg],
             converged=abs(change) < settings.tol,
         )
-        if store is not None:
-            store.commit(state.restart * (settings.max_iter + 1) + state.iteration, encode_state(state, identity))
-        seconds.append(time.perf_counter() - started)
-        progress = family.progress(step.params)
+        self._commit(state.restart * (settings.max_iter + 1) + state.iteration, state)
+        self.seconds.append(time.perf_counter() - started)
+        self._log_iteration(state, avg, change)
+        return state
+
+    def _log_iteration(self, state: FitState, avg: float, change: float) -> None:
+        """The progress line of the iteration just done, with its fields for JSON logs and metrics."""
+        settings, run_id, seconds = self.settings, self.run_id, self.seconds[-1]
+        progress = self.family.progress(state.params)
         extra = "".join(f" {key}={value:.4g}" for key, value in progress.items())
-        weights = step.params.get("weights", step.params.get("startprob"))
+        weights = state.params.get("weights", state.params.get("startprob"))
         # `log`, not the adapter: before Python 3.13 a LoggerAdapter drops the call's `extra`.
         # em_event: the line's fields, for JSON logs and em_spark.metrics; em_weights: for metrics only.
         log.info(
             "run=%s restart=%d/%d iter=%d/%d avgLogLik=%.8f change=%+.3e seconds=%.2f%s%s",
             run_id, state.restart + 1, settings.n_init, state.iteration, settings.max_iter, avg, change,
-            seconds[-1], extra, " converged" if state.converged else "",
+            seconds, extra, " converged" if state.converged else "",
             extra={
                 "run_id": run_id,
                 "em_event": {
                     "event": "iteration", "run_id": run_id, "restart": state.restart + 1, "restarts": settings.n_init,
                     "iteration": state.iteration, "maxIter": settings.max_iter, "avgLogLik": float(avg),
-                    "change": float(change), "seconds": seconds[-1], "converged": bool(state.converged),
+                    "change": float(change), "seconds": seconds, "converged": bool(state.converged),
                     **{key: float(value) for key, value in progress.items()},
                 },
                 "em_weights": None if weights is None else np.asarray(weights, dtype=np.float64).tolist(),
             },
         )
 
-    best = state.best
-    return FitResult(
-        params=best.params,
-        history=best.history,
-        n_iter=len(best.history),
-        converged=best.converged,
-        restart=best.restart,
-        total_weight=float(source.summary.weight_sum),
-        n_rows=int(source.summary.rows),
-        run_id=run_id,
-        iteration_seconds=seconds,
-        data_fingerprint=source.fingerprint,
-    )
+    def finish_restart(self, state: FitState) -> FitState:
+        """Keep the better of this restart and the best so far; then the next restart, or done.
+
+        The done state is committed (after every iteration's sequence number), so a re-run
+        of a finished run returns its result without an E-step.
+        """
+        settings = self.settings
+        best = state.best
+        # scikit-learn keeps the restart with the highest final lower bound.
+        if best is None or state.history[-1] > best.history[-1]:
+            best = BestRestart(state.restart, state.params, state.history, state.converged)
+        if state.restart + 1 < settings.n_init:
+            return self._fresh_restart(state.restart + 1, best)
+        state = replace(state, best=best, done=True)
+        self._commit(settings.n_init * (settings.max_iter + 1), state)
+        return state
+
+    def result(self, state: FitState) -> FitResult:
+        """The best restart of a done state."""
+        best = state.best
+        return FitResult(
+            params=best.params,
+            history=best.history,
+            n_iter=len(best.history),
+            converged=best.converged,
+            restart=best.restart,
+            total_weight=float(self.source.summary.weight_sum),
+            n_rows=int(self.source.summary.rows),
+            run_id=self.run_id,
+            iteration_seconds=self.seconds,
+            data_fingerprint=self.source.fingerprint,
+        )
