@@ -34,7 +34,7 @@ from em_spark.engine.blocks import (
     summarize_block,
     target_block_rows,
 )
-from em_spark.engine.local_blocks import LocalPartition, read_partition, remove_partition, write_partition
+from em_spark.engine.executor_files import LocalPartition, read_partition, remove_partition, write_partition
 from em_spark.engine.reduce import ordered_tree_reduce
 from em_spark.engine.validation import DataValidationError, check_loaded
 from em_spark.models.base import Block, EMFamily, Params
