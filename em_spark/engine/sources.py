@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from em_spark.engine.load_summary import summarize_block
 from em_spark.models.base import Block, EMFamily, Params
 from em_spark.stats import Stats
 
@@ -33,8 +34,6 @@ class LocalBlockSource:
     """In-process blocks: for tests and for small data on the driver."""
 
     def __init__(self, blocks: list[Block], sample_size: int = 10_000, seed: int = 0):
-        from em_spark.engine.blocks import summarize_block
-
         self.blocks = blocks
         summary = None
         for b in blocks:

@@ -20,21 +20,26 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from em_spark.engine.blocks import (
+from em_spark.engine.arrow_input import (
     FEATURES_FIELD,
     LABEL_FIELD,
     WEIGHT_FIELD,
     InputSpec,
-    LoadSummary,
-    RowProblems,
     block_from_arrow,
+)
+from em_spark.engine.block_codec import (
     decode_block,
     encode_block,
     merge_blocks,
-    summarize_block,
     target_block_rows,
 )
-from em_spark.engine.executor_files import LocalPartition, read_partition, remove_partition, write_partition
+from em_spark.engine.executor_files import (
+    LocalPartition,
+    read_partition,
+    remove_partition,
+    write_partition,
+)
+from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
 from em_spark.engine.reduce import ordered_tree_reduce
 from em_spark.engine.validation import DataValidationError, check_loaded
 from em_spark.models.base import Block, EMFamily, Params

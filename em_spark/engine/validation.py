@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from em_spark.engine.blocks import LoadSummary
+from em_spark.engine.load_summary import LoadSummary
 
 __all__ = ["DataValidationError", "check_loaded"]
 
