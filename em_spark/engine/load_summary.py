@@ -51,11 +51,7 @@ class LoadSummary:
     rows: int = 0
     blocks: int = 0
     weight_sum: float = 0.0
-    null_rows: int = 0
-    ragged_rows: int = 0
-    nonfinite_rows: int = 0
-    bad_weight_rows: int = 0
-    bad_label_rows: int = 0
+    problems: RowProblems = field(default_factory=RowProblems)  # rows (sequences) dropped, by reason
     n_features: frozenset = field(default_factory=frozenset)  # distinct vector lengths seen
     fingerprint: int = 0  # sum of unit hashes mod 2**64
     sample_size: int = 0
@@ -76,11 +72,7 @@ class LoadSummary:
             rows=self.rows + other.rows,
             blocks=self.blocks + other.blocks,
             weight_sum=self.weight_sum + other.weight_sum,
-            null_rows=self.null_rows + other.null_rows,
-            ragged_rows=self.ragged_rows + other.ragged_rows,
-            nonfinite_rows=self.nonfinite_rows + other.nonfinite_rows,
-            bad_weight_rows=self.bad_weight_rows + other.bad_weight_rows,
-            bad_label_rows=self.bad_label_rows + other.bad_label_rows,
+            problems=self.problems + other.problems,
             n_features=self.n_features | other.n_features,
             fingerprint=(self.fingerprint + other.fingerprint) & MASK64,
             sample_size=max(self.sample_size, other.sample_size),
@@ -110,14 +102,7 @@ class LoadSummary:
         return Block(np.ascontiguousarray(s.X), lengths=s.lengths.copy() if self.sequences else None, labels=labels)
 
     def with_problems(self, problems: RowProblems) -> LoadSummary:
-        return replace(
-            self,
-            null_rows=self.null_rows + problems.null_rows,
-            ragged_rows=self.ragged_rows + problems.ragged_rows,
-            nonfinite_rows=self.nonfinite_rows + problems.nonfinite_rows,
-            bad_weight_rows=self.bad_weight_rows + problems.bad_weight_rows,
-            bad_label_rows=self.bad_label_rows + problems.bad_label_rows,
-        )
+        return replace(self, problems=self.problems + problems)
 
 
 def summarize_block(

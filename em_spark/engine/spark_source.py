@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from dataclasses import fields
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -200,7 +201,7 @@ def _weight_expr(df: DataFrame, weight_col: str | None) -> Column | None:
     return F.col(weight_col).cast(T.DoubleType())
 
 
-_PROBLEM_FIELDS = ("null_rows", "ragged_rows", "nonfinite_rows", "bad_weight_rows", "bad_label_rows")
+_PROBLEM_FIELDS = tuple(f.name for f in fields(RowProblems))  # one long column each in the payload
 _PAYLOAD_SCHEMA = "src int, idx int, payload binary, " + ", ".join(f"{name} long" for name in _PROBLEM_FIELDS)
 
 
@@ -458,7 +459,7 @@ def load_blocks(
         raise ValueError(f"numPartitions must be >= 1, got {num_partitions}")
 
     payloads = selected.mapInArrow(_to_payloads(spec), _PAYLOAD_SCHEMA).rdd.map(
-        lambda r: ((r.src, r.idx), (bytes(r.payload), RowProblems(*(r[name] for name in _PROBLEM_FIELDS))))
+        lambda r: ((r.src, r.idx), (bytes(r.payload), RowProblems(**{name: r[name] for name in _PROBLEM_FIELDS})))
     )
     # Deal batches over the target partitions whatever the input's partitioning (a Parquet
     # file with one row group leaves all but one input split empty). Consecutive batches of
