@@ -19,7 +19,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from em_spark.engine.sources import BlockSource
+from em_spark.engine.sources import (
+    BlockSource,
+    LocalBlockSource,  # noqa: F401  re-export: tests/golden/make_golden.py (main) imports it from here
+)
 from em_spark.engine.state import (
     BestRestart,
     FitState,
