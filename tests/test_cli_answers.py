@@ -71,7 +71,8 @@ def test_a_nightly_without_data_for_the_night_answers_in_one_line(workspace):
 def test_select_shows_the_candidates_it_skipped():
     import numpy as np
 
-    from em_spark.engine.loop import FitSettings, LocalBlockSource
+    from em_spark.engine.loop import FitSettings
+    from em_spark.engine.sources import LocalBlockSource
     from em_spark.models import Block
     from em_spark.selection import format_table, select_models, to_json
     import json

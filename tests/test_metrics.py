@@ -21,7 +21,8 @@ from em_spark.api.gaussian import GaussianMixtureModel
 from em_spark.cli import _JsonFormatter
 from em_spark.config import ConfigError, load_config
 from em_spark.demo_data import make_blobs
-from em_spark.engine.loop import FitSettings, LocalBlockSource, fit_em
+from em_spark.engine.loop import FitSettings, fit_em
+from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily
 from em_spark.models.base import Block
 

@@ -1,2 +1,20 @@
 """The Spark side: load/validate/cache blocks, the EM loop, scoring. Knows the model
-protocol (``em_spark.models.base``), never a model family."""
+protocol (``em_spark.models.base``), never a model family.
+
+The load pass (once):
+    arrow_input     Arrow record batches -> validated numpy blocks (InputSpec, column names)
+    block_codec     blocks as bytes on the way into the RDD; regrouping to a working size
+    fingerprint     row hashing: the data fingerprint and the sample's random numbers
+    sampling        the bounded, partition-independent sample for initialization
+    load_summary    LoadSummary (+ RowProblems): what the pass learns, as a value with +
+    validation      the summary -> one clear DataValidationError before iteration 1
+    executor_files  each partition's blocks in a file on its executor, memory-mapped
+    spark_source    SparkBlockSource: the pass itself, and one Spark job per E-step
+The fit:
+    sources         the BlockSource protocol the loop sees, and the in-process LocalBlockSource
+    reduce          the ordered tree reduce (partition order, bit-reproducible)
+    loop            fit_em: restarts x iterations, convergence, checkpoint commits, resume
+    state           the checkpoint state format: FitState, its bytes, the identity a resume matches
+Afterwards:
+    scoring         a fitted model applied to a DataFrame
+"""

@@ -10,74 +10,39 @@ after every M-step is committed before the next E-step starts.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 import numpy as np
 
-from em_spark.models.base import Block, EMFamily, Params
-from em_spark.stats import Stats
+from em_spark.engine.sources import (
+    BlockSource,
+    LocalBlockSource,  # noqa: F401  re-export: tests/golden/make_golden.py (main) imports it from here
+)
+from em_spark.engine.state import (
+    BestRestart,
+    FitState,
+    ResumeMismatchError,
+    checkpoint_identity,
+    decode_state,
+    encode_state,
+)
+from em_spark.models.base import EMFamily, Params
 
 __all__ = [
-    "BlockSource",
-    "FitSettings",
     "FitResult",
-    "ResumeMismatchError",
-    "LocalBlockSource",
+    "FitSettings",
+    "ResumeMismatchError",  # raised by fit_em (defined with the checkpoint format in engine.state)
     "fit_em",
     "new_run_id",
+    "run_lock",
 ]
 
 log = logging.getLogger("em_spark")
-
-CHECKPOINT_FORMAT = 1
-
-
-class ResumeMismatchError(ValueError):
-    """A run id's checkpoints were written for other data or another configuration."""
-
-
-class BlockSource(Protocol):
-    """The data, as the loop sees it."""
-
-    n_features: int
-    fingerprint: str  # changes when the data changes; compared on resume
-    sample: Block  # bounded sample, held on the driver, for initialization and re-seeding
-    summary: Any  # a LoadSummary: rows, weight_sum, ...
-
-    def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
-        """Summed sufficient statistics of all rows under ``params``."""
-
-
-class LocalBlockSource:
-    """In-process blocks: for tests and for small data on the driver."""
-
-    def __init__(self, blocks: list[Block], sample_size: int = 10_000, seed: int = 0):
-        from em_spark.engine.blocks import summarize_block
-
-        self.blocks = blocks
-        summary = None
-        for b in blocks:
-            s = summarize_block(b, sample_size, seed)
-            summary = s if summary is None else summary + s
-        self.summary = summary
-        self.n_features = blocks[0].n_features
-        self.fingerprint = summary.data_identity
-        self.sample = summary.sample
-        self.e_step_calls = 0
-
-    def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
-        self.e_step_calls += 1
-        total = None
-        for block in self.blocks:
-            s = family.e_step(block, params)
-            total = s if total is None else total + s
-        return total
 
 
 @dataclass(frozen=True)
@@ -141,114 +106,12 @@ class FitResult:
         return self.history[-1] * self.total_weight
 
 
-@dataclass
-class _Best:
-    restart: int
-    params: Params
-    history: list[float]
-    converged: bool
-
-
-@dataclass
-class _State:
-    """Everything a checkpoint holds: enough to continue as if never stopped."""
-
-    restart: int
-    iteration: int  # M-steps done in this restart
-    params: Params
-    initial_params: Params
-    history: list[float]
-    converged: bool
-    best: _Best | None = None
-    done: bool = False
-
-    def restart_finished(self, max_iter: int) -> bool:
-        return self.converged or self.iteration >= max_iter
-
-
 def new_run_id() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
 
 
-def params_digest(params: Mapping[str, np.ndarray] | None) -> str | None:
-    """A content hash of parameter arrays (to recognise the same initialModel)."""
-    if params is None:
-        return None
-    h = hashlib.sha256()
-    for name in sorted(params):
-        arr = np.ascontiguousarray(params[name], dtype=np.float64)
-        h.update(name.encode() + str(arr.shape).encode() + arr.tobytes())
-    return h.hexdigest()
-
-
 def _rng(seed: int, *path: int) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, *path])
-
-
-# ---------------------------------------------------------------------------
-# Checkpoint payloads
-# ---------------------------------------------------------------------------
-
-
-def _encode_state(state: _State, identity: dict[str, Any]) -> bytes:
-    from em_spark.storage import pack
-
-    arrays: dict[str, np.ndarray] = {}
-    for prefix, params in (("params", state.params), ("init", state.initial_params)):
-        arrays.update({f"{prefix}.{k}": v for k, v in params.items()})
-    best = None
-    if state.best is not None:
-        arrays.update({f"best.{k}": v for k, v in state.best.params.items()})
-        best = {"restart": state.best.restart, "history": state.best.history, "converged": state.best.converged}
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "identity": identity,
-        "restart": state.restart,
-        "iteration": state.iteration,
-        "history": state.history,
-        "converged": state.converged,
-        "done": state.done,
-        "best": best,
-    }
-    return pack(meta, arrays)
-
-
-def _decode_state(payload: bytes, identity: dict[str, Any], where: str) -> _State:
-    from em_spark.storage import unpack
-
-    meta, arrays = unpack(payload)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ResumeMismatchError(
-            f"checkpoint {where} has format {meta.get('format')!r}; this em_spark writes format "
-            f"{CHECKPOINT_FORMAT}. Use a new runId."
-        )
-    stored = meta["identity"]
-    if stored != identity:
-        keys = sorted(set(stored) | set(identity))
-        diffs = [f"{k}: checkpoint has {stored.get(k)!r}, this run has {identity.get(k)!r}" for k in keys if stored.get(k) != identity.get(k)]
-        raise ResumeMismatchError(
-            f"cannot resume from {where}: it was written for different data or settings ("
-            + "; ".join(diffs)
-            + "). Resuming would mix two fits. Use a new runId, or restore the original data and config."
-        )
-
-    def group(prefix: str) -> Params:
-        return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
-
-    best = None
-    if meta["best"] is not None:
-        b = meta["best"]
-        best = _Best(b["restart"], group("best"), list(b["history"]), b["converged"])
-    return _State(
-        restart=meta["restart"],
-        iteration=meta["iteration"],
-        params=group("params"),
-        initial_params=group("init"),
-        history=list(meta["history"]),
-        converged=meta["converged"],
-        best=best,
-        done=meta["done"],
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -282,7 +145,6 @@ def fit_em(
     initial_params: Params | None = None,
     *,
     data_identity: Mapping[str, Any] | None = None,
-    lock: Any = None,
 ) -> FitResult:
     """Fit ``family`` to ``source`` with EM; resume from checkpoints when the run id has them.
 
@@ -298,14 +160,10 @@ def fit_em(
         and restart 0 without it, are seeded by ``family.initialize`` on the sample.
     data_identity : extra facts about the input that a resume must match (for example
         the feature and weight columns); the data fingerprint is always included.
-    lock : the run's lease (:func:`run_lock`), already held by the caller, who took it
-        before loading the data so that a second run stops before paying for a load.
     """
     settings = replace(settings, run_id=settings.run_id or new_run_id())
     if not settings.checkpoint_dir:
         return _fit_em(family, source, settings, initial_params, data_identity=data_identity)
-    if lock is not None:  # the caller took the lease already (before loading the data) and releases it
-        return _fit_em(family, source, settings, initial_params, data_identity=data_identity, lock=lock)
     with run_lock(settings) as lock:  # released on return and on any error; a killed driver's lease expires
         return _fit_em(family, source, settings, initial_params, data_identity=data_identity, lock=lock)
 
@@ -332,78 +190,104 @@ def _fit_em(
     data_identity: Mapping[str, Any] | None,
     lock: Any = None,
 ) -> FitResult:
-    """The fit itself; ``lock``, when given, is held and guards every checkpoint commit."""
-    run_id = settings.run_id or new_run_id()
-    logger = logging.LoggerAdapter(log, {"run_id": run_id})
-    identity = {
-        "family": family.config(),
-        "settings": settings.identity(),
-        "data": {"fingerprint": source.fingerprint, **dict(data_identity or {})},
-        "initialModel": params_digest(initial_params),
-    }
-    store = None
-    if settings.checkpoint_dir:
+    """The fit itself; ``lock``, when given, is held and guards every checkpoint commit.
+
+    The restarts x iterations loop of scikit-learn's ``BaseMixture.fit_predict``, written
+    over a :class:`~em_spark.engine.state.FitState` so that it can start from a checkpoint
+    anywhere in it: mid-restart, between restarts, or already done.
+    """
+    fit = _Fit(family, source, settings, initial_params, data_identity, lock)
+    state = fit.start_or_resume()
+    while not state.done:  # restarts
+        while not state.restart_finished(settings.max_iter):  # iterations
+            state = fit.iterate(state)
+        state = fit.finish_restart(state)
+    return fit.result(state)
+
+
+class _Fit:
+    """One fit's fixed context (family, data, settings, checkpoints, logger) and its steps."""
+
+    def __init__(
+        self,
+        family: EMFamily,
+        source: BlockSource,
+        settings: FitSettings,
+        initial_params: Params | None,
+        data_identity: Mapping[str, Any] | None,
+        lock: Any,
+    ) -> None:
+        self.family, self.source, self.settings, self.initial_params = family, source, settings, initial_params
+        self.run_id = settings.run_id or new_run_id()
+        self.logger = logging.LoggerAdapter(log, {"run_id": self.run_id})
+        self.identity = checkpoint_identity(family, settings, source.fingerprint, data_identity, initial_params)
+        self.store = self._checkpoints(lock)
+        self.seconds: list[float] = []  # per iteration run by this process (not those before a resume)
+
+    def _checkpoints(self, lock: Any) -> Any:
+        """The run's CheckpointStore (guarded by ``lock`` when given), or None without a checkpointDir."""
+        settings = self.settings
+        if not settings.checkpoint_dir:
+            return None
         from em_spark.storage import CheckpointStore
 
         store = CheckpointStore(
             settings.checkpoint_dir,
-            run_id,
+            self.run_id,
             keep_last=settings.keep_checkpoints,
             s3_endpoint=settings.s3_endpoint,
-            logger=logger,
+            logger=self.logger,
         )
-        if lock is not None:
-            store = _LeasedCheckpoints(store, lock)
+        return _LeasedCheckpoints(store, lock) if lock is not None else store
 
-    def fresh_restart(restart: int, best: _Best | None) -> _State:
-        if restart == 0 and initial_params is not None:
-            init = {k: np.array(v, dtype=np.float64) for k, v in initial_params.items()}
-        else:
-            init = family.initialize(source.sample, _rng(settings.seed, restart))
-        return _State(restart, 0, init, init, [], False, best)
+    def _commit(self, sequence: int, state: FitState) -> None:
+        if self.store is not None:
+            self.store.commit(sequence, encode_state(state, self.identity))
 
-    state = None
-    if store is not None:
-        latest = store.latest()
+    def start_or_resume(self) -> FitState:
+        """The latest checkpoint's state when the run has one; else restart 0, iteration 0."""
+        settings, run_id = self.settings, self.run_id
+        latest = self.store.latest() if self.store is not None else None
         if latest is not None:
-            state = _decode_state(latest.payload, identity, latest.uri)
-            logger.info(
+            state = decode_state(latest.payload, self.identity, latest.uri)
+            self.logger.info(
                 "run=%s resuming from %s: restart %d/%d, iteration %d%s",
                 run_id, latest.uri, state.restart + 1, settings.n_init, state.iteration,
                 " (already finished)" if state.done else "",
             )
-    if state is None:
-        state = fresh_restart(0, None)
-        logger.info(
+            return state
+        state = self._fresh_restart(0, None)
+        self.logger.info(
             "run=%s starting: %s k=%d, %d features, maxIter=%d, tol=%g, nInit=%d, seed=%d%s",
-            run_id, family.name, family.k, source.n_features, settings.max_iter, settings.tol,
+            run_id, self.family.name, self.family.k, self.source.n_features, settings.max_iter, settings.tol,
             settings.n_init, settings.seed,
-            f", checkpoints in {settings.checkpoint_dir}" if store is not None else "",
+            f", checkpoints in {settings.checkpoint_dir}" if self.store is not None else "",
         )
+        return state
 
-    seconds: list[float] = []
-    while not state.done:
-        if state.restart_finished(settings.max_iter):
-            best = state.best
-            # scikit-learn keeps the restart with the highest final lower bound.
-            if best is None or state.history[-1] > best.history[-1]:
-                best = _Best(state.restart, state.params, state.history, state.converged)
-            if state.restart + 1 < settings.n_init:
-                state = fresh_restart(state.restart + 1, best)
-            else:
-                state = replace(state, best=best, done=True)
-                if store is not None:
-                    store.commit(settings.n_init * (settings.max_iter + 1), _encode_state(state, identity))
-            continue
+    def _fresh_restart(self, restart: int, best: BestRestart | None) -> FitState:
+        """Restart ``restart`` before its first E-step: the initialModel for restart 0, else seeded."""
+        if restart == 0 and self.initial_params is not None:
+            init = {k: np.array(v, dtype=np.float64) for k, v in self.initial_params.items()}
+        else:
+            init = self.family.initialize(self.source.sample, _rng(self.settings.seed, restart))
+        return FitState(restart, 0, init, init, [], False, best)
 
+    def iterate(self, state: FitState) -> FitState:
+        """One E-step over the data and one M-step on the driver, committed before it returns."""
+        settings = self.settings
         started = time.perf_counter()
-        label = f"em_spark run={run_id} restart={state.restart + 1}/{settings.n_init} iter={state.iteration + 1}"
-        stats = source.e_step(family, state.params, label)
+        label = f"em_spark run={self.run_id} restart={state.restart + 1}/{settings.n_init} iter={state.iteration + 1}"
+        stats = self.source.e_step(self.family, state.params, label)
         avg = stats.loglik / stats.weight
         change = avg - state.history[-1] if state.history else math.inf
-        step = family.m_step(stats, state.params, source.sample, _rng(settings.seed, state.restart, state.iteration))
+        step = self.family.m_step(
+            stats, state.params, self.source.sample, _rng(settings.seed, state.restart, state.iteration)
+        )
         for event in step.events:
-            logger.warning("run=%s restart=%d iter=%d: %s", run_id, state.restart + 1, state.iteration + 1, event)
+            self.logger.warning(
+                "run=%s restart=%d iter=%d: %s", self.run_id, state.restart + 1, state.iteration + 1, event
+            )
         state = replace(
             state,
             iteration=state.iteration + 1,
@@ -411,40 +295,64 @@ def _fit_em(
             history=state.history + [avg],
             converged=abs(change) < settings.tol,
         )
-        if store is not None:
-            store.commit(state.restart * (settings.max_iter + 1) + state.iteration, _encode_state(state, identity))
-        seconds.append(time.perf_counter() - started)
-        progress = family.progress(step.params)
+        self._commit(state.restart * (settings.max_iter + 1) + state.iteration, state)
+        self.seconds.append(time.perf_counter() - started)
+        self._log_iteration(state, avg, change)
+        return state
+
+    def _log_iteration(self, state: FitState, avg: float, change: float) -> None:
+        """The progress line of the iteration just done, with its fields for JSON logs and metrics."""
+        settings, run_id, seconds = self.settings, self.run_id, self.seconds[-1]
+        progress = self.family.progress(state.params)
         extra = "".join(f" {key}={value:.4g}" for key, value in progress.items())
-        weights = family.component_weights(step.params)
+        weights = self.family.component_weights(state.params)
         # `log`, not the adapter: before Python 3.13 a LoggerAdapter drops the call's `extra`.
         # em_event: the line's fields, for JSON logs and em_spark.metrics; em_weights: for metrics only.
         log.info(
             "run=%s restart=%d/%d iter=%d/%d avgLogLik=%.8f change=%+.3e seconds=%.2f%s%s",
             run_id, state.restart + 1, settings.n_init, state.iteration, settings.max_iter, avg, change,
-            seconds[-1], extra, " converged" if state.converged else "",
+            seconds, extra, " converged" if state.converged else "",
             extra={
                 "run_id": run_id,
                 "em_event": {
                     "event": "iteration", "run_id": run_id, "restart": state.restart + 1, "restarts": settings.n_init,
                     "iteration": state.iteration, "maxIter": settings.max_iter, "avgLogLik": float(avg),
-                    "change": float(change), "seconds": seconds[-1], "converged": bool(state.converged),
+                    "change": float(change), "seconds": seconds, "converged": bool(state.converged),
                     **{key: float(value) for key, value in progress.items()},
                 },
                 "em_weights": np.asarray(weights, dtype=np.float64).tolist(),
             },
         )
 
-    best = state.best
-    return FitResult(
-        params=best.params,
-        history=best.history,
-        n_iter=len(best.history),
-        converged=best.converged,
-        restart=best.restart,
-        total_weight=float(source.summary.weight_sum),
-        n_rows=int(source.summary.rows),
-        run_id=run_id,
-        iteration_seconds=seconds,
-        data_fingerprint=source.fingerprint,
-    )
+    def finish_restart(self, state: FitState) -> FitState:
+        """Keep the better of this restart and the best so far; then the next restart, or done.
+
+        The done state is committed (after every iteration's sequence number), so a re-run
+        of a finished run returns its result without an E-step.
+        """
+        settings = self.settings
+        best = state.best
+        # scikit-learn keeps the restart with the highest final lower bound.
+        if best is None or state.history[-1] > best.history[-1]:
+            best = BestRestart(state.restart, state.params, state.history, state.converged)
+        if state.restart + 1 < settings.n_init:
+            return self._fresh_restart(state.restart + 1, best)
+        state = replace(state, best=best, done=True)
+        self._commit(settings.n_init * (settings.max_iter + 1), state)
+        return state
+
+    def result(self, state: FitState) -> FitResult:
+        """The best restart of a done state."""
+        best = state.best
+        return FitResult(
+            params=best.params,
+            history=best.history,
+            n_iter=len(best.history),
+            converged=best.converged,
+            restart=best.restart,
+            total_weight=float(self.source.summary.weight_sum),
+            n_rows=int(self.source.summary.rows),
+            run_id=self.run_id,
+            iteration_seconds=self.seconds,
+            data_fingerprint=self.source.fingerprint,
+        )

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from em_spark.engine.blocks import FEATURES_FIELD, InputSpec, convert_arrow
+from em_spark.engine.arrow_input import FEATURES_FIELD, InputSpec, convert_arrow
 from em_spark.engine.spark_source import input_array
 from em_spark.models.base import Block, EMFamily, Params
 

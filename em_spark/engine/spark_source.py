@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from dataclasses import fields
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -20,21 +21,26 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from em_spark.engine.blocks import (
+from em_spark.engine.arrow_input import (
     FEATURES_FIELD,
     LABEL_FIELD,
     WEIGHT_FIELD,
     InputSpec,
-    LoadSummary,
-    RowProblems,
     block_from_arrow,
+)
+from em_spark.engine.block_codec import (
     decode_block,
     encode_block,
     merge_blocks,
-    summarize_block,
     target_block_rows,
 )
-from em_spark.engine.local_blocks import LocalPartition, read_partition, remove_partition, write_partition
+from em_spark.engine.executor_files import (
+    LocalPartition,
+    read_partition,
+    remove_partition,
+    write_partition,
+)
+from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
 from em_spark.engine.reduce import ordered_tree_reduce
 from em_spark.engine.validation import DataValidationError, check_loaded
 from em_spark.models.base import Block, EMFamily, Params
@@ -195,7 +201,7 @@ def _weight_expr(df: DataFrame, weight_col: str | None) -> Column | None:
     return F.col(weight_col).cast(T.DoubleType())
 
 
-_PROBLEM_FIELDS = ("null_rows", "ragged_rows", "nonfinite_rows", "bad_weight_rows", "bad_label_rows")
+_PROBLEM_FIELDS = tuple(f.name for f in fields(RowProblems))  # one long column each in the payload
 _PAYLOAD_SCHEMA = "src int, idx int, payload binary, " + ", ".join(f"{name} long" for name in _PROBLEM_FIELDS)
 
 
@@ -453,7 +459,7 @@ def load_blocks(
         raise ValueError(f"numPartitions must be >= 1, got {num_partitions}")
 
     payloads = selected.mapInArrow(_to_payloads(spec), _PAYLOAD_SCHEMA).rdd.map(
-        lambda r: ((r.src, r.idx), (bytes(r.payload), RowProblems(*(r[name] for name in _PROBLEM_FIELDS))))
+        lambda r: ((r.src, r.idx), (bytes(r.payload), RowProblems(**{name: r[name] for name in _PROBLEM_FIELDS})))
     )
     # Deal batches over the target partitions whatever the input's partitioning (a Parquet
     # file with one row group leaves all but one input split empty). Consecutive batches of

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from em_spark.engine.blocks import LoadSummary
+from em_spark.engine.load_summary import LoadSummary
 
 __all__ = ["DataValidationError", "check_loaded"]
 
@@ -24,37 +24,38 @@ def check_loaded(
     ``features`` describes the feature column(s) for the message.
     """
     problems = []
+    dropped = summary.problems  # rows (or sequences) the load pass could not convert, by reason
     unit = "sequence(s)" if summary.sequences else "row(s)"
-    if summary.null_rows:
+    if dropped.null_rows:
         what = "a null or empty sequence" if summary.sequences else "a null feature vector"
-        problems.append(f"{summary.null_rows} {unit} have {what} in {features}; drop them first (df.dropna(subset=[...]))")
-    if summary.ragged_rows or len(summary.n_features) > 1:
+        problems.append(f"{dropped.null_rows} {unit} have {what} in {features}; drop them first (df.dropna(subset=[...]))")
+    if dropped.ragged_rows or len(summary.n_features) > 1:
         lengths = sorted(summary.n_features)
         vectors = "the steps' feature vectors" if summary.sequences else "feature vectors"
         problems.append(
             f"{vectors} in {features} do not all have the same non-zero length "
-            f"({summary.ragged_rows} {unit} differ; lengths seen: {lengths}); every row needs the same number of features"
+            f"({dropped.ragged_rows} {unit} differ; lengths seen: {lengths}); every row needs the same number of features"
         )
-    if summary.nonfinite_rows:
+    if dropped.nonfinite_rows:
         if allow_missing:
             problems.append(
-                f"{summary.nonfinite_rows} {unit} contain infinite feature values in {features}; missing values "
+                f"{dropped.nonfinite_rows} {unit} contain infinite feature values in {features}; missing values "
                 "(null or NaN) are modelled, but infinities are not: replace them with null or drop those rows"
             )
         else:
             problems.append(
-                f"{summary.nonfinite_rows} {unit} contain NaN, infinite or null feature values in {features}; "
+                f"{dropped.nonfinite_rows} {unit} contain NaN, infinite or null feature values in {features}; "
                 "drop or impute them before fitting"
                 + ("" if summary.sequences else ", or model missing values (handleMissing='model' for a Gaussian mixture)")
             )
-    if summary.bad_weight_rows:
+    if dropped.bad_weight_rows:
         problems.append(
-            f"{summary.bad_weight_rows} {unit} have a null, negative, NaN or infinite weight in weightCol "
+            f"{dropped.bad_weight_rows} {unit} have a null, negative, NaN or infinite weight in weightCol "
             f"{weight_col!r}; weights must be finite and >= 0"
         )
-    if summary.bad_label_rows:
+    if dropped.bad_label_rows:
         problems.append(
-            f"{summary.bad_label_rows} row(s) have a label >= k={k} in labelCol {label_col!r}; labels must be "
+            f"{dropped.bad_label_rows} row(s) have a label >= k={k} in labelCol {label_col!r}; labels must be "
             f"component ids 0..{k - 1}, or null / -1 for unknown"
         )
     if problems:

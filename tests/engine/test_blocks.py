@@ -4,20 +4,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from em_spark.engine.blocks import (
+from em_spark.engine.arrow_input import (
     FEATURES_FIELD,
     LABEL_FIELD,
     WEIGHT_FIELD,
     InputSpec,
-    RowProblems,
     block_from_arrow,
     convert_arrow,
-    decode_block,
-    encode_block,
-    merge_blocks,
-    summarize_block,
-    unit_hashes,
 )
+from em_spark.engine.block_codec import decode_block, encode_block, merge_blocks
+from em_spark.engine.fingerprint import unit_hashes
+from em_spark.engine.load_summary import RowProblems, summarize_block
 from em_spark.engine.validation import DataValidationError, check_loaded
 from em_spark.models.base import Block
 

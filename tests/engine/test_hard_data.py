@@ -5,7 +5,8 @@ log-likelihood per iteration never decreases (up to rounding), or a ModelError s
 import numpy as np
 import pytest
 
-from em_spark.engine.loop import FitSettings, LocalBlockSource, fit_em
+from em_spark.engine.loop import FitSettings, fit_em
+from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import Block, CategoricalMixtureFamily, GaussianFamily, GaussianHMMFamily, KMeansFamily
 
 COVARIANCE_TYPES = ["full", "diag", "spherical", "tied"]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from em_spark.demo_data import make_blobs
-from em_spark.engine.loop import FitSettings, LocalBlockSource, ResumeMismatchError, fit_em
+from em_spark.engine.loop import FitSettings, ResumeMismatchError, fit_em
+from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily
 from em_spark.models.base import Block
 from em_spark.storage import CheckpointStore
@@ -198,7 +199,8 @@ FIT_CODE = """
 import os, sys, time
 import numpy as np
 from em_spark.demo_data import make_blobs
-from em_spark.engine.loop import FitSettings, LocalBlockSource, fit_em
+from em_spark.engine.loop import FitSettings, fit_em
+from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily
 from em_spark.models.base import Block
 from em_spark.storage import RunLockedError

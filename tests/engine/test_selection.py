@@ -7,7 +7,8 @@ import pytest
 
 from em_spark.config import ConfigError, load_config
 from em_spark.demo_data import make_blobs
-from em_spark.engine.loop import FitSettings, LocalBlockSource
+from em_spark.engine.loop import FitSettings
+from em_spark.engine.sources import LocalBlockSource
 from em_spark.models.base import Block
 from em_spark.selection import best, format_table, select_models, to_json
 
@@ -40,7 +41,8 @@ def test_select_config_is_validated():
 def test_selection_takes_any_family_and_counts_steps_for_sequence_bic():
     # A grid over the number of HMM states: no covariance column, BIC's n = the steps.
     from em_spark.demo_data import make_hmm_sequences
-    from em_spark.engine.loop import FitSettings, LocalBlockSource
+    from em_spark.engine.loop import FitSettings
+    from em_spark.engine.sources import LocalBlockSource
     from em_spark.models import Block, GaussianHMMFamily
     from em_spark.selection import format_table, select_models
 

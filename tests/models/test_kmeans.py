@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from em_spark.demo_data import make_blobs
-from em_spark.engine.loop import FitSettings, LocalBlockSource, fit_em
+from em_spark.engine.loop import FitSettings, fit_em
+from em_spark.engine.sources import LocalBlockSource
 from em_spark.models.base import Block
 from em_spark.models.kmeans import KMeansFamily
 

@@ -13,7 +13,8 @@ from pyspark.sql import types as T
 from em_spark import GaussianMixture, GaussianMixtureModel
 from em_spark.demo_data import make_blobs
 from em_spark.engine import spark_source
-from em_spark.engine.loop import FitSettings, LocalBlockSource, fit_em
+from em_spark.engine.loop import FitSettings, fit_em
+from em_spark.engine.sources import LocalBlockSource
 from em_spark.engine.validation import DataValidationError
 from em_spark.models import GaussianFamily
 from em_spark.models.base import Block

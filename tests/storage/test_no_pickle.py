@@ -7,7 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from em_spark.engine.loop import FitSettings, LocalBlockSource, fit_em
+from em_spark.engine.loop import FitSettings, fit_em
+from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import Block, GaussianFamily
 from em_spark.storage import CorruptObjectError
 from em_spark.storage.frame import seal

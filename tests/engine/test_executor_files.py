@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
-from em_spark.engine.local_blocks import read_partition, remove_partition, write_partition
+from em_spark.engine.executor_files import (
+    read_partition,
+    remove_partition,
+    write_partition,
+)
 from em_spark.models.base import Block
 
 

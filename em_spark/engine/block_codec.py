@@ -1,0 +1,81 @@
+"""Blocks in transit from the Arrow load pass into the RDD: raw bytes, and block sizes.
+
+:func:`encode_block` / :func:`decode_block` turn a block into little-endian bytes and
+back (no pickle): the load pass ships each Arrow batch's block this way. The receiving
+partition then regroups its many small blocks into a few of :func:`target_block_rows`
+rows with :func:`merge_blocks`, so that numpy, not per-block Python, dominates the E-step.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from em_spark.models.base import Block
+
+__all__ = ["decode_block", "encode_block", "merge_blocks", "target_block_rows"]
+
+_HEADER = struct.Struct("<qqBq")  # rows, features, flags, sequences
+_HAS_WEIGHT, _HAS_LENGTHS, _HAS_LABELS = 1, 2, 4
+
+
+def encode_block(block: Block) -> bytes:
+    """A block as raw little-endian bytes (no pickle): X, then weight, lengths, labels if present."""
+    n, d = block.X.shape
+    flags = (
+        (_HAS_WEIGHT if block.weight is not None else 0)
+        | (_HAS_LENGTHS if block.lengths is not None else 0)
+        | (_HAS_LABELS if block.labels is not None else 0)
+    )
+    n_seq = 0 if block.lengths is None else block.lengths.size
+    parts = [_HEADER.pack(n, d, flags, n_seq), block.X.astype("<f8", copy=False).tobytes()]
+    if block.weight is not None:
+        parts.append(block.weight.astype("<f8", copy=False).tobytes())
+    if block.lengths is not None:
+        parts.append(block.lengths.astype("<i8", copy=False).tobytes())
+    if block.labels is not None:
+        parts.append(block.labels.astype("<i8", copy=False).tobytes())
+    return b"".join(parts)
+
+
+def decode_block(data: bytes) -> Block:
+    n, d, flags, n_seq = _HEADER.unpack_from(data, 0)
+    off = _HEADER.size
+
+    def take(dtype: str, count: int) -> np.ndarray:
+        nonlocal off
+        out = np.frombuffer(data, dtype=dtype, count=count, offset=off).copy()
+        off += 8 * count
+        return out
+
+    X = take("<f8", n * d).reshape(n, d)
+    weight = take("<f8", n) if flags & _HAS_WEIGHT else None
+    lengths = take("<i8", n_seq) if flags & _HAS_LENGTHS else None
+    labels = take("<i8", n) if flags & _HAS_LABELS else None
+    return Block(X, weight, lengths, labels)
+
+
+def target_block_rows(n_features: int, budget_values: int = 1 << 20) -> int:
+    """Rows per block: about 8 MB of features, between 1k and 64k rows.
+
+    Large enough that numpy/BLAS dominates the per-block Python cost, small enough
+    that the E-step's (rows x components) temporaries stay cache- and memory-friendly.
+    """
+    return int(min(65536, max(1024, budget_values // max(n_features, 1))))
+
+
+def merge_blocks(blocks: list[Block], max_rows: int) -> list[Block]:
+    """Concatenate consecutive blocks while the result stays within ``max_rows``."""
+    out: list[Block] = []
+    pending: list[Block] = []
+    pending_rows = 0
+    for b in blocks:
+        if pending and pending_rows + b.n_rows > max_rows:
+            out.append(Block.concat(pending, pending[0].n_features))
+            pending, pending_rows = [], 0
+        pending.append(b)
+        pending_rows += b.n_rows
+    if pending:
+        out.append(pending[0] if len(pending) == 1 else Block.concat(pending, pending[0].n_features))
+    return out

@@ -1,0 +1,54 @@
+"""The data as the EM loop sees it: the :class:`BlockSource` protocol and an in-process source.
+
+A source knows its rows only through summed statistics: ``e_step(family, params)`` returns
+the :class:`~em_spark.stats.Stats` of all rows, plus the few facts the loop needs on the
+driver (width, fingerprint, a bounded sample, the load summary). The Spark implementation
+is :class:`em_spark.engine.spark_source.SparkBlockSource` (one Spark job per E-step);
+:class:`LocalBlockSource` holds numpy blocks in this process, for tests and small data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from em_spark.engine.load_summary import summarize_block
+from em_spark.models.base import Block, EMFamily, Params
+from em_spark.stats import Stats
+
+__all__ = ["BlockSource", "LocalBlockSource"]
+
+
+class BlockSource(Protocol):
+    """The data, as the loop sees it."""
+
+    n_features: int
+    fingerprint: str  # changes when the data changes; compared on resume
+    sample: Block  # bounded sample, held on the driver, for initialization and re-seeding
+    summary: Any  # a LoadSummary: rows, weight_sum, ...
+
+    def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
+        """Summed sufficient statistics of all rows under ``params``."""
+
+
+class LocalBlockSource:
+    """In-process blocks: for tests and for small data on the driver."""
+
+    def __init__(self, blocks: list[Block], sample_size: int = 10_000, seed: int = 0):
+        self.blocks = blocks
+        summary = None
+        for b in blocks:
+            s = summarize_block(b, sample_size, seed)
+            summary = s if summary is None else summary + s
+        self.summary = summary
+        self.n_features = blocks[0].n_features
+        self.fingerprint = summary.data_identity
+        self.sample = summary.sample
+        self.e_step_calls = 0
+
+    def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
+        self.e_step_calls += 1
+        total = None
+        for block in self.blocks:
+            s = family.e_step(block, params)
+            total = s if total is None else total + s
+        return total

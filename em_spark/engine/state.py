@@ -1,0 +1,165 @@
+"""The checkpoint state of a fit: what one checkpoint holds, its bytes, and the run's identity.
+
+The EM loop commits a :class:`FitState` after every M-step, so a killed run resumes as if
+it had never stopped. This module owns that format (``CHECKPOINT_FORMAT``): the state as
+a value, :func:`encode_state` / :func:`decode_state` to and from the bytes of one checkpoint
+(``em_spark.storage.pack``: JSON metadata plus arrays, no pickle), and
+:func:`checkpoint_identity`, the facts a resume must match. Changing anything here changes
+checkpoint bytes: bump ``CHECKPOINT_FORMAT`` when you mean to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from em_spark.models.base import Params
+
+if TYPE_CHECKING:
+    from em_spark.engine.loop import FitSettings
+    from em_spark.models.base import EMFamily
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "BestRestart",
+    "FitState",
+    "ResumeMismatchError",
+    "checkpoint_identity",
+    "decode_state",
+    "encode_state",
+    "params_digest",
+]
+
+CHECKPOINT_FORMAT = 1
+
+
+class ResumeMismatchError(ValueError):
+    """A run id's checkpoints were written for other data or another configuration."""
+
+
+@dataclass
+class BestRestart:
+    """The best finished restart so far (scikit-learn keeps the highest final lower bound)."""
+
+    restart: int
+    params: Params
+    history: list[float]
+    converged: bool
+
+
+@dataclass
+class FitState:
+    """Everything a checkpoint holds: enough to continue as if never stopped."""
+
+    restart: int
+    iteration: int  # M-steps done in this restart
+    params: Params
+    initial_params: Params
+    history: list[float]
+    converged: bool
+    best: BestRestart | None = None
+    done: bool = False
+
+    def restart_finished(self, max_iter: int) -> bool:
+        return self.converged or self.iteration >= max_iter
+
+
+def params_digest(params: Mapping[str, np.ndarray] | None) -> str | None:
+    """A content hash of parameter arrays (to recognise the same initialModel)."""
+    if params is None:
+        return None
+    h = hashlib.sha256()
+    for name in sorted(params):
+        arr = np.ascontiguousarray(params[name], dtype=np.float64)
+        h.update(name.encode() + str(arr.shape).encode() + arr.tobytes())
+    return h.hexdigest()
+
+
+def checkpoint_identity(
+    family: EMFamily,
+    settings: FitSettings,
+    fingerprint: str,
+    data_identity: Mapping[str, Any] | None,
+    initial_params: Params | None,
+) -> dict[str, Any]:
+    """What a run's checkpoints were written for; :func:`decode_state` refuses any other.
+
+    The family's configuration, the settings that shape the result, the data (its
+    fingerprint plus the caller's ``data_identity``, e.g. the columns) and the initialModel.
+    """
+    return {
+        "family": family.config(),
+        "settings": settings.identity(),
+        "data": {"fingerprint": fingerprint, **dict(data_identity or {})},
+        "initialModel": params_digest(initial_params),
+    }
+
+
+def encode_state(state: FitState, identity: dict[str, Any]) -> bytes:
+    """The bytes of one checkpoint."""
+    from em_spark.storage import pack
+
+    arrays: dict[str, np.ndarray] = {}
+    for prefix, params in (("params", state.params), ("init", state.initial_params)):
+        arrays.update({f"{prefix}.{k}": v for k, v in params.items()})
+    best = None
+    if state.best is not None:
+        arrays.update({f"best.{k}": v for k, v in state.best.params.items()})
+        best = {"restart": state.best.restart, "history": state.best.history, "converged": state.best.converged}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "identity": identity,
+        "restart": state.restart,
+        "iteration": state.iteration,
+        "history": state.history,
+        "converged": state.converged,
+        "done": state.done,
+        "best": best,
+    }
+    return pack(meta, arrays)
+
+
+def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> FitState:
+    """The state in checkpoint ``payload`` (read from ``where``).
+
+    Raises :class:`ResumeMismatchError` when it has another format or was written for
+    another ``identity``, naming each difference.
+    """
+    from em_spark.storage import unpack
+
+    meta, arrays = unpack(payload)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ResumeMismatchError(
+            f"checkpoint {where} has format {meta.get('format')!r}; this em_spark writes format "
+            f"{CHECKPOINT_FORMAT}. Use a new runId."
+        )
+    stored = meta["identity"]
+    if stored != identity:
+        keys = sorted(set(stored) | set(identity))
+        diffs = [f"{k}: checkpoint has {stored.get(k)!r}, this run has {identity.get(k)!r}" for k in keys if stored.get(k) != identity.get(k)]
+        raise ResumeMismatchError(
+            f"cannot resume from {where}: it was written for different data or settings ("
+            + "; ".join(diffs)
+            + "). Resuming would mix two fits. Use a new runId, or restore the original data and config."
+        )
+
+    def group(prefix: str) -> Params:
+        return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
+
+    best = None
+    if meta["best"] is not None:
+        b = meta["best"]
+        best = BestRestart(b["restart"], group("best"), list(b["history"]), b["converged"])
+    return FitState(
+        restart=meta["restart"],
+        iteration=meta["iteration"],
+        params=group("params"),
+        initial_params=group("init"),
+        history=list(meta["history"]),
+        converged=meta["converged"],
+        best=best,
+        done=meta["done"],
+    )
