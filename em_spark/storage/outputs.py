@@ -3,17 +3,18 @@
 A job (``score``, ``impute``) writes its new output to a *staging* sibling of the output,
 checks it, and only then swaps it in. Every name lives in the output's parent directory:
 
-``_<name>.__staging-<token>``
+``<name>.__staging-<token>``
     being written, or written but not yet checked. Never published; the next run deletes it.
-``_<name>.__ready-<token>``
+``<name>.__ready-<token>``
     checked and complete; about to be swapped in (local and renaming filesystems).
-``_<name>.__old-<token>``
+``<name>.__old-<token>``
     the previous output after the swap, being deleted.
-``_<name>.__publish-<token>.json``
+``<name>.__publish-<token>.json``
     (object stores) the manifest of a publish in progress: which files are new, which old.
 
-The leading ``_`` hides these from Spark and pyarrow readers of the parent directory. The
-token is 32 hex digits, so :meth:`StagedOutput.recover` only ever touches names it made.
+The names are plain (no leading ``_`` or ``.``): Spark warns "All paths were ignored" when it
+is given a hidden path to read back. The token is 32 hex digits, so
+:meth:`StagedOutput.recover` only ever touches names it made.
 
 What a reader of the output sees during an overwrite:
 
@@ -182,12 +183,12 @@ class StagedOutput:
         self.path = self.path.rstrip("/") or self.path
         self.parent = posixpath.dirname(self.path)
         self.kind = "object" if self.fs.type_name in _OBJECT_STORES else ("local" if self.fs.type_name == "local" else "rename")
-        self._pattern = re.compile(rf"_{re.escape(name)}\.__({'|'.join(_KINDS)})-([0-9a-f]{{32}})(\.json)?")
+        self._pattern = re.compile(rf"{re.escape(name)}\.__({'|'.join(_KINDS)})-([0-9a-f]{{32}})(\.json)?")
 
     # -- names -------------------------------------------------------------------------
     def _sibling(self, kind: str, token: str | None = None) -> str:
         suffix = ".json" if kind == "publish" else ""
-        return f"_{self.name}.__{kind}-{token or self.token}{suffix}"
+        return f"{self.name}.__{kind}-{token or self.token}{suffix}"
 
     @property
     def staging_uri(self) -> str:
@@ -271,30 +272,57 @@ class StagedOutput:
         with contextlib.suppress(FileNotFoundError):
             self._delete_tree(self.staging_path)
 
-    def publish(self) -> str:
-        """Swap the checked staging output in place of the output; returns how (for the log)."""
+    def publish(self, *, replace: bool = True) -> str:
+        """Swap the checked staging output in place of the output; returns how (for the log).
+
+        With ``replace`` false an existing output is refused (:class:`OutputStagingError`);
+        locally that holds even against a writer racing for the same path (RENAME_NOREPLACE).
+        """
         self.check_staged()
+        if not replace and self.exists():
+            raise self._appeared()
         _reached("staged")
         if self.kind == "object":
             return self._publish_object()
-        return self._publish_rename()
+        return self._publish_rename(replace)
+
+    def _appeared(self) -> OutputStagingError:
+        return OutputStagingError(
+            f"{redact_uri(self.uri)} exists (another writer created it while this output was written); "
+            f"it was left as it was"
+        )
 
     # -- renaming filesystems ------------------------------------------------------------
-    def _publish_rename(self) -> str:
+    def _publish_rename(self, replace: bool) -> str:
         ready = posixpath.join(self.parent, self._sibling("ready"))
         old = posixpath.join(self.parent, self._sibling("old"))
         self.fs.move(self.staging_path, ready)
         _reached("ready")
         if not self.exists():
-            if self.kind == "local" and _rename2(ready, self.path, _RENAME_NOREPLACE):
-                how = "renamed into place (first write)"
-            else:
-                if self.exists():
-                    raise OutputStagingError(f"{redact_uri(self.uri)} appeared while the new output was written")
-                self.fs.move(ready, self.path)
-                how = "renamed into place (first write)"
-            _reached("published")
-            return how
+            if self._rename_noreplace(ready):
+                _reached("published")
+                return "renamed into place (first write)"
+        if not replace:
+            self._delete_tree(ready)
+            raise self._appeared()
+        return self._publish_rename_over(ready, old)
+
+    def _rename_noreplace(self, ready: str) -> bool:
+        """Rename ``ready`` onto the (absent) output; False when the output exists after all."""
+        if self.kind == "local":
+            try:
+                if _rename2(ready, self.path, _RENAME_NOREPLACE):
+                    return True
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    return False
+                raise
+        if self.exists():
+            return False
+        self.fs.move(ready, self.path)  # a check, then a rename: racing writers may both pass it
+        return True
+
+    def _publish_rename_over(self, ready: str, old: str) -> str:
         if self.kind == "local" and _rename2(ready, self.path, _RENAME_EXCHANGE):
             # Atomic: the output path now holds the new files, `ready` the old ones.
             _reached("exchanged")
