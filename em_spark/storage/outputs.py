@@ -1,19 +1,22 @@
 """Staged outputs: a directory of output files is replaced only by a complete new one.
 
-A job (``score``, ``impute``) writes its new output to a *staging* sibling of the output,
-checks it, and only then swaps it in. Every name lives in the output's parent directory:
+A job (``score``, ``impute``) writes its new output to a *staging* location next to the output,
+checks it, and only then swaps it in. All of it lives in one work directory beside the output,
+``<parent>/_<name>.__em-spark/``:
 
-``<name>.__staging-<token>``
+``staging-<token>``
     being written, or written but not yet checked. Never published; the next run deletes it.
-``<name>.__ready-<token>``
+``ready-<token>``
     checked and complete; about to be swapped in (local and renaming filesystems).
-``<name>.__old-<token>``
+``old-<token>``
     the previous output after the swap, being deleted.
-``<name>.__publish-<token>.json``
+``publish-<token>.json``
     (object stores) the manifest of a publish in progress: which files are new, which old.
 
-The names are plain (no leading ``_`` or ``.``): Spark warns "All paths were ignored" when it
-is given a hidden path to read back. The token is 32 hex digits, so
+The work directory's leading ``_`` hides it from Spark and pyarrow readers of the parent (an
+output that is itself a partition, ``.../date=2026-11-22``, must not grow a sibling partition),
+while the names inside it are plain, so Spark reads a staging location back without warning
+that "all paths were ignored". It is removed once empty. The token is 32 hex digits, so
 :meth:`StagedOutput.recover` only ever touches names it made.
 
 What a reader of the output sees during an overwrite:
@@ -26,7 +29,7 @@ What a reader of the output sees during an overwrite:
 * **Local without RENAME_EXCHANGE, HDFS and other renaming filesystems.** Two renames
   (output -> old, ready -> output): between them, a few microseconds long, the output path
   does not exist. A job killed right there leaves no output until the next run of the same
-  command, which restores the complete new output (``__ready-``) first thing.
+  command, which restores the complete new output (``ready-``) first thing.
 * **Object stores (s3, s3a, gs).** No rename: the new files are copied under the output
   prefix, then the old ones are deleted. Between the two steps a reader listing the prefix
   sees **both sets of part files: every row twice (old and new values)**, and during the
@@ -182,22 +185,24 @@ class StagedOutput:
         self.fs, self.path = resolve(_storage_uri(self.uri), s3_endpoint=s3_endpoint)
         self.path = self.path.rstrip("/") or self.path
         self.parent = posixpath.dirname(self.path)
+        self.work = posixpath.join(self.parent, f"_{name}.__em-spark")
+        self._work_uri = f"{parent}/_{name}.__em-spark"
         self.kind = "object" if self.fs.type_name in _OBJECT_STORES else ("local" if self.fs.type_name == "local" else "rename")
-        self._pattern = re.compile(rf"{re.escape(name)}\.__({'|'.join(_KINDS)})-([0-9a-f]{{32}})(\.json)?")
+        self._pattern = re.compile(rf"({'|'.join(_KINDS)})-([0-9a-f]{{32}})(\.json)?")
 
     # -- names -------------------------------------------------------------------------
     def _sibling(self, kind: str, token: str | None = None) -> str:
         suffix = ".json" if kind == "publish" else ""
-        return f"{self.name}.__{kind}-{token or self.token}{suffix}"
+        return f"{kind}-{token or self.token}{suffix}"
 
     @property
     def staging_uri(self) -> str:
         """Where the new output is written (a URI of the same scheme as the output)."""
-        return f"{self._parent_uri}/{self._sibling('staging')}{self._query}"
+        return f"{self._work_uri}/{self._sibling('staging')}{self._query}"
 
     @property
     def staging_path(self) -> str:
-        return posixpath.join(self.parent, self._sibling("staging"))
+        return posixpath.join(self.work, self._sibling("staging"))
 
     def exists(self) -> bool:
         """Whether there is an output now (a directory, or on object stores any object under it)."""
@@ -215,8 +220,8 @@ class StagedOutput:
         return sorted(posixpath.relpath(i.path, root) for i in infos if i.type == pafs.FileType.File)
 
     def leftovers(self) -> list[_Leftover]:
-        """Staging, ready, old and publish names of this output left by earlier runs."""
-        selector = pafs.FileSelector(self.parent, allow_not_found=True, recursive=False)
+        """Staging, ready, old and publish names in this output's work directory, oldest first."""
+        selector = pafs.FileSelector(self.work, allow_not_found=True, recursive=False)
         found = []
         for info in self.fs.get_file_info(selector):
             match = self._pattern.fullmatch(info.base_name)
@@ -230,7 +235,7 @@ class StagedOutput:
         """Finish or undo what a killed run of this output left; returns one line per action.
 
         Local and renaming filesystems: when the output is missing, the newest complete new
-        output (``__ready-``) is renamed into place, else the newest previous one (``__old-``)
+        output (``ready-``) is renamed into place, else the newest previous one (``old-``)
         is put back; every other leftover is deleted. Object stores: a publish with a
         manifest is finished (the rest of the new files copied, the old ones deleted); other
         staging prefixes are deleted. Staging data is never read as output.
@@ -256,6 +261,7 @@ class StagedOutput:
         for item in leftovers:
             self._delete_tree(item.path)
             actions.append(f"deleted the leftover {posixpath.basename(item.path)}")
+        self._remove_work_if_empty()
         return actions
 
     def check_staged(self) -> None:
@@ -271,6 +277,7 @@ class StagedOutput:
         """Delete the staging location (after a failed write or check); the output is untouched."""
         with contextlib.suppress(FileNotFoundError):
             self._delete_tree(self.staging_path)
+        self._remove_work_if_empty()
 
     def publish(self, *, replace: bool = True) -> str:
         """Swap the checked staging output in place of the output; returns how (for the log).
@@ -294,16 +301,18 @@ class StagedOutput:
 
     # -- renaming filesystems ------------------------------------------------------------
     def _publish_rename(self, replace: bool) -> str:
-        ready = posixpath.join(self.parent, self._sibling("ready"))
-        old = posixpath.join(self.parent, self._sibling("old"))
+        ready = posixpath.join(self.work, self._sibling("ready"))
+        old = posixpath.join(self.work, self._sibling("old"))
         self.fs.move(self.staging_path, ready)
         _reached("ready")
         if not self.exists():
             if self._rename_noreplace(ready):
+                self._remove_work_if_empty()
                 _reached("published")
                 return "renamed into place (first write)"
         if not replace:
             self._delete_tree(ready)
+            self._remove_work_if_empty()
             raise self._appeared()
         return self._publish_rename_over(ready, old)
 
@@ -335,6 +344,7 @@ class StagedOutput:
             how = "swapped in by two renames"
         _reached("before-cleanup")
         self._delete_tree(old)
+        self._remove_work_if_empty()
         _reached("published")
         return how
 
@@ -343,7 +353,7 @@ class StagedOutput:
         new = self._files(self.staging_path)
         old = self._files(self.path)
         manifest = {"format": 1, "staging": self.staging_path, "output": self.path, "new": new, "old": old}
-        manifest_path = posixpath.join(self.parent, self._sibling("publish"))
+        manifest_path = posixpath.join(self.work, self._sibling("publish"))
         write_object(self.fs, manifest_path, json.dumps(manifest).encode(), overwrite=False)
         _reached("manifest")
         self._finish_publish(manifest_path, manifest)
@@ -372,9 +382,26 @@ class StagedOutput:
         _reached("before-cleanup")
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(manifest_path)
+        self._remove_work_if_empty()
         _reached("published")
 
     # -- helpers ---------------------------------------------------------------------------
+    def _remove_work_if_empty(self) -> None:
+        """Remove the work directory when nothing is left in it (on object stores: no objects but
+        directory markers, which pyarrow and Hadoop may have made)."""
+        if self.kind == "object":
+            if exists(self.fs, self.work) and not self._files(self.work):
+                with contextlib.suppress(OSError):
+                    self.fs.delete_dir(self.work)
+            return
+        infos = self.fs.get_file_info(pafs.FileSelector(self.work, allow_not_found=True))
+        if not infos and exists(self.fs, self.work):
+            with contextlib.suppress(OSError):  # a concurrent writer's staging may have just appeared
+                if self.kind == "local":
+                    os.rmdir(self.work)
+                else:
+                    self.fs.delete_dir(self.work)
+
     def _delete_tree(self, path: str) -> None:
         info = self.fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:

@@ -60,7 +60,7 @@ def test_this_machine_has_rename_exchange(tmp_path):
 
 def test_first_write_is_one_rename_and_leaves_no_staging(tmp_path):
     out = StagedOutput((tmp_path / "scored").as_uri())
-    assert out.staging_uri.startswith((tmp_path / "scored.__staging-").as_uri()) and not out.exists()
+    assert out.staging_uri.startswith((tmp_path / "_scored.__em-spark" / "staging-").as_uri()) and not out.exists()
     _put(out.fs, out.staging_path, NEW)
     out.publish()
     assert _read(out.fs, out.path) == NEW and _siblings(out.fs, str(tmp_path)) == ["scored"]
@@ -123,10 +123,14 @@ def test_killed_at_any_step_leaves_old_or_new_and_recover_cleans_up(tmp_path, mo
 
 def test_recover_touches_only_its_own_names(tmp_path):
     (tmp_path / "scored").mkdir()
-    for name in ("scored.__staging-notahextoken", "_scored.__staging-" + "a" * 32, "other.__old-" + "b" * 32, "keep"):
+    work = tmp_path / "_scored.__em-spark"
+    work.mkdir()
+    for name in ("staging-notahextoken", "other-" + "a" * 32, "keep"):
+        (work / name).mkdir()
+    for name in ("scored.__staging-" + "a" * 32, "_other.__em-spark"):
         (tmp_path / name).mkdir()
     StagedOutput(str(tmp_path / "scored")).recover()
-    assert len(_siblings(pafs.LocalFileSystem(), str(tmp_path))) == 5
+    assert len(list(work.iterdir())) == 3 and len(list(tmp_path.iterdir())) == 4
 
 
 def test_the_root_of_a_store_is_refused(tmp_path):
@@ -193,7 +197,7 @@ def test_s3_killed_at_any_step_is_finished_by_the_next_run(s3_server, s3_bucket,
 
 def test_sibling_names_carry_the_output_name_and_the_run_token(tmp_path):
     out = StagedOutput(str(tmp_path / "scored"), token="c" * 32)
-    assert Path(out.staging_path).name == "scored.__staging-" + "c" * 32
+    assert Path(out.staging_path) == tmp_path / "_scored.__em-spark" / ("staging-" + "c" * 32)
     with pytest.raises(ValueError, match="32 hex digits"):
         StagedOutput(str(tmp_path / "scored"), token="../x")
 
