@@ -334,7 +334,7 @@ def _kept_columns(df: Any, keep: list[str] | None, key: str) -> list[str]:
     return keep
 
 
-def _scoring_model(config: JobConfig, model_path: str | None = None):
+def _scoring_model(config: JobConfig, model_path: str | None = None, key: str = "score.modelPath"):
     from em_spark.api import load_model, model_from_bytes
 
     if config.score.registryModel:
@@ -350,25 +350,52 @@ def _scoring_model(config: JobConfig, model_path: str | None = None):
         return model_from_bytes(data), f"{config.score.registryModel} v{version} (production)"
     model_path = _resolve_local(model_path or config.score.modelPath or config.output.modelPath)
     if not model_path:
+        also = ", or score.registryModel" if key == "score.modelPath" else ""
         raise ConfigError(
-            f"config key 'score.modelPath' (or output.modelPath, or score.registryModel) is required (in {config.source})"
+            f"config key {key!r} (or output.modelPath{also}) is required (in {config.source}); "
+            "set it to the path a train run saved its model to"
+        )
+    if not _model_exists(model_path, config.storage.s3Endpoint):
+        from em_spark.api.base import MODEL_FILE
+
+        raise ConfigError(
+            f"no model at {model_path} (no {MODEL_FILE} there): run `em-spark train` first to save one there "
+            f"(output.modelPath), or set {key} to a saved model"
         )
     return load_model(model_path, s3Endpoint=config.storage.s3Endpoint), model_path
 
 
 def run_score(config: JobConfig) -> dict[str, Any]:
-    """Score the input with a saved model and write Parquet; return counts."""
+    """Score the input with a saved model and write Parquet; return counts.
+
+    Everything is checked before the output is touched, and the new output replaces the old
+    one only once it is complete (see :mod:`em_spark.job_output`)."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
+
+    from em_spark import job_output
+    from em_spark.engine.scoring import sample_feature_counts
 
     output = _resolve_local(config.score.outputPath)
     if not output:
         raise ConfigError(f"config key 'score.outputPath' is required (in {config.source})")
+    mode = job_output.save_mode(config.score.mode, "score.mode")
+    model_uri = None if config.score.registryModel else _resolve_local(config.score.modelPath or config.output.modelPath)
+    job_output.refuse_overlap(output, "score.outputPath", {
+        "input.path": _resolve_local(config.input.path), "the model": model_uri,
+        "run.checkpointDir": _resolve_local(config.run.checkpointDir),
+    })
     model, model_name = _scoring_model(config)
     model.setParams(featuresCol=config.input.features)
+    sequential = model._family.sequential
+    long_format = sequential and bool(config.input.sequenceCol)
     if model.hasParam("sequenceCol"):
         # The config says how tonight's input is laid out, whatever the model was fitted on.
         model.setParams(sequenceCol=config.input.sequenceCol, timeCol=config.input.timeCol)
+    if not isinstance(config.input.features, str):
+        job_output.check_feature_count(model.numFeatures, [len(config.input.features)], config.input.features,
+                                       model_name, per_step=sequential)
+    staged = job_output.prepare_output(output, mode, "score.mode", config.storage.s3Endpoint)
     spark = _session(config)
     df = read_input(spark, config)
     keep = _kept_columns(df, config.score.keepColumns, "score.keepColumns")
@@ -378,9 +405,13 @@ def run_score(config: JobConfig) -> dict[str, Any]:
     unknown = [c for c in partition_by if c not in keep]
     if unknown:
         raise ConfigError(f"config key 'score.partitionBy' names columns not kept in the output: {unknown}")
+    job_output.check_feature_count(
+        model.numFeatures, sample_feature_counts(df, config.input.features, sequential and not long_format),
+        config.input.features, model_name, per_step=sequential,
+    )
     scored = model.transform(df)
     pred, prob, ll = (model.getOrDefault(n) for n in ("predictionCol", "probabilityCol", "logLikelihoodCol"))
-    if model._family.sequential:
+    if sequential:
         # One row per sequence: its Viterbi path, per-step state posteriors, log-likelihood.
         if config.input.sequenceCol:
             # Long format was grouped into one row per sequence: the step columns are gone.
@@ -391,33 +422,41 @@ def run_score(config: JobConfig) -> dict[str, Any]:
         columns = [*keep, pred, prob, ll]
     else:
         # Probabilities as array<double>: readable by any Parquet consumer, not only Spark ML.
-        columns = [*keep, pred, vector_to_array(F.col(prob)).alias(prob), ll]
+        # vector_to_array fails on null, so unscorable rows keep a null probability.
+        probability = F.when(F.col(prob).isNotNull(), vector_to_array(F.col(prob)))
+        columns = [*keep, pred, probability.alias(prob), ll]
     threshold = config.score.anomalyThreshold
     if threshold is not None:
         # Low likelihood under the model = unlike anything it was trained on.
         columns.append((F.col(ll) < F.lit(float(threshold))).alias(config.score.anomalyCol))
-    writer = scored.select(*columns).write.mode(config.score.mode)
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    writer.parquet(output)
-    aggregates = [F.count(F.lit(1)).alias("rows"), F.sum(F.when(F.col(pred).isNull(), 1).otherwise(0)).alias("unscored")]
+
+    def write(uri: str) -> None:
+        writer = scored.select(*columns).write.mode("errorifexists")  # a fresh staging location
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer.parquet(uri)
+
+    aggregates = [F.count(F.lit(1)).alias("rows"), F.sum(F.when(F.col(ll if sequential else pred).isNull(), 1)
+                                                        .otherwise(0)).alias("unscored")]
     if threshold is not None:
         aggregates.append(F.sum(F.col(config.score.anomalyCol).cast("int")).alias("anomalies"))
-    counts = spark.read.parquet(output).agg(*aggregates).first()
+    counts = job_output.write_staged(staged, mode, write, lambda uri: spark.read.parquet(uri).agg(*aggregates).first())
     result = {
         "rows": int(counts["rows"]), "unscored": int(counts["unscored"] or 0), "output": output,
         "partitionBy": list(partition_by), "model": model_name,
     }
     if threshold is not None:
         result["anomalies"] = int(counts["anomalies"] or 0)
+    unit = "sequences" if sequential else "rows"
     if result["unscored"]:
         log.warning(
-            "%d of %d rows could not be scored (null, NaN or wrong number of features); their outputs are null",
-            result["unscored"], result["rows"],
+            "%d of %d %s could not be scored (null, NaN, infinite or not %d features%s); their outputs are null",
+            result["unscored"], result["rows"], unit, model.numFeatures, " per step" if sequential else "",
         )
     anomalies = f", {result['anomalies']} below logLikelihood {threshold}" if threshold is not None else ""
-    unit = "sequences" if model._family.sequential else "rows"
-    print(f"em_spark score: {result['rows']} {unit} scored with {model_name}{anomalies} -> {output}", flush=True)
+    unscored = f", {result['unscored']} unscored (null outputs)" if result["unscored"] else ""
+    print(f"em_spark score: {result['rows']} {unit} scored with {model_name}{unscored}{anomalies} -> {output}",
+          flush=True)
     return result
 
 
@@ -426,35 +465,56 @@ def run_impute(config: JobConfig) -> dict[str, Any]:
 
     Observed entries are kept as they are; each missing entry becomes its conditional
     expectation given the row's observed entries, with its conditional standard deviation.
+    Checked and staged like :func:`run_score`.
     """
     from pyspark.sql import functions as F
+
+    from em_spark import job_output
+    from em_spark.engine.scoring import sample_feature_counts
 
     output = _resolve_local(config.impute.outputPath)
     if not output:
         raise ConfigError(f"config key 'impute.outputPath' is required (in {config.source})")
-    model, model_name = _scoring_model(config, config.impute.modelPath)
+    mode = job_output.save_mode(config.impute.mode, "impute.mode")
+    model_uri = None if config.score.registryModel else _resolve_local(
+        config.impute.modelPath or config.score.modelPath or config.output.modelPath)
+    job_output.refuse_overlap(output, "impute.outputPath", {
+        "input.path": _resolve_local(config.input.path), "the model": model_uri,
+        "run.checkpointDir": _resolve_local(config.run.checkpointDir),
+    })
+    model, model_name = _scoring_model(config, config.impute.modelPath, "impute.modelPath")
     if not hasattr(model, "impute"):
         raise ConfigError(f"{model_name} is a {type(model).__name__}; imputation needs a GaussianMixture model")
+    if not isinstance(config.input.features, str):
+        job_output.check_feature_count(model.numFeatures, [len(config.input.features)], config.input.features,
+                                       model_name)
+    staged = job_output.prepare_output(output, mode, "impute.mode", config.storage.s3Endpoint)
     spark = _session(config)
     df = read_input(spark, config)
     keep = _kept_columns(df, config.impute.keepColumns, "impute.keepColumns")
     model.setParams(featuresCol=config.input.features)
+    job_output.check_feature_count(model.numFeatures, sample_feature_counts(df, config.input.features, False),
+                                   config.input.features, model_name)
     out_col, std_col = config.impute.outputCol, config.impute.stdCol
     imputed = model.impute(df, outputCol=out_col, stdCol=std_col).select(*keep, out_col, std_col)
-    imputed.write.mode(config.impute.mode).parquet(output)
     # A row counts as imputed when any entry had to be filled (its std is positive somewhere).
     filled = F.exists(F.col(std_col), lambda v: v > 0)
-    counts = spark.read.parquet(output).agg(
+    aggregates = (
         F.count(F.lit(1)).alias("rows"),
         F.sum(F.when(F.col(out_col).isNull(), 1).otherwise(0)).alias("unreadable"),
         F.sum(F.when(filled, 1).otherwise(0)).alias("imputed"),
-    ).first()
+    )
+    counts = job_output.write_staged(
+        staged, mode, lambda uri: imputed.write.mode("errorifexists").parquet(uri),
+        lambda uri: spark.read.parquet(uri).agg(*aggregates).first(),
+    )
     result = {"rows": int(counts["rows"]), "imputedRows": int(counts["imputed"] or 0),
               "unreadable": int(counts["unreadable"] or 0), "output": output, "model": model_name}
     if result["unreadable"]:
-        log.warning("%d rows could not be read (null vector, wrong length or infinite values); their outputs are null",
-                    result["unreadable"])
-    print(f"em_spark impute: {result['rows']} rows, {result['imputedRows']} with missing entries filled, "
+        log.warning("%d of %d rows could not be read (null vector, not %d features, or infinite values); "
+                    "their outputs are null", result["unreadable"], result["rows"], model.numFeatures)
+    unreadable = f", {result['unreadable']} unreadable (null outputs)" if result["unreadable"] else ""
+    print(f"em_spark impute: {result['rows']} rows, {result['imputedRows']} with missing entries filled{unreadable}, "
           f"with {model_name} -> {output}", flush=True)
     return result
 

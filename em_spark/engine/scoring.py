@@ -23,7 +23,7 @@ from em_spark.engine.arrow_input import FEATURES_FIELD, InputSpec, convert_arrow
 from em_spark.engine.spark_source import input_array
 from em_spark.models.base import Block, EMFamily, Params
 
-__all__ = ["score_frame", "impute_frame"]
+__all__ = ["score_frame", "impute_frame", "sample_feature_counts"]
 
 _SCORE_TYPE = "prediction int, probability array<double>, logLikelihood double"
 _SEQUENCE_SCORE_TYPE = "prediction array<int>, probability array<array<double>>, logLikelihood double"
@@ -97,8 +97,66 @@ def _arrow_udf(df: DataFrame, family: EMFamily, params: Params, n_features: int,
     return apply
 
 
+def _null_safe_vectors(df: DataFrame, features: str | Sequence[str], sequential: bool) -> Column | None:
+    """For a Vector column (array<Vector> for sequences) the features as arrays, with a null
+    vector giving a null array: ``vector_to_array`` fails the whole job on a null input."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import types as T
+
+    if not isinstance(features, str) or features not in df.columns:
+        return None  # input_array validates and names what is wrong
+    dtype = df.schema[features].dataType
+    column = F.col(features)
+    if not sequential and isinstance(dtype, VectorUDT):
+        return F.when(column.isNotNull(), vector_to_array(column, "float64"))
+    if sequential and isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, VectorUDT):
+        return F.transform(column, lambda v: F.when(v.isNotNull(), vector_to_array(v, "float64")))
+    return None
+
+
 def _input(df: DataFrame, family: EMFamily, features: str | Sequence[str]) -> Column:
-    return input_array(df, features, family.sequential)
+    safe = _null_safe_vectors(df, features, family.sequential)
+    return safe if safe is not None else input_array(df, features, family.sequential)
+
+
+def sample_feature_counts(df: DataFrame, features: str | Sequence[str], sequential: bool,
+                          rows: int = 100) -> list[int]:
+    """Feature counts the data holds: per row, or per step for sequences (one per sequence,
+    from its first step). Without a Spark job where the schema says (a list of columns, a
+    single number, one number per step, a Vector column with ML attribute metadata); else
+    from the first ``rows`` non-null rows in one small job (empty when there are none).
+
+    A model's feature count that is not among them is a whole-input mismatch, not bad rows.
+    """
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import types as T
+
+    if not isinstance(features, str):
+        return [len(list(features))]  # long-format sequences too: one column per step feature
+    input_array(df, features, sequential)  # validates the column, with the usual messages
+    dtype = df.schema[features].dataType
+    if sequential:
+        element = dtype.elementType
+        if not isinstance(element, (T.ArrayType, VectorUDT)):
+            return [1]  # one number per step
+        array = _null_safe_vectors(df, features, True)
+        steps = array if array is not None else F.col(features)
+        size = F.size(F.element_at(steps, 1))
+        present = F.col(features).isNotNull() & (F.size(F.col(features)) > 0)
+    else:
+        if not isinstance(dtype, (T.ArrayType, VectorUDT)):
+            return [1]
+        if isinstance(dtype, VectorUDT):
+            attrs = df.schema[features].metadata.get("ml_attr", {})
+            if isinstance(attrs.get("num_attrs"), int) and attrs["num_attrs"] > 0:
+                return [attrs["num_attrs"]]
+        size = F.size(_null_safe_vectors(df, features, False) if isinstance(dtype, VectorUDT) else F.col(features))
+        present = F.col(features).isNotNull()
+    sample = df.where(present).select(size.alias("n")).limit(rows).collect()
+    counts = [int(r["n"]) for r in sample if r["n"] is not None and r["n"] >= 0]
+    # Most common first: the count to name when it is not the model's.
+    return sorted(set(counts), key=lambda c: (-counts.count(c), c))
 
 
 def score_frame(
