@@ -483,7 +483,7 @@ def run_impute(config: JobConfig) -> dict[str, Any]:
         "run.checkpointDir": _resolve_local(config.run.checkpointDir),
     })
     model, model_name = _scoring_model(config, config.impute.modelPath, "impute.modelPath")
-    if not hasattr(model, "impute"):
+    if not model.family.supports_impute:
         raise ConfigError(f"{model_name} is a {type(model).__name__}; imputation needs a GaussianMixture model")
     if not isinstance(config.input.features, str):
         job_output.check_feature_count(model.numFeatures, [len(config.input.features)], config.input.features,

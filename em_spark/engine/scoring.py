@@ -218,7 +218,7 @@ def impute_frame(
     replaced by their conditional expectation) and ``std_col`` (array<double>: the conditional
     standard deviation of each entry, 0 where observed). Rows that cannot be read (null vector,
     wrong length, infinities) get nulls."""
-    if not hasattr(family, "impute"):
+    if not family.supports_impute:
         raise TypeError(f"the {family.name!r} family does not impute missing values")
     impute = _arrow_udf(df, family, params, n_features, _IMPUTE_TYPE, _impute_batch)
     tmp = "__em_impute"

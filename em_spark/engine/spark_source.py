@@ -86,7 +86,8 @@ def feature_array(df: DataFrame, features: str | Sequence[str]) -> Column:
     if isinstance(features, str):
         dtype = _field(df, features, "featuresCol").dataType
         if isinstance(dtype, VectorUDT):
-            return vector_to_array(F.col(features), "float64")
+            # A null Vector is a bad row the load counts and names; vector_to_array would fail the job on it.
+            return F.when(F.col(features).isNotNull(), vector_to_array(F.col(features), "float64"))
         if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _NUMERIC):
             return F.col(features).cast(T.ArrayType(T.DoubleType()))
         if isinstance(dtype, _NUMERIC):
@@ -126,7 +127,7 @@ def sequence_array(df: DataFrame, features: str | Sequence[str]) -> Column:
     dtype = _field(df, features, "featuresCol").dataType
     element = dtype.elementType if isinstance(dtype, T.ArrayType) else None
     if isinstance(element, VectorUDT):
-        return F.transform(F.col(features), lambda v: vector_to_array(v, "float64"))
+        return F.transform(F.col(features), lambda v: F.when(v.isNotNull(), vector_to_array(v, "float64")))
     if isinstance(element, T.ArrayType) and isinstance(element.elementType, _NUMERIC):
         return F.col(features).cast(T.ArrayType(T.ArrayType(T.DoubleType())))
     if isinstance(element, _NUMERIC):

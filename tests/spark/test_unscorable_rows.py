@@ -46,16 +46,9 @@ def _config(tmp_path: Path, data: Path, model: Path, features: str, section: str
     ])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _row_reader_for_vectors(spark):
-    """Known, not fixed here: pyspark 4.3 fails an Arrow UDF over a Vector column scanned from
-    Parquet by the nested-column vectorized reader (UNSUPPORTED_DATATYPE), em_spark's scoring
-    before this change included. The row reader sidesteps it for these tests."""
-    key = "spark.sql.parquet.enableNestedColumnVectorizedReader"
-    before = spark.conf.get(key)
-    spark.conf.set(key, "false")
-    yield
-    spark.conf.set(key, before)
+# Vector columns scanned from Parquet need the row reader of nested columns on pyspark 4.3
+# (UNSUPPORTED_DATATYPE otherwise): em_spark.session sets it, and these tests read Vectors
+# from Parquet through that session, so they fail if it stops doing so.
 
 
 def _rows(good: np.ndarray) -> list[tuple]:
