@@ -561,7 +561,6 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "input.generate.steps": (lambda v: v >= 0, ">= 0"),
     "nightly.holdoutFraction": (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)"),
     "nightly.driftThreshold": (lambda v: v >= 0, ">= 0 (nats per row)"),
-    "nightly.promotionTolerance": (lambda v: v >= 0, ">= 0 (nats per row)"),
     "nightly.freshRestarts": (lambda v: v >= 0, ">= 0"),
 }
 

@@ -167,7 +167,6 @@ DOMAIN = {
         negative_floats(), st.sampled_from(["0", "0.0", "1", "1.0"]),
         st.floats(min_value=1, allow_nan=False, allow_infinity=False).map(repr)),
     "nightly.driftThreshold": negative_floats(),
-    "nightly.promotionTolerance": negative_floats(),
     "nightly.freshRestarts": below(0),
     "select.ks": st.sampled_from(["[]", "[0]", "[2, -1]", "[2, 2]", "[3, 1, 3]"]),
     "select.covarianceTypes": st.one_of(
@@ -183,6 +182,8 @@ FREE_FORM = {
     "output.overwrite": "true and false are both meaningful",
     "nightly.force": "true and false are both meaningful",
     "score.anomalyThreshold": "any finite log-likelihood is a threshold (NaN and inf come with every float key)",
+    # Negative demands that a new model beat production by that much (tests/spark/test_nightly.py uses it).
+    "nightly.promotionTolerance": "any finite margin in nats (NaN and inf come with every float key)",
 }
 
 
