@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any, Callable, Sequence
 
-from em_spark.config import ConfigError
+from em_spark.app.config import ConfigError
 
 __all__ = ["save_mode", "refuse_overlap", "check_feature_count", "prepare_output", "write_staged"]
 
