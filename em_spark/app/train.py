@@ -66,7 +66,7 @@ def run_train(config: JobConfig) -> Any:
     initial = None
     if config.model.initialModel:
         initial = load_saved_model(resolve_local(config.model.initialModel), "model.initialModel", config,
-                                    "point it at a model saved by em-spark train (a directory holding model.emsp)")
+                                   "point it at a model saved by em-spark train (a directory holding model.emsp)")
     check_outputs_writable(config, model_path)
     require_input(config)
     estimator = estimator_from_config(config, initial)  # family keys checked before Spark starts
