@@ -74,7 +74,7 @@ def log(msg: str) -> None:
 def generate(case: Case) -> tuple[np.ndarray, str]:
     """(X, how) for the case: make_blobs, or make_blobs' mixture sampled in chunks when
     make_blobs' (n, d, d) temporary would be large (200k x 50: 4 GB)."""
-    from em_spark.demo_data import make_blobs
+    from em_spark.app.demo_data import make_blobs
 
     n, d, k = case.rows, case.features, case.k
     if n * d * d * 8 <= MAX_BLOBS_TEMP_BYTES:
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.iters < 1 or args.base < 1 or args.repeats < 1:
         p.error("--iters, --base and --repeats must be >= 1")
 
-    from em_spark.session import get_session
+    from em_spark.engine.session import get_session
 
     conf = {"spark.ui.enabled": "false", "spark.driver.memory": args.driver_memory}
     spark = get_session("em_spark-bench", args.master, conf)

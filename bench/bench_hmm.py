@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         log("BLAS threads in this process: " + ", ".join(
             f"{i.get('internal_api')} {os.path.basename(i.get('filepath', ''))} {i.get('num_threads')}" for i in threadpool_info()))
 
-    from em_spark.session import get_session
+    from em_spark.engine.session import get_session
 
     load_before = loadavg()
     conf = {"spark.ui.enabled": "false", "spark.driver.memory": args.driver_memory}

@@ -2,7 +2,7 @@
 
     spark-submit --master local[2] jobs/train.py --config conf/local.yaml [--set model.k=5]
 
-A thin shim: the work is in ``em_spark.cli`` (the same as ``em-spark train``). The
+A thin shim over ``em_spark.cli`` (the same as ``em-spark train``; the work is in ``em_spark.app.train``). The
 em_spark package must be importable by the driver and executor Python (pip install it
 on the image, or ship it with --py-files).
 """

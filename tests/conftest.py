@@ -15,7 +15,7 @@ os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
 
 @pytest.fixture(scope="session")
 def spark():
-    from em_spark.session import get_session
+    from em_spark.engine.session import get_session
 
     session = get_session(
         "em_spark-tests",

@@ -74,7 +74,7 @@ def test_select_shows_the_candidates_it_skipped():
     from em_spark.engine.loop import FitSettings
     from em_spark.engine.sources import LocalBlockSource
     from em_spark.models import Block
-    from em_spark.selection import format_table, select_models, to_json
+    from em_spark.engine.selection import format_table, select_models, to_json
     import json
 
     X = np.random.default_rng(2).normal(size=(6, 2))

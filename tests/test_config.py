@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from em_spark.config import ConfigError, load_config
+from em_spark.app.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def test_missing_config_file_says_so(tmp_path):
 
 
 def test_relative_paths_become_file_uris_that_spark_can_read(tmp_path, monkeypatch):
-    from em_spark.cli import _resolve_local
+    from em_spark.app.common import resolve_local as _resolve_local
 
     monkeypatch.chdir(tmp_path)
     assert _resolve_local("events/date=2026-11-22") == f"file://{tmp_path}/events/date=2026-11-22"
@@ -123,7 +123,7 @@ def test_no_job_script_shadows_a_standard_library_module():
 
 
 def test_a_family_key_on_a_family_without_it_is_refused_by_name():
-    from em_spark.cli import _estimator
+    from em_spark.app.common import estimator_from_config as _estimator
 
     config = load_config(str(REPO / "conf" / "local.yaml"), ["model.family=categorical", "model.handleMissing=model"])
     with pytest.raises(ConfigError, match="'model.handleMissing' does not apply to model.family 'categorical'"):
@@ -137,7 +137,7 @@ def test_a_family_key_on_a_family_without_it_is_refused_by_name():
 
 
 def test_every_config_message_is_one_line():
-    from em_spark.config import ConfigError as Error
+    from em_spark.app.config import ConfigError as Error
 
     assert str(Error("first line\n  second line\r\nthird")) == "first line second line third"
     with pytest.raises(ConfigError) as err:
@@ -224,7 +224,7 @@ def test_every_shipped_config_still_loads(name):
 def test_libyaml_and_pure_python_yaml_read_the_same(loader):
     import yaml
 
-    from em_spark import config as module
+    from em_spark.app import config as module
 
     if loader == "libyaml" and not getattr(yaml, "__with_libyaml__", False):
         pytest.skip("PyYAML was built without libyaml")

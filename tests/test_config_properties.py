@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import em_spark.cli as cli
-from em_spark.config import GenerateSection, JobConfig
+from em_spark.app.config import GenerateSection, JobConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,12 +15,12 @@ import time
 import numpy as np
 import pytest
 
-from em_spark import metrics
+from em_spark.app import metrics
 from em_spark.api.base import EMSummary
 from em_spark.api.gaussian import GaussianMixtureModel
-from em_spark.cli import _JsonFormatter
-from em_spark.config import ConfigError, load_config
-from em_spark.demo_data import make_blobs
+from em_spark.app.common import JsonFormatter as _JsonFormatter
+from em_spark.app.config import ConfigError, load_config
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily

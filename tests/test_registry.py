@@ -16,12 +16,12 @@ import pyarrow.fs as pafs
 import pytest
 
 import em_spark
-from em_spark import registry as registry_module
-from em_spark.registry import ModelRegistry, RegistryError
-from em_spark.registry_cli import add_registry_parser, run_registry
+from em_spark.storage import registry as registry_module
+from em_spark.storage.registry import ModelRegistry, RegistryError
+from em_spark.app.registry import add_registry_parser, run_registry
 from em_spark.storage import ObjectExistsError, get_sealed, seal, write_object
 
-LOGGER = "em_spark.registry"
+LOGGER = "em_spark.storage.registry"
 METRICS = {"trainAvgLogLik": -3.7542263, "holdoutAvgLogLik": -3.76, "bic": 1234.56, "numIter": 12, "wallSeconds": 4.2}
 CONFIG = {"model": {"k": 3, "covarianceType": "full"}, "fit": {"maxIter": 100, "tol": 1e-3}}
 
@@ -652,7 +652,7 @@ def test_cli_list_on_an_empty_registry(tmp_path, capsys):
 
 
 def test_cli_show_does_not_print_credentials_from_the_registry_uri(populated, capsys, monkeypatch):
-    from em_spark import registry_cli
+    from em_spark.app import registry as registry_cli
 
     class CredentialedRegistry(ModelRegistry):
         def __init__(self, root_uri, *, s3_endpoint=None):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from em_spark.registry import ModelRegistry
+from em_spark.storage.registry import ModelRegistry
 from em_spark.storage import seal
 
 NAME = "gmm"
@@ -286,7 +286,7 @@ def test_promote_and_rollback_of_valid_models_still_work(root, model_bytes):
 def test_registering_logs_no_incomplete_version_but_list_still_shows_real_ones(root, model_bytes, tmp_path):
     make_registry(root, model_bytes[:1])
     script = (
-        "import sys; from em_spark.cli import setup_logging; from em_spark.registry import ModelRegistry\n"
+        "import sys; from em_spark.app.common import setup_logging; from em_spark.storage.registry import ModelRegistry\n"
         "setup_logging()\n"
         "ModelRegistry(sys.argv[1]).register('gmm', b'v2 bytes', config={}, seed=2, data_fingerprint='x',"
         " run_id='nightly-2', metrics={})\n"

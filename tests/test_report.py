@@ -15,15 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from em_spark import cli, metrics
+from em_spark import cli
+from em_spark.app import metrics
 from em_spark.api.base import EMSummary
 from em_spark.api.gaussian import GaussianMixtureModel
-from em_spark.demo_data import make_blobs
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily
 from em_spark.models.base import Block
-from em_spark.report import build_report, render
+from em_spark.app.report import build_report, render
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PANEL_WIDTH, HEIGHT = 500, 420  # pixels: 5 x 4.2 inches at 100 dpi per panel
@@ -208,7 +209,7 @@ def test_report_on_an_hmm_run_draws_the_steps_by_viterbi_state(tmp_path):
     from clitools import run_cli
 
     from em_spark.api.hmm import GaussianHMMModel
-    from em_spark.demo_data import make_hmm_sequences
+    from em_spark.app.demo_data import make_hmm_sequences
     from em_spark.models import GaussianHMMFamily
 
     X, _, _ = make_hmm_sequences(120, 30, 2, 3, separation=5.0, seed=4)
@@ -232,7 +233,7 @@ def test_report_on_an_hmm_run_draws_the_steps_by_viterbi_state(tmp_path):
     assert "each step&#x27;s state on its Viterbi path" in page or "each step's state on its Viterbi path" in page
     _check_png((tmp_path / "out" / "report.png").read_bytes(), panels=3)
     # Whole sequences up to the step budget: 600 steps are 20 sequences of 30.
-    from em_spark.report import read_points
+    from em_spark.app.report import read_points
 
     points, lengths = read_points(str(tmp_path / "sequences.parquet"), "obs", 600, sequences=True)
     assert lengths.tolist() == [30] * 20 and np.array_equal(points, X[:20].reshape(-1, 2))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from em_spark import session
+from em_spark.engine import session
 
 
 def test_missing_java_is_reported_with_the_fix(monkeypatch, tmp_path):

@@ -42,38 +42,40 @@ def _features(value: Any) -> Any:
     raise TypeError(f"featuresCol must be a column name or a list of numeric column names, got {value!r}")
 
 
-def _optional_string(value: Any) -> Any:
+def optional_string(value: Any) -> Any:
+    """A Param converter for an optional column name: None or "" is None."""
     return None if value is None or value == "" else TypeConverters.toString(value)
 
 
-def _p(name: str, doc: str, converter=TypeConverters.identity) -> Param:
+def ml_param(name: str, doc: str, converter=TypeConverters.identity) -> Param:
+    """A class-level pyspark.ml Param (shared by every estimator and model module in api/)."""
     return Param(Params._dummy(), name, doc, typeConverter=converter)
 
 
 class EMParams(Params):
     """Parameters shared by every EM estimator (names follow pyspark.ml where they overlap)."""
 
-    k = _p("k", "number of mixture components (> 0)", TypeConverters.toInt)
-    maxIter = _p("maxIter", "maximum EM iterations per restart (>= 1)", TypeConverters.toInt)
-    tol = _p("tol", "stop when the change of the average log-likelihood per sample is below tol (>= 0)", TypeConverters.toFloat)
-    seed = _p("seed", "random seed", TypeConverters.toInt)
-    featuresCol = _p("featuresCol", "features: a Vector or array<double> column, or a list of numeric columns", _features)
-    predictionCol = _p("predictionCol", "output column of the most likely component", TypeConverters.toString)
-    probabilityCol = _p("probabilityCol", "output column of component probabilities (Vector)", TypeConverters.toString)
-    logLikelihoodCol = _p("logLikelihoodCol", "output column of the per-row log-likelihood ('' for none)", TypeConverters.toString)
-    weightCol = _p("weightCol", "optional column of non-negative sample weights", _optional_string)
-    labelCol = _p("labelCol", "optional column of known components for semi-supervised EM (0..k-1; null or -1: unknown)",
-                  _optional_string)
-    aggregationDepth = _p("aggregationDepth", "depth of the tree reduce of statistics (>= 1)", TypeConverters.toInt)
-    initMode = _p("initMode", "initialization: 'k-means++' or 'random' (ignored for restart 0 when initialModel is set)", TypeConverters.toString)
-    nInit = _p("nInit", "number of restarts; the one with the best log-likelihood is kept", TypeConverters.toInt)
-    initialModel = _p("initialModel", "a fitted model or a dict of arrays to start restart 0 from")
-    checkpointDir = _p("checkpointDir", "URI under which each iteration is checkpointed (file://, s3://, ...)", _optional_string)
-    runId = _p("runId", "name of the run; a fit with the same runId and checkpointDir resumes", _optional_string)
-    keepCheckpoints = _p("keepCheckpoints", "checkpoints kept per run (the latest is never deleted)", TypeConverters.toInt)
-    numPartitions = _p("numPartitions", "partitions of the cached blocks (default: Spark's default parallelism, one task per core)")
-    initSampleSize = _p("initSampleSize", "rows sampled (without replacement) for initialization", TypeConverters.toInt)
-    s3Endpoint = _p("s3Endpoint", "endpoint URL of an S3-compatible store (MinIO); default: AWS_ENDPOINT_URL or AWS", _optional_string)
+    k = ml_param("k", "number of mixture components (> 0)", TypeConverters.toInt)
+    maxIter = ml_param("maxIter", "maximum EM iterations per restart (>= 1)", TypeConverters.toInt)
+    tol = ml_param("tol", "stop when the change of the average log-likelihood per sample is below tol (>= 0)", TypeConverters.toFloat)
+    seed = ml_param("seed", "random seed", TypeConverters.toInt)
+    featuresCol = ml_param("featuresCol", "features: a Vector or array<double> column, or a list of numeric columns", _features)
+    predictionCol = ml_param("predictionCol", "output column of the most likely component", TypeConverters.toString)
+    probabilityCol = ml_param("probabilityCol", "output column of component probabilities (Vector)", TypeConverters.toString)
+    logLikelihoodCol = ml_param("logLikelihoodCol", "output column of the per-row log-likelihood ('' for none)", TypeConverters.toString)
+    weightCol = ml_param("weightCol", "optional column of non-negative sample weights", optional_string)
+    labelCol = ml_param("labelCol", "optional column of known components for semi-supervised EM (0..k-1; null or -1: unknown)",
+                  optional_string)
+    aggregationDepth = ml_param("aggregationDepth", "depth of the tree reduce of statistics (>= 1)", TypeConverters.toInt)
+    initMode = ml_param("initMode", "initialization: 'k-means++' or 'random' (ignored for restart 0 when initialModel is set)", TypeConverters.toString)
+    nInit = ml_param("nInit", "number of restarts; the one with the best log-likelihood is kept", TypeConverters.toInt)
+    initialModel = ml_param("initialModel", "a fitted model or a dict of arrays to start restart 0 from")
+    checkpointDir = ml_param("checkpointDir", "URI under which each iteration is checkpointed (file://, s3://, ...)", optional_string)
+    runId = ml_param("runId", "name of the run; a fit with the same runId and checkpointDir resumes", optional_string)
+    keepCheckpoints = ml_param("keepCheckpoints", "checkpoints kept per run (the latest is never deleted)", TypeConverters.toInt)
+    numPartitions = ml_param("numPartitions", "partitions of the cached blocks (default: Spark's default parallelism, one task per core)")
+    initSampleSize = ml_param("initSampleSize", "rows sampled (without replacement) for initialization", TypeConverters.toInt)
+    s3Endpoint = ml_param("s3Endpoint", "endpoint URL of an S3-compatible store (MinIO); default: AWS_ENDPOINT_URL or AWS", optional_string)
 
     def __init__(self) -> None:
         super().__init__()

@@ -6,7 +6,7 @@ import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 
-from em_spark.api.base import EMEstimator, EMModel, _p
+from em_spark.api.base import EMEstimator, EMModel, ml_param
 from em_spark.models import CategoricalMixtureFamily
 
 __all__ = ["CategoricalMixture", "CategoricalMixtureModel"]
@@ -21,10 +21,10 @@ def _categories(value):
 
 
 class _CategoricalParams:
-    kind = _p("kind", "'categorical' (each column a categorical code 0..c-1) or 'multinomial' (each row a count vector)",
+    kind = ml_param("kind", "'categorical' (each column a categorical code 0..c-1) or 'multinomial' (each row a count vector)",
               TypeConverters.toString)
-    smoothing = _p("smoothing", "Dirichlet pseudo-count added to every category in the M-step", TypeConverters.toFloat)
-    nCategories = _p("nCategories", "categories per feature (default: inferred from the sample as max + 1)", _categories)
+    smoothing = ml_param("smoothing", "Dirichlet pseudo-count added to every category in the M-step", TypeConverters.toFloat)
+    nCategories = ml_param("nCategories", "categories per feature (default: inferred from the sample as max + 1)", _categories)
 
 
 class CategoricalMixtureModel(EMModel, _CategoricalParams):

@@ -7,16 +7,16 @@ from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
-from em_spark.api.base import EMEstimator, EMModel, _p
+from em_spark.api.base import EMEstimator, EMModel, ml_param
 from em_spark.models import GaussianFamily
 
 __all__ = ["GaussianMixture", "GaussianMixtureModel"]
 
 
 class _GaussianParams:
-    covarianceType = _p("covarianceType", "'full', 'diag', 'spherical' or 'tied'", TypeConverters.toString)
-    regCovar = _p("regCovar", "added to every covariance diagonal in the M-step (scikit-learn's reg_covar)", TypeConverters.toFloat)
-    handleMissing = _p("handleMissing", "'error': refuse null/NaN features; 'model': fit them exactly as missing values "
+    covarianceType = ml_param("covarianceType", "'full', 'diag', 'spherical' or 'tied'", TypeConverters.toString)
+    regCovar = ml_param("regCovar", "added to every covariance diagonal in the M-step (scikit-learn's reg_covar)", TypeConverters.toFloat)
+    handleMissing = ml_param("handleMissing", "'error': refuse null/NaN features; 'model': fit them exactly as missing values "
                        "(conditional-Gaussian E-step)", TypeConverters.toString)
 
 

@@ -15,7 +15,7 @@ from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
-from em_spark.api.base import EMEstimator, EMModel, _optional_string, _p
+from em_spark.api.base import EMEstimator, EMModel, ml_param, optional_string
 from em_spark.engine.spark_source import group_sequences
 from em_spark.models import CategoricalHMMFamily, GaussianHMMFamily
 
@@ -30,8 +30,8 @@ def _optional_int(value: Any) -> Any:
 
 
 class _SequenceParams:
-    sequenceCol = _p("sequenceCol", "long format: the column identifying each sequence (with timeCol)", _optional_string)
-    timeCol = _p("timeCol", "long format: the column ordering the steps of a sequence (with sequenceCol)", _optional_string)
+    sequenceCol = ml_param("sequenceCol", "long format: the column identifying each sequence (with timeCol)", optional_string)
+    timeCol = ml_param("timeCol", "long format: the column ordering the steps of a sequence (with sequenceCol)", optional_string)
 
     def _input(self, dataset: DataFrame) -> tuple[DataFrame, Any]:
         """One sequence per row as given, or long format grouped by sequenceCol, ordered by timeCol.
@@ -52,13 +52,13 @@ class _SequenceParams:
 
 
 class _GaussianHMMParams(_SequenceParams):
-    covarianceType = _p("covarianceType", "'full' or 'diag'", TypeConverters.toString)
-    regCovar = _p("regCovar", "added to every covariance diagonal in the M-step", TypeConverters.toFloat)
+    covarianceType = ml_param("covarianceType", "'full' or 'diag'", TypeConverters.toString)
+    regCovar = ml_param("regCovar", "added to every covariance diagonal in the M-step", TypeConverters.toFloat)
 
 
 class _CategoricalHMMParams(_SequenceParams):
-    nCategories = _p("nCategories", "number of symbols (default: inferred from the sample as max + 1)", _optional_int)
-    smoothing = _p("smoothing", "Dirichlet pseudo-count added to every emission count in the M-step", TypeConverters.toFloat)
+    nCategories = ml_param("nCategories", "number of symbols (default: inferred from the sample as max + 1)", _optional_int)
+    smoothing = ml_param("smoothing", "Dirichlet pseudo-count added to every emission count in the M-step", TypeConverters.toFloat)
 
 
 class _HMMModel(EMModel):

@@ -307,7 +307,7 @@ class _Fit:
         extra = "".join(f" {key}={value:.4g}" for key, value in progress.items())
         weights = self.family.component_weights(state.params)
         # `log`, not the adapter: before Python 3.13 a LoggerAdapter drops the call's `extra`.
-        # em_event: the line's fields, for JSON logs and em_spark.metrics; em_weights: for metrics only.
+        # em_event: the line's fields, for JSON logs and em_spark.app.metrics; em_weights: for metrics only.
         log.info(
             "run=%s restart=%d/%d iter=%d/%d avgLogLik=%.8f change=%+.3e seconds=%.2f%s%s",
             run_id, state.restart + 1, settings.n_init, state.iteration, settings.max_iter, avg, change,

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 
-from em_spark.demo_data import make_blobs
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings, ResumeMismatchError, fit_em
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily
@@ -198,7 +198,7 @@ with RunLock(sys.argv[1], sys.argv[2], ttl_seconds=3600):
 FIT_CODE = """
 import os, sys, time
 import numpy as np
-from em_spark.demo_data import make_blobs
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily

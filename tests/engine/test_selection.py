@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from em_spark.config import ConfigError, load_config
-from em_spark.demo_data import make_blobs
+from em_spark.app.config import ConfigError, load_config
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.models.base import Block
-from em_spark.selection import best, format_table, select_models, to_json
+from em_spark.engine.selection import best, format_table, select_models, to_json
 
 
 def test_bic_chooses_the_true_number_of_components_and_the_table_marks_it():
@@ -40,11 +40,11 @@ def test_select_config_is_validated():
 
 def test_selection_takes_any_family_and_counts_steps_for_sequence_bic():
     # A grid over the number of HMM states: no covariance column, BIC's n = the steps.
-    from em_spark.demo_data import make_hmm_sequences
+    from em_spark.app.demo_data import make_hmm_sequences
     from em_spark.engine.loop import FitSettings
     from em_spark.engine.sources import LocalBlockSource
     from em_spark.models import Block, GaussianHMMFamily
-    from em_spark.selection import format_table, select_models
+    from em_spark.engine.selection import format_table, select_models
 
     X, _, _ = make_hmm_sequences(200, 20, 2, 3, separation=5.0, seed=3)
     block = Block(X.reshape(-1, 2), lengths=np.full(200, 20))

@@ -331,7 +331,7 @@ def main() -> None:
         return
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from em_spark.session import get_session
+    from em_spark.engine.session import get_session
 
     spark = get_session("em_spark-golden", "local[2]", SPARK_CONF)
     spark.sparkContext.setLogLevel("ERROR")

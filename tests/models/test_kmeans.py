@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from em_spark.demo_data import make_blobs
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.models.base import Block

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from em_spark.cli import run_score, run_train
-from em_spark.config import load_config
+from em_spark.app.config import load_config
 from em_spark.engine.validation import DataValidationError
 
 pytestmark = pytest.mark.spark

@@ -38,7 +38,7 @@ from test_docker_compose import (
 )
 
 from em_spark import GaussianMixtureModel
-from em_spark.config import load_config
+from em_spark.app.config import load_config
 from em_spark.storage import CheckpointStore
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.s3]

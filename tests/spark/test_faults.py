@@ -168,7 +168,7 @@ def _is_executor(pid: int) -> bool:
 
 
 def _write_data(path: Path) -> None:
-    from em_spark.demo_data import write_blobs
+    from em_spark.app.demo_data import write_blobs
 
     # Overlapping blobs: the parameters still move at iteration 8, so every iteration counts.
     write_blobs(str(path), ROWS, FEATURES, K, separation=2.5, seed=11)

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from em_spark import GaussianMixture, GaussianMixtureModel
-from em_spark.demo_data import make_blobs
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine import spark_source
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.engine.sources import LocalBlockSource

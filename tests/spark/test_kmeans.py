@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from em_spark import KMeans, KMeansModel
-from em_spark.demo_data import make_blobs
+from em_spark.app.demo_data import make_blobs
 
 pytestmark = pytest.mark.spark
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from em_spark import CategoricalMixture, GaussianMixture
-from em_spark.demo_data import make_blobs
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.engine.validation import DataValidationError

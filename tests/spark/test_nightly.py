@@ -5,11 +5,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from em_spark.config import load_config
-from em_spark.demo_data import make_blobs
+from em_spark.app.config import load_config
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine import spark_source
-from em_spark.nightly import run_nightly
-from em_spark.registry import ModelRegistry
+from em_spark.app.nightly import run_nightly
+from em_spark.storage.registry import ModelRegistry
 
 pytestmark = pytest.mark.spark
 
@@ -92,7 +92,7 @@ def test_killed_night_resumes_and_registers_once(spark, tmp_path, monkeypatch):
 
 
 def _sequence_night(root, date, shift=0.0, seed=1):
-    from em_spark.demo_data import make_hmm_sequences
+    from em_spark.app.demo_data import make_hmm_sequences
 
     X, _, _ = make_hmm_sequences(300, 30, 2, 3, separation=5.0, seed=42 + seed)
     path = root / "sequences" / f"date={date}"

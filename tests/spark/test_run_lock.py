@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from em_spark.demo_data import write_blobs
+from em_spark.app.demo_data import write_blobs
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from em_spark import GaussianMixture, GaussianMixtureModel
-from em_spark.config import load_config
-from em_spark.demo_data import make_blobs
+from em_spark.app.config import load_config
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine import spark_source
-from em_spark.nightly import run_nightly
-from em_spark.registry import ModelRegistry
+from em_spark.app.nightly import run_nightly
+from em_spark.storage.registry import ModelRegistry
 from em_spark.storage import CheckpointStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ from pyspark.sql import functions as F
 
 from em_spark import GaussianMixture
 from em_spark.cli import run_score
-from em_spark.config import load_config
-from em_spark.demo_data import make_blobs
-from em_spark.registry import ModelRegistry
+from em_spark.app.config import load_config
+from em_spark.app.demo_data import make_blobs
+from em_spark.storage.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 

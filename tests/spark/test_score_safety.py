@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from em_spark.cli import run_score, run_train
-from em_spark.config import load_config
+from em_spark.app.config import load_config
 
 pytestmark = pytest.mark.spark
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pyspark import SparkFiles
 
-from em_spark.demo_data import make_blobs
+from em_spark.app.demo_data import make_blobs
 from em_spark.engine.spark_source import load_blocks
 from em_spark.models import GaussianFamily
 

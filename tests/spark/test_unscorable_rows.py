@@ -16,7 +16,7 @@ from pyspark.sql import types as T
 
 from em_spark.api import CategoricalMixture, GaussianHMM, GaussianMixture, KMeans
 from em_spark.cli import run_impute, run_score
-from em_spark.config import ConfigError, load_config
+from em_spark.app.config import ConfigError, load_config
 
 pytestmark = pytest.mark.spark
 
@@ -47,7 +47,7 @@ def _config(tmp_path: Path, data: Path, model: Path, features: str, section: str
 
 
 # Vector columns scanned from Parquet need the row reader of nested columns on pyspark 4.3
-# (UNSUPPORTED_DATATYPE otherwise): em_spark.session sets it, and these tests read Vectors
+# (UNSUPPORTED_DATATYPE otherwise): em_spark.engine.session sets it, and these tests read Vectors
 # from Parquet through that session, so they fail if it stops doing so.
 
 

@@ -24,10 +24,10 @@ from pyspark import cloudpickle
 
 cloudpickle.register_pickle_by_value(faulty_family)
 
-from em_spark.cli import setup_logging
+from em_spark.app.common import setup_logging
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.engine.spark_source import load_blocks
-from em_spark.session import get_session
+from em_spark.engine.session import get_session
 
 FEATURES = ["x0", "x1", "x2"]
 

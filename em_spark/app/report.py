@@ -7,7 +7,8 @@ features, a scatter of up to a few thousand rows colored by their most likely co
 Two features are drawn as they are, three by their first two principal components (PCA of
 the plotted rows), one against a random vertical jitter.
 
-No Spark: models are read with :func:`em_spark.api.model_from_bytes`, data with pyarrow.
+``em-spark report`` (:func:`run_report`) finds the run from a run id, a metrics file or a
+saved model. No Spark: models are read with :func:`em_spark.api.model_from_bytes`, data with pyarrow.
 Matplotlib draws with its Agg canvas only (no pyplot, no display).
 """
 
@@ -21,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Report", "build_report", "load_source", "read_points", "render", "write_report"]
+from em_spark.app.common import resolve_local
+from em_spark.app.config import ConfigError, JobConfig
+
+__all__ = ["Report", "build_report", "load_source", "read_points", "render", "run_report", "write_report"]
 
 PANEL_INCHES = (5.0, 4.2)
 DPI = 100
@@ -49,7 +53,7 @@ def load_source(source: str, s3_endpoint: str | None = None) -> tuple[dict[str, 
     """(metrics, model) from a run's ``metrics.json``, a saved model (its directory or its
     ``model.emsp``), or a directory holding either. FileNotFoundError when there is neither."""
     from em_spark.api.base import MODEL_FILE
-    from em_spark.metrics import METRICS_FILE, read_metrics
+    from em_spark.app.metrics import METRICS_FILE, read_metrics
     from em_spark.storage.fs import exists, resolve
 
     base = source.split("?", 1)[0].rstrip("/")
@@ -265,7 +269,7 @@ def _plot_scatter(ax: Any, model: Any, X: np.ndarray, lengths: np.ndarray | None
 
 def render(metrics: dict[str, Any], model: Any = None, points: np.ndarray | None = None,
            lengths: np.ndarray | None = None) -> Report:
-    """Draw the report. ``metrics`` is a metrics document (see :func:`em_spark.metrics.build_metrics`);
+    """Draw the report. ``metrics`` is a metrics document (see :func:`em_spark.app.metrics.build_metrics`);
     ``model`` and ``points`` add the scatter when d <= 3: rows by component, or for a sequence
     model the steps of the sequences (``lengths``) by Viterbi state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -381,7 +385,7 @@ def build_report(
     The scatter's model is ``model_path``, else the source's model, else the ``modelPath`` its
     metrics name; its features are ``features``, else the model's ``featuresCol``."""
     from em_spark.api.base import MODEL_FILE
-    from em_spark.metrics import build_metrics
+    from em_spark.app.metrics import build_metrics
 
     metrics, model = load_source(source, s3_endpoint)
     if model_path:
@@ -408,3 +412,48 @@ def build_report(
 def _model_file(path: str, model_file: str) -> str:
     base = path.split("?", 1)[0].rstrip("/")
     return path if base.endswith(".emsp") else f"{base}/{model_file}"
+
+
+def run_report(config: JobConfig, source: str, output: str, data: str | None = None, features: str | None = None,
+               rows: int = 5000, model: str | None = None) -> dict[str, Any]:
+    """Draw a run (a run id, its metrics.json, or a saved model): report.png and report.html."""
+    from pathlib import Path
+
+    from em_spark.storage.fs import redact_uri
+
+    if rows < 1:
+        raise ConfigError(f"report: --rows must be >= 1, got {rows}")
+    endpoint = config.storage.s3Endpoint
+    uri = resolve_local(source)
+    if "://" not in source and not Path(source).exists() and _is_name(source):
+        from em_spark.app.metrics import metrics_uri
+
+        uri = metrics_uri(source, resolve_local(config.run.checkpointDir), resolve_local(config.run.metricsPath))
+        if uri is None:
+            raise ConfigError(f"{source!r} is not a path; to find run {source!r} set run.checkpointDir or run.metricsPath")
+    try:
+        report, png, page = build_report(
+            uri, resolve_local(output), data=resolve_local(data),
+            features=features.split(",") if features and "," in features else features, max_rows=rows,
+            model_path=resolve_local(model), s3_endpoint=endpoint,
+        )
+    except FileNotFoundError as exc:
+        raise ConfigError(f"report: nothing found at {redact_uri(uri)}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"report: cannot read {redact_uri(uri)}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"report: {exc}") from None
+    for note in report.notes:
+        print(f"  note: {note}", flush=True)
+    print(f"em_spark report: {', '.join(report.panels)} -> {png} and {page}", flush=True)
+    return {"png": png, "html": page, "panels": report.panels, "notes": report.notes}
+
+
+def _is_name(text: str) -> bool:
+    from em_spark.storage import validate_name
+
+    try:
+        validate_name(text)
+    except ValueError:
+        return False
+    return True

@@ -1,7 +1,7 @@
 """How ``score`` and ``impute`` replace their output: refuse early, write staged, swap in whole.
 
 Checks that need no Spark run before a session starts: the save mode, an output that
-overlaps what the job reads (input, model, checkpoints), the model (see cli), the feature
+overlaps what the job reads (input, model, checkpoints), the model (see :mod:`em_spark.app.score`), the feature
 count of a list of columns, and ``errorifexists`` against an existing output. The data's
 feature count for a Vector or array column is checked once the input is read, before
 anything is written. The new output then goes to a staging sibling, is read back, and only
@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any, Callable, Sequence
 
-from em_spark.config import ConfigError
+from em_spark.app.config import ConfigError
 
 __all__ = ["save_mode", "refuse_overlap", "check_feature_count", "prepare_output", "write_staged"]
 

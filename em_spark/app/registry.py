@@ -2,7 +2,7 @@
 
 The main CLI adds the parser with :func:`add_registry_parser` and runs the parsed
 arguments with :func:`run_registry`. Errors are raised as
-:class:`~em_spark.registry.RegistryError` for the main CLI to print.
+:class:`~em_spark.storage.registry.RegistryError` for the main CLI to print.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from em_spark.registry import (
+from em_spark.storage.registry import (
     DEFAULT_ALIAS,
     DamagedAliasEntry,
     ModelRegistry,

@@ -8,6 +8,7 @@ create makes a finished night a no-op on re-run).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from em_spark.config import ConfigError, JobConfig
+from em_spark.app.common import estimator_from_config, read_input, require_input, resolve_local, spark_session
+from em_spark.app.config import ConfigError, JobConfig
 
 __all__ = ["run_nightly", "match_components", "holdout_mask"]
 
@@ -57,12 +59,6 @@ def holdout_mask(df: Any, features: Any, fraction: float, sequences: bool = Fals
     return F.pmod(F.xxhash64(key), F.lit(10_000)) < F.lit(int(round(fraction * 10_000)))
 
 
-def _resolve(uri: str | None) -> str | None:
-    from em_spark.cli import _resolve_local
-
-    return _resolve_local(uri)
-
-
 def _read_report(fs: Any, path: str, uri: str) -> dict:
     from em_spark.storage import read_object
 
@@ -79,16 +75,18 @@ def _avg_loglik(model: Any, df: Any) -> float:
 
 
 def run_nightly(config: JobConfig) -> dict[str, Any]:
-    """Run (or confirm) one night's retrain; return the report that was written."""
+    """Run (or confirm) one night's retrain; return the report that was written.
+
+    ``config`` is not changed: the night's input path, run id, checkpoints and restarts are
+    set on copies of it (``dataclasses.replace``)."""
     from em_spark import __version__
-    from em_spark.cli import _session, read_input, require_input
     from em_spark.models import FAMILIES
-    from em_spark.registry import ModelRegistry
+    from em_spark.storage.registry import ModelRegistry
     from em_spark.storage import ObjectExistsError, exists, join, resolve, validate_name, write_object
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    registry_uri = _resolve(config.registry.uri)
+    registry_uri = resolve_local(config.registry.uri)
     name = config.registry.modelName
     if not registry_uri or not name:
         raise ConfigError(f"the nightly job needs registry.uri and registry.modelName (in {config.source})")
@@ -106,11 +104,11 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     template = config.nightly.inputPath or config.input.path
     if not template:
         raise ConfigError(f"the nightly job needs nightly.inputPath or input.path (in {config.source})")
-    config.input.path = template.replace("{date}", date)
+    config = dataclasses.replace(config, input=dataclasses.replace(config.input, path=template.replace("{date}", date)))
     require_input(config)
     # Before Spark starts: a damaged production alias is refused at once, not after the read.
     production_version = registry.alias(name) if registry.exists() and name in registry.names() else None  # first night: none
-    spark = _session(config)
+    spark = spark_session(config)
     data = read_input(spark, config)
     features = config.input.features
     sequential = FAMILIES[config.model.family].sequential
@@ -202,8 +200,6 @@ def _registered_model(config: JobConfig, registry: Any, name: str, version: int)
 
 
 def _retrain(config, registry, name, run_id, production, production_version, train, holdout, timings) -> dict:
-    from em_spark.cli import _estimator
-
     existing = registry.find_by_run_id(name, run_id)
     t = time.perf_counter()
     if existing is not None:
@@ -212,16 +208,20 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
         model = _registered_model(config, registry, name, existing.version)
         mapping = existing.extra.get("componentMapping")
     else:
-        config.run.id = run_id
-        config.run.checkpointDir = config.run.checkpointDir or _join_registry(config, name, "checkpoints")
-        config.fit.nInit = 1 + config.nightly.freshRestarts if production is not None else max(config.fit.nInit, 1)
-        from em_spark import metrics
+        config = dataclasses.replace(
+            config,
+            run=dataclasses.replace(config.run, id=run_id,
+                                    checkpointDir=config.run.checkpointDir or _join_registry(config, name, "checkpoints")),
+            fit=dataclasses.replace(
+                config.fit, nInit=1 + config.nightly.freshRestarts if production is not None else max(config.fit.nInit, 1)),
+        )
+        from em_spark.app import metrics
 
-        checkpoint_dir, metrics_path = config.run.checkpointDir, _resolve(config.run.metricsPath)
+        checkpoint_dir, metrics_path = config.run.checkpointDir, resolve_local(config.run.metricsPath)
         with metrics.IterationRecorder(
             run_id, lambda rid: metrics.metrics_uri(rid, checkpoint_dir, metrics_path), config.storage.s3Endpoint,
         ) as recorder:
-            model = _estimator(config, production).fit(train)
+            model = estimator_from_config(config, production).fit(train)
         timings["fit"] = time.perf_counter() - t
         # The night's fit is a run like any other: its metrics file (and push) as for train.
         metrics.publish(recorder, model, wall_seconds=timings["fit"], pushgateway=config.run.pushgateway)
@@ -283,7 +283,7 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
 def _join_registry(config: JobConfig, *names: str) -> str:
     from em_spark.storage import join
 
-    return join(_resolve(config.registry.uri), *names)
+    return join(resolve_local(config.registry.uri), *names)
 
 
 def human_summary(report: dict[str, Any]) -> str:

@@ -1,0 +1,56 @@
+"""``em-spark select``: fit a grid of k and covariance types over data loaded once; report BIC and AIC."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from em_spark.app.common import estimator_from_config, read_input, resolve_local, spark_session
+from em_spark.app.config import ConfigError, JobConfig
+
+__all__ = ["run_select"]
+
+
+def run_select(config: JobConfig) -> dict[str, Any]:
+    """Fit the configured grid once over cached data; print the table, write the JSON report."""
+    from em_spark.engine.loop import FitSettings
+    from em_spark.engine.spark_source import load_blocks
+    from em_spark.engine.selection import format_table, select_models, to_json
+
+    base = estimator_from_config(config, None)
+    covariance_types = config.select.covarianceTypes if base.hasParam("covarianceType") else [None]
+
+    def make_family(k: int, covariance_type: str | None):
+        candidate = base.copy().setParams(k=k, **({"covarianceType": covariance_type} if covariance_type else {}))
+        return candidate.family()
+
+    spark = spark_session(config)
+    df, features = base._input(read_input(spark, config))
+    family = make_family(min(config.select.ks), covariance_types[0])
+    settings = FitSettings(max_iter=config.fit.maxIter, tol=config.fit.tol, n_init=config.fit.nInit, seed=config.fit.seed)
+    source = load_blocks(
+        df, features, config.input.weightCol, k=min(config.select.ks), seed=config.fit.seed,
+        sample_size=config.fit.initSampleSize, num_partitions=config.fit.numPartitions,
+        aggregation_depth=config.fit.aggregationDepth, label="em_spark select",
+        sequences=family.sequential, allow_missing=family.models_missing,
+        label_col=config.input.labelCol if family.supports_labels else None,
+    )
+    try:
+        candidates = select_models(source, config.select.ks, covariance_types, settings, make_family=make_family)
+    finally:
+        source.close()
+    criterion = config.select.criterion
+    try:
+        table = format_table(candidates, criterion)
+    except ValueError as exc:  # every grid point skipped
+        raise ConfigError(f"select: {exc} (in {config.source})") from None
+    print(table, flush=True)
+    report = to_json(candidates, criterion, input=config.input.path, rows=source.summary.rows)
+    output = resolve_local(config.select.outputPath)
+    if output:
+        from em_spark.storage import resolve, write_object
+
+        fs, path = resolve(output, s3_endpoint=config.storage.s3Endpoint)
+        write_object(fs, path, report.encode(), overwrite=True)
+        print(f"em_spark select: report written to {output}", flush=True)
+    return json.loads(report)
