@@ -5,6 +5,15 @@ from em_spark.api.categorical import CategoricalMixture, CategoricalMixtureModel
 from em_spark.api.gaussian import GaussianMixture, GaussianMixtureModel
 from em_spark.api.hmm import CategoricalHMM, CategoricalHMMModel, GaussianHMM, GaussianHMMModel
 from em_spark.api.kmeans import KMeans, KMeansModel
+from em_spark.models import (
+    FAMILIES,
+    CategoricalHMMFamily,
+    CategoricalMixtureFamily,
+    EMFamily,
+    GaussianFamily,
+    GaussianHMMFamily,
+    KMeansFamily,
+)
 
 __all__ = [
     "ESTIMATORS",
@@ -25,14 +34,17 @@ __all__ = [
     "model_from_bytes",
 ]
 
-#: family name (``model.family`` in a job config) -> estimator class
-ESTIMATORS: dict[str, type[EMEstimator]] = {
-    "gaussian": GaussianMixture,
-    "kmeans": KMeans,
-    "categorical": CategoricalMixture,
-    "gaussian_hmm": GaussianHMM,
-    "categorical_hmm": CategoricalHMM,
+_ESTIMATOR_OF: dict[type[EMFamily], type[EMEstimator]] = {
+    GaussianFamily: GaussianMixture,
+    KMeansFamily: KMeans,
+    CategoricalMixtureFamily: CategoricalMixture,
+    GaussianHMMFamily: GaussianHMM,
+    CategoricalHMMFamily: CategoricalHMM,
 }
+
+#: family name (``model.family`` in a job config) -> estimator class; the names (and their
+#: order) are the models' FAMILIES keys
+ESTIMATORS: dict[str, type[EMEstimator]] = {name: _ESTIMATOR_OF[family] for name, family in FAMILIES.items()}
 
 _MODELS: dict[str, type[EMModel]] = {est._model_class.__name__: est._model_class for est in ESTIMATORS.values()}
 

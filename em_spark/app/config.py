@@ -19,6 +19,10 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from em_spark.models import FAMILIES as _MODEL_FAMILIES
+from em_spark.models.hmm import HMM_COVARIANCE_TYPES
+from em_spark.models.kernels import COVARIANCE_TYPES
+
 __all__ = ["ConfigError", "JobConfig", "load_config", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = "demo.yaml"  # embedded in the package: runs with no files at all
@@ -534,9 +538,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
 
 # -- checking values -------------------------------------------------------------------------
 
-COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
-HMM_COVARIANCE_TYPES = ("full", "diag")
-FAMILIES = ("gaussian", "kmeans", "categorical", "gaussian_hmm", "categorical_hmm")
+# the allowed values are the models' own (models is pure numpy: cheap to import here)
+FAMILIES = tuple(_MODEL_FAMILIES)  # family names, in the models' order
 # the columns a scored row gets (the models' default output column names)
 SCORE_COLUMNS = ("prediction", "probability", "logLikelihood")
 
