@@ -25,12 +25,12 @@ from em_spark.engine.spark_source import describe_features, load_blocks
 from em_spark.engine.validation import DataValidationError
 from em_spark.models.base import EMFamily, Params as ParamArrays
 from em_spark.models.criteria import information_criteria
+from em_spark.storage.names import MODEL_FILE
 
 __all__ = ["EMParams", "EMEstimator", "EMModel", "EMSummary", "MODEL_FILE"]
 
 log = logging.getLogger("em_spark")
 
-MODEL_FILE = "model.emsp"
 MODEL_FORMAT = 1
 
 

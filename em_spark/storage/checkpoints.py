@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import operator
-import re
 from dataclasses import dataclass
 
 from em_spark.storage.errors import CorruptObjectError, SequenceConflictError
@@ -34,11 +33,12 @@ from em_spark.storage.fs import (
     validate_name,
     write_object,
 )
+from em_spark.storage.names import MAX_NUMBER, NumberedNames
 
 __all__ = ["Checkpoint", "CheckpointStore"]
 
-_OBJECT_NAME_RE = re.compile(r"ckpt-(\d{10})\.emck")
-_MAX_SEQUENCE = 10**10 - 1  # ten digits keep name order equal to numeric order
+_OBJECT_NAMES = NumberedNames("ckpt-", ".emck")
+_MAX_SEQUENCE = MAX_NUMBER  # ten digits keep name order equal to numeric order
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,7 @@ class CheckpointStore:
 
     def sequences(self) -> list[int]:
         """Sequences of all objects named like checkpoints (valid or not), ascending."""
-        found = (_OBJECT_NAME_RE.fullmatch(name) for name in list_names(self._fs, self._dir))
-        return sorted(int(match.group(1)) for match in found if match)
+        return _OBJECT_NAMES.numbers(list_names(self._fs, self._dir))
 
     # --- internals ------------------------------------------------------------
 
@@ -218,7 +217,7 @@ class CheckpointStore:
 
 
 def _object_name(sequence: int) -> str:
-    return f"ckpt-{sequence:010d}.emck"
+    return _OBJECT_NAMES.name(sequence)
 
 
 def _checked_sequence(sequence: int) -> int:

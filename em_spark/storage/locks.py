@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import threading
 import time
@@ -64,13 +63,14 @@ from em_spark.storage.fs import (
     validate_name,
     write_object,
 )
+from em_spark.storage.names import MAX_NUMBER, NumberedNames
 
 __all__ = ["DEFAULT_TTL_SECONDS", "Lease", "LeaseLostError", "RunLock", "RunLockedError"]
 
 DEFAULT_TTL_SECONDS = 300.0
 LEASE_FORMAT = 1
-_OBJECT_NAME_RE = re.compile(r"lease-(\d{10})\.emlease")
-_MAX_GENERATION = 10**10 - 1
+_OBJECT_NAMES = NumberedNames("lease-", ".emlease")
+_MAX_GENERATION = MAX_NUMBER
 _ATTEMPTS = 8  # rounds of look-then-create before giving up on a lease that keeps changing
 
 
@@ -386,8 +386,7 @@ class RunLock:
         return join(self._dir, _object_name(generation))
 
     def _generations(self) -> list[int]:
-        found = (_OBJECT_NAME_RE.fullmatch(name) for name in list_names(self._fs, self._dir))
-        return sorted(int(match.group(1)) for match in found if match)
+        return _OBJECT_NAMES.numbers(list_names(self._fs, self._dir))
 
     def _newest(self) -> _Newest | None:
         """The newest generation and its lease (``None`` inside when damaged), or ``None`` if none exists."""
@@ -550,7 +549,7 @@ def _write(fs, path: str, data: bytes) -> None:
 
 
 def _object_name(generation: int) -> str:
-    return f"lease-{generation:010d}.emlease"
+    return _OBJECT_NAMES.name(generation)
 
 
 def _when(t: float) -> str:

@@ -38,7 +38,6 @@ import getpass
 import hashlib
 import json
 import logging
-import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -66,6 +65,7 @@ from em_spark.storage.fs import (
     validate_name,
     write_object,
 )
+from em_spark.storage.names import MAX_NUMBER, MODEL_FILE, NumberedNames
 
 __all__ = [
     "DEFAULT_ALIAS",
@@ -82,14 +82,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ALIAS = "production"
 LATEST = "latest"  # a reserved selector for get(), so it cannot be an alias name
-MODEL_OBJECT = "model.emsp"  # equals em_spark.api.base.MODEL_FILE: a version directory loads with Model.load()
+MODEL_OBJECT = MODEL_FILE  # the name EMModel.save writes: a version directory loads with Model.load()
 METADATA_OBJECT = "version.json.sealed"
 METADATA_FORMAT = 1
 ALIAS_FORMAT = 1
 CLAIM_ATTEMPTS = 32  # a registration loses at most one race per concurrent winner
-_MAX_NUMBER = 10**10 - 1  # ten digits keep name order equal to numeric order
-_CLAIM_RE = re.compile(r"(\d{10})\.claim")
-_ENTRY_RE = re.compile(r"(\d{10})\.json\.sealed")
+_MAX_NUMBER = MAX_NUMBER  # ten digits keep name order equal to numeric order
+_VERSIONS = NumberedNames()  # versions/0000000007/
+_CLAIMS = NumberedNames(suffix=".claim")  # versions/0000000007.claim
+_ENTRIES = NumberedNames(suffix=".json.sealed")  # aliases/<alias>/0000000003.json.sealed
 _METADATA_FIELDS = {
     "run_id": str, "created_at": str, "seed": int, "data_fingerprint": str, "package_version": str,
     "config": dict, "metrics": dict, "extra": dict,
@@ -495,7 +496,7 @@ class ModelRegistry:
 
     def _claimed_numbers(self, name: str) -> list[int]:
         names = list_names(self._fs, self._model_path(name, "versions"))
-        return sorted(int(m.group(1)) for m in map(_CLAIM_RE.fullmatch, names) if m)
+        return _CLAIMS.numbers(names)
 
     def _claim_number(self, name: str, run_id: str) -> int:
         """Create the claim marker of the next free number; retry past numbers others took."""
@@ -507,7 +508,7 @@ class ModelRegistry:
             if candidate > _MAX_NUMBER:
                 raise RegistryError(f"model {name!r} has used every version number up to {_MAX_NUMBER}")
             try:
-                write_object(self._fs, self._model_path(name, "versions", _number_name(candidate) + ".claim"), claim)
+                write_object(self._fs, self._model_path(name, "versions", _CLAIMS.name(candidate)), claim)
                 return candidate
             except ObjectExistsError:
                 log.debug("model %s: version %d was claimed concurrently, trying the next", name, candidate)
@@ -518,7 +519,7 @@ class ModelRegistry:
 
     def _read_claim(self, name: str, number: int) -> dict:
         try:
-            claim = json.loads(unseal(read_object(self._fs, self._model_path(name, "versions", _number_name(number) + ".claim"))))
+            claim = json.loads(unseal(read_object(self._fs, self._model_path(name, "versions", _CLAIMS.name(number)))))
             return claim if isinstance(claim, dict) else {}
         except (OSError, ValueError):
             return {}  # informational only: a claim counts by existing
@@ -585,7 +586,7 @@ class ModelRegistry:
         return self._model_path(name, "aliases", alias)
 
     def _alias_entry_uri(self, name: str, alias: str, sequence: int) -> str:
-        return join(self.root_uri, name, "aliases", alias, _number_name(sequence) + ".json.sealed")
+        return join(self.root_uri, name, "aliases", alias, _ENTRIES.name(sequence))
 
     def _alias_entries(self, name: str, alias: str) -> list[AliasEntry | DamagedAliasEntry]:
         """Every entry from 1 to the highest sequence present, oldest first; damage is kept visible.
@@ -594,7 +595,7 @@ class ModelRegistry:
         deleted, so something removed it) is reported as damaged too.
         """
         names = list_names(self._fs, self._alias_dir(name, alias))
-        present = {int(m.group(1)) for m in map(_ENTRY_RE.fullmatch, names) if m}
+        present = set(_ENTRIES.numbers(names))
         entries: list[AliasEntry | DamagedAliasEntry] = []
         for sequence in range(1, max(present, default=0) + 1):
             key = (name, alias, sequence)
@@ -604,7 +605,7 @@ class ModelRegistry:
                     entries.append(DamagedAliasEntry(alias, sequence, self._alias_entry_uri(name, alias, sequence),
                                                      "missing: the log has later entries but not this one"))
                     continue
-                path = join(self._alias_dir(name, alias), _number_name(sequence) + ".json.sealed")
+                path = join(self._alias_dir(name, alias), _ENTRIES.name(sequence))
                 try:
                     entry = _parse_entry(unseal(read_object(self._fs, path)), alias, sequence)
                 except FileNotFoundError:
@@ -661,7 +662,7 @@ class ModelRegistry:
             if sequence > _MAX_NUMBER:
                 raise RegistryError(f"alias {alias!r} of model {name!r} has no sequence numbers left")
             entry = AliasEntry(**{**asdict(entry), "sequence": sequence})
-            path = join(self._alias_dir(name, alias), _number_name(sequence) + ".json.sealed")
+            path = join(self._alias_dir(name, alias), _ENTRIES.name(sequence))
             try:
                 write_object(self._fs, path, seal(_dumps({"format": ALIAS_FORMAT, **asdict(entry)})))
             except ObjectExistsError:
@@ -711,7 +712,7 @@ def _check_number(version: Any) -> int:
 
 
 def _number_name(number: int) -> str:
-    return f"{number:010d}"
+    return _VERSIONS.name(number)
 
 
 def _utc_now() -> str:
