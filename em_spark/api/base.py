@@ -21,9 +21,11 @@ from pyspark.sql import functions as F
 
 from em_spark.engine.loop import FitResult, FitSettings, fit_em, run_lock
 from em_spark.engine.scoring import score_frame
+from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.engine.spark_source import describe_features, load_blocks
 from em_spark.engine.validation import DataValidationError
-from em_spark.models.base import EMFamily, Params as ParamArrays
+from em_spark.models.base import DEFAULT_K, EMFamily, Params as ParamArrays
+from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.criteria import information_criteria
 from em_spark.storage.names import MODEL_FILE
 
@@ -80,10 +82,13 @@ class EMParams(Params):
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(
-            k=2, maxIter=100, tol=1e-3, seed=0, featuresCol="features", predictionCol="prediction",
+            # defaults of the engine and the families are theirs (initMode: the Gaussian and k-means default)
+            k=DEFAULT_K, maxIter=FitSettings.max_iter, tol=FitSettings.tol, seed=FitSettings.seed,
+            featuresCol="features", predictionCol="prediction",
             probabilityCol="probability", logLikelihoodCol="logLikelihood", weightCol=None, labelCol=None,
-            aggregationDepth=2, initMode="k-means++", nInit=1, initialModel=None, checkpointDir=None,
-            runId=None, keepCheckpoints=3, numPartitions=None, initSampleSize=10_000, s3Endpoint=None,
+            aggregationDepth=DEFAULT_AGGREGATION_DEPTH, initMode=GaussianFamily.init_mode, nInit=FitSettings.n_init,
+            initialModel=None, checkpointDir=None, runId=None, keepCheckpoints=FitSettings.keep_checkpoints,
+            numPartitions=None, initSampleSize=DEFAULT_SAMPLE_SIZE, s3Endpoint=None,
         )
 
     def _set_checked(self, **kwargs: Any) -> None:

@@ -89,7 +89,10 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         s3Endpoint: str | None = None,
     ):
         super().__init__()
-        self._setDefault(kind="categorical", smoothing=1.0, nCategories=None, initMode="random")
+        self._setDefault(
+            kind=CategoricalMixtureFamily.kind, smoothing=CategoricalMixtureFamily.smoothing,
+            nCategories=CategoricalMixtureFamily.n_categories, initMode=CategoricalMixtureFamily.init_mode,
+        )
         self._set_checked(**self._input_kwargs)
 
     def family(self) -> CategoricalMixtureFamily:

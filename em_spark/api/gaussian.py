@@ -20,6 +20,12 @@ class _GaussianParams:
                        "(conditional-Gaussian E-step)", TypeConverters.toString)
 
 
+#: the Gaussian params' defaults: the family's
+_GAUSSIAN_DEFAULTS = dict(
+    covarianceType=GaussianFamily.covariance_type, regCovar=GaussianFamily.reg_covar, handleMissing=GaussianFamily.handle_missing,
+)
+
+
 class GaussianMixtureModel(EMModel, _GaussianParams):
     """A fitted Gaussian mixture.
 
@@ -33,7 +39,7 @@ class GaussianMixtureModel(EMModel, _GaussianParams):
 
     def __init__(self, family: GaussianFamily, params, n_features: int):
         super().__init__(family, params, n_features)
-        self._setDefault(covarianceType="full", regCovar=1e-6, handleMissing="error")
+        self._setDefault(**_GAUSSIAN_DEFAULTS)
         self._set(covarianceType=family.covariance_type, regCovar=family.reg_covar, handleMissing=family.handle_missing)
 
     def impute(self, dataset: DataFrame, outputCol: str = "imputed", stdCol: str | None = None) -> DataFrame:
@@ -134,7 +140,7 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         s3Endpoint: str | None = None,
     ):
         super().__init__()
-        self._setDefault(covarianceType="full", regCovar=1e-6, handleMissing="error")
+        self._setDefault(**_GAUSSIAN_DEFAULTS)
         self._set_checked(**self._input_kwargs)
 
     def family(self) -> GaussianFamily:

@@ -61,6 +61,15 @@ class _CategoricalHMMParams(_SequenceParams):
     smoothing = ml_param("smoothing", "Dirichlet pseudo-count added to every emission count in the M-step", TypeConverters.toFloat)
 
 
+#: the HMM params' defaults: the families' (no long format unless asked)
+_GAUSSIAN_HMM_DEFAULTS = dict(
+    covarianceType=GaussianHMMFamily.covariance_type, regCovar=GaussianHMMFamily.reg_covar, sequenceCol=None, timeCol=None,
+)
+_CATEGORICAL_HMM_DEFAULTS = dict(
+    nCategories=CategoricalHMMFamily.n_categories, smoothing=CategoricalHMMFamily.smoothing, sequenceCol=None, timeCol=None,
+)
+
+
 class _HMMModel(EMModel):
     """A fitted HMM: ``transform`` adds the Viterbi state path (``predictionCol``, array<int>),
     the per-step state posteriors (``probabilityCol``, array<array<double>>) and the
@@ -92,7 +101,7 @@ class GaussianHMMModel(_GaussianHMMParams, _HMMModel):
 
     def __init__(self, family: GaussianHMMFamily, params, n_features: int):
         super().__init__(family, params, n_features)
-        self._setDefault(covarianceType="full", regCovar=1e-6, sequenceCol=None, timeCol=None)
+        self._setDefault(**_GAUSSIAN_HMM_DEFAULTS)
         self._set(covarianceType=family.covariance_type, regCovar=family.reg_covar)
 
     @property
@@ -109,7 +118,7 @@ class CategoricalHMMModel(_CategoricalHMMParams, _HMMModel):
 
     def __init__(self, family: CategoricalHMMFamily, params, n_features: int):
         super().__init__(family, params, n_features)
-        self._setDefault(nCategories=None, smoothing=0.0, sequenceCol=None, timeCol=None)
+        self._setDefault(**_CATEGORICAL_HMM_DEFAULTS)
         self._set(smoothing=family.smoothing)
 
     @property
@@ -160,7 +169,7 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
         s3Endpoint: str | None = None,
     ):
         super().__init__()
-        self._setDefault(covarianceType="full", regCovar=1e-6, sequenceCol=None, timeCol=None)
+        self._setDefault(**_GAUSSIAN_HMM_DEFAULTS)
         self._set_checked(**self._input_kwargs)
 
     def family(self) -> GaussianHMMFamily:
@@ -210,7 +219,7 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
         s3Endpoint: str | None = None,
     ):
         super().__init__()
-        self._setDefault(nCategories=None, smoothing=0.0, sequenceCol=None, timeCol=None)
+        self._setDefault(**_CATEGORICAL_HMM_DEFAULTS)
         self._set_checked(**self._input_kwargs)
 
     def family(self) -> CategoricalHMMFamily:

@@ -10,6 +10,10 @@ from em_spark.models import KMeansFamily
 
 __all__ = ["KMeans", "KMeansModel"]
 
+# k-means converges in fewer, cheaper iterations than the engine's defaults assume
+MAX_ITER = 20
+TOL = 1e-4
+
 
 class KMeansModel(EMModel):
     """Fitted centers. ``transform`` adds ``prediction`` (nearest center), a one-hot
@@ -38,8 +42,8 @@ class KMeans(EMEstimator):
         self,
         *,
         k: int = 2,
-        maxIter: int = 20,
-        tol: float = 1e-4,
+        maxIter: int = MAX_ITER,
+        tol: float = TOL,
         seed: int = 0,
         initMode: str = "k-means++",
         nInit: int = 1,
@@ -58,7 +62,7 @@ class KMeans(EMEstimator):
         s3Endpoint: str | None = None,
     ):
         super().__init__()
-        self._setDefault(maxIter=20, tol=1e-4)
+        self._setDefault(maxIter=MAX_ITER, tol=TOL)
         self._set_checked(**self._input_kwargs)
 
     def family(self) -> KMeansFamily:

@@ -19,7 +19,11 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from em_spark.engine.loop import FitSettings
+from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import FAMILIES as _MODEL_FAMILIES
+from em_spark.models import CategoricalMixtureFamily, GaussianFamily
+from em_spark.models.base import DEFAULT_K
 from em_spark.models.hmm import HMM_COVARIANCE_TYPES
 from em_spark.models.kernels import COVARIANCE_TYPES
 
@@ -53,7 +57,7 @@ def _show(value: Any, limit: int = 100) -> str:
 class RunSection:
     id: str | None = None  # run id: a re-run with the same id resumes from its checkpoints
     checkpointDir: str | None = None  # URI; None disables checkpoints
-    keepCheckpoints: int = 3
+    keepCheckpoints: int = FitSettings.keep_checkpoints
     logFormat: str = "text"  # "text" or "json"
     logLevel: str = "INFO"  # DEBUG also shows the libraries' debug lines (credentials redacted)
     metricsPath: str | None = None  # URI of the run's metrics JSON ({runId} replaced); default <checkpointDir>/<runId>/metrics.json
@@ -99,26 +103,28 @@ class ModelSection:
     """The model; keys a family does not take must stay at their defaults (else an error says so)."""
 
     family: str = "gaussian"  # gaussian | kmeans | categorical | gaussian_hmm | categorical_hmm
-    k: int = 2
-    covarianceType: str = "full"  # gaussian: full|diag|spherical|tied; gaussian_hmm: full|diag
-    regCovar: float = 1e-6
-    initMode: str = "k-means++"
+    # defaults: the families' own (the Gaussian family's where families differ)
+    k: int = DEFAULT_K
+    covarianceType: str = GaussianFamily.covariance_type  # gaussian: full|diag|spherical|tied; gaussian_hmm: full|diag
+    regCovar: float = GaussianFamily.reg_covar
+    initMode: str = GaussianFamily.init_mode
     initialModel: str | None = None  # path of a saved model to start restart 0 from
-    handleMissing: str = "error"  # gaussian: "model" fits rows with missing (null/NaN) entries exactly
-    kind: str = "categorical"  # categorical: "categorical" codes or "multinomial" count vectors
+    handleMissing: str = GaussianFamily.handle_missing  # gaussian: "model" fits rows with missing (null/NaN) entries exactly
+    kind: str = CategoricalMixtureFamily.kind  # categorical: "categorical" codes or "multinomial" count vectors
     smoothing: float | None = None  # categorical, categorical_hmm: Dirichlet pseudo-count (default: the family's)
     nCategories: Any = None  # categorical(_hmm): categories per feature (default: inferred)
 
 
 @dataclass
 class FitSection:
-    maxIter: int = 100
-    tol: float = 1e-3
-    nInit: int = 1
-    seed: int = 0
+    # defaults: the engine's own
+    maxIter: int = FitSettings.max_iter
+    tol: float = FitSettings.tol
+    nInit: int = FitSettings.n_init
+    seed: int = FitSettings.seed
     numPartitions: int | None = None
-    aggregationDepth: int = 2
-    initSampleSize: int = 10_000
+    aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH
+    initSampleSize: int = DEFAULT_SAMPLE_SIZE
 
 
 @dataclass

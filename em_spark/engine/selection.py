@@ -51,8 +51,8 @@ def select_models(
     covariance_types: Sequence[str],
     settings: FitSettings,
     *,
-    reg_covar: float = 1e-6,
-    init_mode: str = "k-means++",
+    reg_covar: float = GaussianFamily.reg_covar,
+    init_mode: str = GaussianFamily.init_mode,
     make_family: Callable[[int, str | None], EMFamily] | None = None,
 ) -> list[Candidate]:
     """Fit every (k, covariance type) on ``source``; return the candidates in grid order.

@@ -30,10 +30,16 @@ class BlockSource(Protocol):
         """Summed sufficient statistics of all rows under ``params``."""
 
 
+#: rows (or sequences) sampled for initialization when not told
+DEFAULT_SAMPLE_SIZE = 10_000
+#: depth of the tree reduce of statistics when not told
+DEFAULT_AGGREGATION_DEPTH = 2
+
+
 class LocalBlockSource:
     """In-process blocks: for tests and for small data on the driver."""
 
-    def __init__(self, blocks: list[Block], sample_size: int = 10_000, seed: int = 0):
+    def __init__(self, blocks: list[Block], sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0):
         self.blocks = blocks
         summary = None
         for b in blocks:

@@ -42,6 +42,7 @@ from em_spark.engine.executor_files import (
 )
 from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
 from em_spark.engine.reduce import ordered_tree_reduce
+from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.engine.validation import DataValidationError, check_loaded
 from em_spark.models.base import Block, EMFamily, Params
 from em_spark.stats import Stats
@@ -424,9 +425,9 @@ def load_blocks(
     *,
     k: int,
     seed: int,
-    sample_size: int = 10_000,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
     num_partitions: int | None = None,
-    aggregation_depth: int = 2,
+    aggregation_depth: int = DEFAULT_AGGREGATION_DEPTH,
     label: str = "",
     sequences: bool = False,
     allow_missing: bool = False,

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 #: A component (state) whose share of the total weight falls below this has lost its mass.
+#: components of a model when none is given (estimators and job configs)
+DEFAULT_K = 2
 DEAD_FRACTION = 1e-10
 
 Params = dict  # dict[str, np.ndarray]; kept as a plain dict so it serializes without pickle
