@@ -7,7 +7,10 @@ from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 
 from em_spark.api.base import EMEstimator, EMModel, ml_param
+from em_spark.engine.loop import FitSettings
+from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import CategoricalMixtureFamily
+from em_spark.models.base import DEFAULT_K
 
 __all__ = ["CategoricalMixture", "CategoricalMixtureModel"]
 
@@ -64,15 +67,15 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
     def __init__(
         self,
         *,
-        k: int = 2,
-        kind: str = "categorical",
-        smoothing: float = 1.0,
+        k: int = DEFAULT_K,
+        kind: str = CategoricalMixtureFamily.kind,
+        smoothing: float = CategoricalMixtureFamily.smoothing,
         nCategories=None,
-        maxIter: int = 100,
-        tol: float = 1e-3,
-        seed: int = 0,
-        initMode: str = "random",
-        nInit: int = 1,
+        maxIter: int = FitSettings.max_iter,
+        tol: float = FitSettings.tol,
+        seed: int = FitSettings.seed,
+        initMode: str = CategoricalMixtureFamily.init_mode,
+        nInit: int = FitSettings.n_init,
         initialModel=None,
         featuresCol="features",
         predictionCol: str = "prediction",
@@ -80,12 +83,12 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         logLikelihoodCol: str = "logLikelihood",
         weightCol: str | None = None,
         labelCol: str | None = None,
-        aggregationDepth: int = 2,
+        aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH,
         checkpointDir: str | None = None,
         runId: str | None = None,
-        keepCheckpoints: int = 3,
+        keepCheckpoints: int = FitSettings.keep_checkpoints,
         numPartitions: int | None = None,
-        initSampleSize: int = 10_000,
+        initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
     ):
         super().__init__()

@@ -8,7 +8,10 @@ from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
 from em_spark.api.base import EMEstimator, EMModel, ml_param
+from em_spark.engine.loop import FitSettings
+from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import GaussianFamily
+from em_spark.models.base import DEFAULT_K
 
 __all__ = ["GaussianMixture", "GaussianMixtureModel"]
 
@@ -115,15 +118,15 @@ class GaussianMixture(EMEstimator, _GaussianParams):
     def __init__(
         self,
         *,
-        k: int = 2,
-        covarianceType: str = "full",
-        maxIter: int = 100,
-        tol: float = 1e-3,
-        seed: int = 0,
-        regCovar: float = 1e-6,
-        handleMissing: str = "error",
-        initMode: str = "k-means++",
-        nInit: int = 1,
+        k: int = DEFAULT_K,
+        covarianceType: str = GaussianFamily.covariance_type,
+        maxIter: int = FitSettings.max_iter,
+        tol: float = FitSettings.tol,
+        seed: int = FitSettings.seed,
+        regCovar: float = GaussianFamily.reg_covar,
+        handleMissing: str = GaussianFamily.handle_missing,
+        initMode: str = GaussianFamily.init_mode,
+        nInit: int = FitSettings.n_init,
         initialModel=None,
         featuresCol="features",
         predictionCol: str = "prediction",
@@ -131,12 +134,12 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         logLikelihoodCol: str = "logLikelihood",
         weightCol: str | None = None,
         labelCol: str | None = None,
-        aggregationDepth: int = 2,
+        aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH,
         checkpointDir: str | None = None,
         runId: str | None = None,
-        keepCheckpoints: int = 3,
+        keepCheckpoints: int = FitSettings.keep_checkpoints,
         numPartitions: int | None = None,
-        initSampleSize: int = 10_000,
+        initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
     ):
         super().__init__()

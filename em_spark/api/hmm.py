@@ -16,8 +16,11 @@ from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
 from em_spark.api.base import EMEstimator, EMModel, ml_param, optional_string
+from em_spark.engine.loop import FitSettings
+from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.engine.spark_source import group_sequences
 from em_spark.models import CategoricalHMMFamily, GaussianHMMFamily
+from em_spark.models.base import DEFAULT_K
 
 __all__ = ["GaussianHMM", "GaussianHMMModel", "CategoricalHMM", "CategoricalHMMModel", "SEQUENCE_COL"]
 
@@ -144,14 +147,14 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
     def __init__(
         self,
         *,
-        k: int = 2,
-        covarianceType: str = "full",
-        maxIter: int = 100,
-        tol: float = 1e-3,
-        seed: int = 0,
-        regCovar: float = 1e-6,
-        initMode: str = "k-means++",
-        nInit: int = 1,
+        k: int = DEFAULT_K,
+        covarianceType: str = GaussianHMMFamily.covariance_type,
+        maxIter: int = FitSettings.max_iter,
+        tol: float = FitSettings.tol,
+        seed: int = FitSettings.seed,
+        regCovar: float = GaussianHMMFamily.reg_covar,
+        initMode: str = GaussianHMMFamily.init_mode,
+        nInit: int = FitSettings.n_init,
         initialModel=None,
         featuresCol="features",
         sequenceCol: str | None = None,
@@ -160,12 +163,12 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
         weightCol: str | None = None,
-        aggregationDepth: int = 2,
+        aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH,
         checkpointDir: str | None = None,
         runId: str | None = None,
-        keepCheckpoints: int = 3,
+        keepCheckpoints: int = FitSettings.keep_checkpoints,
         numPartitions: int | None = None,
-        initSampleSize: int = 10_000,
+        initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
     ):
         super().__init__()
@@ -195,13 +198,13 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
     def __init__(
         self,
         *,
-        k: int = 2,
+        k: int = DEFAULT_K,
         nCategories: int | None = None,
-        smoothing: float = 0.0,
-        maxIter: int = 100,
-        tol: float = 1e-3,
-        seed: int = 0,
-        nInit: int = 1,
+        smoothing: float = CategoricalHMMFamily.smoothing,
+        maxIter: int = FitSettings.max_iter,
+        tol: float = FitSettings.tol,
+        seed: int = FitSettings.seed,
+        nInit: int = FitSettings.n_init,
         initialModel=None,
         featuresCol="features",
         sequenceCol: str | None = None,
@@ -210,12 +213,12 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
         weightCol: str | None = None,
-        aggregationDepth: int = 2,
+        aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH,
         checkpointDir: str | None = None,
         runId: str | None = None,
-        keepCheckpoints: int = 3,
+        keepCheckpoints: int = FitSettings.keep_checkpoints,
         numPartitions: int | None = None,
-        initSampleSize: int = 10_000,
+        initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
     ):
         super().__init__()

@@ -6,7 +6,10 @@ import numpy as np
 from pyspark import keyword_only
 
 from em_spark.api.base import EMEstimator, EMModel
+from em_spark.engine.loop import FitSettings
+from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import KMeansFamily
+from em_spark.models.base import DEFAULT_K
 
 __all__ = ["KMeans", "KMeansModel"]
 
@@ -41,24 +44,24 @@ class KMeans(EMEstimator):
     def __init__(
         self,
         *,
-        k: int = 2,
+        k: int = DEFAULT_K,
         maxIter: int = MAX_ITER,
         tol: float = TOL,
-        seed: int = 0,
-        initMode: str = "k-means++",
-        nInit: int = 1,
+        seed: int = FitSettings.seed,
+        initMode: str = KMeansFamily.init_mode,
+        nInit: int = FitSettings.n_init,
         initialModel=None,
         featuresCol="features",
         predictionCol: str = "prediction",
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
         weightCol: str | None = None,
-        aggregationDepth: int = 2,
+        aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH,
         checkpointDir: str | None = None,
         runId: str | None = None,
-        keepCheckpoints: int = 3,
+        keepCheckpoints: int = FitSettings.keep_checkpoints,
         numPartitions: int | None = None,
-        initSampleSize: int = 10_000,
+        initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
     ):
         super().__init__()
