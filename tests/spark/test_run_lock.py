@@ -44,6 +44,26 @@ def test_two_trains_with_one_run_id_at_once_exactly_one_proceeds(tmp_path):
     assert "em-spark: error: run twice is already running (owner host " in loser_err
     assert f" pid {winner.pid}, since " in loser_err and "wait for it, or use another run id" in loser_err
     assert "Traceback" not in loser_err
-    # The lease comes before the load: the losing run never paid for reading the data.
-    assert "loaded and validated" not in loser_err and "loaded and validated" in outputs[codes.index(0)][1]
     assert (tmp_path / "em-spark-demo" / "model-local").exists()
+
+
+def test_a_train_of_a_run_id_already_running_stops_before_it_loads_the_data(tmp_path):
+    # Two drivers started at the same instant both load, and the lease after the load decides
+    # (above). A run started while another holds the lease stops before its load.
+    from em_spark.storage import RunLock
+
+    config = yaml.safe_load((REPO / "conf" / "local.yaml").read_text())
+    config["run"]["id"] = "busy"
+    config["input"]["generate"] = None
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    write_blobs(str(tmp_path / "em-spark-demo" / "data"), 3000, 2, 3, seed=1)
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": "127.0.0.1"}
+    holder = RunLock(str(tmp_path / config["run"]["checkpointDir"]), "busy", heartbeat_seconds=0)
+    with holder:  # this test process is the live holder
+        out = subprocess.run([sys.executable, "-m", "em_spark.cli", "train", "--config", str(path)], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"em-spark: error: run busy is already running (owner host " in out.stderr and f" pid {os.getpid()}, " in out.stderr
+    assert "loaded and validated" not in out.stderr and "Traceback" not in out.stderr
