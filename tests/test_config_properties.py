@@ -234,12 +234,15 @@ def no_spark(monkeypatch, tmp_path):
     def accepted(config):
         raise AssertionError("the config was accepted and train would have started Spark")
 
-    monkeypatch.setattr(cli, "run_train", accepted)
-    monkeypatch.chdir(tmp_path)
-    yield
     from pyspark import SparkContext
 
-    assert SparkContext._active_spark_context is None and SparkContext._gateway is None, "a JVM was started"
+    monkeypatch.setattr(cli, "run_train", accepted)
+    # main() stops the active session on its way out: in a full run that is the suite's shared one.
+    monkeypatch.setattr(cli, "_stop_session", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    before = (SparkContext._active_spark_context, SparkContext._gateway)  # the suite's own JVM, if any
+    yield
+    assert (SparkContext._active_spark_context, SparkContext._gateway) == before, "a JVM was started"
 
 
 def _refused(key: str, raw: str, capsys) -> None:
