@@ -108,8 +108,10 @@ def write_parquet(X: np.ndarray, directory: str) -> str:
     with pq.ParquetWriter(path, schema) as writer:
         step = 262_144
         for start in range(0, len(X), step):
-            block = X[start:start + step]
-            writer.write_table(pa.table({f"x{j}": np.ascontiguousarray(block[:, j]) for j in range(X.shape[1])}, schema=schema))
+            block = X[start : start + step]
+            writer.write_table(
+                pa.table({f"x{j}": np.ascontiguousarray(block[:, j]) for j in range(X.shape[1])}, schema=schema)
+            )
     return directory
 
 
@@ -152,8 +154,15 @@ def fit_sklearn(X, case: Case, max_iter: int, init, seed: int):
     from sklearn.mixture import GaussianMixture
 
     gm = GaussianMixture(
-        n_components=case.k, covariance_type="full", tol=0.0, max_iter=max_iter, reg_covar=REG_COVAR,
-        n_init=1, random_state=seed, weights_init=init["weights"], means_init=init["means"],
+        n_components=case.k,
+        covariance_type="full",
+        tol=0.0,
+        max_iter=max_iter,
+        reg_covar=REG_COVAR,
+        n_init=1,
+        random_state=seed,
+        weights_init=init["weights"],
+        means_init=init["means"],
         precisions_init=np.linalg.inv(init["covariances"]),
     )
     with warnings.catch_warnings():
@@ -168,16 +177,29 @@ def fit_em_spark(df, case: Case, max_iter: int, init, seed: int, partitions: int
     from em_spark import GaussianMixture
 
     gm = GaussianMixture(
-        k=case.k, covarianceType="full", maxIter=max_iter, tol=0.0, seed=seed, featuresCol="features",
-        initialModel={key: np.array(v) for key, v in init.items()}, numPartitions=partitions,
+        k=case.k,
+        covarianceType="full",
+        maxIter=max_iter,
+        tol=0.0,
+        seed=seed,
+        featuresCol="features",
+        initialModel={key: np.array(v) for key, v in init.items()},
+        numPartitions=partitions,
     )
     started = time.perf_counter()
     model = gm.fit(df)
     seconds = time.perf_counter() - started
     s = model.summary
-    return seconds, int(s.numIter), float(s.averageLogLikelihood), {
-        "iterationSeconds": list(s.iterationSeconds), "means": model.means, "weights": model.weights,
-    }
+    return (
+        seconds,
+        int(s.numIter),
+        float(s.averageLogLikelihood),
+        {
+            "iterationSeconds": list(s.iterationSeconds),
+            "means": model.means,
+            "weights": model.weights,
+        },
+    )
 
 
 def fit_pyspark_ml(df, case: Case, max_iter: int, seed: int):
@@ -208,10 +230,18 @@ def measure(name: str, fit, a: int, b: int, repeats: int) -> dict:
     n_a, n_b = last[a][0], last[b][0]
     per_iter = (t_b - t_a) / (n_b - n_a) if n_b > n_a else None
     return {
-        "engine": name, "maxIterA": a, "maxIterB": b, "runs": {str(k): v for k, v in runs.items()},
-        "tA": t_a, "tB": t_b, "nA": n_a, "nB": n_b, "secondsPerIteration": per_iter,
+        "engine": name,
+        "maxIterA": a,
+        "maxIterB": b,
+        "runs": {str(k): v for k, v in runs.items()},
+        "tA": t_a,
+        "tB": t_b,
+        "nA": n_a,
+        "nB": n_b,
+        "secondsPerIteration": per_iter,
         "fixedSeconds": (t_a - n_a * per_iter) if per_iter is not None else None,
-        "avgLogLik": last[b][1], "extra": last[b][2],
+        "avgLogLik": last[b][1],
+        "extra": last[b][2],
     }
 
 
@@ -232,14 +262,18 @@ def run_case(spark, case: Case, args) -> dict:
         init = initial_params(X, case.k, args.seed)
 
         log("scikit-learn (one process, same numpy data)")
-        sk = measure("scikit-learn", lambda m: fit_sklearn(X, case, m, init, args.seed), a, b, args.repeats)
+        sk = measure("scikit-learn", lambda m, X=X: fit_sklearn(X, case, m, init, args.seed), a, b, args.repeats)
         del X  # the Spark engines read the Parquet copy; nothing big stays on the driver
         gc.collect()
 
         raw = spark.read.parquet(tmp)
         cols = [f"x{j}" for j in range(case.features)]
-        df = (VectorAssembler(inputCols=cols, outputCol="features").transform(raw.repartition(args.partitions))
-              .select("features").cache())
+        df = (
+            VectorAssembler(inputCols=cols, outputCol="features")
+            .transform(raw.repartition(args.partitions))
+            .select("features")
+            .cache()
+        )
         started = time.perf_counter()
         count = df.count()
         cache_seconds = time.perf_counter() - started
@@ -247,8 +281,9 @@ def run_case(spark, case: Case, args) -> dict:
         log(f"cached DataFrame: {count:,} rows, {df.rdd.getNumPartitions()} partitions ({cache_seconds:.1f} s)")
         try:
             log("em_spark")
-            em = measure("em_spark", lambda m: fit_em_spark(df, case, m, init, args.seed, args.em_partitions),
-                         a, b, args.repeats)
+            em = measure(
+                "em_spark", lambda m: fit_em_spark(df, case, m, init, args.seed, args.em_partitions), a, b, args.repeats
+            )
             log("pyspark.ml")
             ml = measure("pyspark.ml", lambda m: fit_pyspark_ml(df, case, m, args.seed), a, b, args.repeats)
         finally:
@@ -270,9 +305,16 @@ def run_case(spark, case: Case, args) -> dict:
     for r in (sk, em, ml):
         r["extra"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r["extra"].items()}
     return {
-        "case": case.name, "rows": case.rows, "features": case.features, "k": case.k,
-        "separation": case.separation, "dataSeed": case.seed, "generator": how,
-        "partitions": args.partitions, "cacheSeconds": cache_seconds, "initialParams": {k: v.tolist() for k, v in init.items()},
+        "case": case.name,
+        "rows": case.rows,
+        "features": case.features,
+        "k": case.k,
+        "separation": case.separation,
+        "dataSeed": case.seed,
+        "generator": how,
+        "partitions": args.partitions,
+        "cacheSeconds": cache_seconds,
+        "initialParams": {k: v.tolist() for k, v in init.items()},
         "engines": [em, ml, sk],
     }
 
@@ -302,7 +344,9 @@ def table(results: list[dict]) -> str:
                 notes.append(f"fixed ≈ {r['fixedSeconds']:.1f} s")
             if r is em:
                 d = r["diffVsSklearn"]
-                notes.append(f"same init as sklearn; avg loglik differs by {d['avgLogLik']:.1e}, means by up to {d['means']:.1e}")
+                notes.append(
+                    f"same init as sklearn; avg loglik differs by {d['avgLogLik']:.1e}, means by up to {d['means']:.1e}"
+                )
             if r is sk:
                 notes.append("same init; one process, BLAS threads = all cores")
             if r is ml:
@@ -338,8 +382,13 @@ def versions() -> dict:
     except Exception as exc:  # informational only
         java = f"unknown ({exc})"
     return {
-        "python": platform.python_version(), "pyspark": pyspark.__version__, "numpy": np.__version__,
-        "sklearn": sklearn.__version__, "pyarrow": pyarrow.__version__, "em_spark": em_spark.__version__, "java": java,
+        "python": platform.python_version(),
+        "pyspark": pyspark.__version__,
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "pyarrow": pyarrow.__version__,
+        "em_spark": em_spark.__version__,
+        "java": java,
     }
 
 
@@ -356,10 +405,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--master", default="local[2]")
     p.add_argument("--iters", type=int, default=10, help="B - A: extra iterations of the long fit (default 10)")
     p.add_argument("--base", type=int, default=2, help="A: maxIter of the short fit (default 2)")
-    p.add_argument("--repeats", type=int, default=1, help="(A, B) fit pairs per engine; the minimum time of each is used")
-    p.add_argument("--partitions", type=int, default=4, help="partitions of the cached input DataFrame (both engines read it)")
-    p.add_argument("--em-partitions", type=int, default=None,
-                   help="em_spark numPartitions (default: em_spark's own default, one partition per core)")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="(A, B) fit pairs per engine; the minimum time of each is used"
+    )
+    p.add_argument(
+        "--partitions", type=int, default=4, help="partitions of the cached input DataFrame (both engines read it)"
+    )
+    p.add_argument(
+        "--em-partitions",
+        type=int,
+        default=None,
+        help="em_spark numPartitions (default: em_spark's own default, one partition per core)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the shared initial model and of pyspark.ml's init")
     p.add_argument("--driver-memory", default="6g")
     p.add_argument("--tmpdir", default=None, help="where the temporary Parquet copy goes (default: system temp)")
@@ -376,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     spark.sparkContext.setLogLevel("WARN")
     sc = spark.sparkContext
     jvm_max = int(sc._jvm.java.lang.Runtime.getRuntime().maxMemory())
-    log(f"Spark {spark.version} master={sc.master} defaultParallelism={sc.defaultParallelism} "
-        f"driver heap max {jvm_max / 2**30:.1f} GiB")
+    log(
+        f"Spark {spark.version} master={sc.master} defaultParallelism={sc.defaultParallelism} "
+        f"driver heap max {jvm_max / 2**30:.1f} GiB"
+    )
     started = _dt.datetime.now(_dt.timezone.utc)
     results = []
     try:
@@ -390,16 +449,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from threadpoolctl import threadpool_info
 
-        blas = [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer")} for i in threadpool_info()]
+        blas = [
+            {k: i.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer")}
+            for i in threadpool_info()
+        ]
     except Exception:
         blas = None
     info = {
-        "command": command, "cwd": os.getcwd(), "started": started.isoformat(timespec="seconds"),
+        "command": command,
+        "cwd": os.getcwd(),
+        "started": started.isoformat(timespec="seconds"),
         "host": {"nproc": nproc(), "platform": platform.platform(), "machine": platform.machine()},
-        "versions": versions(), "driverBlas": blas,
+        "versions": versions(),
+        "driverBlas": blas,
         "spark": {"master": args.master, "conf": conf, "driverHeapMaxBytes": jvm_max},
-        "method": {"maxIterA": args.base, "maxIterB": args.base + args.iters, "repeats": args.repeats, "tol": 0.0,
-                   "regCovar(sklearn, em_spark)": REG_COVAR, "sparkEpsilon": SPARK_EPSILON, "floorMargin": FLOOR_MARGIN},
+        "method": {
+            "maxIterA": args.base,
+            "maxIterB": args.base + args.iters,
+            "repeats": args.repeats,
+            "tol": 0.0,
+            "regCovar(sklearn, em_spark)": REG_COVAR,
+            "sparkEpsilon": SPARK_EPSILON,
+            "floorMargin": FLOOR_MARGIN,
+        },
         "results": results,
     }
     v = info["versions"]
@@ -419,8 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     for res in results:
-        header.append(f"- {res['case']}: {res['rows']:,} x {res['features']}, K={res['k']}, "
-                      f"separation {res['separation']}, data: {res['generator']}")
+        header.append(
+            f"- {res['case']}: {res['rows']:,} x {res['features']}, K={res['k']}, "
+            f"separation {res['separation']}, data: {res['generator']}"
+        )
     text = "\n".join(header) + "\n\n" + table(results) + "\n"
     print(text)
     out = Path(args.out)

@@ -81,10 +81,15 @@ def log(msg: str) -> None:
 
 def describe(case: Case) -> str:
     if case.kind == "gaussian":
-        return (f"{case.sequences:,} sequences x {case.steps} steps, GaussianHMM k={case.k}, d={TRUE_MEANS.shape[1]}, "
-                f"{case.covariance} covariance" + (" (data from the full-covariance true HMM)" if case.covariance == "diag" else ""))
-    return (f"{case.sequences:,} sequences x {case.steps} steps, CategoricalHMM k={case.k}, "
-            f"{TRUE_EMISSION.shape[1]} symbols")
+        return (
+            f"{case.sequences:,} sequences x {case.steps} steps, GaussianHMM k={case.k}, d={TRUE_MEANS.shape[1]}, "
+            f"{case.covariance} covariance"
+            + (" (data from the full-covariance true HMM)" if case.covariance == "diag" else "")
+        )
+    return (
+        f"{case.sequences:,} sequences x {case.steps} steps, CategoricalHMM k={case.k}, "
+        f"{TRUE_EMISSION.shape[1]} symbols"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -197,8 +202,9 @@ def initial_model(X: np.ndarray, case: Case, seed: int, sample: int = 10_000) ->
                 centers[j] = S[lab == j].mean(0)
     lab = labels()
     overall = np.cov(S, rowvar=False, bias=True)
-    covs = np.array([np.cov(S[lab == j], rowvar=False, bias=True) if np.sum(lab == j) > 2 * d else overall
-                     for j in range(k)])
+    covs = np.array(
+        [np.cov(S[lab == j], rowvar=False, bias=True) if np.sum(lab == j) > 2 * d else overall for j in range(k)]
+    )
     covs = 0.5 * (covs + covs.transpose(0, 2, 1)) + 1e-6 * np.eye(d)
     out["means"] = centers.copy()
     out["covariances"] = covs if case.covariance == "full" else np.einsum("kii->ki", covs).copy()
@@ -245,8 +251,11 @@ def fit_hmmlearn(X, lengths, case: Case, max_iter: int, init, implementation: st
     m.fit(X, lengths)
     seconds = time.perf_counter() - started
     mon = m.monitor_
-    extra = {"iterationSeconds": np.diff(mon.stamps).tolist(), "logLikelihoodHistory": list(mon.all_history),
-             "params": _hmmlearn_params(m, case)}
+    extra = {
+        "iterationSeconds": np.diff(mon.stamps).tolist(),
+        "logLikelihoodHistory": list(mon.all_history),
+        "params": _hmmlearn_params(m, case),
+    }
     return seconds, int(mon.iter), float(mon.all_history[-1]), extra
 
 
@@ -263,8 +272,15 @@ def _hmmlearn_params(m, case: Case) -> dict[str, np.ndarray]:
 def fit_em_spark(df, case: Case, max_iter: int, init, seed: int, partitions: int | None):
     from em_spark import CategoricalHMM, GaussianHMM
 
-    common = dict(k=case.k, maxIter=max_iter, tol=0.0, seed=seed, featuresCol="obs", numPartitions=partitions,
-                  initialModel={key: np.array(v) for key, v in init.items()})
+    common = dict(
+        k=case.k,
+        maxIter=max_iter,
+        tol=0.0,
+        seed=seed,
+        featuresCol="obs",
+        numPartitions=partitions,
+        initialModel={key: np.array(v) for key, v in init.items()},
+    )
     if case.kind == "gaussian":
         est = GaussianHMM(covarianceType=case.covariance, regCovar=0.0, **common)
     else:
@@ -274,9 +290,11 @@ def fit_em_spark(df, case: Case, max_iter: int, init, seed: int, partitions: int
     seconds = time.perf_counter() - started
     s = model.summary
     n_seq = float(s.totalWeight)
-    extra = {"iterationSeconds": list(s.iterationSeconds),
-             "logLikelihoodHistory": [float(h) * n_seq for h in s.logLikelihoodHistory],
-             "params": {key: np.array(v) for key, v in model.public_params().items()}}
+    extra = {
+        "iterationSeconds": list(s.iterationSeconds),
+        "logLikelihoodHistory": [float(h) * n_seq for h in s.logLikelihoodHistory],
+        "params": {key: np.array(v) for key, v in model.public_params().items()},
+    }
     return seconds, int(s.numIter), float(s.logLikelihood), extra
 
 
@@ -290,21 +308,36 @@ def measure(name: str, fit, a: int, b: int, repeats: int) -> dict:
     for _ in range(repeats):
         for m in (a, b):
             seconds, n_iter, ll, extra = fit(m)
-            runs[m].append({"seconds": seconds, "numIter": n_iter, "logLik": ll,
-                            "iterationSeconds": extra["iterationSeconds"]})
+            runs[m].append(
+                {"seconds": seconds, "numIter": n_iter, "logLik": ll, "iterationSeconds": extra["iterationSeconds"]}
+            )
             last[m] = (n_iter, ll, extra)
             if m == b:
                 per_iter_b.extend(extra["iterationSeconds"][1:])  # the first iteration is also the warm-up of the fit
-            log(f"  {name}: maxIter={m} ran {n_iter} iterations in {seconds:.3f} s (loglik {ll:.6f}, "
-                f"median iteration {statistics.median(extra['iterationSeconds']):.3f} s)")
+            log(
+                f"  {name}: maxIter={m} ran {n_iter} iterations in {seconds:.3f} s (loglik {ll:.6f}, "
+                f"median iteration {statistics.median(extra['iterationSeconds']):.3f} s)"
+            )
     n_a, n_b = last[a][0], last[b][0]
-    out = {"engine": name, "maxIterA": a, "maxIterB": b, "runs": {str(k): v for k, v in runs.items()},
-           "nA": n_a, "nB": n_b, "logLik": last[b][1], "extra": last[b][2]}
+    out = {
+        "engine": name,
+        "maxIterA": a,
+        "maxIterB": b,
+        "runs": {str(k): v for k, v in runs.items()},
+        "nA": n_a,
+        "nB": n_b,
+        "logLik": last[b][1],
+        "extra": last[b][2],
+    }
     for stat, f in (("min", min), ("median", statistics.median)):
         t_a, t_b = f(x["seconds"] for x in runs[a]), f(x["seconds"] for x in runs[b])
         per = (t_b - t_a) / (n_b - n_a) if n_b > n_a else None
-        out[stat] = {"tA": t_a, "tB": t_b, "secondsPerIteration": per,
-                     "fixedSeconds": (t_a - n_a * per) if per is not None else None}
+        out[stat] = {
+            "tA": t_a,
+            "tB": t_b,
+            "secondsPerIteration": per,
+            "fixedSeconds": (t_a - n_a * per) if per is not None else None,
+        }
     out["secondsPerIteration"] = out["min"]["secondsPerIteration"]
     out["medianIterationSeconds"] = statistics.median(per_iter_b) if per_iter_b else None
     out["fastestIterationSeconds"] = min(per_iter_b) if per_iter_b else None
@@ -335,8 +368,12 @@ def kernel_time(X, lengths, case: Case, init, repeats: int) -> dict:
             started = time.perf_counter()
             family.m_step(stats, params, sample, np.random.default_rng(0))
             m_times.append(time.perf_counter() - started)
-    return {"eStepSeconds1Thread": min(e_times), "eStepRuns": e_times, "mStepSeconds": min(m_times),
-            "logLik": float(stats.loglik)}
+    return {
+        "eStepSeconds1Thread": min(e_times),
+        "eStepRuns": e_times,
+        "mStepSeconds": min(m_times),
+        "logLik": float(stats.loglik),
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -371,8 +408,9 @@ def run_case(spark, case: Case, args) -> dict:
             log(f"  kernel timing failed: {kernel['error']}")
 
         log(f"hmmlearn ({args.hmmlearn_impl} implementation, one process, same numpy data)")
-        hl = measure("hmmlearn", lambda m: fit_hmmlearn(X, lengths, case, m, init, args.hmmlearn_impl),
-                     a, b, args.repeats)
+        hl = measure(
+            "hmmlearn", lambda m, X=X: fit_hmmlearn(X, lengths, case, m, init, args.hmmlearn_impl), a, b, args.repeats
+        )
         del X
         gc.collect()
 
@@ -384,8 +422,9 @@ def run_case(spark, case: Case, args) -> dict:
         log(f"cached DataFrame: {count:,} sequences, {df.rdd.getNumPartitions()} partitions ({cache_seconds:.1f} s)")
         try:
             log("em_spark")
-            em = measure("em_spark", lambda m: fit_em_spark(df, case, m, init, args.seed, args.em_partitions),
-                         a, b, args.repeats)
+            em = measure(
+                "em_spark", lambda m: fit_em_spark(df, case, m, init, args.seed, args.em_partitions), a, b, args.repeats
+            )
         finally:
             df.unpersist()
     finally:
@@ -398,20 +437,33 @@ def run_case(spark, case: Case, args) -> dict:
         "iterations": [len(em_hist), len(hl_hist)],
         "logLikMaxRelDiff": _max_rel(em_hist, hl_hist),
         "finalLogLikRelDiff": abs(em["logLik"] - hl["logLik"]) / abs(hl["logLik"]),
-        "params": {key: _max_rel(em["extra"]["params"][key], hl["extra"]["params"][key])
-                   for key in hl["extra"]["params"]},
+        "params": {
+            key: _max_rel(em["extra"]["params"][key], hl["extra"]["params"][key]) for key in hl["extra"]["params"]
+        },
     }
     agreement["ok"] = bool(len(em_hist) == len(hl_hist) and agreement["logLikMaxRelDiff"] <= AGREEMENT_RTOL)
-    log(f"log-likelihood after {len(em_hist)} iterations: em_spark {em['logLik']:.10g}, hmmlearn {hl['logLik']:.10g}; "
+    log(
+        f"log-likelihood after {len(em_hist)} iterations: em_spark {em['logLik']:.10g}, hmmlearn {hl['logLik']:.10g}; "
         f"max relative difference over all iterations {agreement['logLikMaxRelDiff']:.2e} "
-        f"({'OK' if agreement['ok'] else 'DISAGREE'} at rtol {AGREEMENT_RTOL:g})")
+        f"({'OK' if agreement['ok'] else 'DISAGREE'} at rtol {AGREEMENT_RTOL:g})"
+    )
     for r in (em, hl):
         r["extra"]["params"] = {k: v.tolist() for k, v in r["extra"]["params"].items()}
     return {
-        "case": case.name, "kind": case.kind, "sequences": case.sequences, "steps": case.steps, "k": case.k,
-        "covariance": case.covariance if case.kind == "gaussian" else None, "description": describe(case),
-        "dataSeed": case.seed, "generator": how, "partitions": args.partitions, "cacheSeconds": cache_seconds,
-        "initialModel": {k: v.tolist() for k, v in init.items()}, "agreement": agreement, "kernel": kernel,
+        "case": case.name,
+        "kind": case.kind,
+        "sequences": case.sequences,
+        "steps": case.steps,
+        "k": case.k,
+        "covariance": case.covariance if case.kind == "gaussian" else None,
+        "description": describe(case),
+        "dataSeed": case.seed,
+        "generator": how,
+        "partitions": args.partitions,
+        "cacheSeconds": cache_seconds,
+        "initialModel": {k: v.tolist() for k, v in init.items()},
+        "agreement": agreement,
+        "kernel": kernel,
         "engines": [em, hl],
     }
 
@@ -449,7 +501,8 @@ def table(results: list[dict]) -> str:
                 notes.append(
                     f"same init as hmmlearn; loglik of all {ag['iterations'][0]} iterations within "
                     f"{ag['logLikMaxRelDiff']:.1e} relative ({'OK' if ag['ok'] else '**DISAGREE**'}), "
-                    f"parameters within {max(ag['params'].values()):.1e}")
+                    f"parameters within {max(ag['params'].values()):.1e}"
+                )
             else:
                 notes.append("same init; one process")
             lines.append(
@@ -485,14 +538,21 @@ def goal_lines(results: list[dict]) -> list[str]:
         i_em, i_hl = em["medianIterationSeconds"], hl["medianIterationSeconds"]
         f_em, f_hl = em["fastestIterationSeconds"], hl["fastestIterationSeconds"]
         speeds = [x for x in (d_hl / d_em if d_em and d_hl else None, i_hl / i_em if i_em else None) if x]
-        met = "met" if speeds and min(speeds) >= GOAL_SPEEDUP else ("not met" if speeds and max(speeds) < GOAL_SPEEDUP
-                                                                    else "borderline (the two estimates disagree)")
-        line = (f"- {res['case']}: {_ratio(d_hl, d_em)} by difference (medians), {_ratio(i_hl, i_em)} by median "
-                f"iteration, {_ratio(f_hl, f_em)} fastest iteration vs fastest iteration: **{met}**")
+        met = (
+            "met"
+            if speeds and min(speeds) >= GOAL_SPEEDUP
+            else ("not met" if speeds and max(speeds) < GOAL_SPEEDUP else "borderline (the two estimates disagree)")
+        )
+        line = (
+            f"- {res['case']}: {_ratio(d_hl, d_em)} by difference (medians), {_ratio(i_hl, i_em)} by median "
+            f"iteration, {_ratio(f_hl, f_em)} fastest iteration vs fastest iteration: **{met}**"
+        )
         if res["kind"] == "gaussian" and res["covariance"] == "full":
-            line += (f"; against PLATFORM.md's {PLATFORM_HMMLEARN_SECONDS} s/iteration for hmmlearn: "
-                     f"{_ratio(PLATFORM_HMMLEARN_SECONDS, d_em)} (difference), {_ratio(PLATFORM_HMMLEARN_SECONDS, i_em)} "
-                     "(median iteration)")
+            line += (
+                f"; against PLATFORM.md's {PLATFORM_HMMLEARN_SECONDS} s/iteration for hmmlearn: "
+                f"{_ratio(PLATFORM_HMMLEARN_SECONDS, d_em)} (difference), {_ratio(PLATFORM_HMMLEARN_SECONDS, i_em)} "
+                "(median iteration)"
+            )
         out.append(line)
     return out
 
@@ -509,8 +569,12 @@ def versions() -> dict:
     except Exception as exc:  # informational only
         java = f"unknown ({exc})"
     return {
-        "python": platform.python_version(), "pyspark": pyspark.__version__, "numpy": np.__version__,
-        "hmmlearn": hmmlearn.__version__, "pyarrow": pyarrow.__version__, "em_spark": em_spark.__version__,
+        "python": platform.python_version(),
+        "pyspark": pyspark.__version__,
+        "numpy": np.__version__,
+        "hmmlearn": hmmlearn.__version__,
+        "pyarrow": pyarrow.__version__,
+        "em_spark": em_spark.__version__,
         "java": java,
     }
 
@@ -537,18 +601,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", type=int, default=2, help="A: maxIter of the short fit (default 2)")
     p.add_argument("--repeats", type=int, default=1, help="(A, B) fit pairs per engine (default 1)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the cached input DataFrame (default 4)")
-    p.add_argument("--em-partitions", type=int, default=None,
-                   help="em_spark numPartitions (default: em_spark's own default, one partition per core)")
+    p.add_argument(
+        "--em-partitions",
+        type=int,
+        default=None,
+        help="em_spark numPartitions (default: em_spark's own default, one partition per core)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the shared initial model and of em_spark")
-    p.add_argument("--generator", choices=["hmmlearn", "numpy"], default="hmmlearn",
-                   help="hmmlearn: model.sample per sequence (~70 s for 1M Gaussian steps); numpy: same process, vectorized")
-    p.add_argument("--hmmlearn-impl", choices=["scaling", "log"], default="scaling",
-                   help="hmmlearn's forward-backward implementation (default scaling, its faster one)")
-    p.add_argument("--hmmlearn-threads", type=int, default=1,
-                   help="BLAS threads of this process, where hmmlearn runs (default 1; 0 = leave OpenBLAS's default, all "
-                        "cores). hmmlearn is single-threaded C plus small per-sequence scipy/BLAS calls (solve_triangular "
-                        "on 100 x 2 arrays) that multi-threaded OpenBLAS makes many times slower, on a busy machine "
-                        "10x and more")
+    p.add_argument(
+        "--generator",
+        choices=["hmmlearn", "numpy"],
+        default="hmmlearn",
+        help="hmmlearn: model.sample per sequence (~70 s for 1M Gaussian steps); numpy: same process, vectorized",
+    )
+    p.add_argument(
+        "--hmmlearn-impl",
+        choices=["scaling", "log"],
+        default="scaling",
+        help="hmmlearn's forward-backward implementation (default scaling, its faster one)",
+    )
+    p.add_argument(
+        "--hmmlearn-threads",
+        type=int,
+        default=1,
+        help="BLAS threads of this process, where hmmlearn runs (default 1; 0 = leave OpenBLAS's default, all "
+        "cores). hmmlearn is single-threaded C plus small per-sequence scipy/BLAS calls (solve_triangular "
+        "on 100 x 2 arrays) that multi-threaded OpenBLAS makes many times slower, on a busy machine "
+        "10x and more",
+    )
     p.add_argument("--driver-memory", default="4g")
     p.add_argument("--tmpdir", default=None, help="where the temporary Parquet goes (default: system temp)")
     p.add_argument("--out", default="bench/results/hmm_latest.md")
@@ -565,8 +645,13 @@ def main(argv: list[str] | None = None) -> int:
         from threadpoolctl import threadpool_info, threadpool_limits
 
         threadpool_limits(args.hmmlearn_threads)  # the driver only: em_spark's work runs in Spark's workers
-        log("BLAS threads in this process: " + ", ".join(
-            f"{i.get('internal_api')} {os.path.basename(i.get('filepath', ''))} {i.get('num_threads')}" for i in threadpool_info()))
+        log(
+            "BLAS threads in this process: "
+            + ", ".join(
+                f"{i.get('internal_api')} {os.path.basename(i.get('filepath', ''))} {i.get('num_threads')}"
+                for i in threadpool_info()
+            )
+        )
 
     from em_spark.engine.session import get_session
 
@@ -576,8 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     spark.sparkContext.setLogLevel("WARN")
     sc = spark.sparkContext
     jvm_max = int(sc._jvm.java.lang.Runtime.getRuntime().maxMemory())
-    log(f"Spark {spark.version} master={sc.master} defaultParallelism={sc.defaultParallelism} "
-        f"driver heap max {jvm_max / 2**30:.1f} GiB; load average {load_before}")
+    log(
+        f"Spark {spark.version} master={sc.master} defaultParallelism={sc.defaultParallelism} "
+        f"driver heap max {jvm_max / 2**30:.1f} GiB; load average {load_before}"
+    )
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     results = []
@@ -593,22 +680,42 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from threadpoolctl import threadpool_info
 
-        blas = [{k: i.get(k) for k in ("internal_api", "filepath", "version", "num_threads", "threading_layer")}
-                for i in threadpool_info()]
+        blas = [
+            {k: i.get(k) for k in ("internal_api", "filepath", "version", "num_threads", "threading_layer")}
+            for i in threadpool_info()
+        ]
     except Exception:
         blas = None
     info = {
-        "command": command, "cwd": os.getcwd(), "started": started.isoformat(timespec="seconds"),
-        "wallSeconds": wall, "loadAverage": {"before": load_before, "after": load_after},
-        "env": {k: os.environ.get(k) for k in ("SPARK_LOCAL_IP", "PYSPARK_PYTHON", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+        "command": command,
+        "cwd": os.getcwd(),
+        "started": started.isoformat(timespec="seconds"),
+        "wallSeconds": wall,
+        "loadAverage": {"before": load_before, "after": load_after},
+        "env": {
+            k: os.environ.get(k)
+            for k in ("SPARK_LOCAL_IP", "PYSPARK_PYTHON", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+        },
         "host": {"nproc": nproc(), "platform": platform.platform(), "machine": platform.machine()},
-        "versions": versions(), "driverBlas": blas,
+        "versions": versions(),
+        "driverBlas": blas,
         "spark": {"master": args.master, "conf": conf, "driverHeapMaxBytes": jvm_max},
-        "method": {"maxIterA": args.base, "maxIterB": args.base + args.iters, "repeats": args.repeats,
-                   "tol": "em_spark 0, hmmlearn -inf (never stops early)", "regCovar": 0.0,
-                   "hmmlearn": {"implementation": args.hmmlearn_impl, "covars_prior": 0.0, "min_covar": 0.0,
-                                "init_params": "", "blasThreads": args.hmmlearn_threads or "OpenBLAS default (all cores)"},
-                   "agreementRtol": AGREEMENT_RTOL, "generator": args.generator},
+        "method": {
+            "maxIterA": args.base,
+            "maxIterB": args.base + args.iters,
+            "repeats": args.repeats,
+            "tol": "em_spark 0, hmmlearn -inf (never stops early)",
+            "regCovar": 0.0,
+            "hmmlearn": {
+                "implementation": args.hmmlearn_impl,
+                "covars_prior": 0.0,
+                "min_covar": 0.0,
+                "init_params": "",
+                "blasThreads": args.hmmlearn_threads or "OpenBLAS default (all cores)",
+            },
+            "agreementRtol": AGREEMENT_RTOL,
+            "generator": args.generator,
+        },
         "platformReference": {"hmmlearnSecondsPerIteration": PLATFORM_HMMLEARN_SECONDS, "goalSpeedup": GOAL_SPEEDUP},
         "results": results,
     }
@@ -628,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         "all B fits (first iteration of each fit left out): em_spark `summary.iterationSeconds` (E-step job + driver "
         "M-step), hmmlearn a monitor that timestamps every iteration",
         f"- both start from the same initial model; em_spark regCovar=0, tol=0; hmmlearn {args.hmmlearn_impl} "
-        "implementation, init_params=\"\", covars_prior=0, min_covar=0, tol=-inf (never stops early), "
+        'implementation, init_params="", covars_prior=0, min_covar=0, tol=-inf (never stops early), '
         f"BLAS threads in its process {args.hmmlearn_threads or 'OpenBLAS default (all cores)'}; loglik = total log-likelihood of the "
         "last E-step, as hmmlearn's monitor reports it",
         f"- reference: PLATFORM.md quotes hmmlearn at {PLATFORM_HMMLEARN_SECONDS} s/iteration (scaling) for 10k x 100, "

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = {"CategoricalHMM", "CategoricalHMMModel", "GaussianHMM", "GaussianHMMModel", "CategoricalMixture", "CategoricalMixtureModel", "GaussianMixture", "GaussianMixtureModel", "KMeans", "KMeansModel", "EMSummary"}
+__all__ = [
+    "CategoricalHMM",
+    "CategoricalHMMModel",
+    "CategoricalMixture",
+    "CategoricalMixtureModel",
+    "EMSummary",
+    "GaussianHMM",
+    "GaussianHMMModel",
+    "GaussianMixture",
+    "GaussianMixtureModel",
+    "KMeans",
+    "KMeansModel",
+    "__version__",
+]
+_API = frozenset(__all__) - {"__version__"}
 
-__all__ = sorted(_API) + ["__version__"]
 
-
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _API:
         from em_spark import api
 

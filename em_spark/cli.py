@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from em_spark.app.common import setup_logging
 from em_spark.app.config import ConfigError, load_config
@@ -15,7 +15,7 @@ from em_spark.app.score import run_impute, run_score
 from em_spark.app.select import run_select
 from em_spark.app.train import run_train
 
-__all__ = ["main", "run_train", "run_score", "run_impute", "run_select", "run_report"]
+__all__ = ["main", "run_impute", "run_report", "run_score", "run_select", "run_train"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,10 +31,18 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML config (default: the embedded demo config)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set model.k=5 (repeatable)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set model.k=5 (repeatable)",
+        )
     report = sub.choices["report"]
-    report.add_argument("source", help="a run id (found under run.checkpointDir), a run's metrics.json, or a saved model")
+    report.add_argument(
+        "source", help="a run id (found under run.checkpointDir), a run's metrics.json, or a saved model"
+    )
     report.add_argument("--output", default="em-spark-report", help="directory for report.png and report.html")
     report.add_argument("--data", help="Parquet data to draw as a scatter colored by component (at most 3 features)")
     report.add_argument("--features", help="feature columns of --data, e.g. x0,x1 (default: the model's featuresCol)")
@@ -49,16 +57,21 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from em_spark.engine.loop import ResumeMismatchError
+    from em_spark.engine.session import JavaNotFoundError
     from em_spark.engine.validation import DataValidationError
     from em_spark.models.base import ModelError
-    from em_spark.engine.session import JavaNotFoundError
-
-    from em_spark.storage.registry import RegistryError
     from em_spark.storage import StorageError
+    from em_spark.storage.registry import RegistryError
 
     expected = (
-        ConfigError, DataValidationError, ResumeMismatchError, ModelError, JavaNotFoundError,
-        FileExistsError, RegistryError, StorageError,
+        ConfigError,
+        DataValidationError,
+        ResumeMismatchError,
+        ModelError,
+        JavaNotFoundError,
+        FileExistsError,
+        RegistryError,
+        StorageError,
     )
     try:
         if args.command == "registry":

@@ -8,12 +8,12 @@ with a tree reduce, and it is tested directly for every model family.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["Stats", "sum_stats", "LOGLIK", "WEIGHT", "COUNT"]
+__all__ = ["COUNT", "LOGLIK", "WEIGHT", "Stats", "sum_stats"]
 
 # Keys every family's statistics carry; the engine reads only these.
 LOGLIK = "loglik"  # sum over rows of w_i * log p(x_i | params), shape ()
@@ -52,17 +52,16 @@ class Stats(Mapping[str, np.ndarray]):
         return len(self.arrays)
 
     # Value semantics -----------------------------------------------------
-    def zero(self) -> "Stats":
+    def zero(self) -> Stats:
         """Statistics of no data: same names and shapes, all zeros."""
         return Stats({k: np.zeros_like(v) for k, v in self.arrays.items()})
 
-    def __add__(self, other: "Stats") -> "Stats":
+    def __add__(self, other: Stats) -> Stats:
         if not isinstance(other, Stats):
             return NotImplemented
         if self.arrays.keys() != other.arrays.keys():
             raise ValueError(
-                "cannot add statistics with different fields: "
-                f"{sorted(self.arrays)} vs {sorted(other.arrays)}"
+                f"cannot add statistics with different fields: {sorted(self.arrays)} vs {sorted(other.arrays)}"
             )
         out = {}
         for k, v in self.arrays.items():
@@ -72,7 +71,7 @@ class Stats(Mapping[str, np.ndarray]):
             out[k] = v + w
         return Stats(out)
 
-    def allclose(self, other: "Stats", rtol: float = 1e-10, atol: float = 1e-12) -> bool:
+    def allclose(self, other: Stats, rtol: float = 1e-10, atol: float = 1e-12) -> bool:
         """True when both have the same fields and every array agrees within tolerance."""
         return self.arrays.keys() == other.arrays.keys() and all(
             np.allclose(v, other.arrays[k], rtol=rtol, atol=atol) for k, v in self.arrays.items()

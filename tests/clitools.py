@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["CliResult", "run_cli", "snapshot", "small_workspace"]
+__all__ = ["CliResult", "run_cli", "small_workspace", "snapshot"]
 
 
 class CliResult:
@@ -31,12 +31,22 @@ class CliResult:
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> CliResult:
     """``python -m em_spark.cli ARGS`` in ``cwd``, with loopback Spark and this interpreter."""
-    environment = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-                   "PYSPARK_DRIVER_PYTHON": sys.executable}
+    environment = {
+        **os.environ,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
     environment.pop("PYSPARK_GATEWAY_PORT", None)  # never attach to the test session's JVM
     environment.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "em_spark.cli", *args], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "em_spark.cli", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return CliResult(proc)
 
 

@@ -35,7 +35,10 @@ def test_overrides_are_typed_yaml_values():
         ("fit.tol=-1", "'fit.tol' must be >= 0"),
         ("fit.tol=.nan", "'fit.tol' must be a finite number >= 0, got nan"),
         ("fit.tol=-.inf", "'fit.tol' must be a finite number >= 0, got -inf"),
-        ("fit.numPartitions=0", "'fit.numPartitions' must be between 1 and 2147483647, or null for one per core, got 0"),
+        (
+            "fit.numPartitions=0",
+            "'fit.numPartitions' must be between 1 and 2147483647, or null for one per core, got 0",
+        ),
         ("fit.numPartitions=-4", "'fit.numPartitions' must be between 1"),
         ("fit.aggregationDepth=0", "'fit.aggregationDepth' must be >= 1 (the depth of the tree reduce), got 0"),
         ("fit.initSampleSize=0", "'fit.initSampleSize' must be >= 1 (rows sampled for initialization), got 0"),
@@ -147,22 +150,37 @@ def test_every_config_message_is_one_line():
 
 def test_a_dotted_spark_property_set_from_the_command_line_is_one_key():
     # Spark property names have dots: inside spark.conf (and input.options) the rest is one name.
-    config = load_config(None, ["spark.conf.spark.sql.shuffle.partitions=8", "spark.conf.spark.ui.enabled=false",
-                                "input.options.header=true", "input.options.sep=;"])
+    config = load_config(
+        None,
+        [
+            "spark.conf.spark.sql.shuffle.partitions=8",
+            "spark.conf.spark.ui.enabled=false",
+            "input.options.header=true",
+            "input.options.sep=;",
+        ],
+    )
     assert config.spark.conf == {"spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "false"}
     assert config.input.options == {"header": "true", "sep": ";"}
 
 
 def test_spark_properties_are_flat_strings(tmp_path):
     path = tmp_path / "job.yaml"
-    path.write_text("spark:\n  conf:\n    spark.sql.shuffle.partitions: 8\n    spark.x: 1.0e-6\n"
-                    "    spark.ui.enabled: false\n    spark.y: 2026-11-22\n")
+    path.write_text(
+        "spark:\n  conf:\n    spark.sql.shuffle.partitions: 8\n    spark.x: 1.0e-6\n"
+        "    spark.ui.enabled: false\n    spark.y: 2026-11-22\n"
+    )
     assert load_config(str(path)).spark.conf == {
-        "spark.sql.shuffle.partitions": "8", "spark.x": "1.0e-6", "spark.ui.enabled": "false", "spark.y": "2026-11-22",
+        "spark.sql.shuffle.partitions": "8",
+        "spark.x": "1.0e-6",
+        "spark.ui.enabled": "false",
+        "spark.y": "2026-11-22",
     }
     path.write_text("spark:\n  conf:\n    spark:\n      sql.shuffle.partitions: 8\n")
-    with pytest.raises(ConfigError, match=r"config key 'spark\.conf\.spark' must be a string, a number or a boolean "
-                                          r"\(Spark properties and options are flat name: value pairs\), got a mapping"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config key 'spark\.conf\.spark' must be a string, a number or a boolean "
+        r"\(Spark properties and options are flat name: value pairs\), got a mapping",
+    ):
         load_config(str(path))
 
 
@@ -187,7 +205,9 @@ def test_a_key_given_twice_in_the_file_is_refused_with_its_lines(tmp_path):
 
 
 def test_a_key_given_twice_in_a_set_value_is_refused():
-    with pytest.raises(ConfigError, match=r"config key 'spark\.conf\.a' is given twice, at line 1 column 2 and line 1 column 8"):
+    with pytest.raises(
+        ConfigError, match=r"config key 'spark\.conf\.a' is given twice, at line 1 column 2 and line 1 column 8"
+    ):
         load_config(None, ["spark.conf={a: 1, a: 2}"])
 
 
@@ -204,8 +224,13 @@ def test_string_keys_keep_the_text_yaml_would_turn_into_a_number_or_a_date(tmp_p
 
 def test_unreadable_yaml_in_the_file_is_a_config_error(tmp_path):
     path = tmp_path / "job.yaml"
-    for text in ("model: [\n", "nightly:\n  date: !!timestamp 2026-13-01\n", "model:\n  k: !!int abc\n",
-                 "model: !!python/name:os.system\n", "a: b: c\n"):
+    for text in (
+        "model: [\n",
+        "nightly:\n  date: !!timestamp 2026-13-01\n",
+        "model:\n  k: !!int abc\n",
+        "model: !!python/name:os.system\n",
+        "a: b: c\n",
+    ):
         path.write_text(text)
         with pytest.raises(ConfigError) as err:
             load_config(str(path))
@@ -229,11 +254,14 @@ def test_libyaml_and_pure_python_yaml_read_the_same(loader):
     if loader == "libyaml" and not getattr(yaml, "__with_libyaml__", False):
         pytest.skip("PyYAML was built without libyaml")
     cls = module._StrictLoader if loader == "libyaml" else module._PythonLoader
-    data = module._load_yaml("run: {id: 0042}\nnightly: {date: 2026-13-01}\nfit: {tol: 1.0e-3, maxIter: 5}\n", "a.yaml",
-                             loader_class=cls)
+    data = module._load_yaml(
+        "run: {id: 0042}\nnightly: {date: 2026-13-01}\nfit: {tol: 1.0e-3, maxIter: 5}\n", "a.yaml", loader_class=cls
+    )
     assert data == {"run": {"id": 0o42}, "nightly": {"date": "2026-13-01"}, "fit": {"tol": 1e-3, "maxIter": 5}}
     assert data["run"]["id"].text == "0042" and data["fit"]["tol"].text == "1.0e-3"
-    with pytest.raises(ConfigError, match=r"^config key 'a\.b' is given twice, at line 2 and line 4; .* \(in a\.yaml\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^config key 'a\.b' is given twice, at line 2 and line 4; .* \(in a\.yaml\)$"
+    ):
         module._load_yaml("a:\n  b: 1\n  c: 2\n  b: 3\n", "a.yaml", loader_class=cls)
     with pytest.raises(ConfigError, match=r"^config file a\.yaml is not valid YAML: .*line 2"):
         module._load_yaml("a: [\n", "a.yaml", loader_class=cls)

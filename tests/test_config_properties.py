@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-import em_spark.cli as cli
+from em_spark import cli
 from em_spark.app.config import GenerateSection, JobConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,11 +68,33 @@ scalar_lists = st.lists(st.one_of(words, integers), min_size=1, max_size=3).map(
 mappings = st.dictionaries(words, st.one_of(words, integers), min_size=1, max_size=3).map(
     lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in d.items()) + "}"
 )
-unparsable = st.sampled_from([
-    "[", "[1, 2", "{a: 1", "a: b: c", "'unterminated", '"unterminated', "@at", "`tick", "*undefined",
-    "!!int abc", "!!float abc", "!!bool maybe", "!!map x", "!!seq x", "!!str [a]", "!!python/object:os.system x",
-    "{[a]: b}", "{a: 1, a: 2}", "- a\nb: c", "a: 1\n- b", "a\n---\nb", '"\\q"', "[" * 3000,
-])
+unparsable = st.sampled_from(
+    [
+        "[",
+        "[1, 2",
+        "{a: 1",
+        "a: b: c",
+        "'unterminated",
+        '"unterminated',
+        "@at",
+        "`tick",
+        "*undefined",
+        "!!int abc",
+        "!!float abc",
+        "!!bool maybe",
+        "!!map x",
+        "!!seq x",
+        "!!str [a]",
+        "!!python/object:os.system x",
+        "{[a]: b}",
+        "{a: 1, a: 2}",
+        "- a\nb: c",
+        "a: 1\n- b",
+        "a\n---\nb",
+        '"\\q"',
+        "[" * 3000,
+    ]
+)
 blank = st.sampled_from(["''", "' '", '"\\t"'])
 null = st.just("")  # --set key= is null
 
@@ -101,17 +123,29 @@ DOMAIN = {
     "run.logFormat": not_in("text", "json"),
     "run.logLevel": st.one_of(words, st.sampled_from(["LOUD", "Info", "TRACE"])),
     "run.metricsPath": st.sampled_from(["''", "m/{run}.json", "'{runId'", "'a}'"]),
-    "run.pushgateway": st.sampled_from(["pg:9091", "ftp://pg:9091", "http://", "http://[::1", "http://pg:port",
-                                        "http://pg:9091?x=1", "http://pg#f", "''"]),
+    "run.pushgateway": st.sampled_from(
+        [
+            "pg:9091",
+            "ftp://pg:9091",
+            "http://",
+            "http://[::1",
+            "http://pg:port",
+            "http://pg:9091?x=1",
+            "http://pg#f",
+            "''",
+        ]
+    ),
     "spark.master": st.one_of(blank, st.sampled_from(["local [2]", "'spark://h:7077 '"])),
     "spark.appName": blank,
-    "spark.conf": st.sampled_from(["{'': a}", "{' ': a}", "{1: a}", "{a: {b: 1}}", "{a: [1]}", "{a: null}",
-                                   "{a: .nan}", "{a: -.inf}"]),
+    "spark.conf": st.sampled_from(
+        ["{'': a}", "{' ': a}", "{1: a}", "{a: {b: 1}}", "{a: [1]}", "{a: null}", "{a: .nan}", "{a: -.inf}"]
+    ),
     "input.path": blank,
     "input.format": blank,
     "input.options": st.sampled_from(["{'': a}", "{1: a}", "{header: {b: 1}}", "{sep: [1]}", "{a: null}", "{a: .inf}"]),
-    "input.features": st.one_of(integers, booleans, mappings, bad_columns, blank,
-                                st.sampled_from(["[]", "[1]", "[a, 2]", "[[a]]", "[{a: 1}]"])),
+    "input.features": st.one_of(
+        integers, booleans, mappings, bad_columns, blank, st.sampled_from(["[]", "[1]", "[a, 2]", "[[a]]", "[{a: 1}]"])
+    ),
     "input.weightCol": blank,
     "input.labelCol": blank,
     "input.sequenceCol": st.one_of(blank, words),  # alone, without input.timeCol
@@ -122,7 +156,8 @@ DOMAIN = {
     "input.generate.separation": negative_floats(),
     "input.generate.seed": below(0),
     "input.generate.missingFraction": st.one_of(
-        negative_floats(), st.floats(min_value=1, allow_nan=False, allow_infinity=False).map(repr)),
+        negative_floats(), st.floats(min_value=1, allow_nan=False, allow_infinity=False).map(repr)
+    ),
     "input.generate.steps": below(0),
     "model.family": not_in("gaussian", "kmeans", "categorical", "gaussian_hmm", "categorical_hmm"),
     "model.k": below(1),
@@ -133,8 +168,14 @@ DOMAIN = {
     "model.handleMissing": not_in("error", "model"),
     "model.kind": not_in("categorical", "multinomial"),
     "model.smoothing": negative_floats(),
-    "model.nCategories": st.one_of(below(1), words, booleans, fractions, mappings,
-                                   st.sampled_from(["[]", "[0]", "[3, 0]", "[a]", "[1.5]", "[[2]]", "[true]"])),
+    "model.nCategories": st.one_of(
+        below(1),
+        words,
+        booleans,
+        fractions,
+        mappings,
+        st.sampled_from(["[]", "[0]", "[3, 0]", "[a]", "[1.5]", "[[2]]", "[true]"]),
+    ),
     "fit.maxIter": below(1),
     "fit.tol": negative_floats(),
     "fit.nInit": below(1),
@@ -155,23 +196,39 @@ DOMAIN = {
     "impute.stdCol": st.one_of(blank, st.just("imputed")),
     "impute.mode": not_in("errorifexists", "overwrite"),
     "impute.keepColumns": st.one_of(bad_columns, st.sampled_from(["[imputed]", "[a, imputedStd]"])),
-    "storage.s3Endpoint": st.sampled_from(["ftp://minio", "http://", "http://minio:port", "http://minio/path",
-                                           "https://minio?x=1", "'http://[::1'", "''"]),
+    "storage.s3Endpoint": st.sampled_from(
+        ["ftp://minio", "http://", "http://minio:port", "http://minio/path", "https://minio?x=1", "'http://[::1'", "''"]
+    ),
     "registry.uri": blank,
     "registry.modelName": bad_names,
     "nightly.date": st.one_of(
-        words, st.sampled_from(["2026-13-01", "2026-02-30", "2026-00-10", "20261122", "2026-1-1",
-                                "2026-11-22T01:02:03", "'2026-11-22 '", "22.11.2026"])),
+        words,
+        st.sampled_from(
+            [
+                "2026-13-01",
+                "2026-02-30",
+                "2026-00-10",
+                "20261122",
+                "2026-1-1",
+                "2026-11-22T01:02:03",
+                "'2026-11-22 '",
+                "22.11.2026",
+            ]
+        ),
+    ),
     "nightly.inputPath": blank,
     "nightly.holdoutFraction": st.one_of(
-        negative_floats(), st.sampled_from(["0", "0.0", "1", "1.0"]),
-        st.floats(min_value=1, allow_nan=False, allow_infinity=False).map(repr)),
+        negative_floats(),
+        st.sampled_from(["0", "0.0", "1", "1.0"]),
+        st.floats(min_value=1, allow_nan=False, allow_infinity=False).map(repr),
+    ),
     "nightly.driftThreshold": negative_floats(),
     "nightly.freshRestarts": below(0),
     "select.ks": st.sampled_from(["[]", "[0]", "[2, -1]", "[2, 2]", "[3, 1, 3]"]),
     "select.covarianceTypes": st.one_of(
-        st.sampled_from(["[]", "[full, full]", "['']"]), words.map(lambda w: f"[full, {w}]").filter(
-            lambda s: not re.search(r"\b(diag|spherical|tied)\]", s))),
+        st.sampled_from(["[]", "[full, full]", "['']"]),
+        words.map(lambda w: f"[full, {w}]").filter(lambda s: not re.search(r"\b(diag|spherical|tied)\]", s)),
+    ),
     "select.criterion": not_in("bic", "aic"),
     "select.outputPath": blank,
 }
@@ -205,7 +262,13 @@ def invalid_values(key: str) -> st.SearchStrategy[str]:
     elif kind.startswith("list[int]"):
         options += [words, integers, booleans, mappings, st.sampled_from(["[a]", "[1.5]", "[true]", "[[1]]", "[1, a]"])]
     elif kind.startswith("list"):
-        options += [words, integers, booleans, mappings, st.sampled_from(["[1]", "[a, 2]", "[true]", "[[a]]", "[{a: 1}]"])]
+        options += [
+            words,
+            integers,
+            booleans,
+            mappings,
+            st.sampled_from(["[1]", "[a, 2]", "[true]", "[[a]]", "[{a: 1}]"]),
+        ]
     elif kind.startswith("dict"):
         options += [words, integers, booleans, scalar_lists]
     if not optional and kind not in ("section",) and not kind.startswith("typing.Any"):
@@ -260,7 +323,11 @@ def _refused(key: str, raw: str, capsys) -> None:
 # Deterministic (derandomize): a failure reproduces on every run. No shrinking, which costs minutes
 # through main(): the failing value is reported as drawn.
 PROPERTY = settings(
-    derandomize=True, max_examples=8, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+    derandomize=True,
+    max_examples=8,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
@@ -288,13 +355,22 @@ def test_the_command_line_exits_with_one_line_for_the_headline_cases(tmp_path):
     cases = {
         ("--set", "fit.tol=.nan"): "config key 'fit.tol' must be a finite number >= 0, got nan",
         ("--set", "nightly.date=2026-13-01"): "config key 'nightly.date' must be a date like 2026-11-22",
-        ("--set", "spark.conf={spark.x: {a: 1}}"): "config key 'spark.conf.spark.x' must be a string, a number or a boolean",
+        (
+            "--set",
+            "spark.conf={spark.x: {a: 1}}",
+        ): "config key 'spark.conf.spark.x' must be a string, a number or a boolean",
         ("--config", str(duplicated)): "config key 'model.k' is given twice, at line 2 and line 3",
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     runs = {
-        args: subprocess.Popen([sys.executable, "-m", "em_spark.cli", "train", *args], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        args: subprocess.Popen(
+            [sys.executable, "-m", "em_spark.cli", "train", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for args in cases
     }
     for args, expected in cases.items():

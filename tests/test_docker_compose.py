@@ -86,7 +86,7 @@ def container_ports(service: dict) -> set[int]:
 def depends_on(service: dict) -> dict[str, str]:
     deps = service.get("depends_on") or {}
     if isinstance(deps, list):
-        return {name: "service_started" for name in deps}
+        return dict.fromkeys(deps, "service_started")
     return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
 
 
@@ -107,7 +107,9 @@ def s3_buckets(config) -> dict[str, str]:
         "output.modelPath": config.output.modelPath,
         "score.outputPath": config.score.outputPath,
     }
-    return {k: urllib.parse.urlsplit(v).netloc.rpartition("@")[2] for k, v in keys.items() if v and v.startswith("s3://")}
+    return {
+        k: urllib.parse.urlsplit(v).netloc.rpartition("@")[2] for k, v in keys.items() if v and v.startswith("s3://")
+    }
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -198,7 +200,9 @@ def em_spark_install(path: Path) -> tuple[str, set[str]]:
     targets = pip_install_targets(path)
     found = [(t, re.fullmatch(re.escape(IMAGE_REPO) + r"(?:\[([^\]]*)\])?", t)) for t in targets]
     ours = [(t, m) for t, m in found if m]
-    assert len(ours) == 1, f"{path.name} should `pip install {IMAGE_REPO}` (the repo, copied into the image) once; it installs {targets}"
+    assert len(ours) == 1, (
+        f"{path.name} should `pip install {IMAGE_REPO}` (the repo, copied into the image) once; it installs {targets}"
+    )
     target, match = ours[0]
     return target, {e.strip() for e in (match.group(1) or "").split(",") if e.strip()}
 
@@ -220,7 +224,9 @@ def pyspark_requirement() -> Requirement:
     try:
         import tomllib
     except ImportError:  # Python 3.10
-        dependencies = re.findall(r'^\s*"([^"]+)"', text.split("dependencies = [", 1)[1].split("]\n", 1)[0], re.MULTILINE)
+        dependencies = re.findall(
+            r'^\s*"([^"]+)"', text.split("dependencies = [", 1)[1].split("]\n", 1)[0], re.MULTILINE
+        )
     else:
         dependencies = tomllib.loads(text)["project"]["dependencies"]
     for dep in dependencies:
@@ -243,7 +249,9 @@ def pyproject_extras() -> set[str]:
 @pytest.fixture(scope="module")
 def dockerfile(services) -> Path:
     build = services[JOB].get("build")
-    assert isinstance(build, dict), f"service {JOB!r} must have a build section with context and dockerfile, got {build!r}"
+    assert isinstance(build, dict), (
+        f"service {JOB!r} must have a build section with context and dockerfile, got {build!r}"
+    )
     return (ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")).resolve()
 
 
@@ -257,7 +265,7 @@ def to_host_path(service: dict, container_path: str, image_workdir: str) -> Path
         if isinstance(volume, dict):
             source, target = volume.get("source", ""), volume.get("target", "")
         else:
-            source, target = (str(volume).split(":") + ["", ""])[:2]
+            source, target = ([*str(volume).split(":"), "", ""])[:2]
         if not source.startswith((".", "/")):
             continue  # a named volume
         covers = absolute == target or absolute.startswith(target.rstrip("/") + "/")
@@ -266,7 +274,7 @@ def to_host_path(service: dict, container_path: str, image_workdir: str) -> Path
     if best is None:
         return None
     source, target = best
-    return (ROOT / source / absolute[len(target):].lstrip("/")).resolve()
+    return (ROOT / source / absolute[len(target) :].lstrip("/")).resolve()
 
 
 # --- the compose file and the files it references --------------------------------------------------
@@ -287,9 +295,13 @@ def test_build_contexts_dockerfiles_and_copied_paths_exist(services):
         if isinstance(build, str):
             build = {"context": build}
         context = (ROOT / build.get("context", ".")).resolve()
-        assert context.is_dir(), f"service {name!r}: build context {build.get('context')!r} is not a directory of the repo"
+        assert context.is_dir(), (
+            f"service {name!r}: build context {build.get('context')!r} is not a directory of the repo"
+        )
         dockerfile = context / build.get("dockerfile", "Dockerfile")
-        assert dockerfile.is_file(), f"service {name!r}: Dockerfile {build.get('dockerfile')!r} does not exist under {context}"
+        assert dockerfile.is_file(), (
+            f"service {name!r}: Dockerfile {build.get('dockerfile')!r} does not exist under {context}"
+        )
         for keyword, args in dockerfile_instructions(dockerfile):
             if keyword in ("COPY", "ADD") and "--from=" not in args:
                 sources = [w for w in shlex.split(args) if not w.startswith("--")][:-1]
@@ -307,10 +319,14 @@ def test_bind_mounts_and_named_volumes_exist(compose, services):
             if source.startswith((".", "/")):
                 assert (ROOT / source).exists(), f"service {name!r} mounts {source!r}, which does not exist in the repo"
             else:
-                assert source in declared, f"service {name!r} uses volume {source!r}, not declared under top-level volumes {sorted(declared)}"
+                assert source in declared, (
+                    f"service {name!r} uses volume {source!r}, not declared under top-level volumes {sorted(declared)}"
+                )
     mounted = {str(v).split(":")[0] for v in services[JOB].get("volumes") or []}
     for needed in ("./conf", "./jobs"):
-        assert needed in mounted, f"service {JOB!r} should mount {needed} (so edits need no rebuild); it mounts {sorted(mounted)}"
+        assert needed in mounted, (
+            f"service {JOB!r} should mount {needed} (so edits need no rebuild); it mounts {sorted(mounted)}"
+        )
 
 
 def test_master_workers_and_job_run_one_image(services):
@@ -347,7 +363,9 @@ def test_dockerfile_pins_pyspark_to_the_image_spark(dockerfile):
     runs = " ".join(substitute(v, args) for k, v in instructions if k == "RUN")
     pins = re.findall(r"pyspark(?:\[[^\]]*\])?==([\w.]+)", runs)
     assert pins, f"{dockerfile.name} should pin pyspark to the image's Spark ({spark_version}) in its pip install"
-    assert set(pins) == {spark_version}, f"{dockerfile.name} pins pyspark=={pins}, but the base image is Spark {spark_version}"
+    assert set(pins) == {spark_version}, (
+        f"{dockerfile.name} pins pyspark=={pins}, but the base image is Spark {spark_version}"
+    )
 
 
 def test_dockerfile_installs_em_spark_as_root_and_runs_as_spark(dockerfile):
@@ -356,14 +374,22 @@ def test_dockerfile_installs_em_spark_as_root_and_runs_as_spark(dockerfile):
     install = [i for i, (k, v) in enumerate(instructions) if k == "RUN" and re.search(r"\bpip install\b", v)]
     em_spark_install(dockerfile)
     root_before = [v for i, v in users if i < install[0]]
-    assert root_before and root_before[-1] == "root", f"{dockerfile.name}: pip install runs as {root_before[-1:] or 'the base image user'}, not root"
-    assert users and users[-1][1] == "spark", f"{dockerfile.name} should end as USER spark, ends as {users[-1][1] if users else 'nothing'}"
+    assert root_before and root_before[-1] == "root", (
+        f"{dockerfile.name}: pip install runs as {root_before[-1:] or 'the base image user'}, not root"
+    )
+    assert users and users[-1][1] == "spark", (
+        f"{dockerfile.name} should end as USER spark, ends as {users[-1][1] if users else 'nothing'}"
+    )
     copies = [shlex.split(v) for k, v in instructions if k == "COPY"]
     copied = {src for words in copies for src in words[:-1] if words[-1].startswith("/opt/em_spark")}
     for needed in ("pyproject.toml", "em_spark"):
-        assert needed in copied, f"{dockerfile.name} does not COPY {needed} into /opt/em_spark (copies {sorted(copied)})"
+        assert needed in copied, (
+            f"{dockerfile.name} does not COPY {needed} into /opt/em_spark (copies {sorted(copied)})"
+        )
     env = " ".join(v for k, v in instructions if k == "ENV")
-    assert re.search(r"\bPYSPARK_PYTHON=python3\b", env), f"{dockerfile.name} should set PYSPARK_PYTHON=python3, ENV is {env!r}"
+    assert re.search(r"\bPYSPARK_PYTHON=python3\b", env), (
+        f"{dockerfile.name} should set PYSPARK_PYTHON=python3, ENV is {env!r}"
+    )
 
 
 def test_dockerfile_installs_the_extras_the_config_needs(dockerfile, config):
@@ -371,7 +397,9 @@ def test_dockerfile_installs_the_extras_the_config_needs(dockerfile, config):
     # its first write with MissingDependencyError.
     target, extras = em_spark_install(dockerfile)
     declared = pyproject_extras()
-    assert extras <= declared, f"{dockerfile.name} installs extras {sorted(extras - declared)} that pyproject.toml does not declare ({sorted(declared)})"
+    assert extras <= declared, (
+        f"{dockerfile.name} installs extras {sorted(extras - declared)} that pyproject.toml does not declare ({sorted(declared)})"
+    )
     if s3_buckets(config):
         assert "s3" in extras, (
             f"{CONFIG_FILE} writes to S3 ({sorted(s3_buckets(config))}), which needs boto3, but {dockerfile.name} installs "
@@ -396,11 +424,13 @@ def test_dockerfile_adds_s3a_when_spark_reads_s3(dockerfile, config):
 
 def spark_submit(services) -> dict:
     words = command(services[JOB])
-    assert words and words[0].rsplit("/", 1)[-1] == "spark-submit", f"service {JOB!r} should run spark-submit, runs {words}"
+    assert words and words[0].rsplit("/", 1)[-1] == "spark-submit", (
+        f"service {JOB!r} should run spark-submit, runs {words}"
+    )
     assert "--master" in words, f"service {JOB!r} passes no --master to spark-submit: {words}"
     scripts = [w for w in words if w.endswith(".py")]
     assert scripts, f"service {JOB!r} submits no .py script: {words}"
-    app_args = words[words.index(scripts[0]) + 1:]
+    app_args = words[words.index(scripts[0]) + 1 :]
     assert "--config" in app_args, f"service {JOB!r} passes no --config to {scripts[0]}: {app_args}"
     return {
         "master": words[words.index("--master") + 1],
@@ -415,15 +445,23 @@ def test_job_submits_train_with_the_docker_config(services):
     workdir = "/opt/em_spark"
     for key, expected in (("script", ROOT / "jobs/train.py"), ("config", ROOT / CONFIG_FILE)):
         host = to_host_path(services[JOB], submit[key], workdir)
-        assert host is not None, f"service {JOB!r}: {submit[key]!r} is not under any of its bind mounts {services[JOB].get('volumes')}"
-        assert host == expected.resolve(), f"service {JOB!r}: {key} {submit[key]!r} is {host} in the repo, expected {expected}"
+        assert host is not None, (
+            f"service {JOB!r}: {submit[key]!r} is not under any of its bind mounts {services[JOB].get('volumes')}"
+        )
+        assert host == expected.resolve(), (
+            f"service {JOB!r}: {key} {submit[key]!r} is {host} in the repo, expected {expected}"
+        )
         assert host.is_file(), f"service {JOB!r}: {key} {submit[key]!r} maps to {host}, which does not exist"
 
 
 def test_config_loads_and_is_the_docker_demo(config):
     assert config.run.id, f"{CONFIG_FILE} should set run.id (so a re-run resumes)"
-    assert config.spark.master is None, f"{CONFIG_FILE}: spark.master is {config.spark.master!r}; it should be null (spark-submit sets it)"
-    assert config.input.generate is not None, f"{CONFIG_FILE} should set input.generate so the compose run is self-contained"
+    assert config.spark.master is None, (
+        f"{CONFIG_FILE}: spark.master is {config.spark.master!r}; it should be null (spark-submit sets it)"
+    )
+    assert config.input.generate is not None, (
+        f"{CONFIG_FILE} should set input.generate so the compose run is self-contained"
+    )
     for key in ("run.checkpointDir", "input.path", "output.modelPath", "score.outputPath"):
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -433,14 +471,20 @@ def test_config_loads_and_is_the_docker_demo(config):
 
 def test_s3_endpoint_is_the_minio_service(services, config):
     host, port = host_port(config.storage.s3Endpoint, 443)
-    assert host in services, f"{CONFIG_FILE}: storage.s3Endpoint {config.storage.s3Endpoint} names host {host!r}, not a service ({sorted(services)})"
+    assert host in services, (
+        f"{CONFIG_FILE}: storage.s3Endpoint {config.storage.s3Endpoint} names host {host!r}, not a service ({sorted(services)})"
+    )
     assert host == MINIO, f"{CONFIG_FILE}: storage.s3Endpoint points at service {host!r}, expected {MINIO!r}"
     ports = container_ports(services[MINIO])
-    assert port in ports, f"{CONFIG_FILE}: storage.s3Endpoint uses port {port}, but service {MINIO!r} exposes {sorted(ports)}"
+    assert port in ports, (
+        f"{CONFIG_FILE}: storage.s3Endpoint uses port {port}, but service {MINIO!r} exposes {sorted(ports)}"
+    )
     words = command(services[MINIO])
     if "--address" in words:
         address = words[words.index("--address") + 1]
-        assert address.rsplit(":", 1)[-1] == str(port), f"service {MINIO!r} listens on {address}, but the config uses port {port}"
+        assert address.rsplit(":", 1)[-1] == str(port), (
+            f"service {MINIO!r} listens on {address}, but the config uses port {port}"
+        )
 
 
 def test_spark_s3a_settings_agree_with_the_endpoint(config):
@@ -450,7 +494,9 @@ def test_spark_s3a_settings_agree_with_the_endpoint(config):
         f"{CONFIG_FILE}: spark.hadoop.fs.s3a.endpoint is {endpoint!r} but storage.s3Endpoint is "
         f"{config.storage.s3Endpoint!r}; Spark and pyarrow would talk to different stores"
     )
-    assert conf.get("spark.hadoop.fs.s3a.path.style.access") == "true", f"{CONFIG_FILE}: MinIO needs spark.hadoop.fs.s3a.path.style.access: \"true\""
+    assert conf.get("spark.hadoop.fs.s3a.path.style.access") == "true", (
+        f'{CONFIG_FILE}: MinIO needs spark.hadoop.fs.s3a.path.style.access: "true"'
+    )
     assert conf.get("spark.hadoop.fs.s3.impl") == "org.apache.hadoop.fs.s3a.S3AFileSystem", (
         f"{CONFIG_FILE} uses s3:// URIs, so spark.hadoop.fs.s3.impl must be org.apache.hadoop.fs.s3a.S3AFileSystem, "
         f"got {conf.get('spark.hadoop.fs.s3.impl')!r}"
@@ -465,7 +511,9 @@ def test_the_bucket_in_the_config_is_the_bucket_mc_creates(services, config):
     created = re.findall(r"mc mb\s+(?:--\S+\s+)*[\w.-]+/([\w.-]+)", script)
     assert created, f"service {MINIO_SETUP!r} runs no `mc mb <alias>/<bucket>`: {script!r}"
     assert bucket in created, f"{CONFIG_FILE} uses bucket {bucket!r} ({buckets}), but {MINIO_SETUP!r} creates {created}"
-    assert re.search(r"mc mb\s+--ignore-existing\b", script), f"service {MINIO_SETUP!r} should use `mc mb --ignore-existing` (re-runs): {script!r}"
+    assert re.search(r"mc mb\s+--ignore-existing\b", script), (
+        f"service {MINIO_SETUP!r} should use `mc mb --ignore-existing` (re-runs): {script!r}"
+    )
     aliases = re.findall(r"mc alias set\s+\S+\s+(\S+)", script)
     assert aliases == [config.storage.s3Endpoint], (
         f"service {MINIO_SETUP!r} talks to {aliases}, but the job uses storage.s3Endpoint {config.storage.s3Endpoint}"
@@ -475,7 +523,9 @@ def test_the_bucket_in_the_config_is_the_bucket_mc_creates(services, config):
 def test_mc_waits_for_a_healthy_minio(services):
     assert services[MINIO].get("healthcheck"), f"service {MINIO!r} needs a healthcheck for {MINIO_SETUP!r} to wait on"
     condition = depends_on(services[MINIO_SETUP]).get(MINIO)
-    assert condition == "service_healthy", f"service {MINIO_SETUP!r} depends on {MINIO!r} with {condition!r}, expected service_healthy"
+    assert condition == "service_healthy", (
+        f"service {MINIO_SETUP!r} depends on {MINIO!r} with {condition!r}, expected service_healthy"
+    )
 
 
 def test_job_master_url_is_the_master_service(services):
@@ -488,9 +538,13 @@ def test_job_master_url_is_the_master_service(services):
     assert port in ports, f"service {MASTER!r} exposes {sorted(ports)}, not the port {port} the job submits to"
     words = command(services[MASTER])
     if "--port" in words:
-        assert words[words.index("--port") + 1] == str(port), f"service {MASTER!r} listens on --port {words[words.index('--port') + 1]}, the job uses {port}"
+        assert words[words.index("--port") + 1] == str(port), (
+            f"service {MASTER!r} listens on --port {words[words.index('--port') + 1]}, the job uses {port}"
+        )
     if "--host" in words:
-        assert words[words.index("--host") + 1] == host, f"service {MASTER!r} binds --host {words[words.index('--host') + 1]}, the job uses {host}"
+        assert words[words.index("--host") + 1] == host, (
+            f"service {MASTER!r} binds --host {words[words.index('--host') + 1]}, the job uses {host}"
+        )
     assert services[MASTER].get("healthcheck"), f"service {MASTER!r} needs a healthcheck for {JOB!r} to wait on"
 
 
@@ -509,7 +563,9 @@ def test_job_waits_for_the_bucket_and_the_master(services):
     assert deps.get(MINIO_SETUP) == "service_completed_successfully", (
         f"service {JOB!r} depends on {MINIO_SETUP!r} with {deps.get(MINIO_SETUP)!r}, expected service_completed_successfully"
     )
-    assert deps.get(MASTER) == "service_healthy", f"service {JOB!r} depends on {MASTER!r} with {deps.get(MASTER)!r}, expected service_healthy"
+    assert deps.get(MASTER) == "service_healthy", (
+        f"service {JOB!r} depends on {MASTER!r} with {deps.get(MASTER)!r}, expected service_healthy"
+    )
 
 
 # --- credentials ----------------------------------------------------------------------------------
@@ -530,7 +586,7 @@ def test_no_credentials_in_the_config(config_text, services):
 
     walk(data)
     secrets = set()
-    for name in SPARK_SERVICES + (MINIO,):
+    for name in (*SPARK_SERVICES, MINIO):
         for key, value in environment(services[name]).items():
             if suspicious.search(key) or key.endswith(("_USER", "_KEY_ID")):
                 default = re.fullmatch(r"\$\{\w+:?-([^}]*)\}", value)
@@ -545,11 +601,16 @@ def test_credentials_come_from_the_environment(services):
         assert re.fullmatch(r"\$\{\w+(:?-[^}]*)?\}", minio_env.get(key, "")), (
             f"service {MINIO!r}: {key} is {minio_env.get(key)!r}; it should come from an environment variable (${{VAR:-default}})"
         )
-    expected = {"AWS_ACCESS_KEY_ID": minio_env["MINIO_ROOT_USER"], "AWS_SECRET_ACCESS_KEY": minio_env["MINIO_ROOT_PASSWORD"]}
+    expected = {
+        "AWS_ACCESS_KEY_ID": minio_env["MINIO_ROOT_USER"],
+        "AWS_SECRET_ACCESS_KEY": minio_env["MINIO_ROOT_PASSWORD"],
+    }
     for name in (JOB, *WORKERS):  # the driver (pyarrow, S3A) and the executors (S3A) read MinIO
         env = environment(services[name])
         for key, value in expected.items():
-            assert env.get(key) == value, f"service {name!r}: {key} is {env.get(key)!r}, but MinIO's credential is {value!r}"
+            assert env.get(key) == value, (
+                f"service {name!r}: {key} is {env.get(key)!r}, but MinIO's credential is {value!r}"
+            )
         assert env.get("AWS_REGION"), f"service {name!r} sets no AWS_REGION"
     script = " ".join(command(services[MINIO_SETUP]))
     # `$$` escapes compose's own interpolation, so the container's shell expands its environment.

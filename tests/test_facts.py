@@ -9,7 +9,7 @@ from em_spark.models.kernels import COVARIANCE_TYPES
 
 
 def test_config_takes_the_models_names():
-    assert config.FAMILIES == tuple(FAMILIES)
+    assert tuple(FAMILIES) == config.FAMILIES
     assert config.COVARIANCE_TYPES is COVARIANCE_TYPES
     assert config.HMM_COVARIANCE_TYPES is HMM_COVARIANCE_TYPES
 
@@ -77,11 +77,20 @@ def test_config_defaults_are_the_estimators_and_the_families():
 
     family = GaussianFamily(k=job.model.k)
     assert (family.covariance_type, family.reg_covar, family.init_mode, family.handle_missing) == (
-        job.model.covarianceType, job.model.regCovar, job.model.initMode, job.model.handleMissing)
+        job.model.covarianceType,
+        job.model.regCovar,
+        job.model.initMode,
+        job.model.handleMissing,
+    )
     assert CategoricalMixtureFamily(k=2).kind == job.model.kind
     settings = FitSettings()
     assert (settings.max_iter, settings.tol, settings.n_init, settings.seed, settings.keep_checkpoints) == (
-        job.fit.maxIter, job.fit.tol, job.fit.nInit, job.fit.seed, job.run.keepCheckpoints)
+        job.fit.maxIter,
+        job.fit.tol,
+        job.fit.nInit,
+        job.fit.seed,
+        job.run.keepCheckpoints,
+    )
 
 
 def test_estimators_build_their_family_with_its_defaults():

@@ -31,7 +31,9 @@ def _assert_identical(case: str, fitted: dict[str, np.ndarray]) -> None:
     assert sorted(fitted) == sorted(expected), f"{case}: other outputs than recorded"
     for key, want in expected.items():
         got = np.asarray(fitted[key])
-        assert got.dtype == want.dtype and got.shape == want.shape, f"{case} {key}: {got.dtype}{got.shape} != {want.dtype}{want.shape}"
+        assert got.dtype == want.dtype and got.shape == want.shape, (
+            f"{case} {key}: {got.dtype}{got.shape} != {want.dtype}{want.shape}"
+        )
         if not np.array_equal(got, want, equal_nan=np.issubdtype(want.dtype, np.floating)):
             diff = np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))
             pytest.fail(f"{case} {key}: not bit-identical to the golden fit (max abs difference {diff:.3g})")

@@ -101,7 +101,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if color[nxt] == grey:
-                return stack[stack.index(nxt):] + [nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if color[nxt] == white:
                 cycle = visit(nxt)
                 if cycle:
@@ -119,8 +119,16 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_walk_sees_every_part_of_the_package():
-    for name in ("em_spark.cli", "em_spark.app.common", "em_spark.app.nightly", "em_spark.engine.loop",
-                 "em_spark.models.base", "em_spark.storage.registry", "em_spark.api.base", "em_spark.stats"):
+    for name in (
+        "em_spark.cli",
+        "em_spark.app.common",
+        "em_spark.app.nightly",
+        "em_spark.engine.loop",
+        "em_spark.models.base",
+        "em_spark.storage.registry",
+        "em_spark.api.base",
+        "em_spark.stats",
+    ):
         assert name in MODULES
     assert all(path.exists() for path in MODULES.values())
 
@@ -160,18 +168,30 @@ def _outside(prefix: str, forbidden: tuple[str, ...], third_party: tuple[str, ..
             if any(target == f or target.startswith(f + ".") for f in forbidden):
                 bad.append(f"{name}:{line} imports {target}")
         for node in ast.walk(ast.parse(path.read_text())):
-            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                       else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             bad += [f"{name}:{node.lineno} imports {m}" for m in modules if m.split(".")[0] in third_party]
     return bad
 
 
-@pytest.mark.parametrize(("layer", "forbidden", "third_party"), [
-    ("em_spark.models", ("em_spark.engine", "em_spark.api", "em_spark.app", "em_spark.cli"), ("pyspark",)),
-    ("em_spark.storage", ("em_spark.models", "em_spark.api", "em_spark.app", "em_spark.engine", "em_spark.cli"), ()),
-    ("em_spark.engine", ("em_spark.app", "em_spark.api", "em_spark.cli"), ()),
-    ("em_spark.api", ("em_spark.app", "em_spark.cli"), ()),
-])
+@pytest.mark.parametrize(
+    ("layer", "forbidden", "third_party"),
+    [
+        ("em_spark.models", ("em_spark.engine", "em_spark.api", "em_spark.app", "em_spark.cli"), ("pyspark",)),
+        (
+            "em_spark.storage",
+            ("em_spark.models", "em_spark.api", "em_spark.app", "em_spark.engine", "em_spark.cli"),
+            (),
+        ),
+        ("em_spark.engine", ("em_spark.app", "em_spark.api", "em_spark.cli"), ()),
+        ("em_spark.api", ("em_spark.app", "em_spark.cli"), ()),
+    ],
+)
 def test_each_layer_imports_only_the_layers_below_it(layer, forbidden, third_party):
     bad = _outside(layer, forbidden, third_party)
     assert not bad, "\n".join(bad)

@@ -11,13 +11,14 @@ import re
 import socket
 import threading
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
-from em_spark.app import metrics
 from em_spark.api.base import EMSummary
 from em_spark.api.gaussian import GaussianMixtureModel
+from em_spark.app import metrics
 from em_spark.app.common import JsonFormatter as _JsonFormatter
 from em_spark.app.config import ConfigError, load_config
 from em_spark.app.demo_data import make_blobs
@@ -85,9 +86,7 @@ def _model(family, result, n_features=2):
 def test_every_e_step_job_is_described_with_the_run_restart_and_iteration(X):
     source = LabelledSource(X)
     fit_em(GaussianFamily(k=3), source, FitSettings(max_iter=3, tol=0.0, n_init=2, run_id="night-42"))
-    assert source.labels == [
-        f"em_spark run=night-42 restart={r}/2 iter={i}" for r in (1, 2) for i in (1, 2, 3)
-    ]
+    assert source.labels == [f"em_spark run=night-42 restart={r}/2 iter={i}" for r in (1, 2) for i in (1, 2, 3)]
 
 
 def test_json_logs_have_one_line_per_iteration_with_separate_fields(X, em_logger):
@@ -191,7 +190,14 @@ def test_a_resumed_run_keeps_the_records_of_the_attempt_that_was_killed(X, em_lo
     # Re-running the finished run changes nothing; a fresh fit under the same id replaces the records.
     with metrics.IterationRecorder("resumed", where) as recorder:
         fit_em(family, LabelledSource(X), settings)
-    assert [r["iteration"] for r in metrics.publish(recorder, _model(family, result))["perIteration"]] == [1, 2, 3, 4, 5, 6]
+    assert [r["iteration"] for r in metrics.publish(recorder, _model(family, result))["perIteration"]] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
     fresh = FitSettings(max_iter=2, tol=0.0, run_id="resumed")
     with metrics.IterationRecorder("resumed", where) as recorder:
         result = fit_em(family, LabelledSource(X), fresh)
@@ -222,10 +228,10 @@ def test_metrics_uri():
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
-    requests: list[tuple[str, str, dict, str]] = []
+    requests: ClassVar[list[tuple[str, str, dict, str]]] = []
     status = 200
 
-    def do_PUT(self):  # noqa: N802
+    def do_PUT(self):
         body = self.rfile.read(int(self.headers["Content-Length"])).decode()
         type(self).requests.append((self.command, self.path, dict(self.headers), body))
         self.send_response(type(self).status)

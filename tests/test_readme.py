@@ -78,8 +78,8 @@ def test_imputation_example_fills_every_missing_entry_and_keeps_the_observed_one
     namespace = _run(_example("handleMissing="))
     rows = namespace["filled"].collect()
     X = namespace["X"]
-    for i, row in enumerate(rows[:200]):
-        observed = [v for v in (row.a, row.b, row.c)]
+    for row in rows[:200]:
+        observed = [row.a, row.b, row.c]
         for j, value in enumerate(observed):
             if value is None:
                 assert row.imputedStd[j] > 0 and np.isfinite(row.imputed[j])
@@ -99,8 +99,14 @@ def test_semi_supervised_example_names_components_after_their_labels(spark):
 
 def test_every_python_example_in_the_readme_is_run_by_a_test():
     examples = _fenced("python")
-    markers = ["GaussianMixture(k=3, covarianceType", "KMeans(", "CategoricalMixture(", "GaussianHMM(",
-               "handleMissing=", "labelCol="]
+    markers = [
+        "GaussianMixture(k=3, covarianceType",
+        "KMeans(",
+        "CategoricalMixture(",
+        "GaussianHMM(",
+        "handleMissing=",
+        "labelCol=",
+    ]
     assert len(examples) == len(markers), "a new README example needs a test that runs it"
     for marker in markers:
         assert sum(marker in code for code in examples) == 1, marker

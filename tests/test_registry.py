@@ -16,10 +16,10 @@ import pyarrow.fs as pafs
 import pytest
 
 import em_spark
-from em_spark.storage import registry as registry_module
-from em_spark.storage.registry import ModelRegistry, RegistryError
 from em_spark.app.registry import add_registry_parser, run_registry
 from em_spark.storage import ObjectExistsError, get_sealed, seal, write_object
+from em_spark.storage import registry as registry_module
+from em_spark.storage.registry import ModelRegistry, RegistryError
 
 LOGGER = "em_spark.storage.registry"
 METRICS = {"trainAvgLogLik": -3.7542263, "holdoutAvgLogLik": -3.76, "bic": 1234.56, "numIter": 12, "wallSeconds": 4.2}
@@ -68,8 +68,14 @@ def reg(root) -> ModelRegistry:
 
 
 def register(reg: ModelRegistry, run_id: str = "r1", name: str = "gmm", model: bytes | None = None, **overrides):
-    kwargs = {"config": CONFIG, "seed": 7, "data_fingerprint": "sha256:abc", "run_id": run_id,
-              "metrics": METRICS, "extra": {"note": run_id}}
+    kwargs = {
+        "config": CONFIG,
+        "seed": 7,
+        "data_fingerprint": "sha256:abc",
+        "run_id": run_id,
+        "metrics": METRICS,
+        "extra": {"note": run_id},
+    }
     kwargs.update(overrides)
     return reg.register(name, model if model is not None else f"model of {run_id}".encode(), **kwargs)
 
@@ -215,7 +221,9 @@ def test_get_by_number_alias_latest_and_clear_errors(reg):
         reg.get("gmm", 9)
     with pytest.raises(RegistryError, match="unknown model 'other'.*known models: gmm"):
         reg.get("other", 1)
-    with pytest.raises(RegistryError, match="unknown model 'gmm': registry .*-missing does not exist; .*first registration"):
+    with pytest.raises(
+        RegistryError, match="unknown model 'gmm': registry .*-missing does not exist; .*first registration"
+    ):
         ModelRegistry(str(reg.root_uri) + "-missing").versions("gmm")
     empty = Path(str(reg.root_uri) + "-empty")
     empty.mkdir()
@@ -321,13 +329,18 @@ def test_promote_rollback_and_history(place):
     back = reg.rollback("gmm", reason="bad scores")
     assert (back.version, back.previous, back.action, back.reason, back.sequence) == (2, 3, "rollback", "bad scores", 4)
     assert reg.rollback("gmm").version == 1  # undoes promotions like a stack, no ping-pong
-    with pytest.raises(RegistryError, match="nothing to roll back to: alias 'production' of model 'gmm' points at version 1"):
+    with pytest.raises(
+        RegistryError, match="nothing to roll back to: alias 'production' of model 'gmm' points at version 1"
+    ):
         reg.rollback("gmm")
 
     history = place.make().alias_history("gmm")
     assert [(e.sequence, e.version, e.previous, e.action) for e in history] == [
-        (1, 1, None, "promote"), (2, 2, 1, "promote"), (3, 3, 2, "promote"),
-        (4, 2, 3, "rollback"), (5, 1, 2, "rollback"),
+        (1, 1, None, "promote"),
+        (2, 2, 1, "promote"),
+        (3, 3, 2, "promote"),
+        (4, 2, 3, "rollback"),
+        (5, 1, 2, "rollback"),
     ]
     assert all(e.at.endswith("Z") and e.by for e in history)
     assert place.make().get("gmm").version == 1
@@ -422,9 +435,12 @@ def test_a_damaged_newest_alias_entry_fails_resolving_instead_of_falling_back(re
     entry.write_bytes(entry.read_bytes()[:-3])
     fresh = ModelRegistry(str(root))
     for resolve in (lambda: fresh.alias("gmm"), lambda: fresh.get("gmm"), lambda: fresh.load_bytes("gmm")):
-        with pytest.raises(RegistryError, match=r"alias 'production' of model 'gmm' cannot be resolved: its newest "
-                                                r"log entry 2 \(.*0000000002\.json\.sealed\) is damaged .*"
-                                                r"does not fall back .*registry promote .*--name gmm --version N"):
+        with pytest.raises(
+            RegistryError,
+            match=r"alias 'production' of model 'gmm' cannot be resolved: its newest "
+            r"log entry 2 \(.*0000000002\.json\.sealed\) is damaged .*"
+            r"does not fall back .*registry promote .*--name gmm --version N",
+        ):
             resolve()
     assert fresh.aliases_of("gmm") == {}
     history = fresh.alias_history("gmm")
@@ -447,8 +463,11 @@ def test_a_damaged_older_alias_entry_is_superseded_but_limits_rollback(reg, root
     assert fresh.alias("gmm") == 4  # entry 4 was written after entry 2 existed: it decides
     assert [e.damaged for e in fresh.alias_history("gmm")] == [False, True, False, False]
     assert fresh.rollback("gmm").version == 3  # entries after the damage replay exactly
-    with pytest.raises(RegistryError, match="from version 3: the version before it is unknown because entry 2 "
-                                            ".*is damaged .*none is guessed; promote the version that should be in production explicitly instead"):
+    with pytest.raises(
+        RegistryError,
+        match="from version 3: the version before it is unknown because entry 2 "
+        ".*is damaged .*none is guessed; promote the version that should be in production explicitly instead",
+    ):
         fresh.rollback("gmm")
     assert fresh.alias("gmm") == 3
 
@@ -479,8 +498,11 @@ def test_promote_and_rollback_refuse_a_version_with_a_damaged_model(reg, root, d
         model.write_bytes(seal(b"some other model"))
     else:
         model.unlink()
-    with pytest.raises(RegistryError, match=r"cannot promote model 'gmm' version 2 to alias 'production': the model "
-                                            r"object .*(damaged|does not match|missing).*alias 'production' was not moved"):
+    with pytest.raises(
+        RegistryError,
+        match=r"cannot promote model 'gmm' version 2 to alias 'production': the model "
+        r"object .*(damaged|does not match|missing).*alias 'production' was not moved",
+    ):
         reg.promote("gmm", 2)
     assert reg.alias("gmm") == 1 and len(reg.alias_history("gmm")) == 1
 
@@ -491,8 +513,11 @@ def test_rollback_refuses_a_target_with_a_damaged_model(reg, root):
     reg.promote("gmm", 1)
     reg.promote("gmm", 2)
     (root / "gmm" / "versions" / "0000000001" / "model.emsp").write_bytes(seal(b"some other model"))
-    with pytest.raises(RegistryError, match="cannot roll back alias 'production' of model 'gmm' to version 1: .*"
-                                            r"does not match .*was not moved \(still version 2\)"):
+    with pytest.raises(
+        RegistryError,
+        match="cannot roll back alias 'production' of model 'gmm' to version 1: .*"
+        r"does not match .*was not moved \(still version 2\)",
+    ):
         reg.rollback("gmm")
     assert reg.alias("gmm") == 2 and len(reg.alias_history("gmm")) == 2
 
@@ -522,15 +547,24 @@ def test_unsafe_names_are_refused_and_write_nothing(tmp_path, bad):
     reg = ModelRegistry(str(tmp_path / "registry"))
     with pytest.raises(RegistryError, match="invalid model name"):
         register(reg, name=bad)
-    for call in (lambda: reg.versions(bad), lambda: reg.get(bad), lambda: reg.promote(bad, 1),
-                 lambda: reg.rollback(bad), lambda: reg.find_by_run_id(bad, "r1"), lambda: reg.alias_history(bad)):
+    for call in (
+        lambda: reg.versions(bad),
+        lambda: reg.get(bad),
+        lambda: reg.promote(bad, 1),
+        lambda: reg.rollback(bad),
+        lambda: reg.find_by_run_id(bad, "r1"),
+        lambda: reg.alias_history(bad),
+    ):
         with pytest.raises(RegistryError, match="invalid model name"):
             call()
     assert list(tmp_path.iterdir()) == []  # not even the registry root was created
 
     register(reg, "r1")
-    for call in (lambda: reg.promote("gmm", 1, alias=bad), lambda: reg.rollback("gmm", alias=bad),
-                 lambda: reg.alias_history("gmm", bad)):
+    for call in (
+        lambda: reg.promote("gmm", 1, alias=bad),
+        lambda: reg.rollback("gmm", alias=bad),
+        lambda: reg.alias_history("gmm", bad),
+    ):
         with pytest.raises(RegistryError, match="invalid alias"):
             call()
     with pytest.raises(RegistryError, match="invalid alias"):
@@ -540,7 +574,8 @@ def test_unsafe_names_are_refused_and_write_nothing(tmp_path, bad):
     outside = [p for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "registry")]
     assert outside == []
     assert files_under(tmp_path / "registry") == [
-        "gmm/versions/0000000001.claim", "gmm/versions/0000000001/model.emsp",
+        "gmm/versions/0000000001.claim",
+        "gmm/versions/0000000001/model.emsp",
         "gmm/versions/0000000001/version.json.sealed",
     ]
 
@@ -610,15 +645,30 @@ def test_cli_show_prints_the_metadata_as_json(populated, capsys):
     assert shown["version"] == 2 and shown["run_id"] == "nightly-2024-01-02" and shown["aliases"] == ["production"]
     assert shown["config"] == CONFIG and shown["metrics"] == {"trainAvgLogLik": -3.5, "bic": 99.0}
     assert shown["package_version"] == em_spark.__version__ and shown["uri"].endswith("/gmm/versions/0000000002")
-    shown = json.loads(run(["registry", "show", "--registry", populated, "--name", "gmm", "--version", "latest"], capsys))
+    shown = json.loads(
+        run(["registry", "show", "--registry", populated, "--name", "gmm", "--version", "latest"], capsys)
+    )
     assert shown["version"] == 3 and shown["aliases"] == []
     shown = json.loads(run(["registry", "show", "--registry", populated, "--name", "gmm", "--version", "1"], capsys))
     assert shown["version"] == 1
 
 
 def test_cli_promote_and_rollback(populated, capsys):
-    out = run(["registry", "promote", "--registry", populated, "--name", "gmm", "--version", "3",
-               "--reason", "better holdout"], capsys)
+    out = run(
+        [
+            "registry",
+            "promote",
+            "--registry",
+            populated,
+            "--name",
+            "gmm",
+            "--version",
+            "3",
+            "--reason",
+            "better holdout",
+        ],
+        capsys,
+    )
     assert out.strip() == "model gmm: production -> version 3 (was 2)"
     assert ModelRegistry(populated).alias_history("gmm")[-1].reason == "better holdout"
     out = run(["registry", "rollback", "--registry", populated, "--name", "gmm", "--reason", "regression"], capsys)
@@ -627,14 +677,17 @@ def test_cli_promote_and_rollback(populated, capsys):
     assert out.strip() == "model other: production -> version 1 (was not set)"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["show", "--name", "nope"], "unknown model 'nope'.*known models: gmm, other"),
-    (["show", "--name", "gmm", "--version", "9"], "unknown version 9 of model 'gmm'; available versions: 1, 2, 3"),
-    (["show", "--name", "other"], "alias 'production' of model 'other' is not set"),
-    (["promote", "--name", "gmm", "--version", "7"], "unknown version 7"),
-    (["rollback", "--name", "other"], "is not set; nothing to roll back"),
-    (["list", "--name", "../etc"], "invalid model name '../etc'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["show", "--name", "nope"], "unknown model 'nope'.*known models: gmm, other"),
+        (["show", "--name", "gmm", "--version", "9"], "unknown version 9 of model 'gmm'; available versions: 1, 2, 3"),
+        (["show", "--name", "other"], "alias 'production' of model 'other' is not set"),
+        (["promote", "--name", "gmm", "--version", "7"], "unknown version 7"),
+        (["rollback", "--name", "other"], "is not set; nothing to roll back"),
+        (["list", "--name", "../etc"], "invalid model name '../etc'"),
+    ],
+)
 def test_cli_errors_are_registry_errors(populated, argv, message):
     args = cli(["registry", argv[0], "--registry", populated, *argv[1:]])
     with pytest.raises(RegistryError, match=message):

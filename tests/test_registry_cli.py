@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from em_spark.storage.registry import ModelRegistry
 from em_spark.storage import seal
+from em_spark.storage.registry import ModelRegistry
 
 NAME = "gmm"
 ENTRY = "{:010d}.json.sealed"
@@ -30,8 +30,15 @@ ENTRY = "{:010d}.json.sealed"
 
 def em_spark(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
-    return subprocess.run([sys.executable, "-m", "em_spark.cli", *args], check=False, cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "em_spark.cli", *args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def registry_cmd(command: str, root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -89,8 +96,15 @@ def model_bytes() -> list[bytes]:
 def make_registry(root: Path, model_bytes: list[bytes]) -> ModelRegistry:
     reg = ModelRegistry(str(root))
     for i, data in enumerate(model_bytes, start=1):
-        reg.register(NAME, data, config={"model": {"k": 2}}, seed=i, data_fingerprint="sha256:abc",
-                     run_id=f"nightly-{i}", metrics={"holdoutAvgLogLik": -3.0 - i})
+        reg.register(
+            NAME,
+            data,
+            config={"model": {"k": 2}},
+            seed=i,
+            data_fingerprint="sha256:abc",
+            run_id=f"nightly-{i}",
+            metrics={"holdoutAvgLogLik": -3.0 - i},
+        )
     return reg
 
 
@@ -148,11 +162,20 @@ def test_scoring_with_the_registry_model_fails_on_a_damaged_newest_entry(rolled_
     (tmp_path / "out" / "part-0.parquet").write_bytes(b"last night's scores")
     before = snapshot(tmp_path)
     result = em_spark(
-        "score", "--set", f"input.path={tmp_path / 'input'}", "--set", "score.registryModel=gmm",
-        "--set", f"registry.uri={rolled_back}", "--set", f"score.outputPath={tmp_path / 'out'}", cwd=tmp_path,
+        "score",
+        "--set",
+        f"input.path={tmp_path / 'input'}",
+        "--set",
+        "score.registryModel=gmm",
+        "--set",
+        f"registry.uri={rolled_back}",
+        "--set",
+        f"score.outputPath={tmp_path / 'out'}",
+        cwd=tmp_path,
     )
-    assert_refused(result, r"alias 'production' of model 'gmm' cannot be resolved: its newest log entry 3 ",
-                   r"registry promote")
+    assert_refused(
+        result, r"alias 'production' of model 'gmm' cannot be resolved: its newest log entry 3 ", r"registry promote"
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -162,8 +185,9 @@ def test_list_shows_a_damaged_newest_entry_and_changes_nothing(rolled_back):
 
     lines = assert_ok(registry_cmd("list", rolled_back)).splitlines()
     assert lines[1].split() == ["gmm", "DAMAGED", "2", "2"]
-    assert re.search(r"alias 'production' of model 'gmm' cannot be resolved: its newest log entry 3 .* is damaged",
-                     lines[2])
+    assert re.search(
+        r"alias 'production' of model 'gmm' cannot be resolved: its newest log entry 3 .* is damaged", lines[2]
+    )
 
     out = assert_ok(registry_cmd("list", rolled_back, "--name", NAME))
     assert "*" not in out and "(production is unknown: its newest log entry is damaged)" in out
@@ -179,8 +203,9 @@ def test_promote_repairs_a_damaged_newest_entry_by_appending_past_it(rolled_back
     flip_one_byte(entry_path(rolled_back, 3))
     before = snapshot(rolled_back.parent)
     out = assert_ok(registry_cmd("promote", rolled_back, "--name", NAME, "--version", "1", "--reason", "repair"))
-    assert out.strip() == ("model gmm: production -> version 1 (was unknown: entry 3 of its log is damaged; "
-                           "entry 4 supersedes it)")
+    assert out.strip() == (
+        "model gmm: production -> version 1 (was unknown: entry 3 of its log is damaged; entry 4 supersedes it)"
+    )
     after = snapshot(rolled_back.parent)
     assert {k: v for k, v in after.items() if k in before} == before  # the damaged entry is not overwritten
     assert sorted(set(after) - set(before)) == [f"registry/gmm/aliases/production/{ENTRY.format(4)}"]
@@ -292,8 +317,15 @@ def test_registering_logs_no_incomplete_version_but_list_still_shows_real_ones(r
         " run_id='nightly-2', metrics={})\n"
     )
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
-    result = subprocess.run([sys.executable, "-c", script, str(root)], check=False, cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(root)],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "registered version 2 (run nightly-2)" in result.stderr
     assert "incomplete" not in result.stderr and "skipping" not in result.stderr
@@ -319,8 +351,10 @@ def test_list_on_a_root_that_does_not_exist_is_an_error(tmp_path):
         r"registration \(an `em-spark nightly` run",
     )
     assert_refused(registry_cmd("list", missing, "--name", NAME), r"does not exist")
-    assert_refused(registry_cmd("show", missing, "--name", NAME),
-                   rf"unknown model 'gmm': registry {re.escape(str(missing))} does not exist")
+    assert_refused(
+        registry_cmd("show", missing, "--name", NAME),
+        rf"unknown model 'gmm': registry {re.escape(str(missing))} does not exist",
+    )
     assert snapshot(tmp_path) == before and not missing.exists()
 
 

@@ -16,15 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from em_spark import cli
-from em_spark.app import metrics
 from em_spark.api.base import EMSummary
 from em_spark.api.gaussian import GaussianMixtureModel
+from em_spark.app import metrics
 from em_spark.app.demo_data import make_blobs
+from em_spark.app.report import build_report, render
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily
 from em_spark.models.base import Block
-from em_spark.app.report import build_report, render
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PANEL_WIDTH, HEIGHT = 500, 420  # pixels: 5 x 4.2 inches at 100 dpi per panel
@@ -134,8 +134,22 @@ def test_the_cli_reports_a_run_by_id_or_by_path(tmp_path, capsys):
     _fit(X, tmp_path, run_id="nightly-7")
     data = _parquet(X, tmp_path / "data")
     checkpoint_dir = (tmp_path / "ckpt").as_uri()
-    code = cli.main(["report", "nightly-7", "--set", f"run.checkpointDir={checkpoint_dir}", "--output",
-                     str(tmp_path / "by-id"), "--data", data, "--features", "x0,x1", "--rows", "500"])
+    code = cli.main(
+        [
+            "report",
+            "nightly-7",
+            "--set",
+            f"run.checkpointDir={checkpoint_dir}",
+            "--output",
+            str(tmp_path / "by-id"),
+            "--data",
+            data,
+            "--features",
+            "x0,x1",
+            "--rows",
+            "500",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "em_spark report: log-likelihood, weights, scatter ->" in out
@@ -147,8 +161,20 @@ def test_the_cli_reports_a_run_by_id_or_by_path(tmp_path, capsys):
     code = cli.main(["report", "no-such-run", "--set", f"run.checkpointDir={checkpoint_dir}"])
     err = capsys.readouterr().err
     assert code == 2 and "em-spark: error: report:" in err and "no-such-run" in err
-    code = cli.main(["report", "nightly-7", "--set", f"run.checkpointDir={checkpoint_dir}",
-                     "--output", str(tmp_path / "x"), "--data", data, "--features", "nope"])
+    code = cli.main(
+        [
+            "report",
+            "nightly-7",
+            "--set",
+            f"run.checkpointDir={checkpoint_dir}",
+            "--output",
+            str(tmp_path / "x"),
+            "--data",
+            data,
+            "--features",
+            "nope",
+        ]
+    )
     assert code == 2 and "no column(s) ['nope']" in capsys.readouterr().err
 
 
@@ -160,7 +186,7 @@ def test_cli_train_writes_metrics_pushes_them_and_the_run_can_be_reported(spark,
     received = []
 
     class Gateway(http.server.BaseHTTPRequestHandler):
-        def do_PUT(self):  # noqa: N802
+        def do_PUT(self):
             received.append((self.path, self.rfile.read(int(self.headers["Content-Length"])).decode()))
             self.send_response(200)
             self.end_headers()
@@ -171,11 +197,19 @@ def test_cli_train_writes_metrics_pushes_them_and_the_run_can_be_reported(spark,
     server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        config = cli.load_config(None, [
-            f"input.path={tmp_path / 'data'}", "input.generate.rows=3000", f"run.checkpointDir={tmp_path / 'ckpt'}",
-            "run.id=cli-run", f"output.modelPath={tmp_path / 'model'}", "fit.maxIter=8", "fit.nInit=1",
-            f"run.pushgateway=http://127.0.0.1:{server.server_address[1]}",
-        ])
+        config = cli.load_config(
+            None,
+            [
+                f"input.path={tmp_path / 'data'}",
+                "input.generate.rows=3000",
+                f"run.checkpointDir={tmp_path / 'ckpt'}",
+                "run.id=cli-run",
+                f"output.modelPath={tmp_path / 'model'}",
+                "fit.maxIter=8",
+                "fit.nInit=1",
+                f"run.pushgateway=http://127.0.0.1:{server.server_address[1]}",
+            ],
+        )
         cli.run_train(config)
     finally:
         server.shutdown()
@@ -199,8 +233,17 @@ def test_report_with_a_data_path_that_does_not_exist_blames_the_data_not_the_run
     X = make_blobs(600, 2, 2, seed=10)[0]
     metrics_uri, _, _ = _fit(X, tmp_path, k=2, n_init=1)
     before = snapshot(tmp_path)
-    result = run_cli("report", metrics_uri, "--output", str(tmp_path / "out"), "--data", "no-such-data",
-                     "--features", "x0,x1", cwd=tmp_path)
+    result = run_cli(
+        "report",
+        metrics_uri,
+        "--output",
+        str(tmp_path / "out"),
+        "--data",
+        "no-such-data",
+        "--features",
+        "x0,x1",
+        cwd=tmp_path,
+    )
     line = result.assert_clean_error("--data file://", "no-such-data: no data there")
     assert "metrics.json" not in line and snapshot(tmp_path) == before
 
@@ -225,8 +268,19 @@ def test_report_on_an_hmm_run_draws_the_steps_by_viterbi_state(tmp_path):
     metrics.publish(recorder, model, wall_seconds=1.0, model_path=model_uri)
     pq.write_table(pa.table({"obs": [seq.tolist() for seq in X]}), tmp_path / "sequences.parquet")
 
-    result = run_cli("report", "hmm", "--set", f"run.checkpointDir={ckpt}", "--output", str(tmp_path / "out"),
-                     "--data", str(tmp_path / "sequences.parquet"), "--rows", "600", cwd=tmp_path)
+    result = run_cli(
+        "report",
+        "hmm",
+        "--set",
+        f"run.checkpointDir={ckpt}",
+        "--output",
+        str(tmp_path / "out"),
+        "--data",
+        str(tmp_path / "sequences.parquet"),
+        "--rows",
+        "600",
+        cwd=tmp_path,
+    )
     assert result.code == 0, result.err[-3000:]
     assert "em_spark report: log-likelihood, weights, scatter ->" in result.out
     page = (tmp_path / "out" / "report.html").read_text()

@@ -23,10 +23,14 @@ with DAG(
         conn_id="spark_default",
         application="/opt/em_spark/jobs/nightly_retrain.py",
         application_args=[
-            "--config", "/opt/em_spark/conf/nightly.yaml",
-            "--set", "nightly.date={{ ds }}",
-            "--set", "registry.uri=s3://my-bucket/em_spark/registry",
-            "--set", "nightly.inputPath=s3://my-bucket/features/events/date={date}",
+            "--config",
+            "/opt/em_spark/conf/nightly.yaml",
+            "--set",
+            "nightly.date={{ ds }}",
+            "--set",
+            "registry.uri=s3://my-bucket/em_spark/registry",
+            "--set",
+            "nightly.inputPath=s3://my-bucket/features/events/date={date}",
         ],
         conf={
             "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",

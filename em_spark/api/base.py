@@ -8,10 +8,11 @@ live here once.
 from __future__ import annotations
 
 import json
-from abc import abstractmethod
 import logging
 import time
-from typing import Any, Mapping
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from pyspark.ml import Estimator, Model
@@ -24,12 +25,13 @@ from em_spark.engine.scoring import score_frame
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.engine.spark_source import describe_features, load_blocks
 from em_spark.engine.validation import DataValidationError
-from em_spark.models.base import DEFAULT_K, EMFamily, Params as ParamArrays
-from em_spark.models.gaussian import GaussianFamily
+from em_spark.models.base import DEFAULT_K, EMFamily
+from em_spark.models.base import Params as ParamArrays
 from em_spark.models.criteria import information_criteria
+from em_spark.models.gaussian import GaussianFamily
 from em_spark.storage.names import MODEL_FILE
 
-__all__ = ["EMParams", "EMEstimator", "EMModel", "EMSummary", "MODEL_FILE"]
+__all__ = ["MODEL_FILE", "EMEstimator", "EMModel", "EMParams", "EMSummary"]
 
 log = logging.getLogger("em_spark")
 
@@ -59,36 +61,81 @@ class EMParams(Params):
 
     k = ml_param("k", "number of mixture components (> 0)", TypeConverters.toInt)
     maxIter = ml_param("maxIter", "maximum EM iterations per restart (>= 1)", TypeConverters.toInt)
-    tol = ml_param("tol", "stop when the change of the average log-likelihood per sample is below tol (>= 0)", TypeConverters.toFloat)
+    tol = ml_param(
+        "tol",
+        "stop when the change of the average log-likelihood per sample is below tol (>= 0)",
+        TypeConverters.toFloat,
+    )
     seed = ml_param("seed", "random seed", TypeConverters.toInt)
-    featuresCol = ml_param("featuresCol", "features: a Vector or array<double> column, or a list of numeric columns", _features)
+    featuresCol = ml_param(
+        "featuresCol", "features: a Vector or array<double> column, or a list of numeric columns", _features
+    )
     predictionCol = ml_param("predictionCol", "output column of the most likely component", TypeConverters.toString)
-    probabilityCol = ml_param("probabilityCol", "output column of component probabilities (Vector)", TypeConverters.toString)
-    logLikelihoodCol = ml_param("logLikelihoodCol", "output column of the per-row log-likelihood ('' for none)", TypeConverters.toString)
+    probabilityCol = ml_param(
+        "probabilityCol", "output column of component probabilities (Vector)", TypeConverters.toString
+    )
+    logLikelihoodCol = ml_param(
+        "logLikelihoodCol", "output column of the per-row log-likelihood ('' for none)", TypeConverters.toString
+    )
     weightCol = ml_param("weightCol", "optional column of non-negative sample weights", optional_string)
-    labelCol = ml_param("labelCol", "optional column of known components for semi-supervised EM (0..k-1; null or -1: unknown)",
-                  optional_string)
-    aggregationDepth = ml_param("aggregationDepth", "depth of the tree reduce of statistics (>= 1)", TypeConverters.toInt)
-    initMode = ml_param("initMode", "initialization: 'k-means++' or 'random' (ignored for restart 0 when initialModel is set)", TypeConverters.toString)
+    labelCol = ml_param(
+        "labelCol",
+        "optional column of known components for semi-supervised EM (0..k-1; null or -1: unknown)",
+        optional_string,
+    )
+    aggregationDepth = ml_param(
+        "aggregationDepth", "depth of the tree reduce of statistics (>= 1)", TypeConverters.toInt
+    )
+    initMode = ml_param(
+        "initMode",
+        "initialization: 'k-means++' or 'random' (ignored for restart 0 when initialModel is set)",
+        TypeConverters.toString,
+    )
     nInit = ml_param("nInit", "number of restarts; the one with the best log-likelihood is kept", TypeConverters.toInt)
     initialModel = ml_param("initialModel", "a fitted model or a dict of arrays to start restart 0 from")
-    checkpointDir = ml_param("checkpointDir", "URI under which each iteration is checkpointed (file://, s3://, ...)", optional_string)
+    checkpointDir = ml_param(
+        "checkpointDir", "URI under which each iteration is checkpointed (file://, s3://, ...)", optional_string
+    )
     runId = ml_param("runId", "name of the run; a fit with the same runId and checkpointDir resumes", optional_string)
-    keepCheckpoints = ml_param("keepCheckpoints", "checkpoints kept per run (the latest is never deleted)", TypeConverters.toInt)
-    numPartitions = ml_param("numPartitions", "partitions of the cached blocks (default: Spark's default parallelism, one task per core)")
-    initSampleSize = ml_param("initSampleSize", "rows sampled (without replacement) for initialization", TypeConverters.toInt)
-    s3Endpoint = ml_param("s3Endpoint", "endpoint URL of an S3-compatible store (MinIO); default: AWS_ENDPOINT_URL or AWS", optional_string)
+    keepCheckpoints = ml_param(
+        "keepCheckpoints", "checkpoints kept per run (the latest is never deleted)", TypeConverters.toInt
+    )
+    numPartitions = ml_param(
+        "numPartitions", "partitions of the cached blocks (default: Spark's default parallelism, one task per core)"
+    )
+    initSampleSize = ml_param(
+        "initSampleSize", "rows sampled (without replacement) for initialization", TypeConverters.toInt
+    )
+    s3Endpoint = ml_param(
+        "s3Endpoint",
+        "endpoint URL of an S3-compatible store (MinIO); default: AWS_ENDPOINT_URL or AWS",
+        optional_string,
+    )
 
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(
             # defaults of the engine and the families are theirs (initMode: the Gaussian and k-means default)
-            k=DEFAULT_K, maxIter=FitSettings.max_iter, tol=FitSettings.tol, seed=FitSettings.seed,
-            featuresCol="features", predictionCol="prediction",
-            probabilityCol="probability", logLikelihoodCol="logLikelihood", weightCol=None, labelCol=None,
-            aggregationDepth=DEFAULT_AGGREGATION_DEPTH, initMode=GaussianFamily.init_mode, nInit=FitSettings.n_init,
-            initialModel=None, checkpointDir=None, runId=None, keepCheckpoints=FitSettings.keep_checkpoints,
-            numPartitions=None, initSampleSize=DEFAULT_SAMPLE_SIZE, s3Endpoint=None,
+            k=DEFAULT_K,
+            maxIter=FitSettings.max_iter,
+            tol=FitSettings.tol,
+            seed=FitSettings.seed,
+            featuresCol="features",
+            predictionCol="prediction",
+            probabilityCol="probability",
+            logLikelihoodCol="logLikelihood",
+            weightCol=None,
+            labelCol=None,
+            aggregationDepth=DEFAULT_AGGREGATION_DEPTH,
+            initMode=GaussianFamily.init_mode,
+            nInit=FitSettings.n_init,
+            initialModel=None,
+            checkpointDir=None,
+            runId=None,
+            keepCheckpoints=FitSettings.keep_checkpoints,
+            numPartitions=None,
+            initSampleSize=DEFAULT_SAMPLE_SIZE,
+            s3Endpoint=None,
         )
 
     def _set_checked(self, **kwargs: Any) -> None:
@@ -98,8 +145,13 @@ class EMParams(Params):
             import difflib
 
             names = sorted(p.name for p in self.params)
-            hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, names, 1)) else repr(u) for u in unknown]
-            raise TypeError(f"{type(self).__name__} has no parameter " + ", ".join(hints) + f"; parameters are: {names}")
+            hints = [
+                f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, names, 1)) else repr(u)
+                for u in unknown
+            ]
+            raise TypeError(
+                f"{type(self).__name__} has no parameter " + ", ".join(hints) + f"; parameters are: {names}"
+            )
         for name, value in kwargs.items():
             if value is None:
                 self.clear(self.getParam(name))
@@ -110,7 +162,7 @@ class EMParams(Params):
         """(data, features column(s)) as the engine reads them; sequence models group long format here."""
         return dataset, self.getOrDefault("featuresCol")
 
-    def setParams(self, **kwargs: Any) -> "EMParams":
+    def setParams(self, **kwargs: Any) -> EMParams:
         self._set_checked(**kwargs)
         return self
 
@@ -129,7 +181,7 @@ class EMParams(Params):
 class EMSummary:
     """Training summary, with pyspark.ml's names where they exist."""
 
-    def __init__(self, model: "EMModel", result: FitResult, training: DataFrame | None):
+    def __init__(self, model: EMModel, result: FitResult, training: DataFrame | None):
         self._model = model
         self._training = training
         self.k = model.getOrDefault("k")
@@ -161,17 +213,25 @@ class EMSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "k": self.k, "logLikelihood": self.logLikelihood, "averageLogLikelihood": self.averageLogLikelihood,
-            "logLikelihoodHistory": self.logLikelihoodHistory, "numIter": self.numIter, "converged": self.converged,
-            "bestRestart": self.bestRestart, "numRows": self.numRows, "totalWeight": self.totalWeight,
-            "runId": self.runId, "iterationSeconds": self.iterationSeconds, "dataFingerprint": self.dataFingerprint,
+            "k": self.k,
+            "logLikelihood": self.logLikelihood,
+            "averageLogLikelihood": self.averageLogLikelihood,
+            "logLikelihoodHistory": self.logLikelihoodHistory,
+            "numIter": self.numIter,
+            "converged": self.converged,
+            "bestRestart": self.bestRestart,
+            "numRows": self.numRows,
+            "totalWeight": self.totalWeight,
+            "runId": self.runId,
+            "iterationSeconds": self.iterationSeconds,
+            "dataFingerprint": self.dataFingerprint,
         }
 
 
 class EMEstimator(Estimator, EMParams):
     """Base of every EM estimator: subclasses build their family and their model."""
 
-    _model_class: type["EMModel"]
+    _model_class: type[EMModel]
 
     @abstractmethod
     def family(self) -> EMFamily:
@@ -189,7 +249,7 @@ class EMEstimator(Estimator, EMParams):
             raise TypeError(f"initialModel must be a fitted model or a dict of arrays, got {type(initial).__name__}")
         return family.params_from_public(arrays, n_features)
 
-    def _fit(self, dataset: DataFrame) -> "EMModel":
+    def _fit(self, dataset: DataFrame) -> EMModel:
         family = self.family()
         original = dataset
         dataset, features = self._input(dataset)
@@ -243,14 +303,27 @@ class EMEstimator(Estimator, EMParams):
             extra += f", {summary.missing_entries} missing entries modelled"
         log.info(
             "run=%s loaded and validated %d %s x %d features%s (%d blocks in %d partitions) in %.1f s",
-            settings.run_id or "-", summary.rows, "sequences" if summary.sequences else "rows", source.n_features,
-            extra, summary.blocks, source.num_partitions, time.perf_counter() - started,
+            settings.run_id or "-",
+            summary.rows,
+            "sequences" if summary.sequences else "rows",
+            source.n_features,
+            extra,
+            summary.blocks,
+            source.num_partitions,
+            time.perf_counter() - started,
         )
         try:
             initial = self._initial_params(family, source.n_features)
             result = fit_em(
-                family, source, settings, initial,
-                data_identity={"features": features, "weightCol": weight_col, **({"labelCol": label_col} if label_col else {})},
+                family,
+                source,
+                settings,
+                initial,
+                data_identity={
+                    "features": features,
+                    "weightCol": weight_col,
+                    **({"labelCol": label_col} if label_col else {}),
+                },
             )
         finally:
             source.close()
@@ -260,13 +333,17 @@ class EMEstimator(Estimator, EMParams):
         return model
 
 
-
 class EMModel(Model, EMParams):
     """A fitted model: parameters as numpy arrays, Spark transform, safe save/load."""
 
     #: the params a saved model keeps (how it reads and writes data), restored on load
     _saved_params: tuple[str, ...] = (
-        "featuresCol", "predictionCol", "probabilityCol", "logLikelihoodCol", "weightCol", "seed",
+        "featuresCol",
+        "predictionCol",
+        "probabilityCol",
+        "logLikelihoodCol",
+        "weightCol",
+        "seed",
     )
 
     def __init__(self, family: EMFamily, params: ParamArrays, n_features: int):
@@ -303,10 +380,12 @@ class EMModel(Model, EMParams):
     @property
     def summary(self) -> EMSummary:
         if self._summary is None:
-            raise RuntimeError("no training summary: this model was not fitted in this session or was saved without one")
+            raise RuntimeError(
+                "no training summary: this model was not fitted in this session or was saved without one"
+            )
         return self._summary
 
-    def with_params(self, params: ParamArrays) -> "EMModel":
+    def with_params(self, params: ParamArrays) -> EMModel:
         """The same model (params, summary) with other parameter arrays, e.g. relabeled components."""
         other = self.copy()
         other._arrays = {k: np.asarray(v) for k, v in params.items()}
@@ -316,7 +395,11 @@ class EMModel(Model, EMParams):
     def _transform(self, dataset: DataFrame) -> DataFrame:
         dataset, features = self._input(dataset)
         return score_frame(
-            dataset, self._family, self._arrays, self._n_features, features,
+            dataset,
+            self._family,
+            self._arrays,
+            self._n_features,
+            features,
             prediction_col=self.getOrDefault("predictionCol"),
             probability_col=self.getOrDefault("probabilityCol"),
             loglik_col=self.getOrDefault("logLikelihoodCol") or None,
@@ -328,8 +411,9 @@ class EMModel(Model, EMParams):
         and one ``loglik`` per sequence."""
         from em_spark.models.base import Block
 
-        block = Block(np.asarray(X, dtype=np.float64),
-                      lengths=None if lengths is None else np.asarray(lengths, dtype=np.int64))
+        block = Block(
+            np.asarray(X, dtype=np.float64), lengths=None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        )
         return self._family.score(block, self._arrays)
 
     def _total_log_likelihood(self, dataset: DataFrame) -> tuple[float, float, float]:
@@ -338,11 +422,21 @@ class EMModel(Model, EMParams):
         dataset, features = self._input(dataset)
         weight_col = self.getOrDefault("weightCol")
         w = F.col(weight_col).cast("double") if weight_col else F.lit(1.0)
-        scored = score_frame(dataset, self._family, self._arrays, self._n_features, features, loglik_col="__em_ll",
-                             prediction_col="__em_pred", probability_col="__em_prob")
+        scored = score_frame(
+            dataset,
+            self._family,
+            self._arrays,
+            self._n_features,
+            features,
+            loglik_col="__em_ll",
+            prediction_col="__em_pred",
+            probability_col="__em_prob",
+        )
         steps = F.size("__em_pred") if self._family.sequential else F.lit(1)
         row = scored.agg(
-            F.sum(w * F.col("__em_ll")).alias("ll"), F.sum(w).alias("w"), F.sum(w * steps).alias("n"),
+            F.sum(w * F.col("__em_ll")).alias("ll"),
+            F.sum(w).alias("w"),
+            F.sum(w * steps).alias("n"),
             F.sum(F.when(F.col("__em_ll").isNull(), 1).otherwise(0)).alias("bad"),
         ).first()
         if row["bad"]:
@@ -389,10 +483,12 @@ class EMModel(Model, EMParams):
         from em_spark.storage import put_sealed
         from em_spark.storage.fs import join
 
-        put_sealed(join(path, MODEL_FILE), self.to_bytes(), overwrite=overwrite, s3_endpoint=self.getOrDefault("s3Endpoint"))
+        put_sealed(
+            join(path, MODEL_FILE), self.to_bytes(), overwrite=overwrite, s3_endpoint=self.getOrDefault("s3Endpoint")
+        )
 
     @classmethod
-    def from_bytes(cls, data: bytes, where: str = "<bytes>") -> "EMModel":
+    def from_bytes(cls, data: bytes, where: str = "<bytes>") -> EMModel:
         from em_spark.models import FAMILIES
         from em_spark.storage import unpack
 
@@ -410,19 +506,24 @@ class EMModel(Model, EMParams):
         if meta.get("summary"):
             summary = meta["summary"]
             result = FitResult(
-                params=arrays, history=summary["logLikelihoodHistory"], n_iter=summary["numIter"],
-                converged=summary["converged"], restart=summary["bestRestart"], total_weight=summary["totalWeight"],
-                n_rows=summary["numRows"], run_id=summary["runId"], iteration_seconds=summary["iterationSeconds"],
+                params=arrays,
+                history=summary["logLikelihoodHistory"],
+                n_iter=summary["numIter"],
+                converged=summary["converged"],
+                restart=summary["bestRestart"],
+                total_weight=summary["totalWeight"],
+                n_rows=summary["numRows"],
+                run_id=summary["runId"],
+                iteration_seconds=summary["iterationSeconds"],
                 data_fingerprint=summary.get("dataFingerprint", ""),
             )
             model._summary = EMSummary(model, result, None)
         return model
 
     @classmethod
-    def load(cls, path: str, s3Endpoint: str | None = None) -> "EMModel":
+    def load(cls, path: str, s3Endpoint: str | None = None) -> EMModel:
         from em_spark.storage import get_sealed
         from em_spark.storage.fs import join
 
         uri = join(path, MODEL_FILE)
         return cls.from_bytes(get_sealed(uri, s3_endpoint=s3Endpoint), uri)
-

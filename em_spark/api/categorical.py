@@ -24,10 +24,17 @@ def _categories(value):
 
 
 class _CategoricalParams:
-    kind = ml_param("kind", "'categorical' (each column a categorical code 0..c-1) or 'multinomial' (each row a count vector)",
-              TypeConverters.toString)
-    smoothing = ml_param("smoothing", "Dirichlet pseudo-count added to every category in the M-step", TypeConverters.toFloat)
-    nCategories = ml_param("nCategories", "categories per feature (default: inferred from the sample as max + 1)", _categories)
+    kind = ml_param(
+        "kind",
+        "'categorical' (each column a categorical code 0..c-1) or 'multinomial' (each row a count vector)",
+        TypeConverters.toString,
+    )
+    smoothing = ml_param(
+        "smoothing", "Dirichlet pseudo-count added to every category in the M-step", TypeConverters.toFloat
+    )
+    nCategories = ml_param(
+        "nCategories", "categories per feature (default: inferred from the sample as max + 1)", _categories
+    )
 
 
 class CategoricalMixtureModel(EMModel, _CategoricalParams):
@@ -93,8 +100,10 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
     ):
         super().__init__()
         self._setDefault(
-            kind=CategoricalMixtureFamily.kind, smoothing=CategoricalMixtureFamily.smoothing,
-            nCategories=CategoricalMixtureFamily.n_categories, initMode=CategoricalMixtureFamily.init_mode,
+            kind=CategoricalMixtureFamily.kind,
+            smoothing=CategoricalMixtureFamily.smoothing,
+            nCategories=CategoricalMixtureFamily.n_categories,
+            initMode=CategoricalMixtureFamily.init_mode,
         )
         self._set_checked(**self._input_kwargs)
 

@@ -18,14 +18,23 @@ __all__ = ["GaussianMixture", "GaussianMixtureModel"]
 
 class _GaussianParams:
     covarianceType = ml_param("covarianceType", "'full', 'diag', 'spherical' or 'tied'", TypeConverters.toString)
-    regCovar = ml_param("regCovar", "added to every covariance diagonal in the M-step (scikit-learn's reg_covar)", TypeConverters.toFloat)
-    handleMissing = ml_param("handleMissing", "'error': refuse null/NaN features; 'model': fit them exactly as missing values "
-                       "(conditional-Gaussian E-step)", TypeConverters.toString)
+    regCovar = ml_param(
+        "regCovar",
+        "added to every covariance diagonal in the M-step (scikit-learn's reg_covar)",
+        TypeConverters.toFloat,
+    )
+    handleMissing = ml_param(
+        "handleMissing",
+        "'error': refuse null/NaN features; 'model': fit them exactly as missing values (conditional-Gaussian E-step)",
+        TypeConverters.toString,
+    )
 
 
 #: the Gaussian params' defaults: the family's
 _GAUSSIAN_DEFAULTS = dict(
-    covarianceType=GaussianFamily.covariance_type, regCovar=GaussianFamily.reg_covar, handleMissing=GaussianFamily.handle_missing,
+    covarianceType=GaussianFamily.covariance_type,
+    regCovar=GaussianFamily.reg_covar,
+    handleMissing=GaussianFamily.handle_missing,
 )
 
 
@@ -58,8 +67,15 @@ class GaussianMixtureModel(EMModel, _GaussianParams):
         from em_spark.engine.scoring import impute_frame
 
         dataset, features = self._input(dataset)
-        return impute_frame(dataset, self._family, self._arrays, self._n_features, features,
-                            output_col=outputCol, std_col=stdCol or f"{outputCol}Std")
+        return impute_frame(
+            dataset,
+            self._family,
+            self._arrays,
+            self._n_features,
+            features,
+            output_col=outputCol,
+            std_col=stdCol or f"{outputCol}Std",
+        )
 
     @property
     def weights(self) -> np.ndarray:

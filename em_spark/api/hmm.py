@@ -22,7 +22,7 @@ from em_spark.engine.spark_source import group_sequences
 from em_spark.models import CategoricalHMMFamily, GaussianHMMFamily
 from em_spark.models.base import DEFAULT_K
 
-__all__ = ["GaussianHMM", "GaussianHMMModel", "CategoricalHMM", "CategoricalHMMModel", "SEQUENCE_COL"]
+__all__ = ["SEQUENCE_COL", "CategoricalHMM", "CategoricalHMMModel", "GaussianHMM", "GaussianHMMModel"]
 
 #: the column holding each grouped sequence when the input is in long format
 SEQUENCE_COL = "sequence"
@@ -33,8 +33,12 @@ def _optional_int(value: Any) -> Any:
 
 
 class _SequenceParams:
-    sequenceCol = ml_param("sequenceCol", "long format: the column identifying each sequence (with timeCol)", optional_string)
-    timeCol = ml_param("timeCol", "long format: the column ordering the steps of a sequence (with sequenceCol)", optional_string)
+    sequenceCol = ml_param(
+        "sequenceCol", "long format: the column identifying each sequence (with timeCol)", optional_string
+    )
+    timeCol = ml_param(
+        "timeCol", "long format: the column ordering the steps of a sequence (with sequenceCol)", optional_string
+    )
 
     def _input(self, dataset: DataFrame) -> tuple[DataFrame, Any]:
         """One sequence per row as given, or long format grouped by sequenceCol, ordered by timeCol.
@@ -45,7 +49,9 @@ class _SequenceParams:
         if not sequence_col and not time_col:
             return dataset, features
         if not (sequence_col and time_col):
-            raise ValueError("long-format input needs both sequenceCol and timeCol (or neither, for one sequence per row)")
+            raise ValueError(
+                "long-format input needs both sequenceCol and timeCol (or neither, for one sequence per row)"
+            )
         if self.getOrDefault("weightCol"):
             raise ValueError(
                 "weightCol is not supported with long-format input (a weight belongs to a whole sequence); "
@@ -60,16 +66,26 @@ class _GaussianHMMParams(_SequenceParams):
 
 
 class _CategoricalHMMParams(_SequenceParams):
-    nCategories = ml_param("nCategories", "number of symbols (default: inferred from the sample as max + 1)", _optional_int)
-    smoothing = ml_param("smoothing", "Dirichlet pseudo-count added to every emission count in the M-step", TypeConverters.toFloat)
+    nCategories = ml_param(
+        "nCategories", "number of symbols (default: inferred from the sample as max + 1)", _optional_int
+    )
+    smoothing = ml_param(
+        "smoothing", "Dirichlet pseudo-count added to every emission count in the M-step", TypeConverters.toFloat
+    )
 
 
 #: the HMM params' defaults: the families' (no long format unless asked)
 _GAUSSIAN_HMM_DEFAULTS = dict(
-    covarianceType=GaussianHMMFamily.covariance_type, regCovar=GaussianHMMFamily.reg_covar, sequenceCol=None, timeCol=None,
+    covarianceType=GaussianHMMFamily.covariance_type,
+    regCovar=GaussianHMMFamily.reg_covar,
+    sequenceCol=None,
+    timeCol=None,
 )
 _CATEGORICAL_HMM_DEFAULTS = dict(
-    nCategories=CategoricalHMMFamily.n_categories, smoothing=CategoricalHMMFamily.smoothing, sequenceCol=None, timeCol=None,
+    nCategories=CategoricalHMMFamily.n_categories,
+    smoothing=CategoricalHMMFamily.smoothing,
+    sequenceCol=None,
+    timeCol=None,
 )
 
 

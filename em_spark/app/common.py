@@ -15,8 +15,16 @@ from typing import Any
 from em_spark.app.config import ConfigError, JobConfig
 
 __all__ = [
-    "JsonFormatter", "setup_logging", "resolve_local", "spark_session", "read_input", "require_input",
-    "estimator_from_config", "load_saved_model", "check_outputs_writable", "model_exists",
+    "JsonFormatter",
+    "check_outputs_writable",
+    "estimator_from_config",
+    "load_saved_model",
+    "model_exists",
+    "read_input",
+    "require_input",
+    "resolve_local",
+    "setup_logging",
+    "spark_session",
 ]
 
 log = logging.getLogger("em_spark")
@@ -92,15 +100,36 @@ def read_input(spark: Any, config: JobConfig):
             from em_spark.app.demo_data import write_blobs, write_sequences
 
             if g.steps > 0:
-                log.info("writing demo sequences: %d x %d steps, %d features, %d states -> %s",
-                         g.rows, g.steps, g.features, g.components, path)
-                write_sequences(path, g.rows, g.steps, g.features, g.components, g.separation, g.seed,
-                                config.storage.s3Endpoint)
+                log.info(
+                    "writing demo sequences: %d x %d steps, %d features, %d states -> %s",
+                    g.rows,
+                    g.steps,
+                    g.features,
+                    g.components,
+                    path,
+                )
+                write_sequences(
+                    path, g.rows, g.steps, g.features, g.components, g.separation, g.seed, config.storage.s3Endpoint
+                )
             else:
-                log.info("writing demo data: %d rows, %d features, %d components%s -> %s", g.rows, g.features,
-                         g.components, f", {g.missingFraction:.0%} missing" if g.missingFraction else "", path)
-                write_blobs(path, g.rows, g.features, g.components, g.separation, g.seed, config.storage.s3Endpoint,
-                            g.missingFraction)
+                log.info(
+                    "writing demo data: %d rows, %d features, %d components%s -> %s",
+                    g.rows,
+                    g.features,
+                    g.components,
+                    f", {g.missingFraction:.0%} missing" if g.missingFraction else "",
+                    path,
+                )
+                write_blobs(
+                    path,
+                    g.rows,
+                    g.features,
+                    g.components,
+                    g.separation,
+                    g.seed,
+                    config.storage.s3Endpoint,
+                    g.missingFraction,
+                )
     require_input(config)
     return spark.read.format(section.format).options(**section.options).load(path)
 
@@ -119,8 +148,10 @@ def require_input(config: JobConfig) -> None:
         return
     night = f" for nightly.date {config.nightly.date}" if config.nightly.date and config.nightly.inputPath else ""
     key = "nightly.inputPath" if night else "input.path"
-    raise ConfigError(f"no input data at {path}{night} (config key {key!r}, in {config.source}); "
-                      "check the path, or that the data for that date has landed")
+    raise ConfigError(
+        f"no input data at {path}{night} (config key {key!r}, in {config.source}); "
+        "check the path, or that the data for that date has landed"
+    )
 
 
 # model.* keys that only some families take; each is passed when the estimator has it.
@@ -179,7 +210,9 @@ def load_saved_model(uri: str, key: str, config: JobConfig, fix: str) -> Any:
     try:
         return load_model(uri, s3Endpoint=config.storage.s3Endpoint)
     except FileNotFoundError:
-        raise ConfigError(f"config key {key!r}: no saved model at {redact_uri(uri)} (in {config.source}); {fix}") from None
+        raise ConfigError(
+            f"config key {key!r}: no saved model at {redact_uri(uri)} (in {config.source}); {fix}"
+        ) from None
     except (ValueError, OSError) as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -196,8 +229,10 @@ def check_outputs_writable(config: JobConfig, model_path: str | None) -> None:
         try:
             check_writable(uri, s3_endpoint=config.storage.s3Endpoint)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"config key {key!r}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}; "
-                              "choose a location this job can write") from None
+            raise ConfigError(
+                f"config key {key!r}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}; "
+                "choose a location this job can write"
+            ) from None
 
 
 def model_exists(uri: str, s3_endpoint: str | None) -> bool:

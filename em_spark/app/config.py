@@ -6,6 +6,7 @@ closest valid one, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import difflib
@@ -27,7 +28,7 @@ from em_spark.models.base import DEFAULT_K
 from em_spark.models.hmm import HMM_COVARIANCE_TYPES
 from em_spark.models.kernels import COVARIANCE_TYPES
 
-__all__ = ["ConfigError", "JobConfig", "load_config", "DEFAULT_CONFIG"]
+__all__ = ["DEFAULT_CONFIG", "ConfigError", "JobConfig", "load_config"]
 
 DEFAULT_CONFIG = "demo.yaml"  # embedded in the package: runs with no files at all
 
@@ -60,7 +61,9 @@ class RunSection:
     keepCheckpoints: int = FitSettings.keep_checkpoints
     logFormat: str = "text"  # "text" or "json"
     logLevel: str = "INFO"  # DEBUG also shows the libraries' debug lines (credentials redacted)
-    metricsPath: str | None = None  # URI of the run's metrics JSON ({runId} replaced); default <checkpointDir>/<runId>/metrics.json
+    metricsPath: str | None = (
+        None  # URI of the run's metrics JSON ({runId} replaced); default <checkpointDir>/<runId>/metrics.json
+    )
     pushgateway: str | None = None  # e.g. http://pushgateway:9091: push the run's metrics there when it ends
 
 
@@ -109,7 +112,9 @@ class ModelSection:
     regCovar: float = GaussianFamily.reg_covar
     initMode: str = GaussianFamily.init_mode
     initialModel: str | None = None  # path of a saved model to start restart 0 from
-    handleMissing: str = GaussianFamily.handle_missing  # gaussian: "model" fits rows with missing (null/NaN) entries exactly
+    handleMissing: str = (
+        GaussianFamily.handle_missing
+    )  # gaussian: "model" fits rows with missing (null/NaN) entries exactly
     kind: str = CategoricalMixtureFamily.kind  # categorical: "categorical" codes or "multinomial" count vectors
     smoothing: float | None = None  # categorical, categorical_hmm: Dirichlet pseudo-count (default: the family's)
     nCategories: Any = None  # categorical(_hmm): categories per feature (default: inferred)
@@ -368,7 +373,7 @@ def _section_type(hint: Any) -> type | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_hints(cls: type) -> dict[str, Any]:
     hints = get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls) if f.name != "source"}
@@ -413,10 +418,8 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
         return int(value)
     if hint is float or text.startswith("float"):
         if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if not number and not isinstance(value, float):
             raise bad("must be a number")
         try:
@@ -450,9 +453,7 @@ def _flat_mapping(value: Any, path: str, source: str) -> dict[str, str]:
     """Spark properties and reader options: a flat mapping of names to strings. Numbers and
     booleans become the strings Spark parses (``8`` -> ``"8"``, ``true`` -> ``"true"``)."""
     if not isinstance(value, dict):
-        raise ConfigError(
-            f"config key {path!r} must be a mapping of names to values, got {_show(value)} (in {source})"
-        )
+        raise ConfigError(f"config key {path!r} must be a mapping of names to values, got {_show(value)} (in {source})")
     out = {}
     for name, item in value.items():
         if not isinstance(name, str) or not name.strip():
@@ -470,7 +471,15 @@ def _flat_mapping(value: Any, path: str, source: str) -> dict[str, str]:
         elif isinstance(item, str):
             out[name] = item
         else:
-            what = "null" if item is None else "a mapping" if isinstance(item, dict) else "a list" if isinstance(item, list) else type(item).__name__
+            what = (
+                "null"
+                if item is None
+                else "a mapping"
+                if isinstance(item, dict)
+                else "a list"
+                if isinstance(item, list)
+                else type(item).__name__
+            )
             raise ConfigError(
                 f"config key {where!r} must be a string, a number or a boolean (Spark properties and options are "
                 f"flat name: value pairs), got {what}: {_show(item)} (in {source})"
@@ -498,15 +507,19 @@ def _apply_override(data: dict, assignment: str) -> None:
         hint = _field_hints(cls).get(parts[i]) if cls is not None else None
         section = _section_type(hint) if hint is not None else None
         if hint is not None and section is None and not str(hint).startswith("dict"):
-            raise ConfigError(f"config key {here!r} is a single value, not a section: --set {key}=... names a key inside it (in --set)")
+            raise ConfigError(
+                f"config key {here!r} is a single value, not a section: --set {key}=... names a key inside it (in --set)"
+            )
         child = node.get(parts[i])
         if child is None:
             child = node[parts[i]] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"config key {here!r} holds {_show(child)}, not a mapping that --set {key} could go into (in --set)")
+            raise ConfigError(
+                f"config key {here!r} holds {_show(child)}, not a mapping that --set {key} could go into (in --set)"
+            )
         node = child
         if hint is not None and section is None:  # a mapping-valued key: the rest is one name
-            node[".".join(parts[i + 1:])] = value
+            node[".".join(parts[i + 1 :])] = value
             return
         cls, i = section, i + 1
     node[parts[-1]] = value
@@ -596,7 +609,10 @@ def _check(c: JobConfig) -> None:
         if key in _RANGES and isinstance(value, (int, float)) and not _RANGES[key][0](value):
             raise bad(key, f"must be {_RANGES[key][1]}, got {value}")
         if isinstance(value, str) and not value.strip():
-            raise bad(key, f"must not be empty, got {value!r}" + ("; leave it out or set it to null for none" if optional else ""))
+            raise bad(
+                key,
+                f"must not be empty, got {value!r}" + ("; leave it out or set it to null for none" if optional else ""),
+            )
         if isinstance(value, list):
             if any(isinstance(v, str) and not v.strip() for v in value):
                 raise bad(key, f"must not hold an empty name, got {_show(value)}")
@@ -611,7 +627,10 @@ def _check(c: JobConfig) -> None:
     if c.model.family not in FAMILIES:
         raise bad("model.family", f"must be one of {', '.join(FAMILIES)}; got {c.model.family!r}")
     if c.model.family == "gaussian_hmm" and c.model.covarianceType not in HMM_COVARIANCE_TYPES:
-        raise bad("model.covarianceType", f"must be 'full' or 'diag' for model.family 'gaussian_hmm', got {c.model.covarianceType!r}")
+        raise bad(
+            "model.covarianceType",
+            f"must be 'full' or 'diag' for model.family 'gaussian_hmm', got {c.model.covarianceType!r}",
+        )
     if c.model.handleMissing not in ("error", "model"):
         raise bad("model.handleMissing", f"must be 'error' or 'model', got {c.model.handleMissing!r}")
     if c.model.kind not in ("categorical", "multinomial"):
@@ -634,7 +653,10 @@ def _check(c: JobConfig) -> None:
         if not _is_http_url(endpoint if "://" in endpoint else "https://" + endpoint, path=False):
             raise bad("storage.s3Endpoint", f"must look like http://host:port or https://host, got {endpoint!r}")
     if c.spark.master is not None and any(ch.isspace() for ch in c.spark.master):
-        raise bad("spark.master", f"must be a Spark master URL like local[2], spark://host:7077 or yarn (no spaces), got {c.spark.master!r}")
+        raise bad(
+            "spark.master",
+            f"must be a Spark master URL like local[2], spark://host:7077 or yarn (no spaces), got {c.spark.master!r}",
+        )
     if c.score.mode not in ("errorifexists", "overwrite"):
         raise bad("score.mode", f"must be 'errorifexists' or 'overwrite', got {c.score.mode!r}")
     _check_output_columns(c, bad)
@@ -642,7 +664,10 @@ def _check(c: JobConfig) -> None:
         raise bad("select.ks", f"must be a non-empty list of integers >= 1, got {c.select.ks}")
     allowed = HMM_COVARIANCE_TYPES if c.model.family == "gaussian_hmm" else COVARIANCE_TYPES
     if not c.select.covarianceTypes or any(t not in allowed for t in c.select.covarianceTypes):
-        raise bad("select.covarianceTypes", f"must be a non-empty list of {', '.join(allowed)}; got {c.select.covarianceTypes}")
+        raise bad(
+            "select.covarianceTypes",
+            f"must be a non-empty list of {', '.join(allowed)}; got {c.select.covarianceTypes}",
+        )
     if c.select.criterion not in ("bic", "aic"):
         raise bad("select.criterion", f"must be 'bic' or 'aic', got {c.select.criterion!r}")
     if c.nightly.date is not None:
@@ -654,17 +679,30 @@ def _check(c: JobConfig) -> None:
             raise bad("nightly.date", f"must be a date like 2026-11-22 (YYYY-MM-DD), got {c.nightly.date!r}") from None
     generate = c.input.generate
     if generate is not None and generate.steps > 0 and generate.missingFraction != 0:
-        raise bad("input.generate.missingFraction", f"must be 0 with input.generate.steps > 0 (sequences have no missing entries), got {generate.missingFraction}")
+        raise bad(
+            "input.generate.missingFraction",
+            f"must be 0 with input.generate.steps > 0 (sequences have no missing entries), got {generate.missingFraction}",
+        )
     features = c.input.features
-    if not (isinstance(features, str) or (isinstance(features, list) and features and all(isinstance(f, str) for f in features))):
+    if not (
+        isinstance(features, str)
+        or (isinstance(features, list) and features and all(isinstance(f, str) for f in features))
+    ):
         raise bad("input.features", f"must be a column name or a non-empty list of column names, got {_show(features)}")
     if (c.input.sequenceCol is None) != (c.input.timeCol is None):
-        given, missing = ("input.sequenceCol", "input.timeCol") if c.input.timeCol is None else ("input.timeCol", "input.sequenceCol")
-        raise bad(given, f"needs {missing} too: long-format sequences take both columns (or neither), but {missing} is null")
+        given, missing = (
+            ("input.sequenceCol", "input.timeCol")
+            if c.input.timeCol is None
+            else ("input.timeCol", "input.sequenceCol")
+        )
+        raise bad(
+            given, f"needs {missing} too: long-format sequences take both columns (or neither), but {missing} is null"
+        )
     from em_spark.storage import validate_name
 
     for key, value, what in (
-        ("run.id", c.run.id, "run id"), ("registry.modelName", c.registry.modelName, "model name"),
+        ("run.id", c.run.id, "run id"),
+        ("registry.modelName", c.registry.modelName, "model name"),
         ("score.registryModel", c.score.registryModel, "model name"),
     ):
         if value is not None:
@@ -684,7 +722,10 @@ def _check_categories(c: JobConfig, bad: Any) -> None:
 
     if c.model.family == "categorical_hmm":
         if not count(value):
-            raise bad("model.nCategories", f"must be an integer >= 1 (the number of symbols) or null to infer it, got {_show(value)}")
+            raise bad(
+                "model.nCategories",
+                f"must be an integer >= 1 (the number of symbols) or null to infer it, got {_show(value)}",
+            )
         return
     if not (count(value) or (isinstance(value, list) and value and all(count(v) for v in value))):
         raise bad(
@@ -692,7 +733,10 @@ def _check_categories(c: JobConfig, bad: Any) -> None:
             f"must be an integer >= 1, a non-empty list of them (categories per feature) or null to infer it, got {_show(value)}",
         )
     if c.model.kind == "multinomial" and isinstance(value, list) and len(value) != 1:
-        raise bad("model.nCategories", f"must be one integer (the number of count columns) with model.kind 'multinomial', got {_show(value)}")
+        raise bad(
+            "model.nCategories",
+            f"must be one integer (the number of count columns) with model.kind 'multinomial', got {_show(value)}",
+        )
 
 
 def _check_output_columns(c: JobConfig, bad: Any) -> None:
@@ -701,11 +745,18 @@ def _check_output_columns(c: JobConfig, bad: Any) -> None:
     keep = score.keepColumns or []
     taken = [col for col in keep if col in SCORE_COLUMNS]
     if taken:
-        raise bad("score.keepColumns", f"must not hold {taken[0]!r}: the scores are written under {', '.join(SCORE_COLUMNS)}")
+        raise bad(
+            "score.keepColumns", f"must not hold {taken[0]!r}: the scores are written under {', '.join(SCORE_COLUMNS)}"
+        )
     if score.anomalyCol in keep:
-        raise bad("score.keepColumns", f"must not hold {score.anomalyCol!r}: score.anomalyCol is written under that name")
+        raise bad(
+            "score.keepColumns", f"must not hold {score.anomalyCol!r}: score.anomalyCol is written under that name"
+        )
     if score.anomalyCol in SCORE_COLUMNS:
-        raise bad("score.anomalyCol", f"must differ from the score columns {', '.join(SCORE_COLUMNS)}, got {score.anomalyCol!r}")
+        raise bad(
+            "score.anomalyCol",
+            f"must differ from the score columns {', '.join(SCORE_COLUMNS)}, got {score.anomalyCol!r}",
+        )
     if score.keepColumns is not None and score.partitionBy:
         unknown = [col for col in score.partitionBy if col not in score.keepColumns]
         if unknown:
@@ -715,7 +766,10 @@ def _check_output_columns(c: JobConfig, bad: Any) -> None:
         raise bad("impute.stdCol", f"must differ from impute.outputCol, got {impute.stdCol!r} for both")
     clash = [col for col in impute.keepColumns or [] if col in (impute.outputCol, impute.stdCol)]
     if clash:
-        raise bad("impute.keepColumns", f"must not hold {clash[0]!r}: impute.outputCol and impute.stdCol are written under that name")
+        raise bad(
+            "impute.keepColumns",
+            f"must not hold {clash[0]!r}: impute.outputCol and impute.stdCol are written under that name",
+        )
 
 
 def _is_http_url(text: str, *, path: bool) -> bool:
@@ -724,7 +778,7 @@ def _is_http_url(text: str, *, path: bool) -> bool:
 
     try:
         url = urllib.parse.urlsplit(text)
-        url.port  # raises on a port that is not a number
+        _ = url.port  # raises on a port that is not a number
     except ValueError:
         return False
     if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["make_blobs", "write_blobs", "make_hmm_sequences", "write_sequences"]
+__all__ = ["make_blobs", "make_hmm_sequences", "write_blobs", "write_sequences"]
 
 
 def make_blobs(rows: int, features: int, components: int, separation: float = 6.0, seed: int = 42):
@@ -32,8 +32,16 @@ def make_blobs(rows: int, features: int, components: int, separation: float = 6.
     return X, labels, {"weights": weights, "means": means, "covariances": covariances}
 
 
-def write_blobs(uri: str, rows: int, features: int, components: int, separation: float = 6.0, seed: int = 42,
-                s3_endpoint: str | None = None, missing_fraction: float = 0.0) -> None:
+def write_blobs(
+    uri: str,
+    rows: int,
+    features: int,
+    components: int,
+    separation: float = 6.0,
+    seed: int = 42,
+    s3_endpoint: str | None = None,
+    missing_fraction: float = 0.0,
+) -> None:
     """Write blobs as Parquet columns x0..x{d-1} plus the true ``component`` to ``uri``/part-0.parquet.
 
     With ``missing_fraction`` > 0 that share of the entries, chosen at random, are null.
@@ -69,8 +77,16 @@ def make_hmm_sequences(sequences: int, steps: int, features: int, states: int, s
     return X, paths, {"startProb": start, "transMat": trans, "means": means, "covariances": covariances}
 
 
-def write_sequences(uri: str, sequences: int, steps: int, features: int, states: int, separation: float = 4.0,
-                    seed: int = 42, s3_endpoint: str | None = None) -> None:
+def write_sequences(
+    uri: str,
+    sequences: int,
+    steps: int,
+    features: int,
+    states: int,
+    separation: float = 4.0,
+    seed: int = 42,
+    s3_endpoint: str | None = None,
+) -> None:
     """Write HMM sequences as Parquet, one per row: ``id`` and ``obs`` (array<array<double>>)."""
     X, _, _ = make_hmm_sequences(sequences, steps, features, states, separation, seed)
     step = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), features).cast(pa.list_(pa.float64()))

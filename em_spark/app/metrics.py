@@ -21,7 +21,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,7 @@ class IterationRecorder(logging.Handler):
         self._previous: list[dict[str, Any]] | None = None  # an earlier attempt's records (resume)
         self._write_failed = False
 
-    def __enter__(self) -> "IterationRecorder":
+    def __enter__(self) -> IterationRecorder:
         self._logger.addHandler(self)
         return self
 
@@ -158,9 +159,11 @@ class IterationRecorder(logging.Handler):
         if self.uri and not self._write_failed:
             try:
                 write_metrics(self.uri, self.document(), self.s3_endpoint)
-            except Exception as exc:  # metrics never fail the fit
+            except Exception as exc:  # noqa: BLE001 -- metrics never fail the fit
                 self._write_failed = True
-                log.warning("run=%s: cannot write metrics to %s (%s); retrying when the fit ends", self.run_id, self.uri, exc)
+                log.warning(
+                    "run=%s: cannot write metrics to %s (%s); retrying when the fit ends", self.run_id, self.uri, exc
+                )
 
     def _earlier_records(self, first: tuple[int, int] | None) -> list[dict[str, Any]]:
         """Records of earlier attempts of this run from the existing file, before ``first``.
@@ -173,7 +176,7 @@ class IterationRecorder(logging.Handler):
             doc = read_metrics(uri, self.s3_endpoint)
         except FileNotFoundError:
             return []
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- an unreadable earlier file only loses history
             log.warning("run=%s: ignoring the unreadable metrics file %s: %s", self.run_id, uri, exc)
             return []
         if doc.get("runId") != self.run_id:
@@ -251,12 +254,16 @@ def _criteria(model: Any) -> dict[str, Any]:
     """The final criteria from the training log-likelihood (that of the last E-step): no extra pass
     over the data. BIC and AIC only for row models, whose sample size the summary knows."""
     s = model.summary
-    out: dict[str, Any] = {"logLikelihood": float(s.logLikelihood), "averageLogLikelihood": float(s.averageLogLikelihood)}
+    out: dict[str, Any] = {
+        "logLikelihood": float(s.logLikelihood),
+        "averageLogLikelihood": float(s.averageLogLikelihood),
+    }
     if not model._family.sequential:
         p = int(model._family.n_parameters(model.arrays))
         n = float(s.totalWeight)
-        out.update(nParameters=p, bic=bic(float(s.logLikelihood), p, n) if n > 0 else None,
-                   aic=aic(float(s.logLikelihood), p))
+        out.update(
+            nParameters=p, bic=bic(float(s.logLikelihood), p, n) if n > 0 else None, aic=aic(float(s.logLikelihood), p)
+        )
     return out
 
 
@@ -284,13 +291,21 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
     seconds = metrics.get("iterationSeconds") or []
     gauges = [
         ("em_spark_iterations", "EM iterations of the best restart", metrics.get("iterations")),
-        ("em_spark_converged", "1 if the best restart converged", None if metrics.get("converged") is None else int(metrics["converged"])),
+        (
+            "em_spark_converged",
+            "1 if the best restart converged",
+            None if metrics.get("converged") is None else int(metrics["converged"]),
+        ),
         ("em_spark_components", "number of components (k)", metrics.get("k")),
         ("em_spark_rows", "rows (sequences) fitted", metrics.get("rows")),
         ("em_spark_avg_log_likelihood", "final average log-likelihood per row", metrics.get("averageLogLikelihood")),
         ("em_spark_log_likelihood", "final total log-likelihood", metrics.get("logLikelihood")),
         ("em_spark_wall_seconds", "wall time of the job", metrics.get("wallSeconds")),
-        ("em_spark_iteration_seconds_total", "seconds spent in the best restart's iterations", sum(seconds) if seconds else None),
+        (
+            "em_spark_iteration_seconds_total",
+            "seconds spent in the best restart's iterations",
+            sum(seconds) if seconds else None,
+        ),
         ("em_spark_bic", "BIC from the training log-likelihood", (metrics.get("criteria") or {}).get("bic")),
         ("em_spark_finished_timestamp_seconds", "when the run finished (Unix time)", time.time()),
     ]
@@ -306,8 +321,11 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
         lines += [s for i, w in enumerate(weights) if (s := _sample(name, w, {**labels, "component": i}))]
         smallest = _sample("em_spark_min_component_weight", min(weights), labels)
         if smallest is not None:
-            lines += ["# HELP em_spark_min_component_weight smallest final component weight",
-                      "# TYPE em_spark_min_component_weight gauge", smallest]
+            lines += [
+                "# HELP em_spark_min_component_weight smallest final component weight",
+                "# TYPE em_spark_min_component_weight gauge",
+                smallest,
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -318,7 +336,9 @@ def push_metrics(gateway: str, metrics: dict[str, Any], timeout: float = 10.0) -
     run_id = str(metrics.get("runId") or "unknown")
     url = f"{gateway.rstrip('/')}/metrics/job/{PUSH_JOB}/run_id/{urllib.parse.quote(run_id, safe='')}"
     request = urllib.request.Request(
-        url, data=prometheus_text(metrics).encode(), method="PUT",
+        url,
+        data=prometheus_text(metrics).encode(),
+        method="PUT",
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
     try:
@@ -348,7 +368,7 @@ def publish(
         try:
             write_metrics(uri, doc, recorder.s3_endpoint)
             log.info("run=%s: metrics written to %s", doc["runId"], uri)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- metrics never fail the run
             log.warning("run=%s: could not write metrics to %s: %s", doc["runId"], uri, exc)
     if pushgateway:
         push_metrics(pushgateway, doc)

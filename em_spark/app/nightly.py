@@ -20,7 +20,7 @@ import numpy as np
 from em_spark.app.common import estimator_from_config, read_input, require_input, resolve_local, spark_session
 from em_spark.app.config import ConfigError, JobConfig
 
-__all__ = ["run_nightly", "match_components", "holdout_mask"]
+__all__ = ["holdout_mask", "match_components", "run_nightly"]
 
 log = logging.getLogger("em_spark")
 
@@ -56,7 +56,7 @@ def holdout_mask(df: Any, features: Any, fraction: float, sequences: bool = Fals
     from em_spark.engine.spark_source import input_array
 
     key = F.col(key_col) if key_col else input_array(df, features, sequences)
-    return F.pmod(F.xxhash64(key), F.lit(10_000)) < F.lit(int(round(fraction * 10_000)))
+    return F.pmod(F.xxhash64(key), F.lit(10_000)) < F.lit(round(fraction * 10_000))
 
 
 def _read_report(fs: Any, path: str, uri: str) -> dict:
@@ -81,8 +81,8 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     set on copies of it (``dataclasses.replace``)."""
     from em_spark import __version__
     from em_spark.models import FAMILIES
-    from em_spark.storage.registry import ModelRegistry
     from em_spark.storage import ObjectExistsError, exists, join, resolve, validate_name, write_object
+    from em_spark.storage.registry import ModelRegistry
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -98,7 +98,9 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     fs, report_path = resolve(report_uri, s3_endpoint=endpoint)
     if exists(fs, report_path):
         report = _read_report(fs, report_path, report_uri)
-        log.info("nightly %s: the night %s is already done (%s); report at %s", name, date, report["decision"], report_uri)
+        log.info(
+            "nightly %s: the night %s is already done (%s); report at %s", name, date, report["decision"], report_uri
+        )
         return {**report, "alreadyDone": True}
 
     template = config.nightly.inputPath or config.input.path
@@ -107,7 +109,9 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     config = dataclasses.replace(config, input=dataclasses.replace(config.input, path=template.replace("{date}", date)))
     require_input(config)
     # Before Spark starts: a damaged production alias is refused at once, not after the read.
-    production_version = registry.alias(name) if registry.exists() and name in registry.names() else None  # first night: none
+    production_version = (
+        registry.alias(name) if registry.exists() and name in registry.names() else None
+    )  # first night: none
     spark = spark_session(config)
     data = read_input(spark, config)
     features = config.input.features
@@ -210,16 +214,23 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
     else:
         config = dataclasses.replace(
             config,
-            run=dataclasses.replace(config.run, id=run_id,
-                                    checkpointDir=config.run.checkpointDir or _join_registry(config, name, "checkpoints")),
+            run=dataclasses.replace(
+                config.run,
+                id=run_id,
+                checkpointDir=config.run.checkpointDir or _join_registry(config, name, "checkpoints"),
+            ),
             fit=dataclasses.replace(
-                config.fit, nInit=1 + config.nightly.freshRestarts if production is not None else max(config.fit.nInit, 1)),
+                config.fit,
+                nInit=1 + config.nightly.freshRestarts if production is not None else max(config.fit.nInit, 1),
+            ),
         )
         from em_spark.app import metrics
 
         checkpoint_dir, metrics_path = config.run.checkpointDir, resolve_local(config.run.metricsPath)
         with metrics.IterationRecorder(
-            run_id, lambda rid: metrics.metrics_uri(rid, checkpoint_dir, metrics_path), config.storage.s3Endpoint,
+            run_id,
+            lambda rid: metrics.metrics_uri(rid, checkpoint_dir, metrics_path),
+            config.storage.s3Endpoint,
         ) as recorder:
             model = estimator_from_config(config, production).fit(train)
         timings["fit"] = time.perf_counter() - t
@@ -233,8 +244,12 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
             new, old = model.public_params(), production.public_params()
             moved = np.linalg.norm(new["means"] - old["means"], axis=1) if "means" in new else None
             mapping = [
-                {"component": j, "fromFitted": int(order[j]), "distance": float(distance[j]),
-                 **({"meanShift": float(moved[j])} if moved is not None else {})}
+                {
+                    "component": j,
+                    "fromFitted": int(order[j]),
+                    "distance": float(distance[j]),
+                    **({"meanShift": float(moved[j])} if moved is not None else {}),
+                }
                 for j in range(len(order))
             ]
         t = time.perf_counter()
@@ -248,14 +263,23 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
             "wallSeconds": time.perf_counter() - t + timings.get("fit", 0.0),
         }
         version = registry.register(
-            name, model.to_bytes(), config=config.to_dict(), seed=config.fit.seed,
-            data_fingerprint=model.summary.dataFingerprint, run_id=run_id, metrics=metrics,
+            name,
+            model.to_bytes(),
+            config=config.to_dict(),
+            seed=config.fit.seed,
+            data_fingerprint=model.summary.dataFingerprint,
+            run_id=run_id,
+            metrics=metrics,
             extra={"componentMapping": mapping, "warmStartFrom": production_version},
         )
         timings["evaluate+register"] = time.perf_counter() - t
 
     new_holdout = version.metrics["holdoutAvgLogLik"]
-    out: dict[str, Any] = {"newVersion": version.version, "metrics": {"new": version.metrics}, "componentMapping": mapping}
+    out: dict[str, Any] = {
+        "newVersion": version.version,
+        "metrics": {"new": version.metrics},
+        "componentMapping": mapping,
+    }
     if production is None:
         registry.promote(name, version.version, reason=f"{run_id}: first model")
         return {**out, "decision": "promoted", "reason": "no production model yet", "productionAfter": version.version}
@@ -265,18 +289,23 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
     if new_holdout >= production_holdout - tolerance:
         if registry.alias(name) != version.version:
             registry.promote(
-                name, version.version,
+                name,
+                version.version,
                 reason=f"{run_id}: holdout {new_holdout:.5f} vs production {production_holdout:.5f}",
             )
         return {
-            **out, "decision": "promoted", "productionAfter": version.version,
+            **out,
+            "decision": "promoted",
+            "productionAfter": version.version,
             "reason": f"holdout avg log-likelihood {new_holdout:.5f} is not worse than production's "
-                      f"{production_holdout:.5f} by more than {tolerance}",
+            f"{production_holdout:.5f} by more than {tolerance}",
         }
     return {
-        **out, "decision": "kept", "productionAfter": production_version,
+        **out,
+        "decision": "kept",
+        "productionAfter": production_version,
         "reason": f"new version {version.version} is worse on the holdout ({new_holdout:.5f} vs production "
-                  f"{production_holdout:.5f}, tolerance {tolerance}); production stays at version {production_version}",
+        f"{production_holdout:.5f}, tolerance {tolerance}); production stays at version {production_version}",
     }
 
 

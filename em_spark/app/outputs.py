@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from em_spark.app.config import ConfigError
 
-__all__ = ["save_mode", "refuse_overlap", "check_feature_count", "prepare_output", "write_staged"]
+__all__ = ["check_feature_count", "prepare_output", "refuse_overlap", "save_mode", "write_staged"]
 
 log = logging.getLogger("em_spark")
 
@@ -65,8 +66,9 @@ def refuse_overlap(output: str, key: str, others: dict[str, str | None]) -> None
             )
 
 
-def check_feature_count(model_features: int, data_counts: Sequence[int], features: Any, model_name: str,
-                        *, per_step: bool = False) -> None:
+def check_feature_count(
+    model_features: int, data_counts: Sequence[int], features: Any, model_name: str, *, per_step: bool = False
+) -> None:
     """ConfigError when the data's feature count (``data_counts``, most common first) does not
     include the model's: every row would be unscorable, a whole-input problem."""
     from em_spark.engine.spark_source import describe_features
@@ -114,9 +116,10 @@ def write_staged(staged: Any, mode: str, write: Callable[[str], None], read_back
     except BaseException:
         try:
             staged.discard()
-        except Exception:  # never mask the original error
-            log.warning("could not delete the staging output %s; the next run deletes it",
-                        redact_uri(staged.staging_uri))
+        except Exception:  # noqa: BLE001 -- never mask the original error
+            log.warning(
+                "could not delete the staging output %s; the next run deletes it", redact_uri(staged.staging_uri)
+            )
         raise
     log.info("new output %s %s", redact_uri(staged.uri), how)
     return result

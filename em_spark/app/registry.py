@@ -12,6 +12,7 @@ import json
 import math
 from typing import Any
 
+from em_spark.storage.fs import redact_uri
 from em_spark.storage.registry import (
     DEFAULT_ALIAS,
     DamagedAliasEntry,
@@ -19,7 +20,6 @@ from em_spark.storage.registry import (
     ModelVersion,
     RegistryError,
 )
-from em_spark.storage.fs import redact_uri
 
 __all__ = ["add_registry_parser", "run_registry"]
 
@@ -27,9 +27,15 @@ __all__ = ["add_registry_parser", "run_registry"]
 def add_registry_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``registry`` command and its sub-commands to ``subparsers``; return its parser."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", required=True, metavar="URI", help="registry root: a path or file://, s3://... URI")
-    common.add_argument("--s3-endpoint", dest="s3_endpoint", metavar="URL",
-                        help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL or AWS)")
+    common.add_argument(
+        "--registry", required=True, metavar="URI", help="registry root: a path or file://, s3://... URI"
+    )
+    common.add_argument(
+        "--s3-endpoint",
+        dest="s3_endpoint",
+        metavar="URL",
+        help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL or AWS)",
+    )
 
     registry = subparsers.add_parser("registry", help="list, show, promote and roll back registered models")
     commands = registry.add_subparsers(dest="registry_command", required=True, metavar="{list,show,promote,rollback}")
@@ -40,8 +46,12 @@ def add_registry_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = commands.add_parser("show", parents=[common], help="the metadata of one version as JSON")
     p.add_argument("--name", required=True)
-    p.add_argument("--version", default=DEFAULT_ALIAS, metavar="V|ALIAS",
-                   help=f"version number, alias or 'latest' (default: {DEFAULT_ALIAS})")
+    p.add_argument(
+        "--version",
+        default=DEFAULT_ALIAS,
+        metavar="V|ALIAS",
+        help=f"version number, alias or 'latest' (default: {DEFAULT_ALIAS})",
+    )
 
     p = commands.add_parser("promote", parents=[common], help=f"point {DEFAULT_ALIAS} at a version")
     p.add_argument("--name", required=True)
@@ -97,12 +107,14 @@ def _list_models(registry: ModelRegistry) -> str:
     for name in names:
         complete = registry.versions(name)
         production, damaged = _production(registry, name)
-        rows.append([
-            name,
-            "DAMAGED" if damaged else str(production) if production is not None else "-",
-            str(complete[-1].version) if complete else "-",
-            str(len(complete)),
-        ])
+        rows.append(
+            [
+                name,
+                "DAMAGED" if damaged else str(production) if production is not None else "-",
+                str(complete[-1].version) if complete else "-",
+                str(len(complete)),
+            ]
+        )
         notes.extend(_alias_problems(registry, name).values())
     return "\n".join([_table(["model", DEFAULT_ALIAS, "latest", "versions"], rows), *notes])
 
@@ -112,14 +124,16 @@ def _list_versions(registry: ModelRegistry, name: str, incomplete: bool) -> str:
     rows = []
     for v in registry.versions(name):
         m = v.metrics
-        rows.append([
-            ("*" if v.version == production else " ") + str(v.version),
-            v.created_at,
-            v.run_id,
-            _metric(m.get("trainAvgLogLik"), 6),
-            _metric(m.get("holdoutAvgLogLik"), 6),
-            _metric(m.get("bic"), 1),
-        ])
+        rows.append(
+            [
+                ("*" if v.version == production else " ") + str(v.version),
+                v.created_at,
+                v.run_id,
+                _metric(m.get("trainAvgLogLik"), 6),
+                _metric(m.get("holdoutAvgLogLik"), 6),
+                _metric(m.get("bic"), 1),
+            ]
+        )
     header = ["version", "created (UTC)", "run id", "train avgLogLik", "holdout avgLogLik", "BIC"]
     lines = [_table(header, rows) if rows else f"model {name}: no complete versions"]
     if damaged:
@@ -129,7 +143,9 @@ def _list_versions(registry: ModelRegistry, name: str, incomplete: bool) -> str:
     lines.extend(_alias_problems(registry, name).values())
     if incomplete:
         for v in registry.incomplete_versions(name):
-            lines.append(f"incomplete version {v.version} (run {v.run_id or '?'}, claimed {v.claimed_at or '?'}): {v.reason}")
+            lines.append(
+                f"incomplete version {v.version} (run {v.run_id or '?'}, claimed {v.claimed_at or '?'}): {v.reason}"
+            )
     return "\n".join(lines)
 
 

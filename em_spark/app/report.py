@@ -75,8 +75,9 @@ def load_source(source: str, s3_endpoint: str | None = None) -> tuple[dict[str, 
     return metrics, model
 
 
-def read_points(data: str, features: str | list[str], max_rows: int = 5000, s3_endpoint: str | None = None,
-                sequences: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def read_points(
+    data: str, features: str | list[str], max_rows: int = 5000, s3_endpoint: str | None = None, sequences: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Up to ``max_rows`` rows of Parquet data as ``(X, lengths)``: ``X`` (n, d), ``features`` a
     list of numeric columns or one array column. Rows with a null or NaN entry are dropped.
 
@@ -108,16 +109,20 @@ def read_points(data: str, features: str | list[str], max_rows: int = 5000, s3_e
         rows = [v for v in values if v is not None]
         X = np.array(rows, dtype=np.float64) if rows and _same_length(rows) else None
         if X is None or X.ndim != 2:
-            raise ValueError(f"{data}: the rows of {features!r} are not all vectors of one length (a sequence column "
-                             "needs a sequence model: pass the HMM run or --model)")
+            raise ValueError(
+                f"{data}: the rows of {features!r} are not all vectors of one length (a sequence column "
+                "needs a sequence model: pass the HMM run or --model)"
+            )
     else:
         X = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns])
     return X[np.all(np.isfinite(X), axis=1)], None
 
 
 def _same_length(rows: list) -> bool:
-    return all(isinstance(r, (list, tuple)) and len(r) == len(rows[0]) and
-               all(not isinstance(v, (list, tuple)) for v in r) for r in rows)
+    return all(
+        isinstance(r, (list, tuple)) and len(r) == len(rows[0]) and all(not isinstance(v, (list, tuple)) for v in r)
+        for r in rows
+    )
 
 
 def _read_sequences(dataset: Any, column: str, max_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,8 +171,15 @@ def _plot_loglik(ax: Any, metrics: dict[str, Any]) -> None:
     for restart in sorted(curves):
         xs, ys = curves[restart]
         is_best = restart == best or len(curves) == 1
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=2.2 if is_best else 1.0, alpha=1.0 if is_best else 0.6,
-                label=f"restart {restart}" + (" (best)" if restart == best and len(curves) > 1 else ""))
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            markersize=3,
+            linewidth=2.2 if is_best else 1.0,
+            alpha=1.0 if is_best else 0.6,
+            label=f"restart {restart}" + (" (best)" if restart == best and len(curves) > 1 else ""),
+        )
     ax.set_title("Average log-likelihood per iteration")
     ax.set_xlabel("iteration")
     _integer_ticks(ax)
@@ -189,7 +201,9 @@ def _plot_weights(ax: Any, metrics: dict[str, Any]) -> str:
         W = np.array([r["weights"] for r in per], dtype=np.float64)
         for j in range(W.shape[1]):
             ax.plot(xs, W[:, j], marker="o", markersize=2, color=_color(j, W.shape[1]), label=f"component {j}")
-        ax.set_title(f"Component {name} over iterations" + (f" (restart {best})" if (metrics.get("restarts") or 1) > 1 else ""))
+        ax.set_title(
+            f"Component {name} over iterations" + (f" (restart {best})" if (metrics.get("restarts") or 1) > 1 else "")
+        )
         ax.set_xlabel("iteration")
         _integer_ticks(ax)
         if W.shape[1] <= 10:
@@ -237,7 +251,11 @@ def _projection(X: np.ndarray) -> tuple[Any, tuple[str, str], str]:
     _, s, vt = np.linalg.svd(X - center, full_matrices=False)
     share = s**2 / max(float(np.sum(s**2)), 1e-300)
     labels = (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
-    return (lambda A: (A - center) @ vt[:2].T), labels, "the first two principal components of the 3 features (PCA of the plotted rows)"
+    return (
+        (lambda A: (A - center) @ vt[:2].T),
+        labels,
+        "the first two principal components of the 3 features (PCA of the plotted rows)",
+    )
 
 
 def _plot_scatter(ax: Any, model: Any, X: np.ndarray, lengths: np.ndarray | None = None) -> str:
@@ -257,8 +275,11 @@ def _plot_scatter(ax: Any, model: Any, X: np.ndarray, lengths: np.ndarray | None
     if centers is not None and np.shape(centers)[-1] == X.shape[1]:
         C = project(np.asarray(centers, dtype=np.float64))
         ax.scatter(C[:, 0], C[:, 1], marker="x", s=80, color="black", linewidths=2, label="means")
-    ax.set_title(f"{len(X)} rows by most likely component" if lengths is None else
-                 f"{len(X)} steps of {len(lengths)} sequences by Viterbi state")
+    ax.set_title(
+        f"{len(X)} rows by most likely component"
+        if lengths is None
+        else f"{len(X)} steps of {len(lengths)} sequences by Viterbi state"
+    )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if k <= 10:
@@ -267,8 +288,9 @@ def _plot_scatter(ax: Any, model: Any, X: np.ndarray, lengths: np.ndarray | None
     return how
 
 
-def render(metrics: dict[str, Any], model: Any = None, points: np.ndarray | None = None,
-           lengths: np.ndarray | None = None) -> Report:
+def render(
+    metrics: dict[str, Any], model: Any = None, points: np.ndarray | None = None, lengths: np.ndarray | None = None
+) -> Report:
     """Draw the report. ``metrics`` is a metrics document (see :func:`em_spark.app.metrics.build_metrics`);
     ``model`` and ``points`` add the scatter when d <= 3: rows by component, or for a sequence
     model the steps of the sequences (``lengths``) by Viterbi state."""
@@ -296,7 +318,9 @@ def render(metrics: dict[str, Any], model: Any = None, points: np.ndarray | None
     axes = fig.subplots(1, len(panels))
     _plot_loglik(axes[0], metrics)
     if _plot_weights(axes[1], metrics) == "final":
-        notes.append("no per-iteration weights (a saved model keeps only the final ones; the run's metrics.json has them)")
+        notes.append(
+            "no per-iteration weights (a saved model keeps only the final ones; the run's metrics.json has them)"
+        )
     if scatter:
         colors = "each row's most likely component" if lengths is None else "each step's state on its Viterbi path"
         notes.append(f"scatter: {_plot_scatter(axes[2], model, points, lengths)}; colors are {colors}")
@@ -315,23 +339,33 @@ def _title(metrics: dict[str, Any]) -> str:
     if metrics.get("status") == "running":
         parts.append(f"running (restart {metrics.get('restart')}, iteration {metrics.get('iteration')})")
     elif metrics.get("iterations") is not None:
-        parts.append(f"{metrics['iterations']} iterations, {'converged' if metrics.get('converged') else 'not converged'}")
+        parts.append(
+            f"{metrics['iterations']} iterations, {'converged' if metrics.get('converged') else 'not converged'}"
+        )
     return "em_spark " + " · ".join(parts)
 
 
 def _html(metrics: dict[str, Any], png: bytes, notes: list[str]) -> str:
     rows = [
-        ("run id", metrics.get("runId")), ("status", metrics.get("status")), ("family", metrics.get("family")),
-        ("k", metrics.get("k")), ("features", metrics.get("numFeatures")), ("rows", metrics.get("rows")),
-        ("iterations", metrics.get("iterations")), ("converged", metrics.get("converged")),
+        ("run id", metrics.get("runId")),
+        ("status", metrics.get("status")),
+        ("family", metrics.get("family")),
+        ("k", metrics.get("k")),
+        ("features", metrics.get("numFeatures")),
+        ("rows", metrics.get("rows")),
+        ("iterations", metrics.get("iterations")),
+        ("converged", metrics.get("converged")),
         ("best restart", metrics.get("bestRestart")),
         ("average log-likelihood", metrics.get("averageLogLikelihood")),
         ("BIC (training)", (metrics.get("criteria") or {}).get("bic")),
-        ("wall time (s)", metrics.get("wallSeconds")), ("model", metrics.get("modelPath")),
+        ("wall time (s)", metrics.get("wallSeconds")),
+        ("model", metrics.get("modelPath")),
         ("updated", metrics.get("updatedAt")),
     ]
     table = "\n".join(
-        f"<tr><th>{html.escape(name)}</th><td>{html.escape(_fmt(value))}</td></tr>" for name, value in rows if value is not None
+        f"<tr><th>{html.escape(name)}</th><td>{html.escape(_fmt(value))}</td></tr>"
+        for name, value in rows
+        if value is not None
     )
     note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     title = html.escape(_title(metrics))
@@ -344,7 +378,7 @@ def _html(metrics: dict[str, Any], png: bytes, notes: list[str]) -> str:
 <table>
 {table}
 </table>
-<p><img alt="log-likelihood, component weights{' and scatter' if 'scatter:' in ' '.join(notes) else ''}" src="data:image/png;base64,{image}"></p>
+<p><img alt="log-likelihood, component weights{" and scatter" if "scatter:" in " ".join(notes) else ""}" src="data:image/png;base64,{image}"></p>
 <ul>{note_items}</ul>
 </body></html>
 """
@@ -414,8 +448,15 @@ def _model_file(path: str, model_file: str) -> str:
     return path if base.endswith(".emsp") else f"{base}/{model_file}"
 
 
-def run_report(config: JobConfig, source: str, output: str, data: str | None = None, features: str | None = None,
-               rows: int = 5000, model: str | None = None) -> dict[str, Any]:
+def run_report(
+    config: JobConfig,
+    source: str,
+    output: str,
+    data: str | None = None,
+    features: str | None = None,
+    rows: int = 5000,
+    model: str | None = None,
+) -> dict[str, Any]:
     """Draw a run (a run id, its metrics.json, or a saved model): report.png and report.html."""
     from pathlib import Path
 
@@ -430,12 +471,18 @@ def run_report(config: JobConfig, source: str, output: str, data: str | None = N
 
         uri = metrics_uri(source, resolve_local(config.run.checkpointDir), resolve_local(config.run.metricsPath))
         if uri is None:
-            raise ConfigError(f"{source!r} is not a path; to find run {source!r} set run.checkpointDir or run.metricsPath")
+            raise ConfigError(
+                f"{source!r} is not a path; to find run {source!r} set run.checkpointDir or run.metricsPath"
+            )
     try:
         report, png, page = build_report(
-            uri, resolve_local(output), data=resolve_local(data),
-            features=features.split(",") if features and "," in features else features, max_rows=rows,
-            model_path=resolve_local(model), s3_endpoint=endpoint,
+            uri,
+            resolve_local(output),
+            data=resolve_local(data),
+            features=features.split(",") if features and "," in features else features,
+            max_rows=rows,
+            model_path=resolve_local(model),
+            s3_endpoint=endpoint,
         )
     except FileNotFoundError as exc:
         raise ConfigError(f"report: nothing found at {redact_uri(uri)}: {exc.strerror or exc}") from None

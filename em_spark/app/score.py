@@ -7,11 +7,11 @@ import logging
 import urllib.parse
 from typing import Any
 
-from em_spark.app.common import model_exists, read_input, resolve_local, spark_session
 from em_spark.app import outputs
+from em_spark.app.common import model_exists, read_input, resolve_local, spark_session
 from em_spark.app.config import ConfigError, JobConfig
 
-__all__ = ["run_score", "run_impute"]
+__all__ = ["run_impute", "run_score"]
 
 log = logging.getLogger("em_spark")
 
@@ -23,7 +23,7 @@ def _input_partition_columns(df: Any, input_uri: str) -> list[str]:
         return []
     # Spark lists files as encoded URIs (a space as %20); the input URI is literal (see resolve_local).
     first = urllib.parse.unquote(files[0]) if input_uri.startswith("file:") else files[0]
-    relative = first[len(input_uri):] if first.startswith(input_uri) else first
+    relative = first[len(input_uri) :] if first.startswith(input_uri) else first
     keys = [segment.split("=", 1)[0] for segment in relative.strip("/").split("/")[:-1] if "=" in segment]
     return [k for k in keys if k in df.columns]
 
@@ -84,10 +84,15 @@ def run_score(config: JobConfig) -> dict[str, Any]:
         raise ConfigError(f"config key 'score.outputPath' is required (in {config.source})")
     mode = outputs.save_mode(config.score.mode, "score.mode")
     model_uri = None if config.score.registryModel else resolve_local(config.score.modelPath or config.output.modelPath)
-    outputs.refuse_overlap(output, "score.outputPath", {
-        "input.path": resolve_local(config.input.path), "the model": model_uri,
-        "run.checkpointDir": resolve_local(config.run.checkpointDir),
-    })
+    outputs.refuse_overlap(
+        output,
+        "score.outputPath",
+        {
+            "input.path": resolve_local(config.input.path),
+            "the model": model_uri,
+            "run.checkpointDir": resolve_local(config.run.checkpointDir),
+        },
+    )
     model, model_name = _scoring_model(config)
     model.setParams(featuresCol=config.input.features)
     sequential = model._family.sequential
@@ -96,8 +101,9 @@ def run_score(config: JobConfig) -> dict[str, Any]:
         # The config says how tonight's input is laid out, whatever the model was fitted on.
         model.setParams(sequenceCol=config.input.sequenceCol, timeCol=config.input.timeCol)
     if not isinstance(config.input.features, str):
-        outputs.check_feature_count(model.numFeatures, [len(config.input.features)], config.input.features,
-                                       model_name, per_step=sequential)
+        outputs.check_feature_count(
+            model.numFeatures, [len(config.input.features)], config.input.features, model_name, per_step=sequential
+        )
     staged = outputs.prepare_output(output, mode, "score.mode", config.storage.s3Endpoint)
     spark = spark_session(config)
     df = read_input(spark, config)
@@ -109,8 +115,11 @@ def run_score(config: JobConfig) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"config key 'score.partitionBy' names columns not kept in the output: {unknown}")
     outputs.check_feature_count(
-        model.numFeatures, sample_feature_counts(df, config.input.features, sequential and not long_format),
-        config.input.features, model_name, per_step=sequential,
+        model.numFeatures,
+        sample_feature_counts(df, config.input.features, sequential and not long_format),
+        config.input.features,
+        model_name,
+        per_step=sequential,
     )
     scored = model.transform(df)
     pred, prob, ll = (model.getOrDefault(n) for n in ("predictionCol", "probabilityCol", "logLikelihoodCol"))
@@ -139,14 +148,19 @@ def run_score(config: JobConfig) -> dict[str, Any]:
             writer = writer.partitionBy(*partition_by)
         writer.parquet(uri)
 
-    aggregates = [F.count(F.lit(1)).alias("rows"), F.sum(F.when(F.col(ll if sequential else pred).isNull(), 1)
-                                                        .otherwise(0)).alias("unscored")]
+    aggregates = [
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.when(F.col(ll if sequential else pred).isNull(), 1).otherwise(0)).alias("unscored"),
+    ]
     if threshold is not None:
         aggregates.append(F.sum(F.col(config.score.anomalyCol).cast("int")).alias("anomalies"))
     counts = outputs.write_staged(staged, mode, write, lambda uri: spark.read.parquet(uri).agg(*aggregates).first())
     result = {
-        "rows": int(counts["rows"]), "unscored": int(counts["unscored"] or 0), "output": output,
-        "partitionBy": list(partition_by), "model": model_name,
+        "rows": int(counts["rows"]),
+        "unscored": int(counts["unscored"] or 0),
+        "output": output,
+        "partitionBy": list(partition_by),
+        "model": model_name,
     }
     if threshold is not None:
         result["anomalies"] = int(counts["anomalies"] or 0)
@@ -154,12 +168,17 @@ def run_score(config: JobConfig) -> dict[str, Any]:
     if result["unscored"]:
         log.warning(
             "%d of %d %s could not be scored (null, NaN, infinite or not %d features%s); their outputs are null",
-            result["unscored"], result["rows"], unit, model.numFeatures, " per step" if sequential else "",
+            result["unscored"],
+            result["rows"],
+            unit,
+            model.numFeatures,
+            " per step" if sequential else "",
         )
     anomalies = f", {result['anomalies']} below logLikelihood {threshold}" if threshold is not None else ""
     unscored = f", {result['unscored']} unscored (null outputs)" if result["unscored"] else ""
-    print(f"em_spark score: {result['rows']} {unit} scored with {model_name}{unscored}{anomalies} -> {output}",
-          flush=True)
+    print(
+        f"em_spark score: {result['rows']} {unit} scored with {model_name}{unscored}{anomalies} -> {output}", flush=True
+    )
     return result
 
 
@@ -178,25 +197,33 @@ def run_impute(config: JobConfig) -> dict[str, Any]:
     if not output:
         raise ConfigError(f"config key 'impute.outputPath' is required (in {config.source})")
     mode = outputs.save_mode(config.impute.mode, "impute.mode")
-    model_uri = None if config.score.registryModel else resolve_local(
-        config.impute.modelPath or config.score.modelPath or config.output.modelPath)
-    outputs.refuse_overlap(output, "impute.outputPath", {
-        "input.path": resolve_local(config.input.path), "the model": model_uri,
-        "run.checkpointDir": resolve_local(config.run.checkpointDir),
-    })
+    model_uri = (
+        None
+        if config.score.registryModel
+        else resolve_local(config.impute.modelPath or config.score.modelPath or config.output.modelPath)
+    )
+    outputs.refuse_overlap(
+        output,
+        "impute.outputPath",
+        {
+            "input.path": resolve_local(config.input.path),
+            "the model": model_uri,
+            "run.checkpointDir": resolve_local(config.run.checkpointDir),
+        },
+    )
     model, model_name = _scoring_model(config, config.impute.modelPath, "impute.modelPath")
     if not model.family.supports_impute:
         raise ConfigError(f"{model_name} is a {type(model).__name__}; imputation needs a GaussianMixture model")
     if not isinstance(config.input.features, str):
-        outputs.check_feature_count(model.numFeatures, [len(config.input.features)], config.input.features,
-                                       model_name)
+        outputs.check_feature_count(model.numFeatures, [len(config.input.features)], config.input.features, model_name)
     staged = outputs.prepare_output(output, mode, "impute.mode", config.storage.s3Endpoint)
     spark = spark_session(config)
     df = read_input(spark, config)
     keep = _kept_columns(df, config.impute.keepColumns, "impute.keepColumns")
     model.setParams(featuresCol=config.input.features)
-    outputs.check_feature_count(model.numFeatures, sample_feature_counts(df, config.input.features, False),
-                                   config.input.features, model_name)
+    outputs.check_feature_count(
+        model.numFeatures, sample_feature_counts(df, config.input.features, False), config.input.features, model_name
+    )
     out_col, std_col = config.impute.outputCol, config.impute.stdCol
     imputed = model.impute(df, outputCol=out_col, stdCol=std_col).select(*keep, out_col, std_col)
     # A row counts as imputed when any entry had to be filled (its std is positive somewhere).
@@ -207,15 +234,30 @@ def run_impute(config: JobConfig) -> dict[str, Any]:
         F.sum(F.when(filled, 1).otherwise(0)).alias("imputed"),
     )
     counts = outputs.write_staged(
-        staged, mode, lambda uri: imputed.write.mode("errorifexists").parquet(uri),
+        staged,
+        mode,
+        lambda uri: imputed.write.mode("errorifexists").parquet(uri),
         lambda uri: spark.read.parquet(uri).agg(*aggregates).first(),
     )
-    result = {"rows": int(counts["rows"]), "imputedRows": int(counts["imputed"] or 0),
-              "unreadable": int(counts["unreadable"] or 0), "output": output, "model": model_name}
+    result = {
+        "rows": int(counts["rows"]),
+        "imputedRows": int(counts["imputed"] or 0),
+        "unreadable": int(counts["unreadable"] or 0),
+        "output": output,
+        "model": model_name,
+    }
     if result["unreadable"]:
-        log.warning("%d of %d rows could not be read (null vector, not %d features, or infinite values); "
-                    "their outputs are null", result["unreadable"], result["rows"], model.numFeatures)
+        log.warning(
+            "%d of %d rows could not be read (null vector, not %d features, or infinite values); "
+            "their outputs are null",
+            result["unreadable"],
+            result["rows"],
+            model.numFeatures,
+        )
     unreadable = f", {result['unreadable']} unreadable (null outputs)" if result["unreadable"] else ""
-    print(f"em_spark impute: {result['rows']} rows, {result['imputedRows']} with missing entries filled{unreadable}, "
-          f"with {model_name} -> {output}", flush=True)
+    print(
+        f"em_spark impute: {result['rows']} rows, {result['imputedRows']} with missing entries filled{unreadable}, "
+        f"with {model_name} -> {output}",
+        flush=True,
+    )
     return result

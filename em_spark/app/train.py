@@ -65,8 +65,12 @@ def run_train(config: JobConfig) -> Any:
         )
     initial = None
     if config.model.initialModel:
-        initial = load_saved_model(resolve_local(config.model.initialModel), "model.initialModel", config,
-                                   "point it at a model saved by em-spark train (a directory holding model.emsp)")
+        initial = load_saved_model(
+            resolve_local(config.model.initialModel),
+            "model.initialModel",
+            config,
+            "point it at a model saved by em-spark train (a directory holding model.emsp)",
+        )
     check_outputs_writable(config, model_path)
     require_input(config)
     estimator = estimator_from_config(config, initial)  # family keys checked before Spark starts
@@ -76,12 +80,19 @@ def run_train(config: JobConfig) -> Any:
 
     checkpoint_dir, metrics_path = resolve_local(config.run.checkpointDir), resolve_local(config.run.metricsPath)
     with metrics.IterationRecorder(
-        config.run.id, lambda run_id: metrics.metrics_uri(run_id, checkpoint_dir, metrics_path), endpoint,
+        config.run.id,
+        lambda run_id: metrics.metrics_uri(run_id, checkpoint_dir, metrics_path),
+        endpoint,
     ) as recorder:
         model = estimator.fit(df)
     if model_path:
         model.save(model_path, overwrite=config.output.overwrite)
-    metrics.publish(recorder, model, wall_seconds=time.perf_counter() - started, model_path=model_path,
-                    pushgateway=config.run.pushgateway)
+    metrics.publish(
+        recorder,
+        model,
+        wall_seconds=time.perf_counter() - started,
+        model_path=model_path,
+        pushgateway=config.run.pushgateway,
+    )
     print(_format_summary(model, time.perf_counter() - started, model_path), flush=True)
     return model

@@ -11,6 +11,7 @@ or inconsistent says so, and the engine falls back to the Spark-managed blocks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -20,7 +21,7 @@ import numpy as np
 
 from em_spark.models.base import Block
 
-__all__ = ["LocalPartition", "write_partition", "read_partition", "remove_partition"]
+__all__ = ["LocalPartition", "read_partition", "remove_partition", "write_partition"]
 
 # path -> (signature, blocks): mappings stay open in a reused Python worker, so an
 # iteration does not even pay the page-table setup again.
@@ -84,7 +85,13 @@ def write_partition(directory: str, index: int, blocks: list[Block]) -> LocalPar
     if has_labels:
         labels = [b.labels if b.labels is not None else np.full(b.n_rows, -1, np.int64) for b in blocks]
         _save(f"{stem}.y.npy", np.concatenate(labels).astype(np.int64), token)
-    meta = {"token": token, "rows": handle.rows, "d": d, "block_rows": list(handle.block_rows), "has_weight": has_weight}
+    meta = {
+        "token": token,
+        "rows": handle.rows,
+        "d": d,
+        "block_rows": list(handle.block_rows),
+        "has_weight": has_weight,
+    }
     tmp = f"{stem}.json.{token}.tmp"
     with open(tmp, "w") as f:
         json.dump(meta, f)
@@ -148,11 +155,7 @@ def remove_partition(handle: LocalPartition) -> None:
     stem = handle.stem
     _OPEN.pop(stem, None)
     for ext in (".json", ".x.npy", ".w.npy", ".l.npy", ".y.npy"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(f"{stem}{ext}")
-        except FileNotFoundError:
-            pass
-    try:
+    with contextlib.suppress(OSError):  # not empty yet (other partitions) or already gone
         os.rmdir(handle.directory)
-    except OSError:
-        pass  # not empty yet (other partitions) or already gone

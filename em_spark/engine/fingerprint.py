@@ -48,7 +48,9 @@ def row_hashes(block: Block) -> np.ndarray:
         if block.weight is not None:
             h = h ^ splitmix64(np.ascontiguousarray(block.weight).view(np.uint64) + GOLDEN)
         if block.labels is not None:
-            h = h ^ splitmix64(np.ascontiguousarray(block.labels, dtype=np.int64).view(np.uint64) + GOLDEN * np.uint64(3))
+            h = h ^ splitmix64(
+                np.ascontiguousarray(block.labels, dtype=np.int64).view(np.uint64) + GOLDEN * np.uint64(3)
+            )
         return splitmix64(h)
 
 

@@ -14,8 +14,9 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -252,15 +253,25 @@ class _Fit:
             state = decode_state(latest.payload, self.identity, latest.uri)
             self.logger.info(
                 "run=%s resuming from %s: restart %d/%d, iteration %d%s",
-                run_id, latest.uri, state.restart + 1, settings.n_init, state.iteration,
+                run_id,
+                latest.uri,
+                state.restart + 1,
+                settings.n_init,
+                state.iteration,
                 " (already finished)" if state.done else "",
             )
             return state
         state = self._fresh_restart(0, None)
         self.logger.info(
             "run=%s starting: %s k=%d, %d features, maxIter=%d, tol=%g, nInit=%d, seed=%d%s",
-            run_id, self.family.name, self.family.k, self.source.n_features, settings.max_iter, settings.tol,
-            settings.n_init, settings.seed,
+            run_id,
+            self.family.name,
+            self.family.k,
+            self.source.n_features,
+            settings.max_iter,
+            settings.tol,
+            settings.n_init,
+            settings.seed,
             f", checkpoints in {settings.checkpoint_dir}" if self.store is not None else "",
         )
         return state
@@ -292,7 +303,7 @@ class _Fit:
             state,
             iteration=state.iteration + 1,
             params=step.params,
-            history=state.history + [avg],
+            history=[*state.history, avg],
             converged=abs(change) < settings.tol,
         )
         self._commit(state.restart * (settings.max_iter + 1) + state.iteration, state)
@@ -310,14 +321,29 @@ class _Fit:
         # em_event: the line's fields, for JSON logs and em_spark.app.metrics; em_weights: for metrics only.
         log.info(
             "run=%s restart=%d/%d iter=%d/%d avgLogLik=%.8f change=%+.3e seconds=%.2f%s%s",
-            run_id, state.restart + 1, settings.n_init, state.iteration, settings.max_iter, avg, change,
-            seconds, extra, " converged" if state.converged else "",
+            run_id,
+            state.restart + 1,
+            settings.n_init,
+            state.iteration,
+            settings.max_iter,
+            avg,
+            change,
+            seconds,
+            extra,
+            " converged" if state.converged else "",
             extra={
                 "run_id": run_id,
                 "em_event": {
-                    "event": "iteration", "run_id": run_id, "restart": state.restart + 1, "restarts": settings.n_init,
-                    "iteration": state.iteration, "maxIter": settings.max_iter, "avgLogLik": float(avg),
-                    "change": float(change), "seconds": seconds, "converged": bool(state.converged),
+                    "event": "iteration",
+                    "run_id": run_id,
+                    "restart": state.restart + 1,
+                    "restarts": settings.n_init,
+                    "iteration": state.iteration,
+                    "maxIter": settings.max_iter,
+                    "avgLogLik": float(avg),
+                    "change": float(change),
+                    "seconds": seconds,
+                    "converged": bool(state.converged),
                     **{key: float(value) for key, value in progress.items()},
                 },
                 "em_weights": np.asarray(weights, dtype=np.float64).tolist(),

@@ -11,18 +11,19 @@ only ever receives ``fan_in``-ish values, never one per row.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["ordered_tree_reduce", "fan_in_for"]
+__all__ = ["fan_in_for", "ordered_tree_reduce"]
 
 
 def fan_in_for(num_partitions: int, depth: int) -> int:
     """Values combined per group so that ``depth`` levels reach one value (like treeReduce)."""
     if depth < 1:
         raise ValueError(f"aggregationDepth must be >= 1, got {depth}")
-    return max(2, int(math.ceil(num_partitions ** (1.0 / depth))))
+    return max(2, math.ceil(num_partitions ** (1.0 / depth)))
 
 
 def _add_in_order(pairs: Iterable[tuple[int, T]], add: Callable[[T, T], T]) -> T:
@@ -49,7 +50,7 @@ def ordered_tree_reduce(indexed: Any, add: Callable[[T, T], T], depth: int = 2) 
     # Combine on the executors while more groups remain than the driver should take
     # (the same condition as RDD.treeAggregate: a level must pay for its shuffle).
     while n > fan_in + n / fan_in:
-        n = int(math.ceil(n / fan_in))
+        n = math.ceil(n / fan_in)
         groups = n
 
         def regroup(pairs: Iterator[tuple[int, T]], fan_in: int = fan_in) -> Iterator[tuple[int, tuple[int, T]]]:

@@ -53,9 +53,9 @@ class UnitSample:
     def __add__(self, other: UnitSample) -> UnitSample:
         labels = None
         if self.labels is not None or other.labels is not None:
-            labels = np.concatenate([
-                s.labels if s.labels is not None else np.full(s.X.shape[0], -1, np.int64) for s in (self, other)
-            ])
+            labels = np.concatenate(
+                [s.labels if s.labels is not None else np.full(s.X.shape[0], -1, np.int64) for s in (self, other)]
+            )
         return UnitSample(
             np.concatenate([self.keys, other.keys]),
             np.concatenate([self.lengths, other.lengths]),

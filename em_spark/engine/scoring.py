@@ -12,7 +12,7 @@ sequence's log-likelihood.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -23,14 +23,16 @@ from em_spark.engine.arrow_input import FEATURES_FIELD, InputSpec, convert_arrow
 from em_spark.engine.spark_source import input_array
 from em_spark.models.base import Block, EMFamily, Params
 
-__all__ = ["score_frame", "impute_frame", "sample_feature_counts"]
+__all__ = ["impute_frame", "sample_feature_counts", "score_frame"]
 
 _SCORE_TYPE = "prediction int, probability array<double>, logLikelihood double"
 _SEQUENCE_SCORE_TYPE = "prediction array<int>, probability array<array<double>>, logLikelihood double"
 _IMPUTE_TYPE = "imputed array<double>, std array<double>"
 
 
-def _block_of(family: EMFamily, n_features: int, features: pa.Array, allow_missing: bool = False) -> tuple[Block, np.ndarray]:
+def _block_of(
+    family: EMFamily, n_features: int, features: pa.Array, allow_missing: bool = False
+) -> tuple[Block, np.ndarray]:
     spec = InputSpec(sequences=family.sequential, allow_missing=allow_missing or family.models_missing)
     batch = pa.RecordBatch.from_arrays([features], names=[FEATURES_FIELD])
     block, kept, _, _ = convert_arrow(batch, expected_features=n_features, spec=spec)
@@ -81,8 +83,14 @@ def _score_sequence_batch(family: EMFamily, params: Params, n_features: int, fea
     )
 
 
-def _arrow_udf(df: DataFrame, family: EMFamily, params: Params, n_features: int, return_type: str,
-               batch_fn: Callable[..., pa.Array]):
+def _arrow_udf(
+    df: DataFrame,
+    family: EMFamily,
+    params: Params,
+    n_features: int,
+    return_type: str,
+    batch_fn: Callable[..., pa.Array],
+):
     from pyspark.sql.functions import arrow_udf
 
     params_bc = df.sparkSession.sparkContext.broadcast(params)
@@ -120,8 +128,7 @@ def _input(df: DataFrame, family: EMFamily, features: str | Sequence[str]) -> Co
     return safe if safe is not None else input_array(df, features, family.sequential)
 
 
-def sample_feature_counts(df: DataFrame, features: str | Sequence[str], sequential: bool,
-                          rows: int = 100) -> list[int]:
+def sample_feature_counts(df: DataFrame, features: str | Sequence[str], sequential: bool, rows: int = 100) -> list[int]:
     """Feature counts the data holds: per row, or per step for sequences (one per sequence,
     from its first step). Without a Spark job where the schema says (a list of columns, a
     single number, one number per step, a Vector column with ML attribute metadata); else

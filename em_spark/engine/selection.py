@@ -12,15 +12,16 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.models import EMFamily, GaussianFamily
 from em_spark.models.base import ModelError
 from em_spark.models.criteria import information_criteria
 
-__all__ = ["Candidate", "select_models", "format_table"]
+__all__ = ["Candidate", "format_table", "select_models"]
 
 log = logging.getLogger("em_spark")
 
@@ -39,10 +40,20 @@ class Candidate:
     skipped: str | None = None  # why this grid point was not fitted (too few rows, a failed fit); metrics are NaN
 
     @classmethod
-    def not_fitted(cls, k: int, covariance_type: str | None, reason: str) -> "Candidate":
+    def not_fitted(cls, k: int, covariance_type: str | None, reason: str) -> Candidate:
         nan = float("nan")
-        return cls(k=k, covarianceType=covariance_type, avgLogLik=nan, bic=nan, aic=nan, nParameters=0,
-                   numIter=0, converged=False, seconds=0.0, skipped=reason)
+        return cls(
+            k=k,
+            covarianceType=covariance_type,
+            avgLogLik=nan,
+            bic=nan,
+            aic=nan,
+            nParameters=0,
+            numIter=0,
+            converged=False,
+            seconds=0.0,
+            skipped=reason,
+        )
 
 
 def select_models(
@@ -68,8 +79,10 @@ def select_models(
     summary = source.summary
     n = summary.observations if summary.sequences else summary.weight_sum
     if make_family is None:
+
         def make_family(k: int, covariance_type: str | None) -> EMFamily:
             return GaussianFamily(k=k, covariance_type=covariance_type, reg_covar=reg_covar, init_mode=init_mode)
+
     candidates = []
     for covariance_type in covariance_types:
         for k in ks:
@@ -89,13 +102,25 @@ def select_models(
             stats = source.e_step(family, result.params, f"em_spark select k={k} {covariance_type} criteria")
             p = family.n_parameters(result.params)
             candidate = Candidate(
-                k=k, covarianceType=covariance_type, avgLogLik=stats.loglik / stats.weight,
-                **information_criteria(stats.loglik, p, n), nParameters=p,
-                numIter=result.n_iter, converged=result.converged, seconds=time.perf_counter() - started,
+                k=k,
+                covarianceType=covariance_type,
+                avgLogLik=stats.loglik / stats.weight,
+                **information_criteria(stats.loglik, p, n),
+                nParameters=p,
+                numIter=result.n_iter,
+                converged=result.converged,
+                seconds=time.perf_counter() - started,
             )
-            log.info("select: k=%d %s avgLogLik=%.6f BIC=%.1f AIC=%.1f (%d iterations, %.1f s)",
-                     k, covariance_type or family.name, candidate.avgLogLik, candidate.bic, candidate.aic,
-                     candidate.numIter, candidate.seconds)
+            log.info(
+                "select: k=%d %s avgLogLik=%.6f BIC=%.1f AIC=%.1f (%d iterations, %.1f s)",
+                k,
+                covariance_type or family.name,
+                candidate.avgLogLik,
+                candidate.bic,
+                candidate.aic,
+                candidate.numIter,
+                candidate.seconds,
+            )
             candidates.append(candidate)
     return candidates
 
@@ -104,7 +129,9 @@ def best(candidates: list[Candidate], criterion: str) -> Candidate:
     """The fitted candidate with the lowest criterion (the earlier one on a tie)."""
     fitted = [c for c in candidates if c.skipped is None]
     if not fitted:
-        reasons = "; ".join(f"k={c.k}{' ' + c.covarianceType if c.covarianceType else ''}: {c.skipped}" for c in candidates)
+        reasons = "; ".join(
+            f"k={c.k}{' ' + c.covarianceType if c.covarianceType else ''}: {c.skipped}" for c in candidates
+        )
         raise ValueError(f"no candidate of the grid could be fitted ({reasons}); choose smaller select.ks")
     return min(fitted, key=lambda c: getattr(c, criterion))
 
@@ -136,7 +163,12 @@ def _json_candidate(c: Candidate) -> dict[str, Any]:
 def to_json(candidates: list[Candidate], criterion: str, **context: Any) -> str:
     chosen = best(candidates, criterion)
     return json.dumps(
-        {"criterion": criterion, "chosen": _json_candidate(chosen), "candidates": [_json_candidate(c) for c in candidates],
-         **context},
-        indent=2, allow_nan=False,
+        {
+            "criterion": criterion,
+            "chosen": _json_candidate(chosen),
+            "candidates": [_json_candidate(c) for c in candidates],
+            **context,
+        },
+        indent=2,
+        allow_nan=False,
     )

@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 __all__ = ["JavaNotFoundError", "check_java", "get_session", "under_spark_submit"]
 
@@ -46,7 +46,7 @@ def check_java() -> int:
     if java is None:
         raise JavaNotFoundError(f"no Java runtime found (no `java` on PATH, JAVA_HOME unset). {fix}")
     try:
-        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise JavaNotFoundError(f"could not run {java} -version ({exc}). {fix}") from None
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from pyspark import StorageLevel
@@ -49,12 +50,12 @@ from em_spark.stats import Stats
 
 __all__ = [
     "SparkBlockSource",
-    "feature_array",
-    "sequence_array",
-    "input_array",
-    "group_sequences",
     "describe_features",
+    "feature_array",
+    "group_sequences",
+    "input_array",
     "load_blocks",
+    "sequence_array",
 ]
 
 log = logging.getLogger("em_spark")
@@ -69,7 +70,7 @@ def describe_features(features: str | Sequence[str]) -> str:
 def _field(df: DataFrame, name: str, role: str) -> T.StructField:
     try:
         return df.schema[name]
-    except (KeyError, Exception):
+    except Exception:  # noqa: BLE001 -- KeyError classically, PySparkKeyError/AnalysisException on Connect
         raise DataValidationError(
             f"{role} {name!r} is not a column of the input; available columns: {df.columns}"
         ) from None
@@ -145,8 +146,9 @@ def input_array(df: DataFrame, features: str | Sequence[str], sequences: bool) -
     return sequence_array(df, features) if sequences else feature_array(df, features)
 
 
-def group_sequences(df: DataFrame, sequence_col: str, time_col: str, features: str | Sequence[str],
-                    output_col: str = "sequence") -> DataFrame:
+def group_sequences(
+    df: DataFrame, sequence_col: str, time_col: str, features: str | Sequence[str], output_col: str = "sequence"
+) -> DataFrame:
     """Long format (one row per step) to one row per sequence, steps ordered by ``time_col``.
 
     Returns a DataFrame of ``sequence_col`` and ``output_col`` (array<array<double>>). Each
@@ -229,7 +231,9 @@ def _to_payloads(spec: InputSpec):
     return to_payloads
 
 
-def _assemble(items: Iterator[tuple[tuple[int, int], tuple[bytes, RowProblems]]]) -> Iterator[tuple[Block, RowProblems]]:
+def _assemble(
+    items: Iterator[tuple[tuple[int, int], tuple[bytes, RowProblems]]],
+) -> Iterator[tuple[Block, RowProblems]]:
     """Decode one partition's batches in key order and merge them into large blocks."""
     # Sorting by (source partition, batch index) makes the partition's content and
     # order independent of shuffle-fetch order, so a recomputed partition is identical.
@@ -270,7 +274,7 @@ def _spill_partition(dataset_key: str, sample_size: int, seed: int, sequences: b
 class _Missing:
     """Marks a partition whose local block file was not on the executor that ran its task."""
 
-    def __add__(self, other: Any) -> "_Missing":
+    def __add__(self, other: Any) -> _Missing:
         return self
 
     __radd__ = __add__
@@ -412,7 +416,7 @@ class SparkBlockSource:
         """Release the cached data and (best effort) the executor-local files."""
         try:
             self.handles.mapPartitionsWithIndex(_remove_local).collect()
-        except Exception as exc:  # cleanup must not hide the fit's outcome
+        except Exception as exc:  # noqa: BLE001 -- cleanup must not hide the fit's outcome
             log.warning("could not remove executor-local block files: %s", exc)
         self.handles.unpersist()
         self.blocks.unpersist()
@@ -450,7 +454,9 @@ def load_blocks(
     if weight is not None:
         columns.append(weight.alias(WEIGHT_FIELD))
     if sequences and label_col:
-        raise DataValidationError("labelCol is not supported for sequence models: a label belongs to a row, not a sequence")
+        raise DataValidationError(
+            "labelCol is not supported for sequence models: a label belongs to a row, not a sequence"
+        )
     labels = _label_expr(df, label_col)
     if labels is not None:
         columns.append(labels.alias(LABEL_FIELD))

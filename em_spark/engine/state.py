@@ -11,8 +11,9 @@ checkpoint bytes: bump ``CHECKPOINT_FORMAT`` when you mean to.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -139,7 +140,11 @@ def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> FitSta
     stored = meta["identity"]
     if stored != identity:
         keys = sorted(set(stored) | set(identity))
-        diffs = [f"{k}: checkpoint has {stored.get(k)!r}, this run has {identity.get(k)!r}" for k in keys if stored.get(k) != identity.get(k)]
+        diffs = [
+            f"{k}: checkpoint has {stored.get(k)!r}, this run has {identity.get(k)!r}"
+            for k in keys
+            if stored.get(k) != identity.get(k)
+        ]
         raise ResumeMismatchError(
             f"cannot resume from {where}: it was written for different data or settings ("
             + "; ".join(diffs)

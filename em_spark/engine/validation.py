@@ -28,7 +28,9 @@ def check_loaded(
     unit = "sequence(s)" if summary.sequences else "row(s)"
     if dropped.null_rows:
         what = "a null or empty sequence" if summary.sequences else "a null feature vector"
-        problems.append(f"{dropped.null_rows} {unit} have {what} in {features}; drop them first (df.dropna(subset=[...]))")
+        problems.append(
+            f"{dropped.null_rows} {unit} have {what} in {features}; drop them first (df.dropna(subset=[...]))"
+        )
     if dropped.ragged_rows or len(summary.n_features) > 1:
         lengths = sorted(summary.n_features)
         vectors = "the steps' feature vectors" if summary.sequences else "feature vectors"
@@ -46,7 +48,11 @@ def check_loaded(
             problems.append(
                 f"{dropped.nonfinite_rows} {unit} contain NaN, infinite or null feature values in {features}; "
                 "drop or impute them before fitting"
-                + ("" if summary.sequences else ", or model missing values (handleMissing='model' for a Gaussian mixture)")
+                + (
+                    ""
+                    if summary.sequences
+                    else ", or model missing values (handleMissing='model' for a Gaussian mixture)"
+                )
             )
     if dropped.bad_weight_rows:
         problems.append(

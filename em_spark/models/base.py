@@ -10,21 +10,22 @@ broadcasts, checkpoints (without pickle) and hands back to the API layer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from em_spark.stats import WEIGHT, Stats
 
 __all__ = [
+    "DEAD_FRACTION",
     "Block",
-    "Params",
-    "MStepResult",
     "EMFamily",
     "FamilyBase",
+    "MStepResult",
     "ModelError",
-    "DEAD_FRACTION",
+    "Params",
     "check_k",
     "family_config",
 ]
@@ -102,7 +103,7 @@ class Block:
         """(n_rows,) sample weights, ones when none were given."""
         return np.ones(self.n_rows) if self.weight is None else self.weight
 
-    def take(self, rows: np.ndarray) -> "Block":
+    def take(self, rows: np.ndarray) -> Block:
         """The sub-block of the given row indices (or boolean mask); not for sequence blocks."""
         if self.lengths is not None:
             raise ValueError("cannot take rows of a sequence block: that would split sequences")
@@ -113,7 +114,7 @@ class Block:
         )
 
     @staticmethod
-    def concat(blocks: list["Block"], n_features: int) -> "Block":
+    def concat(blocks: list[Block], n_features: int) -> Block:
         """Rows (and sequences) of all blocks in order; an empty (0, n_features) block for an empty list."""
         if not blocks:
             return Block(np.empty((0, n_features)))

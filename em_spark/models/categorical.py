@@ -61,16 +61,16 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.special import gammaln
 
-from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
+from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Params, check_k
 from em_spark.models.kernels import log0
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.validation import check_parameter, check_present
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = [
-    "CategoricalMixtureFamily",
-    "KINDS",
     "INIT_MODES",
+    "KINDS",
+    "CategoricalMixtureFamily",
     "check_labels",
     "clamp_to_labels",
     "log_posterior",
@@ -207,14 +207,10 @@ class CategoricalMixtureFamily(FamilyBase):
         for f, c in enumerate(items):
             ok = _is_number(c) and math.isfinite(c) and float(c) == int(c) and int(c) >= 1
             if not ok:
-                raise ModelError(
-                    f"n_categories[{f}] must be a positive integer (the number of categories), got {c!r}"
-                )
+                raise ModelError(f"n_categories[{f}] must be a positive integer (the number of categories), got {c!r}")
             out.append(int(c))
         if self.kind == "multinomial" and len(out) != 1:
-            raise ModelError(
-                f"for kind='multinomial' n_categories is (C,), the number of count columns; got {out}"
-            )
+            raise ModelError(f"for kind='multinomial' n_categories is (C,), the number of count columns; got {out}")
         return tuple(out)
 
     # -- protocol: description ------------------------------------------------
@@ -319,14 +315,10 @@ class CategoricalMixtureFamily(FamilyBase):
         what, n_categories = known[0]
         for other, value in known[1:]:
             if not np.array_equal(value, n_categories):
-                raise ModelError(
-                    f"{what} {n_categories.tolist()} disagrees with {other} {value.tolist()}"
-                )
+                raise ModelError(f"{what} {n_categories.tolist()} disagrees with {other} {value.tolist()}")
         expected = 1 if self.kind == "multinomial" else d
         if n_categories.shape != (expected,):
-            raise ModelError(
-                f"n_categories {n_categories.tolist()} does not match the data's {d} feature column(s)"
-            )
+            raise ModelError(f"n_categories {n_categories.tolist()} does not match the data's {d} feature column(s)")
         if self.kind == "multinomial" and int(n_categories[0]) != d:
             raise ModelError(f"n_categories {n_categories.tolist()} does not match the data's {d} count columns")
         return n_categories.astype(np.int64)

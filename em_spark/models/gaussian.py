@@ -32,12 +32,14 @@ component (semi-supervised EM, :mod:`labels`).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 
-from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
+from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Params, check_k
+from em_spark.models.gaussian_missing import DiagonalMissing, FullMissing, nan_mask
 from em_spark.models.kernels import (
     COVARIANCE_TYPES,
     KERNELS,
@@ -48,13 +50,12 @@ from em_spark.models.kernels import (
     normalize_log_prob,
     not_positive_definite_components,
 )
-from em_spark.models.gaussian_missing import DiagonalMissing, FullMissing, nan_mask
-from em_spark.models.validation import check_parameter, check_present
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.seeding import kmeans_plusplus, lloyd
+from em_spark.models.validation import check_parameter, check_present
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
-__all__ = ["GaussianFamily", "COVARIANCE_TYPES", "INIT_MODES", "HANDLE_MISSING"]
+__all__ = ["COVARIANCE_TYPES", "HANDLE_MISSING", "INIT_MODES", "GaussianFamily"]
 
 INIT_MODES = ("k-means++", "random")
 HANDLE_MISSING = ("error", "model")
@@ -77,7 +78,6 @@ def _weighted_covariance(X: np.ndarray, w: np.ndarray) -> np.ndarray:
     centered = X - (w @ X) / total
     scaled = centered * np.sqrt(w / total)[:, None]
     return scaled.T @ scaled  # Aᵀ A: numpy uses syrk, the result is exactly symmetric
-
 
 
 # ---------------------------------------------------------------------------
@@ -117,9 +117,7 @@ class GaussianFamily(FamilyBase):
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "components"))
         if self.covariance_type not in KERNELS:
-            raise ModelError(
-                f"covarianceType must be one of {list(COVARIANCE_TYPES)}, got {self.covariance_type!r}"
-            )
+            raise ModelError(f"covarianceType must be one of {list(COVARIANCE_TYPES)}, got {self.covariance_type!r}")
         if (
             isinstance(self.reg_covar, bool)
             or not isinstance(self.reg_covar, (int, float, np.floating, np.integer))
@@ -134,9 +132,7 @@ class GaussianFamily(FamilyBase):
         if self.init_mode not in INIT_MODES:
             raise ModelError(f"initMode must be one of {list(INIT_MODES)}, got {self.init_mode!r}")
         if self.handle_missing not in HANDLE_MISSING:
-            raise ModelError(
-                f"handleMissing must be one of {list(HANDLE_MISSING)}, got {self.handle_missing!r}"
-            )
+            raise ModelError(f"handleMissing must be one of {list(HANDLE_MISSING)}, got {self.handle_missing!r}")
 
     # -- protocol: description ------------------------------------------------
 
@@ -220,7 +216,10 @@ class GaussianFamily(FamilyBase):
         weights = check_parameter(arrays["weights"], "weights", shape=(k,), what=what, min_value=0.0, simplex=True)
         means = check_parameter(arrays["means"], "means", shape=(k, d), what=what)
         covariances = check_parameter(
-            arrays["covariances"], "covariances", shape=self._kernel.cov_shape(k, d), what=what,
+            arrays["covariances"],
+            "covariances",
+            shape=self._kernel.cov_shape(k, d),
+            what=what,
             positive_definite="matrices" if kind in ("full", "tied") else "variances",
         )
         return {
@@ -506,8 +505,7 @@ class GaussianFamily(FamilyBase):
         """
         if sample.n_rows == 0:
             raise ModelError(
-                f"components {dead.tolist()} lost their mass and there is no sample to re-seed them "
-                "from; decrease k"
+                f"components {dead.tolist()} lost their mass and there is no sample to re-seed them from; decrease k"
             )
         loglik = self.score(sample, params)["loglik"]
         order = np.argsort(loglik, kind="stable")

@@ -37,7 +37,6 @@ kernel of :class:`~em_spark.models.gaussian.GaussianFamily`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
 from collections.abc import Iterator
 
 import numpy as np
@@ -173,9 +172,7 @@ class _MissingModel(ABC):
             self._add_moments(dev, cond, wr, sq)
         return loglik
 
-    def impute(
-        self, X: np.ndarray, missing: np.ndarray, labels: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def impute(self, X: np.ndarray, missing: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(imputed (n, d), std (n, d)): E[x_m | x_o] and its standard deviation under the mixture.
 
         Observed entries are returned unchanged with std 0. For a missing entry, with

@@ -38,19 +38,27 @@ The chain (forward-backward, Viterbi, the start/transition statistics and M-step
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 
 from em_spark.models.base import Block, ModelError, Params, check_k
 from em_spark.models.gaussian import GaussianFamily
-from em_spark.models.kernels import KERNELS, LOG_2PI, chunks, ill_defined_covariance, log0, not_positive_definite_components
-from em_spark.models.validation import check_parameter, check_present
+from em_spark.models.kernels import (
+    KERNELS,
+    LOG_2PI,
+    chunks,
+    ill_defined_covariance,
+    log0,
+    not_positive_definite_components,
+)
 from em_spark.models.markov import MarkovChain, block_sequences, dead_state_event, dead_states
+from em_spark.models.validation import check_parameter, check_present
 from em_spark.stats import Stats
 
-__all__ = ["GaussianHMMFamily", "CategoricalHMMFamily", "HMM_COVARIANCE_TYPES"]
+__all__ = ["HMM_COVARIANCE_TYPES", "CategoricalHMMFamily", "GaussianHMMFamily"]
 
 HMM_COVARIANCE_TYPES = ("full", "diag")
 
@@ -143,8 +151,12 @@ class GaussianHMMFamily(MarkovChain):
         what = f"k={k}, {d} features and covarianceType={kind!r}"
         means = check_parameter(arrays["means"], "means", shape=(k, d), what=what)
         covariances = check_parameter(
-            arrays["covariances"], "covariances", shape=self._kernel.cov_shape(k, d), what=what,
-            positive_definite="matrices" if kind == "full" else "variances", unit="state",
+            arrays["covariances"],
+            "covariances",
+            shape=self._kernel.cov_shape(k, d),
+            what=what,
+            positive_definite="matrices" if kind == "full" else "variances",
+            unit="state",
         )
         return {
             **chain,
@@ -311,8 +323,12 @@ class CategoricalHMMFamily(MarkovChain):
         if c < 1:
             raise ModelError(f"initialModel emissionProb must have shape (k, n_categories) = ({k}, C), got {width}")
         emission = check_parameter(
-            arrays["emissionProb"], "emissionProb", shape=(k, c), what=f"k={k} and nCategories={c}",
-            min_value=0.0, simplex=True,
+            arrays["emissionProb"],
+            "emissionProb",
+            shape=(k, c),
+            what=f"k={k} and nCategories={c}",
+            min_value=0.0,
+            simplex=True,
         )
         return {**chain, "emissionprob": emission}
 

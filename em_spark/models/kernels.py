@@ -17,8 +17,8 @@ log N(x | μ, Σ) = -½(d log 2π + ‖(x − μ) P‖²) + log det P, as in sci
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -27,10 +27,10 @@ from em_spark.models.base import ModelError
 __all__ = [
     "COVARIANCE_TYPES",
     "KERNELS",
-    "Kernel",
     "LOG_2PI",
-    "chunks",
+    "Kernel",
     "cholesky_or_none",
+    "chunks",
     "ill_defined_covariance",
     "inv_lower_triangular",
     "log0",
@@ -107,7 +107,6 @@ def not_positive_definite_components(covariances: np.ndarray, covariance_type: s
         return [int(i) for i in np.flatnonzero(bad)]
     stack = covariances[None] if covariance_type == "tied" else covariances
     return [i for i in range(stack.shape[0]) if cholesky_or_none(stack[i]) is None]
-
 
 
 # ---------------------------------------------------------------------------
@@ -376,9 +375,7 @@ def chunks(kernel: Kernel, X: np.ndarray, means: np.ndarray) -> Iterator[tuple[i
         yield start, stop, diffs, work
 
 
-def ill_defined_covariance(
-    model: str, bad: list[int], covariance_type: str, unit: str = "component"
-) -> ModelError:
+def ill_defined_covariance(model: str, bad: list[int], covariance_type: str, unit: str = "component") -> ModelError:
     """The error of an M-step whose covariance is not positive definite (scikit-learn's advice).
 
     ``model`` names what was fitted ("Gaussian mixture"), ``bad`` the failing components

@@ -11,12 +11,13 @@ and ``tol`` applies to its change per row.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 
-from em_spark.models.base import Block, FamilyBase, MStepResult, ModelError, Params, check_k
+from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Params, check_k
 from em_spark.models.seeding import kmeans_plusplus
 from em_spark.models.validation import check_parameter
 from em_spark.stats import Stats
@@ -106,13 +107,15 @@ class KMeansFamily(FamilyBase):
         closest = distances[np.arange(block.n_rows), labels]
         sums = np.zeros((k, d))
         np.add.at(sums, labels, w[:, None] * (block.X - centers[labels]))
-        return Stats({
-            "nk": np.bincount(labels, weights=w, minlength=k),
-            "sum": sums,
-            "loglik": -float(w @ closest),
-            "weight": float(w.sum()),
-            "count": float(block.n_rows),
-        })
+        return Stats(
+            {
+                "nk": np.bincount(labels, weights=w, minlength=k),
+                "sum": sums,
+                "loglik": -float(w @ closest),
+                "weight": float(w.sum()),
+                "count": float(block.n_rows),
+            }
+        )
 
     def m_step(self, stats: Stats, params: Params, sample: Block, rng: np.random.Generator) -> MStepResult:
         centers = params["centers"].copy()

@@ -38,9 +38,7 @@ def check_labels(labels: np.ndarray | None, k: int) -> np.ndarray | None:
     if top < 0:
         return None
     if top >= k:
-        raise ModelError(
-            f"label {top} is not a component id: labels must be -1 (unknown) or 0..{k - 1} for k={k}"
-        )
+        raise ModelError(f"label {top} is not a component id: labels must be -1 (unknown) or 0..{k - 1} for k={k}")
     return labels.astype(np.int64, copy=False)
 
 

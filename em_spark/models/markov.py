@@ -25,12 +25,13 @@ log-likelihood −inf (and the E-step refuses it, with a message).
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from em_spark.models.base import DEAD_FRACTION, Block, FamilyBase, MStepResult, ModelError, Params
+from em_spark.models.base import DEAD_FRACTION, Block, FamilyBase, ModelError, MStepResult, Params
 from em_spark.models.kernels import log0
 from em_spark.models.validation import check_parameter
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
@@ -180,7 +181,7 @@ def sequence_groups(lengths: np.ndarray, k: int) -> list[tuple[int, int, int, in
     group_of = (ends - lengths) // max_rows
     firsts = np.concatenate([[0], np.flatnonzero(np.diff(group_of)) + 1, [lengths.size]]).tolist()
     row_at = np.concatenate([[0], ends]).tolist()
-    return [(s0, s1, row_at[s0], row_at[s1]) for s0, s1 in zip(firsts[:-1], firsts[1:])]
+    return [(s0, s1, row_at[s0], row_at[s1]) for s0, s1 in itertools.pairwise(firsts)]
 
 
 # ---------------------------------------------------------------------------
@@ -395,10 +396,7 @@ def dead_states(occupancy: np.ndarray) -> np.ndarray:
 
 
 def dead_state_event(j: int, share: float) -> str:
-    return (
-        f"state {j} lost its mass (occupancy share {float(f'{share:.3g}')}); kept its previous "
-        "emission parameters"
-    )
+    return f"state {j} lost its mass (occupancy share {float(f'{share:.3g}')}); kept its previous emission parameters"
 
 
 def stationary(transmat: np.ndarray) -> np.ndarray:
@@ -584,7 +582,9 @@ class MarkovChain(FamilyBase, ABC):
         summing to 1 (per row) within 1e-6, then renormalized."""
         what = f"k={self.k}"
         return {
-            "startprob": check_parameter(arrays["startProb"], "startProb", shape=(self.k,), what=what, min_value=0.0, simplex=True),
+            "startprob": check_parameter(
+                arrays["startProb"], "startProb", shape=(self.k,), what=what, min_value=0.0, simplex=True
+            ),
             "transmat": check_parameter(
                 arrays["transMat"], "transMat", shape=(self.k, self.k), what=what, min_value=0.0, simplex=True
             ),

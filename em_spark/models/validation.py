@@ -69,9 +69,7 @@ def check_parameter(
     if min_value is not None and np.any(array < min_value):
         at = np.unravel_index(int(np.argmax(array < min_value)), array.shape)
         bound = "non-negative" if min_value == 0 else f">= {min_value}"
-        raise ModelError(
-            f"initialModel {name} must be {bound}, got {float(array[at])!r} at index {list(map(int, at))}"
-        )
+        raise ModelError(f"initialModel {name} must be {bound}, got {float(array[at])!r} at index {list(map(int, at))}")
     if simplex is not False:
         array = _simplex(array, name, None if simplex is True else np.asarray(simplex, dtype=np.int64), unit)
     if positive_definite == "matrices":

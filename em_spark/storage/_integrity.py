@@ -35,8 +35,7 @@ def wrong_magic(data: bytes, expected_magic: bytes, what: str) -> CorruptObjectE
     for prefix, description in _FOREIGN_FORMATS:
         if data.startswith(prefix):
             return CorruptObjectError(
-                f"{what}: data looks like {description}, not an em_spark object; "
-                "pickled content is never loaded"
+                f"{what}: data looks like {description}, not an em_spark object; pickled content is never loaded"
             )
     return CorruptObjectError(
         f"{what}: wrong magic bytes {bytes(data[: len(expected_magic)])!r}, expected {expected_magic!r}"

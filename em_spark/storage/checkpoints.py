@@ -144,13 +144,18 @@ class CheckpointStore:
             for uri, why in damaged:
                 self._log.warning(
                     "run %s: checkpoint %s is corrupt (%s); fell back to sequence %d",
-                    self.run_id, redact_uri(uri), why, sequence,
+                    self.run_id,
+                    redact_uri(uri),
+                    why,
+                    sequence,
                 )
             return Checkpoint(sequence, payload, self._uri(sequence))
         for uri, why in damaged:
             self._log.warning(
                 "run %s: checkpoint %s is corrupt (%s); no valid checkpoint remains to fall back to",
-                self.run_id, redact_uri(uri), why,
+                self.run_id,
+                redact_uri(uri),
+                why,
             )
         return None
 
@@ -201,7 +206,9 @@ class CheckpointStore:
             # Retention is housekeeping: the checkpoint is committed, so report and go on.
             self._log.warning(
                 "run %s: checkpoint %d is committed, but pruning older checkpoints failed: %s",
-                self.run_id, committed, exc,
+                self.run_id,
+                committed,
+                exc,
             )
 
     def _conflict_message(self, sequence: int, existing: int) -> str:

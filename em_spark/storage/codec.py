@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from em_spark.storage._integrity import DIGEST_SIZE, check_digest, digest, wrong_magic
 from em_spark.storage.errors import CorruptObjectError, UnsupportedContentError
 
-__all__ = ["pack", "unpack", "CODEC_MAGIC", "CODEC_VERSION"]
+__all__ = ["CODEC_MAGIC", "CODEC_VERSION", "pack", "unpack"]
 
 CODEC_MAGIC = b"EMSPARK\x00"
 CODEC_VERSION = 1
@@ -115,9 +116,7 @@ def unpack(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
         arrays[name] = raw.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
         position += nbytes
     if position != len(section):
-        raise CorruptObjectError(
-            f"container: arrays take {position} bytes but the data section has {len(section)}"
-        )
+        raise CorruptObjectError(f"container: arrays take {position} bytes but the data section has {len(section)}")
     return header["meta"], arrays
 
 

@@ -8,13 +8,13 @@ for bad data or names, ``FileExistsError`` for a refused overwrite) and from
 from __future__ import annotations
 
 __all__ = [
-    "StorageError",
     "CorruptObjectError",
-    "UnsupportedContentError",
     "InvalidNameError",
+    "MissingDependencyError",
     "ObjectExistsError",
     "SequenceConflictError",
-    "MissingDependencyError",
+    "StorageError",
+    "UnsupportedContentError",
 ]
 
 
@@ -41,7 +41,7 @@ class ObjectExistsError(StorageError, FileExistsError):
     """Refused to overwrite an existing object."""
 
     @classmethod
-    def refused(cls, path: str) -> "ObjectExistsError":
+    def refused(cls, path: str) -> ObjectExistsError:
         """The error for refusing to overwrite the object at ``path``."""
         return cls(f"refusing to overwrite existing object {path!r}")
 

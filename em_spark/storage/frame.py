@@ -17,7 +17,7 @@ import struct
 from em_spark.storage._integrity import DIGEST_SIZE, check_digest, digest, wrong_magic
 from em_spark.storage.errors import CorruptObjectError
 
-__all__ = ["seal", "unseal", "FRAME_MAGIC"]
+__all__ = ["FRAME_MAGIC", "seal", "unseal"]
 
 FRAME_MAGIC = b"EMSEALv1"  # the last two bytes are the frame version
 _LENGTH = struct.Struct("<Q")
@@ -36,15 +36,12 @@ def unseal(data: bytes) -> bytes:
     if not data.startswith(FRAME_MAGIC):
         raise wrong_magic(data, FRAME_MAGIC, "sealed object")
     if len(data) < _HEADER_SIZE:
-        raise CorruptObjectError(
-            f"sealed object: truncated header ({len(data)} bytes, need at least {_HEADER_SIZE})"
-        )
+        raise CorruptObjectError(f"sealed object: truncated header ({len(data)} bytes, need at least {_HEADER_SIZE})")
     (length,) = _LENGTH.unpack_from(data, len(FRAME_MAGIC))
     actual = len(data) - _HEADER_SIZE
     if length != actual:
         raise CorruptObjectError(
-            f"sealed object: header says the payload has {length} bytes but {actual} follow "
-            "(truncated or padded)"
+            f"sealed object: header says the payload has {length} bytes but {actual} follow (truncated or padded)"
         )
     expected = data[len(FRAME_MAGIC) + _LENGTH.size : _HEADER_SIZE]
     payload = data[_HEADER_SIZE:]

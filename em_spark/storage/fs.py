@@ -29,21 +29,21 @@ from em_spark.storage.frame import seal, unseal
 
 __all__ = [
     "NAME_PATTERN",
-    "resolve",
-    "local_path",
-    "file_uri",
-    "check_writable",
-    "join",
     "absolute_uri",
+    "check_writable",
+    "delete_object",
+    "exists",
+    "file_uri",
+    "get_sealed",
+    "join",
+    "list_names",
+    "local_path",
+    "put_sealed",
+    "read_object",
     "redact_uri",
+    "resolve",
     "validate_name",
     "write_object",
-    "read_object",
-    "exists",
-    "list_names",
-    "delete_object",
-    "put_sealed",
-    "get_sealed",
 ]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -163,7 +163,9 @@ def local_path(uri: str) -> str | None:
     if rest.startswith("//"):
         authority, slash, path = rest[2:].partition("/")
         if authority not in ("", "localhost"):
-            raise ValueError(f"file URI {uri!r} names host {authority!r}; only local files are supported (file:///path)")
+            raise ValueError(
+                f"file URI {uri!r} names host {authority!r}; only local files are supported (file:///path)"
+            )
         rest = slash + path
     if not rest.startswith("/"):
         raise ValueError(f"file URI {uri!r} must hold an absolute path (file:///path)")

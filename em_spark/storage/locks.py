@@ -203,7 +203,7 @@ class RunLock:
 
     # --- public -------------------------------------------------------------
 
-    def __enter__(self) -> RunLock:  # noqa: PYI034 - RunLock is not meant to be subclassed
+    def __enter__(self) -> RunLock:
         self.acquire()
         try:
             self.start_heartbeat()
@@ -259,7 +259,9 @@ class RunLock:
                     )
                 elif newest is not None and newest.lease is None:
                     self._log.warning("run %s: replaced a damaged lease object: %s", self.run_id, free_because)
-                self._log.debug("run %s: acquired lease generation %d until %s", self.run_id, lease.generation, _when(lease.expires))
+                self._log.debug(
+                    "run %s: acquired lease generation %d until %s", self.run_id, lease.generation, _when(lease.expires)
+                )
                 return lease
             raise RunLockedError(
                 f"run {self.run_id}: could not acquire its lease at {redact_uri(self._dir_uri)}: it changed "
@@ -316,9 +318,7 @@ class RunLock:
                 if self._create(marker) and self._confirm(marker):
                     self._log.debug("run %s: released its lease", self.run_id)
                 else:
-                    self._log.warning(
-                        "run %s: did not release the lease: another process holds it now", self.run_id
-                    )
+                    self._log.warning("run %s: did not release the lease: another process holds it now", self.run_id)
             except Exception as exc:  # noqa: BLE001 - called from finally blocks; must not mask their error
                 self._log.warning(
                     "run %s: could not release the lease (%s); it expires at %s", self.run_id, exc, _when(held.expires)
@@ -350,7 +350,9 @@ class RunLock:
                 except Exception as exc:  # noqa: BLE001 - transient I/O: try again at the next beat
                     self._log.warning(
                         "run %s: could not renew the lease (%s); it expires at %s unless a later renewal succeeds",
-                        self.run_id, exc, _when(self._held.expires),
+                        self.run_id,
+                        exc,
+                        _when(self._held.expires),
                     )
 
     def _stop_heartbeat(self) -> None:
@@ -373,7 +375,11 @@ class RunLock:
         newest = None
         with contextlib.suppress(Exception):
             newest = self._newest()
-        now_held = f"; it is now held by {_holder(newest.lease)}" if newest and newest.lease and not newest.lease.released else ""
+        now_held = (
+            f"; it is now held by {_holder(newest.lease)}"
+            if newest and newest.lease and not newest.lease.released
+            else ""
+        )
         self._lost = (
             f"run {self.run_id}: this process (host {held.host} pid {held.pid}) lost the run's lease "
             f"({why}{now_held}), so it stops before writing anything more for this run. The lease "

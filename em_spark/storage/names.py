@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["MODEL_FILE", "NUMBER_DIGITS", "MAX_NUMBER", "NumberedNames"]
+__all__ = ["MAX_NUMBER", "MODEL_FILE", "NUMBER_DIGITS", "NumberedNames"]
 
 #: the model object: written by ``EMModel.save`` and the registry, read by ``load_model``
 MODEL_FILE = "model.emsp"

@@ -49,6 +49,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import json
 import os
 import posixpath
@@ -56,13 +57,14 @@ import re
 import shutil
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow.fs as pafs
 
 from em_spark.storage.errors import StorageError
 from em_spark.storage.fs import exists, read_object, redact_uri, resolve, write_object
 
-__all__ = ["StagedOutput", "OutputStagingError", "SUCCESS_MARKER", "rename_exchange_supported"]
+__all__ = ["SUCCESS_MARKER", "OutputStagingError", "StagedOutput", "rename_exchange_supported"]
 
 SUCCESS_MARKER = "_SUCCESS"
 _OBJECT_STORES = ("s3", "gcs")
@@ -83,24 +85,19 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, getattr(errno, "ENOTSUP", 95), getattr(errno, "EOPNOTSUPP", 95)}
-_renameat2_fn = None
-_renameat2_loaded = False
 
 
-def _renameat2():
-    global _renameat2_fn, _renameat2_loaded
-    if not _renameat2_loaded:
-        _renameat2_loaded = True
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-            fn = libc.renameat2  # glibc >= 2.28
-        except (OSError, AttributeError):
-            fn = None
-        if fn is not None:
-            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-        _renameat2_fn = fn
-    return _renameat2_fn
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2`` (glibc >= 2.28), looked up once; None where it does not exist."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def _rename2(src: str, dst: str, flags: int) -> bool:
@@ -174,7 +171,7 @@ class StagedOutput:
         base, query = _split_query(uri)
         base = base.rstrip("/")
         parent, _, name = base.rpartition("/")
-        if not name or not parent or parent.endswith(":/") or parent.endswith("://"):
+        if not name or not parent or parent.endswith((":/", "://")):
             raise ValueError(f"output {redact_uri(uri)!r} is the root of its store; name a directory inside it")
         self.uri = base + query
         self.name = name
@@ -187,7 +184,9 @@ class StagedOutput:
         self.parent = posixpath.dirname(self.path)
         self.work = posixpath.join(self.parent, f"_{name}.__em-spark")
         self._work_uri = f"{parent}/_{name}.__em-spark"
-        self.kind = "object" if self.fs.type_name in _OBJECT_STORES else ("local" if self.fs.type_name == "local" else "rename")
+        self.kind = (
+            "object" if self.fs.type_name in _OBJECT_STORES else ("local" if self.fs.type_name == "local" else "rename")
+        )
         self._pattern = re.compile(rf"({'|'.join(_KINDS)})-([0-9a-f]{{32}})(\.json)?")
 
     # -- names -------------------------------------------------------------------------
@@ -249,8 +248,10 @@ class StagedOutput:
                     actions.append(f"finished the interrupted publish {item.token} of {self.uri}")
             leftovers = [x for x in self.leftovers() if x.kind != "publish"]
         elif not self.exists():
-            for kind, verb in (("ready", "rolled forward the complete new output"),
-                               ("old", "restored the previous output")):
+            for kind, verb in (
+                ("ready", "rolled forward the complete new output"),
+                ("old", "restored the previous output"),
+            ):
                 candidates = [x for x in leftovers if x.kind == kind]
                 if candidates:
                     chosen = candidates[-1]
@@ -305,11 +306,10 @@ class StagedOutput:
         old = posixpath.join(self.work, self._sibling("old"))
         self.fs.move(self.staging_path, ready)
         _reached("ready")
-        if not self.exists():
-            if self._rename_noreplace(ready):
-                self._remove_work_if_empty()
-                _reached("published")
-                return "renamed into place (first write)"
+        if not self.exists() and self._rename_noreplace(ready):
+            self._remove_work_if_empty()
+            _reached("published")
+            return "renamed into place (first write)"
         if not replace:
             self._delete_tree(ready)
             self._remove_work_if_empty()

@@ -92,8 +92,14 @@ _VERSIONS = NumberedNames()  # versions/0000000007/
 _CLAIMS = NumberedNames(suffix=".claim")  # versions/0000000007.claim
 _ENTRIES = NumberedNames(suffix=".json.sealed")  # aliases/<alias>/0000000003.json.sealed
 _METADATA_FIELDS = {
-    "run_id": str, "created_at": str, "seed": int, "data_fingerprint": str, "package_version": str,
-    "config": dict, "metrics": dict, "extra": dict,
+    "run_id": str,
+    "created_at": str,
+    "seed": int,
+    "data_fingerprint": str,
+    "package_version": str,
+    "config": dict,
+    "metrics": dict,
+    "extra": dict,
 }
 
 
@@ -275,16 +281,25 @@ class ModelRegistry:
         number = _check_number(version)
         found = self.get(name, number)  # unknown model or version: a clear error before anything is written
         # A version whose model bytes are damaged would only fail later, when scoring with it.
-        self._verified_model_bytes(found, f"cannot promote model {name!r} version {number} to alias {alias!r}: ",
-                                   f"; alias {alias!r} was not moved")
+        self._verified_model_bytes(
+            found,
+            f"cannot promote model {name!r} version {number} to alias {alias!r}: ",
+            f"; alias {alias!r} was not moved",
+        )
 
         def entry_for(history: list[AliasEntry | DamagedAliasEntry]) -> AliasEntry | None:
             head = history[-1] if history else None
             if head is None:
                 return _new_entry(alias, number, None, reason, "promote")
             if head.damaged:  # the repair: a fresh entry supersedes the damaged one
-                log.warning("model %s: alias %s entry %d is damaged (%s); the new entry %d supersedes it",
-                            name, alias, head.sequence, head.problem, head.sequence + 1)
+                log.warning(
+                    "model %s: alias %s entry %d is damaged (%s); the new entry %d supersedes it",
+                    name,
+                    alias,
+                    head.sequence,
+                    head.problem,
+                    head.sequence + 1,
+                )
                 return _new_entry(alias, number, None, reason, "promote", repairs=head.sequence)
             if head.version == number:
                 return None
@@ -335,7 +350,8 @@ class ModelRegistry:
                     f"missing or damaged ({problem}); promote a version explicitly instead"
                 )
             self._verified_model_bytes(
-                found, f"cannot roll back alias {alias!r} of model {name!r} to version {target}: ",
+                found,
+                f"cannot roll back alias {alias!r} of model {name!r} to version {target}: ",
                 f"; alias {alias!r} was not moved (still version {current}); promote a version explicitly instead",
             )
             return _new_entry(alias, target, current, reason, "rollback")
@@ -352,7 +368,8 @@ class ModelRegistry:
         """Names of the models in the registry, sorted."""
         selector = pafs.FileSelector(self._root, allow_not_found=True, recursive=False)
         candidates = sorted(
-            info.base_name for info in self._fs.get_file_info(selector)
+            info.base_name
+            for info in self._fs.get_file_info(selector)
             if info.type == pafs.FileType.Directory and _is_valid_name(info.base_name)
         )
         return [name for name in candidates if exists(self._fs, self._model_path(name, "versions"))]
@@ -372,10 +389,16 @@ class ModelRegistry:
             version, problem = self._read_version(name, number)
             if version is None:
                 claim = self._read_claim(name, number)
-                out.append(IncompleteVersion(
-                    name, number, problem, claim.get("run_id"), claim.get("claimed_at"),
-                    self._version_uri(name, number),
-                ))
+                out.append(
+                    IncompleteVersion(
+                        name,
+                        number,
+                        problem,
+                        claim.get("run_id"),
+                        claim.get("claimed_at"),
+                        self._version_uri(name, number),
+                    )
+                )
         return out
 
     def find_by_run_id(self, name: str, run_id: str) -> ModelVersion | None:
@@ -416,7 +439,9 @@ class ModelRegistry:
                 f"model {name!r} version {number} is incomplete or damaged ({problem}); "
                 f"available versions: {self._describe_numbers(name)}"
             )
-        raise RegistryError(f"unknown version {number} of model {name!r}; available versions: {self._describe_numbers(name)}")
+        raise RegistryError(
+            f"unknown version {number} of model {name!r}; available versions: {self._describe_numbers(name)}"
+        )
 
     def load_bytes(self, name: str, version: int | str = DEFAULT_ALIAS) -> bytes:
         """The model bytes of a version (for ``Model.from_bytes``), checked against its metadata."""
@@ -465,8 +490,11 @@ class ModelRegistry:
         aliases_dir = self._model_path(name, "aliases")
         selector = pafs.FileSelector(aliases_dir, allow_not_found=True, recursive=False)
         return sorted(
-            info.base_name for info in self._fs.get_file_info(selector)
-            if info.type == pafs.FileType.Directory and _is_valid_name(info.base_name) and info.base_name != LATEST
+            info.base_name
+            for info in self._fs.get_file_info(selector)
+            if info.type == pafs.FileType.Directory
+            and _is_valid_name(info.base_name)
+            and info.base_name != LATEST
             and not info.base_name.isdigit()
         )
 
@@ -552,8 +580,13 @@ class ModelRegistry:
             elif number == in_flight and not problem.startswith("damaged"):
                 continue
             elif problem.startswith("damaged"):
-                log.warning("model %s: skipping version %d at %s: %s", name, number,
-                            redact_uri(self._version_uri(name, number)), problem)
+                log.warning(
+                    "model %s: skipping version %d at %s: %s",
+                    name,
+                    number,
+                    redact_uri(self._version_uri(name, number)),
+                    problem,
+                )
             else:
                 # Possibly a registration running right now: not worth a warning.
                 log.info("model %s: skipping incomplete version %d (%s)", name, number, problem)
@@ -577,8 +610,13 @@ class ModelRegistry:
 
     def _log_duplicate(self, existing: ModelVersion, model_sha256: str) -> None:
         differs = " (the new model bytes differ and were not stored)" if existing.model_sha256 != model_sha256 else ""
-        log.warning("model %s: run %s is already registered as version %d; not registering it again%s",
-                    existing.name, existing.run_id, existing.version, differs)
+        log.warning(
+            "model %s: run %s is already registered as version %d; not registering it again%s",
+            existing.name,
+            existing.run_id,
+            existing.version,
+            differs,
+        )
 
     # --- aliases: internals ---------------------------------------------------------
 
@@ -602,8 +640,14 @@ class ModelRegistry:
             entry = self._entry_cache.get(key)
             if entry is None:
                 if sequence not in present:
-                    entries.append(DamagedAliasEntry(alias, sequence, self._alias_entry_uri(name, alias, sequence),
-                                                     "missing: the log has later entries but not this one"))
+                    entries.append(
+                        DamagedAliasEntry(
+                            alias,
+                            sequence,
+                            self._alias_entry_uri(name, alias, sequence),
+                            "missing: the log has later entries but not this one",
+                        )
+                    )
                     continue
                 path = join(self._alias_dir(name, alias), _ENTRIES.name(sequence))
                 try:
@@ -618,7 +662,9 @@ class ModelRegistry:
                     self._entry_cache[key] = entry
                     entries.append(entry)
                     continue
-                entries.append(DamagedAliasEntry(alias, sequence, self._alias_entry_uri(name, alias, sequence), problem))
+                entries.append(
+                    DamagedAliasEntry(alias, sequence, self._alias_entry_uri(name, alias, sequence), problem)
+                )
                 continue
             entries.append(entry)
         return entries
@@ -629,15 +675,21 @@ class ModelRegistry:
         else:
             how = f"ModelRegistry.promote({name!r}, N, alias={alias!r})"
         if head_damaged:
-            return (f"to repair, promote the version that should be in {alias} explicitly: {how} appends a fresh "
-                    "entry that supersedes the damaged one")
+            return (
+                f"to repair, promote the version that should be in {alias} explicitly: {how} appends a fresh "
+                "entry that supersedes the damaged one"
+            )
         return f"promote the version that should be in {alias} explicitly instead: {how}"
 
     def _damaged_head_message(self, name: str, alias: str, history: list[AliasEntry | DamagedAliasEntry]) -> str:
         head = history[-1]
         verified = [e for e in history if not e.damaged]
-        before = (f" (entry {verified[-1].sequence}, the newest that verifies, had set version "
-                  f"{verified[-1].version} before it)" if verified else "")
+        before = (
+            f" (entry {verified[-1].sequence}, the newest that verifies, had set version "
+            f"{verified[-1].version} before it)"
+            if verified
+            else ""
+        )
         return (
             f"alias {alias!r} of model {name!r} cannot be resolved: its newest log entry {head.sequence} "
             f"({redact_uri(head.uri)}) is damaged ({head.problem}), so the version it set is unknown{before}, and "
@@ -652,7 +704,7 @@ class ModelRegistry:
         A concurrent promoter that wins the sequence makes this one re-read the log
         and decide again, once; a second loss is reported rather than retried forever.
         """
-        for attempt in range(2):
+        for _attempt in range(2):
             history = self._alias_entries(name, alias)
             entry = entry_for(history)
             if entry is None:  # already pointing there
@@ -760,11 +812,19 @@ def _parse_metadata(payload: bytes, name: str, number: int) -> dict:
 
 def _version_from_metadata(metadata: dict, uri: str) -> ModelVersion:
     return ModelVersion(
-        name=metadata["name"], version=metadata["version"], run_id=metadata["run_id"],
-        created_at=metadata["created_at"], metrics=metadata["metrics"], config=metadata["config"],
-        seed=metadata["seed"], data_fingerprint=metadata["data_fingerprint"],
-        package_version=metadata["package_version"], extra=metadata["extra"], uri=uri,
-        model_sha256=metadata["model"]["sha256"], model_size=metadata["model"].get("size", 0),
+        name=metadata["name"],
+        version=metadata["version"],
+        run_id=metadata["run_id"],
+        created_at=metadata["created_at"],
+        metrics=metadata["metrics"],
+        config=metadata["config"],
+        seed=metadata["seed"],
+        data_fingerprint=metadata["data_fingerprint"],
+        package_version=metadata["package_version"],
+        extra=metadata["extra"],
+        uri=uri,
+        model_sha256=metadata["model"]["sha256"],
+        model_size=metadata["model"].get("size", 0),
     )
 
 
@@ -773,8 +833,17 @@ def _new_entry(
 ) -> AliasEntry:
     if not isinstance(reason, str):
         raise RegistryError(f"reason must be a string, got {type(reason).__name__}")
-    return AliasEntry(alias=alias, version=version, previous=previous, at=_utc_now(), reason=reason,
-                      sequence=0, action=action, by=_who(), repairs=repairs)
+    return AliasEntry(
+        alias=alias,
+        version=version,
+        previous=previous,
+        at=_utc_now(),
+        reason=reason,
+        sequence=0,
+        action=action,
+        by=_who(),
+        repairs=repairs,
+    )
 
 
 def _parse_entry(payload: bytes, alias: str, sequence: int) -> AliasEntry:
@@ -787,9 +856,15 @@ def _parse_entry(payload: bytes, alias: str, sequence: int) -> AliasEntry:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"invalid version {version!r}")
     return AliasEntry(
-        alias=alias, version=version, previous=raw.get("previous"), at=str(raw.get("at", "")),
-        reason=str(raw.get("reason", "")), sequence=sequence, action=str(raw.get("action", "promote")),
-        by=str(raw.get("by", "")), repairs=raw.get("repairs") if isinstance(raw.get("repairs"), int) else None,
+        alias=alias,
+        version=version,
+        previous=raw.get("previous"),
+        at=str(raw.get("at", "")),
+        reason=str(raw.get("reason", "")),
+        sequence=sequence,
+        action=str(raw.get("action", "promote")),
+        by=str(raw.get("by", "")),
+        repairs=raw.get("repairs") if isinstance(raw.get("repairs"), int) else None,
     )
 
 

@@ -45,7 +45,8 @@ import logging
 import os
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -54,11 +55,11 @@ from em_spark.storage.errors import MissingDependencyError, ObjectExistsError
 __all__ = [
     "MULTIPART_THRESHOLD",
     "PART_SIZE",
+    "client_for",
     "default_region",
     "endpoint_from_env",
-    "require_boto3",
-    "client_for",
     "put_object",
+    "require_boto3",
 ]
 
 MULTIPART_THRESHOLD = 8 * 2**20
@@ -184,14 +185,22 @@ def _put_multipart(client, bucket: str, key: str, data: bytes, condition: dict[s
     upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32")["UploadId"]
     _log.debug(
         "multipart upload of s3://%s/%s: %d bytes in %d parts (conditional=%s)",
-        bucket, key, len(data), -(-len(data) // part_size), bool(condition),
+        bucket,
+        key,
+        len(data),
+        -(-len(data) // part_size),
+        bool(condition),
     )
     try:
         parts = []
         for number, start in enumerate(range(0, len(data), part_size), start=1):
             response = client.upload_part(
-                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                Body=data[start : start + part_size], ChecksumAlgorithm="CRC32",
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data[start : start + part_size],
+                ChecksumAlgorithm="CRC32",
             )
             part = {"PartNumber": number, "ETag": response["ETag"]}
             if response.get("ChecksumCRC32"):

@@ -1,5 +1,7 @@
 """Arrow -> blocks conversion, the load summary as a value, and the bounded sample."""
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -69,7 +71,7 @@ def test_merge_blocks_keeps_row_order_and_respects_the_size_limit():
 
 def _split(X, cuts, weight=None):
     edges = [0, *cuts, len(X)]
-    return [Block(X[a:b], None if weight is None else weight[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+    return [Block(X[a:b], None if weight is None else weight[a:b]) for a, b in itertools.pairwise(edges)]
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -161,7 +163,7 @@ def _problems(p: RowProblems):
 def _sequences_of(block):
     """The block's sequences as a list of (steps, d) arrays."""
     edges = np.concatenate([[0], np.cumsum(block.lengths)])
-    return [block.X[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    return [block.X[a:b] for a, b in itertools.pairwise(edges)]
 
 
 def _random_sequences(rng, n_seq, d=2, low=1, high=12):
@@ -277,7 +279,11 @@ def test_labels_null_or_negative_are_unknown_and_labels_not_below_k_are_counted(
 def test_labels_ride_with_their_rows_through_weights_and_the_summary():
     rows = [[1.0], [2.0], [3.0], [4.0]]
     batch = pa.record_batch(
-        [pa.array(rows, pa.list_(pa.float64())), pa.array([1.0, -1.0, 2.0, 1.0]), pa.array([1, 0, None, 0], pa.int64())],
+        [
+            pa.array(rows, pa.list_(pa.float64())),
+            pa.array([1.0, -1.0, 2.0, 1.0]),
+            pa.array([1, 0, None, 0], pa.int64()),
+        ],
         names=[FEATURES_FIELD, WEIGHT_FIELD, LABEL_FIELD],
     )
     block, problems, _ = block_from_arrow(batch, InputSpec(k=2))
@@ -400,7 +406,7 @@ def _summarize_split(seqs, order, cuts, budget, seed, weights=None):
     w = None if weights is None else [weights[i] for i in order]
     edges = [0, *cuts, len(ordered)]
     total = None
-    for a, b in reversed(list(zip(edges[:-1], edges[1:]))):
+    for a, b in reversed(list(itertools.pairwise(edges))):
         if a == b:
             block = Block(np.empty((0, 2)), None if w is None else np.empty(0), np.empty(0, np.int64))
         else:
@@ -439,9 +445,12 @@ def test_sequence_fingerprint_follows_step_order_not_sequence_order():
     base = summarize_block(_seq_block(seqs), 5, 0).fingerprint
     # reordering the sequences keeps it
     assert summarize_block(_seq_block(seqs[::-1]), 5, 0).fingerprint == base
-    assert summarize_block(_seq_block(seqs[1:]), 5, 0).fingerprint + summarize_block(
-        _seq_block(seqs[:1]), 5, 0
-    ).fingerprint & ((1 << 64) - 1) == base
+    assert (
+        summarize_block(_seq_block(seqs[1:]), 5, 0).fingerprint
+        + summarize_block(_seq_block(seqs[:1]), 5, 0).fingerprint
+        & ((1 << 64) - 1)
+        == base
+    )
     # swapping two steps of one sequence changes it
     swapped = [x.copy() for x in seqs]
     swapped[4][[0, 2]] = swapped[4][[2, 0]]
@@ -463,7 +472,10 @@ def test_check_loaded_names_sequence_problems_per_sequence():
         check_loaded(summary, 2, "column 'obs'", None)
     message = str(err.value)
     assert "2 sequence(s) have a null or empty sequence in column 'obs'" in message
-    assert "the steps' feature vectors in column 'obs' do not all have the same non-zero length (1 sequence(s) differ" in message
+    assert (
+        "the steps' feature vectors in column 'obs' do not all have the same non-zero length (1 sequence(s) differ"
+        in message
+    )
     assert "1 sequence(s) contain NaN, infinite or null feature values" in message
     assert "handleMissing" not in message  # not offered to sequence models
     # a clean load passes

@@ -50,15 +50,17 @@ def test_no_temporary_files_are_left_behind(tmp_path):
 def _sequence_blocks(weighted, labelled):
     rng = np.random.default_rng(1)
     blocks = []
-    for lengths in ([3, 1, 4], [2], [5, 5]):
-        lengths = np.array(lengths, dtype=np.int64)
+    for step_counts in ([3, 1, 4], [2], [5, 5]):
+        lengths = np.array(step_counts, dtype=np.int64)
         n = int(lengths.sum())
-        blocks.append(Block(
-            rng.normal(size=(n, 2)),
-            np.repeat(rng.random(lengths.size), lengths) if weighted else None,
-            lengths,
-            rng.integers(-1, 3, size=n) if labelled else None,
-        ))
+        blocks.append(
+            Block(
+                rng.normal(size=(n, 2)),
+                np.repeat(rng.random(lengths.size), lengths) if weighted else None,
+                lengths,
+                rng.integers(-1, 3, size=n) if labelled else None,
+            )
+        )
     return blocks
 
 

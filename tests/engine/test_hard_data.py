@@ -38,7 +38,9 @@ def test_many_duplicate_points_fit_without_nan(covariance_type):
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_a_constant_column_fits_without_nan(covariance_type):
     rng = np.random.default_rng(1)
-    X = np.column_stack([rng.normal(size=(900, 2)) + np.repeat([[0, 0], [6, 6], [0, 8]], 300, axis=0), np.full(900, 7.0)])
+    X = np.column_stack(
+        [rng.normal(size=(900, 2)) + np.repeat([[0, 0], [6, 6], [0, 8]], 300, axis=0), np.full(900, 7.0)]
+    )
     result = _fit(GaussianFamily(3, covariance_type), X)
     _assert_clean(result)
     np.testing.assert_allclose(result.params["means"][:, 2], 7.0)

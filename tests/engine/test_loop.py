@@ -1,6 +1,10 @@
 """The EM loop without a JVM: convergence, restarts, checkpoints, exact resume."""
 
 import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +14,7 @@ from em_spark.engine.loop import FitSettings, ResumeMismatchError, fit_em
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily
 from em_spark.models.base import Block
-from em_spark.storage import CheckpointStore
+from em_spark.storage import CheckpointStore, LeaseLostError, RunLock, RunLockedError, locks
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +77,9 @@ def test_best_of_n_init_is_kept(blobs):
     settings = FitSettings(max_iter=30, tol=1e-6, n_init=3, seed=2)
     result = fit_em(GaussianFamily(k=3, init_mode="random"), _source(X), settings)
     singles = [
-        fit_em(GaussianFamily(k=3, init_mode="random"), _source(X), FitSettings(max_iter=30, tol=1e-6, seed=2)).history[-1]
+        fit_em(GaussianFamily(k=3, init_mode="random"), _source(X), FitSettings(max_iter=30, tol=1e-6, seed=2)).history[
+            -1
+        ]
     ]
     assert result.history[-1] >= max(singles) - 1e-12
     assert 0 <= result.restart < 3
@@ -176,13 +182,6 @@ def test_each_iteration_logs_one_line_with_run_id_change_and_family_progress(blo
 
 # --- one live fit per run id ------------------------------------------------------
 
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-from em_spark.storage import LeaseLostError, RunLock, RunLockedError, locks
-
 REPO = Path(__file__).resolve().parents[2]
 
 HOLD_CODE = """
@@ -256,12 +255,17 @@ def test_a_fit_whose_run_another_process_holds_fails_fast_and_writes_nothing(blo
     settings = FitSettings(max_iter=5, tol=0.0, seed=4, run_id="busy", checkpoint_dir=str(tmp_path))
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_CODE, str(tmp_path), "busy"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
         source = _source(X)
-        with pytest.raises(RunLockedError, match=rf"^run busy is already running \(owner host .+ pid {holder.pid}, since "):
+        with pytest.raises(
+            RunLockedError, match=rf"^run busy is already running \(owner host .+ pid {holder.pid}, since "
+        ):
             fit_em(GaussianFamily(k=3), source, settings)
         assert source.e_step_calls == 0
         assert CheckpointStore(str(tmp_path), "busy").sequences() == []

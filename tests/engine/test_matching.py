@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from em_spark.app.demo_data import make_blobs
+from em_spark.app.nightly import match_components
 from em_spark.models import GaussianFamily
 from em_spark.models.base import Block
-from em_spark.app.nightly import match_components
 
 
 @pytest.mark.parametrize("cov_type", ["full", "diag", "spherical", "tied"])

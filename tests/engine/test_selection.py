@@ -8,15 +8,17 @@ import pytest
 from em_spark.app.config import ConfigError, load_config
 from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings
+from em_spark.engine.selection import best, format_table, select_models, to_json
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.models.base import Block
-from em_spark.engine.selection import best, format_table, select_models, to_json
 
 
 def test_bic_chooses_the_true_number_of_components_and_the_table_marks_it():
     X, _, _ = make_blobs(4000, 2, 3, separation=6.0, seed=11)
     source = LocalBlockSource([Block(b) for b in np.array_split(X, 3)], seed=1)
-    candidates = select_models(source, [1, 2, 3, 4, 5], ["full", "spherical"], FitSettings(max_iter=200, tol=1e-6, seed=1))
+    candidates = select_models(
+        source, [1, 2, 3, 4, 5], ["full", "spherical"], FitSettings(max_iter=200, tol=1e-6, seed=1)
+    )
     assert len(candidates) == 10
     chosen = best(candidates, "bic")
     assert (chosen.k, chosen.covarianceType) == (3, "full")
@@ -42,15 +44,18 @@ def test_selection_takes_any_family_and_counts_steps_for_sequence_bic():
     # A grid over the number of HMM states: no covariance column, BIC's n = the steps.
     from em_spark.app.demo_data import make_hmm_sequences
     from em_spark.engine.loop import FitSettings
+    from em_spark.engine.selection import format_table, select_models
     from em_spark.engine.sources import LocalBlockSource
     from em_spark.models import Block, GaussianHMMFamily
-    from em_spark.engine.selection import format_table, select_models
 
     X, _, _ = make_hmm_sequences(200, 20, 2, 3, separation=5.0, seed=3)
     block = Block(X.reshape(-1, 2), lengths=np.full(200, 20))
     source = LocalBlockSource([block], sample_size=2000, seed=0)
     candidates = select_models(
-        source, [2, 3, 4], [None], FitSettings(max_iter=30, tol=1e-4, seed=0),
+        source,
+        [2, 3, 4],
+        [None],
+        FitSettings(max_iter=30, tol=1e-4, seed=0),
         make_family=lambda k, _: GaussianHMMFamily(k=k, covariance_type="diag"),
     )
     assert [c.k for c in candidates] == [2, 3, 4] and all(c.covarianceType is None for c in candidates)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -52,7 +52,11 @@ def make_inputs() -> dict[str, dict[str, np.ndarray]]:
     rng = np.random.default_rng(20240601)
     out: dict[str, dict[str, np.ndarray]] = {}
     X, truth = _blobs(rng, 800, 3, 3)
-    out["blobs"] = {"X": X, "w": rng.uniform(0.2, 2.0, size=800), "labels": np.where(np.arange(800) % 7 == 0, truth, -1)}
+    out["blobs"] = {
+        "X": X,
+        "w": rng.uniform(0.2, 2.0, size=800),
+        "labels": np.where(np.arange(800) % 7 == 0, truth, -1),
+    }
     Xm = X.copy()
     Xm[rng.random(X.shape) < 0.15] = np.nan
     Xm[np.isnan(Xm).all(axis=1), 0] = 0.5  # keep at least one observed entry per row
@@ -172,7 +176,13 @@ def _far_component_init(X):
 
 
 def numpy_cases(inputs) -> dict[str, Callable[[], dict[str, np.ndarray]]]:
-    from em_spark.models import CategoricalHMMFamily, CategoricalMixtureFamily, GaussianFamily, GaussianHMMFamily, KMeansFamily
+    from em_spark.models import (
+        CategoricalHMMFamily,
+        CategoricalMixtureFamily,
+        GaussianFamily,
+        GaussianHMMFamily,
+        KMeansFamily,
+    )
 
     blobs, missing, codes, counts = inputs["blobs"], inputs["blobs_missing"], inputs["codes"], inputs["counts"]
     seqs, syms = inputs["sequences"], inputs["symbols"]
@@ -189,7 +199,10 @@ def numpy_cases(inputs) -> dict[str, Callable[[], dict[str, np.ndarray]]]:
     )
     for cov in ("full", "diag", "spherical", "tied"):
         cases[f"np_gaussian_missing_{cov}"] = lambda cov=cov: _local(
-            GaussianFamily(k=3, covariance_type=cov, handle_missing="model"), _blocks(missing, 3), max_iter=8, impute=True
+            GaussianFamily(k=3, covariance_type=cov, handle_missing="model"),
+            _blocks(missing, 3),
+            max_iter=8,
+            impute=True,
         )
     cases["np_kmeans"] = lambda: _local(KMeansFamily(k=3), _blocks(blobs, 4, weights=True))
     cases["np_kmeans_random"] = lambda: _local(KMeansFamily(k=4, init_mode="random"), _blocks(blobs, 4), n_init=2)
@@ -216,9 +229,14 @@ def numpy_cases(inputs) -> dict[str, Callable[[], dict[str, np.ndarray]]]:
     # from user-given initial models: their validation and renormalization are part of the fit
     for cov in ("full", "diag", "spherical", "tied"):
         cases[f"np_gaussian_{cov}_initial"] = lambda cov=cov: _local(
-            GaussianFamily(k=3, covariance_type=cov), _blocks(blobs, 2), max_iter=4, initial=inputs[f"init_gaussian_{cov}"]
+            GaussianFamily(k=3, covariance_type=cov),
+            _blocks(blobs, 2),
+            max_iter=4,
+            initial=inputs[f"init_gaussian_{cov}"],
         )
-    cases["np_kmeans_initial"] = lambda: _local(KMeansFamily(k=3), _blocks(blobs, 2), max_iter=4, initial=inputs["init_kmeans"])
+    cases["np_kmeans_initial"] = lambda: _local(
+        KMeansFamily(k=3), _blocks(blobs, 2), max_iter=4, initial=inputs["init_kmeans"]
+    )
     cases["np_categorical_codes_initial"] = lambda: _local(
         CategoricalMixtureFamily(k=2, smoothing=0.0), _blocks(codes, 2), max_iter=4, initial=inputs["init_codes"]
     )
@@ -227,7 +245,9 @@ def numpy_cases(inputs) -> dict[str, Callable[[], dict[str, np.ndarray]]]:
     )
     for cov in ("full", "diag"):
         cases[f"np_gaussian_hmm_{cov}_initial"] = lambda cov=cov: _local(
-            GaussianHMMFamily(k=3, covariance_type=cov), _blocks(seqs, 2, sequences=True), max_iter=4,
+            GaussianHMMFamily(k=3, covariance_type=cov),
+            _blocks(seqs, 2, sequences=True),
+            max_iter=4,
             initial=inputs[f"init_gaussian_hmm_{cov}"],
         )
     cases["np_categorical_hmm_initial"] = lambda: _local(
@@ -249,8 +269,10 @@ def _spark_fit(estimator, df):
 
 def _rows_frame(spark, data, *, weights=False):
     X = data["X"]
-    rows = [([None if np.isnan(v) else float(v) for v in x],) + ((float(data["w"][i]),) if weights else ())
-            for i, x in enumerate(X)]
+    rows = [
+        ([None if np.isnan(v) else float(v) for v in x],) + ((float(data["w"][i]),) if weights else ())
+        for i, x in enumerate(X)
+    ]
     return spark.createDataFrame(rows, "x array<double>" + (", w double" if weights else ""))
 
 
@@ -278,7 +300,9 @@ def spark_cases(inputs, spark) -> dict[str, Callable[[], dict[str, np.ndarray]]]
             _rows_frame(spark, missing),
         ),
         "spark_kmeans": lambda: _spark_fit(KMeans(k=3, maxIter=5, **common), _rows_frame(spark, blobs)),
-        "spark_categorical": lambda: _spark_fit(CategoricalMixture(k=2, maxIter=5, **common), _rows_frame(spark, codes)),
+        "spark_categorical": lambda: _spark_fit(
+            CategoricalMixture(k=2, maxIter=5, **common), _rows_frame(spark, codes)
+        ),
         "spark_gaussian_hmm_diag": lambda: _spark_fit(
             GaussianHMM(k=3, covarianceType="diag", maxIter=5, **common), _sequence_frame(spark, inputs["sequences"])
         ),
@@ -296,7 +320,9 @@ INPUTS_FILE = HERE / "inputs.npz"
 
 
 def save_inputs(inputs) -> None:
-    np.savez(INPUTS_FILE, **{f"{name}.{key}": value for name, arrays in inputs.items() for key, value in arrays.items()})
+    np.savez(
+        INPUTS_FILE, **{f"{name}.{key}": value for name, arrays in inputs.items() for key, value in arrays.items()}
+    )
 
 
 def load_inputs() -> dict[str, dict[str, np.ndarray]]:

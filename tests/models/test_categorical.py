@@ -230,9 +230,7 @@ def test_a_bernoulli_column_is_the_two_category_case():
     family = CategoricalMixtureFamily(2, (2, 2, 2))
     params = family.initialize(Block(X), np.random.default_rng(0))
     p1 = params["probs"][:, 1::2]  # P(x_f = 1) per component and feature
-    expected = np.log(
-        (params["weights"] * np.prod(np.where(X[:, None, :] == 1, p1, 1 - p1), axis=2)).sum(axis=1)
-    )
+    expected = np.log((params["weights"] * np.prod(np.where(X[:, None, :] == 1, p1, 1 - p1), axis=2)).sum(axis=1))
     np.testing.assert_allclose(family.score(Block(X), params)["loglik"], expected, rtol=1e-12)
     assert family.n_parameters(params) == 1 + 2 * 3
 
@@ -241,9 +239,7 @@ def test_multinomial_loglik_is_a_true_log_likelihood():
     X, _ = count_data(n=40)
     family = CategoricalMixtureFamily(2, kind="multinomial")
     params = family.initialize(Block(X), np.random.default_rng(0))
-    expected = np.log(
-        sum(w * multinomial.pmf(X, X.sum(axis=1), p) for w, p in zip(params["weights"], params["probs"]))
-    )
+    expected = np.log(sum(w * multinomial.pmf(X, X.sum(axis=1), p) for w, p in zip(params["weights"], params["probs"])))
     np.testing.assert_allclose(family.score(Block(X), params)["loglik"], expected, rtol=1e-10)
     stats = family.e_step(Block(X), params)
     assert stats.loglik == pytest.approx(expected.sum(), rel=1e-12)
@@ -321,9 +317,7 @@ def test_stats_are_additive_over_random_splits_including_empty_blocks(kind):
     params = family.initialize(Block(X), np.random.default_rng(0))
     whole = family.e_step(Block(X, weight, labels=labels), params)
     cuts = np.sort(np.concatenate([[0, 0, 17, 17], rng.integers(0, len(X), size=6), [len(X), len(X)]]))
-    parts = [
-        family.e_step(Block(X[a:b], weight[a:b], labels=labels[a:b]), params) for a, b in pairwise(cuts)
-    ]
+    parts = [family.e_step(Block(X[a:b], weight[a:b], labels=labels[a:b]), params) for a, b in pairwise(cuts)]
     assert any(part.count == 0 for part in parts)
     assert sum_stats(parts).allclose(whole, rtol=1e-10, atol=1e-9)
 
@@ -513,7 +507,7 @@ def test_a_few_labels_pick_the_split_and_the_component_ids():
     init = family.params_from_public({"weights": [0.5, 0.5], "probs": probs}, 6)
     labels = np.full(len(X), -1)
     for j in (0, 1):
-        labels[np.flatnonzero(A == j)[:10]] = j  # ten labelled rows per component (1%)
+        labels[np.flatnonzero(j == A)[:10]] = j  # ten labelled rows per component (1%)
 
     unsupervised, _ = run_em(family, X, init, 100)
     semi, h_s = run_em(family, X, init, 100, labels=labels)

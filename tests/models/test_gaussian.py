@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from itertools import permutations
+from itertools import pairwise, permutations
 
 import numpy as np
 import pytest
@@ -124,7 +124,7 @@ def tiny_chunks(monkeypatch):
 @pytest.mark.parametrize(
     "data",
     [
-        pytest.param(lambda: blobs(), id="synthetic"),
+        pytest.param(blobs, id="synthetic"),
         pytest.param(iris, id="iris"),
         pytest.param(wine_standardized, id="wine-standardized"),
         pytest.param(lambda: load_wine().data.astype(np.float64), id="wine-raw"),
@@ -234,7 +234,7 @@ def test_stats_are_additive_over_random_splits_including_empty_blocks(covariance
 
     whole = family.e_step(Block(X, weight), params)
     cuts = np.sort(np.concatenate([rng.integers(0, len(X), size=6), [0, 0, 350, 350, len(X)]]))
-    parts = [family.e_step(Block(X[a:b], weight[a:b]), params) for a, b in zip(cuts[:-1], cuts[1:])]
+    parts = [family.e_step(Block(X[a:b], weight[a:b]), params) for a, b in pairwise(cuts)]
     assert any(p.count == 0 for p in parts)  # empty blocks are part of the split
 
     total = sum_stats(parts)
@@ -363,7 +363,9 @@ def test_initialize_rejects_fewer_distinct_points_than_k(init_mode):
     # rows of weight 0 do not count
     X3 = np.array([[1.0], [2.0], [3.0]])
     with pytest.raises(ModelError, match="fewer distinct points"):
-        GaussianFamily(3, init_mode=init_mode).initialize(Block(X3, np.array([1.0, 1.0, 0.0])), np.random.default_rng(0))
+        GaussianFamily(3, init_mode=init_mode).initialize(
+            Block(X3, np.array([1.0, 1.0, 0.0])), np.random.default_rng(0)
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -441,7 +443,11 @@ def test_collapsed_component_without_regularization_says_what_to_do():
 @pytest.mark.parametrize(
     "covariance_type, bad, message",
     [
-        ("full", {"covariances": np.eye(2)}, r"covariances must have shape \(3, 2, 2\) .*covarianceType='full', got \(2, 2\)"),
+        (
+            "full",
+            {"covariances": np.eye(2)},
+            r"covariances must have shape \(3, 2, 2\) .*covarianceType='full', got \(2, 2\)",
+        ),
         ("tied", {"covariances": np.ones((3, 2, 2))}, r"covariances must have shape \(2, 2\) .*got \(3, 2, 2\)"),
         ("diag", {"covariances": np.ones(3)}, r"covariances must have shape \(3, 2\) .*got \(3,\)"),
         ("spherical", {"covariances": np.ones((3, 2))}, r"covariances must have shape \(3,\) .*got \(3, 2\)"),
@@ -450,7 +456,11 @@ def test_collapsed_component_without_regularization_says_what_to_do():
         ("full", {"weights": [0.5, 0.6, -0.1]}, "weights must be non-negative"),
         ("full", {"weights": [0.5, 0.5, 0.5]}, "weights must sum to 1"),
         ("diag", {"means": [[0, 0], [1, np.nan], [2, 2]]}, "means must be finite"),
-        ("full", {"covariances": np.stack([np.eye(2), [[1, 2], [2, 1]], np.eye(2)])}, r"positive definite.*components \[1\]"),
+        (
+            "full",
+            {"covariances": np.stack([np.eye(2), [[1, 2], [2, 1]], np.eye(2)])},
+            r"positive definite.*components \[1\]",
+        ),
         ("full", {"covariances": np.stack([np.eye(2), [[1, 0.5], [0.1, 1]], np.eye(2)])}, "symmetric"),
         ("tied", {"covariances": [[1.0, 0.0], [0.0, -1.0]]}, "positive definite"),
         ("diag", {"covariances": [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]}, r"positive definite.*components \[1\]"),

@@ -7,6 +7,7 @@ agreement checks are also checks of the packed layout and of the scaling.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import pickle
@@ -166,7 +167,7 @@ def blocks_of(block, cuts):
     row_at = np.concatenate([[0], np.cumsum(lengths)])
     bounds = [0, *cuts, len(lengths)]
     out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         rows = slice(row_at[a], row_at[b])
         out.append(
             Block(
@@ -214,7 +215,11 @@ def test_categorical_ten_iterations_match_hmmlearn_from_the_same_initial_model()
     ref = hmmlearn_categorical(init, n_iter=10, tol=0.0).fit(block.X.astype(int), block.lengths)
 
     np.testing.assert_allclose(history, ref.monitor_.history, rtol=1e-9)
-    for name, theirs in (("startprob", ref.startprob_), ("transmat", ref.transmat_), ("emissionprob", ref.emissionprob_)):
+    for name, theirs in (
+        ("startprob", ref.startprob_),
+        ("transmat", ref.transmat_),
+        ("emissionprob", ref.emissionprob_),
+    ):
         np.testing.assert_allclose(ours[name], theirs, rtol=1e-6, atol=1e-12, err_msg=name)
     total = sum(family.score(block, ours)["loglik"])
     assert total == pytest.approx(ref.score(block.X.astype(int), block.lengths), rel=1e-10)
@@ -327,7 +332,9 @@ def test_categorical_smoothing_adds_a_pseudo_count_to_every_emission_count():
     expected = (stats["counts"] + 0.5) / (stats["counts"] + 0.5).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(emission, expected, rtol=1e-12)
     # hmmlearn's Dirichlet prior of 1 + smoothing is the same estimate
-    ref = hmmlearn_categorical(params, n_iter=1, tol=0.0, emissionprob_prior=1.5).fit(block.X.astype(int), block.lengths)
+    ref = hmmlearn_categorical(params, n_iter=1, tol=0.0, emissionprob_prior=1.5).fit(
+        block.X.astype(int), block.lengths
+    )
     np.testing.assert_allclose(emission, ref.emissionprob_, rtol=1e-10)
 
 
@@ -405,9 +412,11 @@ def test_long_sequences_do_not_underflow(family_kind):
     if family_kind == "gaussian":
         X = gaussian_sequences(rng, lengths)
         family = GaussianHMMFamily(3, "full", reg_covar=0.0)
-        params = {**family.params_from_public(
-            {"startProb": TRUE_START, "transMat": TRUE_TRANS, "means": TRUE_MEANS, "covariances": TRUE_COVS}, 2
-        )}
+        params = {
+            **family.params_from_public(
+                {"startProb": TRUE_START, "transMat": TRUE_TRANS, "means": TRUE_MEANS, "covariances": TRUE_COVS}, 2
+            )
+        }
         ref = hmmlearn_gaussian(family, params)
         X_ref = X
     else:
@@ -549,7 +558,9 @@ def test_a_state_that_lost_its_mass_keeps_its_emission_parameters_and_says_so():
 
 def test_a_categorical_state_that_lost_its_mass_keeps_its_emission_row():
     family, block, params = categorical_setup(n_seq=30)
-    params = dict(params, startprob=np.array([0.5, 0.5, 0.0]), transmat=np.array([[0.5, 0.5, 0], [0.5, 0.5, 0], [1 / 3] * 3]))
+    params = dict(
+        params, startprob=np.array([0.5, 0.5, 0.0]), transmat=np.array([[0.5, 0.5, 0], [0.5, 0.5, 0], [1 / 3] * 3])
+    )
     result = family.m_step(family.e_step(block, params), params, block, np.random.default_rng(0))
     assert any("state 2 lost its mass" in e for e in result.events)
     assert any("state 2 had no expected transitions" in e for e in result.events)
@@ -571,8 +582,12 @@ def test_collapsed_covariance_without_regularization_is_a_clear_error():
     X = np.repeat([[0.0, 0.0], [5.0, 5.0]], 10, axis=0) + 0.0
     block = Block(X, lengths=np.array([10, 10]))
     params = family.params_from_public(
-        {"startProb": [0.5, 0.5], "transMat": [[0.9, 0.1], [0.1, 0.9]], "means": [[0.0, 0.0], [5.0, 5.0]],
-         "covariances": np.array([np.eye(2), np.eye(2)])},
+        {
+            "startProb": [0.5, 0.5],
+            "transMat": [[0.9, 0.1], [0.1, 0.9]],
+            "means": [[0.0, 0.0], [5.0, 5.0]],
+            "covariances": np.array([np.eye(2), np.eye(2)]),
+        },
         2,
     )
     with pytest.raises(ModelError, match="increase regCovar"):
@@ -584,7 +599,11 @@ def test_collapsed_covariance_without_regularization_is_a_clear_error():
 
 
 def test_public_params_round_trip():
-    for family, block, params in (gaussian_setup("full", n_seq=5), gaussian_setup("diag", n_seq=5), categorical_setup(5)):
+    for family, block, params in (
+        gaussian_setup("full", n_seq=5),
+        gaussian_setup("diag", n_seq=5),
+        categorical_setup(5),
+    ):
         public = family.public_params(params)
         assert {"startProb", "transMat"} <= set(public)
         again = family.params_from_public(public, block.n_features)
@@ -622,7 +641,11 @@ def test_gaussian_params_from_public_errors(change, message):
         (CategoricalHMMFamily(3), lambda p: p.pop("emissionProb"), r"missing \['emissionProb'\]"),
         (CategoricalHMMFamily(3, 4), lambda p: None, r"emissionProb must have shape \(3, 4\).*nCategories=4"),
         (CategoricalHMMFamily(3), lambda p: p.update(emissionProb=np.ones(5) / 5), r"shape \(k, n_categories\)"),
-        (CategoricalHMMFamily(3), lambda p: p.update(emissionProb=TRUE_EMISSION * 2), "emissionProb rows must each sum to 1"),
+        (
+            CategoricalHMMFamily(3),
+            lambda p: p.update(emissionProb=TRUE_EMISSION * 2),
+            "emissionProb rows must each sum to 1",
+        ),
     ],
 )
 def test_categorical_params_from_public_errors(family, change, message):

@@ -13,7 +13,9 @@ from em_spark.models.kmeans import KMeansFamily
 def _lloyd(family, X, params, iters, n_blocks=1, w=None):
     for _ in range(iters):
         stats = None
-        for part, pw in zip(np.array_split(X, n_blocks), np.array_split(w, n_blocks) if w is not None else [None] * n_blocks):
+        for part, pw in zip(
+            np.array_split(X, n_blocks), np.array_split(w, n_blocks) if w is not None else [None] * n_blocks
+        ):
             s = family.e_step(Block(part, pw), params)
             stats = s if stats is None else stats + s
         params = family.m_step(stats, params, Block(X), np.random.default_rng(0)).params
@@ -47,7 +49,11 @@ def test_statistics_are_additive_and_integer_weights_equal_duplicates():
     family = KMeansFamily(k=3)
     params = family.initialize(Block(X), np.random.default_rng(0))
     whole = family.e_step(Block(X, w), params)
-    parts = family.e_step(Block(X[:0], w[:0]), params) + family.e_step(Block(X[:250], w[:250]), params) + family.e_step(Block(X[250:], w[250:]), params)
+    parts = (
+        family.e_step(Block(X[:0], w[:0]), params)
+        + family.e_step(Block(X[:250], w[:250]), params)
+        + family.e_step(Block(X[250:], w[250:]), params)
+    )
     assert whole.allclose(parts)
     dup = family.e_step(Block(np.repeat(X, w.astype(int), axis=0)), params)
     for name in ("nk", "sum", "loglik", "weight"):  # count is rows, not weight

@@ -75,14 +75,20 @@ def test_the_markov_chain_refuses_an_emission_model_without_its_hooks():
         ([1.0, np.inf], {}, r"^initialModel w must be finite \(no NaN or infinity\)$"),
         ([0.5, -0.1], {"min_value": 0.0}, r"^initialModel w must be non-negative, got -0.1 at index \[1\]$"),
         ([0.5, 0.2], {"simplex": True}, r"^initialModel w must sum to 1, got sum 0.7$"),
-        ([[0.5, 0.5], [0.5, 0.2]], {"simplex": True}, r"^initialModel w rows must each sum to 1; rows \[1\] sum to \[0.7\]$"),
         (
-            [[0.5, 0.5, 0.2, 0.7]], {"simplex": np.array([0, 2, 4])},
+            [[0.5, 0.5], [0.5, 0.2]],
+            {"simplex": True},
+            r"^initialModel w rows must each sum to 1; rows \[1\] sum to \[0.7\]$",
+        ),
+        (
+            [[0.5, 0.5, 0.2, 0.7]],
+            {"simplex": np.array([0, 2, 4])},
             r"^initialModel w of component 0 must sum to 1 over feature 1 \(columns 2..3\), got 0.9$",
         ),
         ([[1.0, 2.0], [0.0, 1.0]], {"positive_definite": "matrices"}, r"^initialModel w must be symmetric$"),
         (
-            [np.eye(2), -np.eye(2)], {"positive_definite": "matrices", "unit": "state"},
+            [np.eye(2), -np.eye(2)],
+            {"positive_definite": "matrices", "unit": "state"},
             r"^initialModel w must be positive definite; states \[1\] are not$",
         ),
         ([[1.0, 1.0], [1.0, 0.0]], {"positive_definite": "variances"}, r"positive definite; components \[1\] are not$"),

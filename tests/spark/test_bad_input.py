@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from em_spark.cli import run_score, run_train
 from em_spark.app.config import load_config
+from em_spark.cli import run_score, run_train
 from em_spark.engine.validation import DataValidationError
 
 pytestmark = pytest.mark.spark
@@ -20,7 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` with a digest of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _write(path: Path, columns: dict) -> str:
@@ -31,11 +35,18 @@ def _write(path: Path, columns: dict) -> str:
 
 def _config(tmp_path: Path, data_uri: str, run_id: str, **sets):
     overrides = [
-        f"input.path={data_uri}", "input.generate=", "input.features=[x0, x1]", f"run.id={run_id}",
+        f"input.path={data_uri}",
+        "input.generate=",
+        "input.features=[x0, x1]",
+        f"run.id={run_id}",
         f"run.checkpointDir={(tmp_path / 'store' / 'ckpt').as_uri()}",
-        f"output.modelPath={(tmp_path / 'store' / 'model').as_uri()}", "output.overwrite=true",
-        f"score.outputPath={(tmp_path / 'store' / 'scored').as_uri()}", "score.mode=overwrite",
-        "fit.maxIter=10", "fit.nInit=1", "model.k=3",
+        f"output.modelPath={(tmp_path / 'store' / 'model').as_uri()}",
+        "output.overwrite=true",
+        f"score.outputPath={(tmp_path / 'store' / 'scored').as_uri()}",
+        "score.mode=overwrite",
+        "fit.maxIter=10",
+        "fit.nInit=1",
+        "model.k=3",
     ] + [f"{k}={v}" for k, v in sets.items()]
     return load_config(str(REPO / "conf" / "local.yaml"), overrides)
 
@@ -43,20 +54,38 @@ def _config(tmp_path: Path, data_uri: str, run_id: str, **sets):
 GOOD = np.random.default_rng(0).normal(size=(600, 2)) + np.repeat([[0, 0], [6, 0], [0, 6]], 200, axis=0)
 
 BAD_INPUTS = {
-    "nan feature": ({"x0": np.where(np.arange(600) == 5, np.nan, GOOD[:, 0]), "x1": GOOD[:, 1]}, {},
-                    r"1 row\(s\) contain NaN, infinite or null feature values.*drop or impute them"),
-    "infinite feature": ({"x0": np.where(np.arange(600) == 5, np.inf, GOOD[:, 0]), "x1": GOOD[:, 1]}, {},
-                         r"contain NaN, infinite or null feature values"),
-    "missing column": ({"x0": GOOD[:, 0], "y": GOOD[:, 1]}, {},
-                       r"feature column 'x1' is not a column of the input; available columns: \['x0', 'y'\]"),
-    "non-numeric column": ({"x0": GOOD[:, 0], "x1": GOOD[:, 1].astype(str)}, {},
-                           r"feature column 'x1' has type string; feature columns must be numeric"),
+    "nan feature": (
+        {"x0": np.where(np.arange(600) == 5, np.nan, GOOD[:, 0]), "x1": GOOD[:, 1]},
+        {},
+        r"1 row\(s\) contain NaN, infinite or null feature values.*drop or impute them",
+    ),
+    "infinite feature": (
+        {"x0": np.where(np.arange(600) == 5, np.inf, GOOD[:, 0]), "x1": GOOD[:, 1]},
+        {},
+        r"contain NaN, infinite or null feature values",
+    ),
+    "missing column": (
+        {"x0": GOOD[:, 0], "y": GOOD[:, 1]},
+        {},
+        r"feature column 'x1' is not a column of the input; available columns: \['x0', 'y'\]",
+    ),
+    "non-numeric column": (
+        {"x0": GOOD[:, 0], "x1": GOOD[:, 1].astype(str)},
+        {},
+        r"feature column 'x1' has type string; feature columns must be numeric",
+    ),
     "empty input": ({"x0": GOOD[:0, 0], "x1": GOOD[:0, 1]}, {}, r"the input has no rows.*check the input path"),
     "fewer rows than k": ({"x0": GOOD[:2, 0], "x1": GOOD[:2, 1]}, {}, r"2 row\(s\), fewer than k=3.*decrease k"),
-    "negative weight": ({"x0": GOOD[:, 0], "x1": GOOD[:, 1], "w": np.where(np.arange(600) == 3, -1.0, 1.0)},
-                        {"input.weightCol": "w"}, r"1 row\(s\) have a null, negative, NaN or infinite weight"),
-    "infinite weight": ({"x0": GOOD[:, 0], "x1": GOOD[:, 1], "w": np.where(np.arange(600) == 3, np.inf, 1.0)},
-                        {"input.weightCol": "w"}, r"weights must be finite and >= 0"),
+    "negative weight": (
+        {"x0": GOOD[:, 0], "x1": GOOD[:, 1], "w": np.where(np.arange(600) == 3, -1.0, 1.0)},
+        {"input.weightCol": "w"},
+        r"1 row\(s\) have a null, negative, NaN or infinite weight",
+    ),
+    "infinite weight": (
+        {"x0": GOOD[:, 0], "x1": GOOD[:, 1], "w": np.where(np.arange(600) == 3, np.inf, 1.0)},
+        {"input.weightCol": "w"},
+        r"weights must be finite and >= 0",
+    ),
 }
 
 

@@ -16,8 +16,9 @@ def test_recovers_generated_categorical_components_and_round_trips(spark, tmp_pa
     z = rng.choice(3, size=6000, p=weights)
     X = np.stack([np.array([rng.choice(len(p[j]), p=p[j]) for j in z]) for p in probs], axis=1)
     df = spark.createDataFrame([tuple(int(v) for v in row) for row in X], ["a", "b", "c"])
-    model = CategoricalMixture(k=3, seed=1, nInit=3, maxIter=200, tol=1e-7, featuresCol=["a", "b", "c"],
-                               nCategories=[3, 4, 5]).fit(df)
+    model = CategoricalMixture(
+        k=3, seed=1, nInit=3, maxIter=200, tol=1e-7, featuresCol=["a", "b", "c"], nCategories=[3, 4, 5]
+    ).fit(df)
     truth = np.concatenate(probs, axis=1)
     cost = np.abs(truth[:, None, :] - model.probs[None, :, :]).sum(axis=2)
     rows, cols = linear_sum_assignment(cost)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from clitools import run_cli, small_workspace
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -15,8 +14,16 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 def test_train_and_score_with_spaces_non_ascii_and_percent_in_paths(tmp_path):
     small_workspace(tmp_path)
     shutil.copytree(tmp_path / "d" / "ok", tmp_path / "in put é" / "ok")
-    overrides = ["--set", "input.path=in put é/ok", "--set", "run.checkpointDir=check points", "--set",
-                 "output.modelPath=models/a%20b ü", "--set", "score.outputPath=scored ø/t1"]
+    overrides = [
+        "--set",
+        "input.path=in put é/ok",
+        "--set",
+        "run.checkpointDir=check points",
+        "--set",
+        "output.modelPath=models/a%20b ü",
+        "--set",
+        "score.outputPath=scored ø/t1",
+    ]
     trained = run_cli("train", "--config", "small.yaml", *overrides, cwd=tmp_path)
     assert trained.code == 0, trained.err[-3000:]
     model_dir = tmp_path / "models" / "a%20b ü"

@@ -45,8 +45,18 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.s3]
 
 # What a clean interpreter must not inherit from the test process: its virtualenv, its Spark,
 # its Python path, the user's site-packages.
-_INHERITED = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "SPARK_HOME",
-              "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYSPARK_SUBMIT_ARGS", "CONDA_PREFIX")
+_INHERITED = (
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "SPARK_HOME",
+    "PYSPARK_PYTHON",
+    "PYSPARK_DRIVER_PYTHON",
+    "PYSPARK_SUBMIT_ARGS",
+    "CONDA_PREFIX",
+)
 # pip flags that change only how the image layer is built, not what is installed.
 _LAYER_ONLY_FLAGS = {"--no-cache-dir"}  # here pip's cache makes a repeat run fast
 
@@ -77,15 +87,16 @@ def _copy_like_docker(context: Path, dockerfile: Path, repo: Path) -> None:
 
 def _clean_env(venv: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONNOUSERSITE="1",
-               SPARK_LOCAL_IP="127.0.0.1")
+    env.update(
+        PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONNOUSERSITE="1", SPARK_LOCAL_IP="127.0.0.1"
+    )
     env.update(extra or {})
     return env
 
 
 def _in_image(word: str, repo: Path) -> str:
     if word == IMAGE_REPO or word.startswith((IMAGE_REPO + "/", IMAGE_REPO + "[")):
-        return str(repo) + word[len(IMAGE_REPO):]
+        return str(repo) + word[len(IMAGE_REPO) :]
     return word
 
 
@@ -124,8 +135,13 @@ def image(tmp_path_factory) -> tuple[Path, Path]:
     # The RUN's python3 commands in order: the pip install, then the image's own import check.
     for words in install_commands(dockerfile):
         argv = [str(python)] + [_in_image(w, repo) for w in words[1:] if w not in _LAYER_ONLY_FLAGS]
-        _run(argv, " ".join(words[:4]) if words[1:2] == ["-m"] else " ".join(words[:2]) + " (the image's check)",
-             env=env, cwd=repo, timeout=1800)
+        _run(
+            argv,
+            " ".join(words[:4]) if words[1:2] == ["-m"] else " ".join(words[:2]) + " (the image's check)",
+            env=env,
+            cwd=repo,
+            timeout=1800,
+        )
     return python, repo
 
 
@@ -172,8 +188,11 @@ def test_the_image_install_runs_the_compose_job(image, s3_server, s3_bucket, tmp
     assert "em_spark fit: run docker-demo: gaussian, 20000 rows" in out, out[-4000:]
     assert "in 2 partitions" in out, out[-4000:]  # one per executor core
 
-    keys = [o["Key"] for page in s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+    ]
     checkpoint_dir, model_path = sets["run.checkpointDir"], sets["output.modelPath"]
     prefix = f"s3://{bucket}/"
     assert any(k.startswith(checkpoint_dir.removeprefix(prefix) + "/docker-demo/") for k in keys), keys
@@ -183,8 +202,15 @@ def test_the_image_install_runs_the_compose_job(image, s3_server, s3_bucket, tmp
     assert model.weights.shape == (3,)
 
     # And the image's interpreter reads its own model back (what `score` in the image does first).
-    check = ("import sys; from em_spark.api import load_model; "
-             "m = load_model(sys.argv[1], s3Endpoint=sys.argv[2]); print(type(m).__name__, m.weights.shape)")
-    loaded = _run([str(python), "-c", check, model_path, endpoint], "load the model in the image's python",
-                  env=env, cwd=repo, timeout=300)
+    check = (
+        "import sys; from em_spark.api import load_model; "
+        "m = load_model(sys.argv[1], s3Endpoint=sys.argv[2]); print(type(m).__name__, m.weights.shape)"
+    )
+    loaded = _run(
+        [str(python), "-c", check, model_path, endpoint],
+        "load the model in the image's python",
+        env=env,
+        cwd=repo,
+        timeout=300,
+    )
     assert loaded.stdout.split() == ["GaussianMixtureModel", "(3,)"], loaded.stdout

@@ -25,6 +25,7 @@ each test then waits for its own and checks the outcome.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -60,8 +61,12 @@ def _spark_submit() -> str:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-            "SPARK_LOCAL_IP": "127.0.0.1"}
+    return {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
 
 
 def _submit(master: str, work: Path, *conf: str) -> list[str]:
@@ -69,9 +74,19 @@ def _submit(master: str, work: Path, *conf: str) -> list[str]:
     # and the JVM's temporary files under the test's directory: a SIGKILLed driver cannot clean
     # up after itself.
     (work / "jvm-tmp").mkdir(parents=True, exist_ok=True)
-    args = [_spark_submit(), "--master", master, "--driver-java-options", f"-Djava.io.tmpdir={work / 'jvm-tmp'}",
-            "--conf", "spark.ui.enabled=false", "--conf", "spark.log.level=WARN",
-            "--conf", f"spark.local.dir={work / 'spark-local'}"]
+    args = [
+        _spark_submit(),
+        "--master",
+        master,
+        "--driver-java-options",
+        f"-Djava.io.tmpdir={work / 'jvm-tmp'}",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--conf",
+        "spark.log.level=WARN",
+        "--conf",
+        f"spark.local.dir={work / 'spark-local'}",
+    ]
     for item in conf:
         args += ["--conf", item]
     return args
@@ -84,8 +99,9 @@ class App:
         self.args, self.log_path = args, log
         self._log_file = open(log, "wb")  # noqa: SIM115 (closed by wait())
         self.started = time.perf_counter()
-        self.popen = subprocess.Popen(args, cwd=cwd, env=_env(), stdout=self._log_file, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            args, cwd=cwd, env=_env(), stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.pgid = self.popen.pid  # start_new_session: the child leads its own group
         self.seconds: float | None = None
 
@@ -105,10 +121,8 @@ class App:
         return self.popen.poll() is None
 
     def kill_group(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     @property
     def log(self) -> str:
@@ -177,8 +191,12 @@ def _write_data(path: Path) -> None:
 def _train_config(root: Path, data: Path, run_id: str, checkpoints: Path, model: Path) -> Path:
     config = {
         "run": {"id": run_id, "checkpointDir": str(checkpoints), "keepCheckpoints": 3},
-        "input": {"path": str(data), "format": "parquet", "features": [f"x{j}" for j in range(FEATURES)],
-                  "generate": None},
+        "input": {
+            "path": str(data),
+            "format": "parquet",
+            "features": [f"x{j}" for j in range(FEATURES)],
+            "generate": None,
+        },
         "model": {"family": "gaussian", "k": K, "covarianceType": "full"},
         "fit": {"maxIter": MAX_ITER, "tol": 0.0, "nInit": 1, "seed": SEED},
         "output": {"modelPath": str(model), "overwrite": True},
@@ -189,8 +207,15 @@ def _train_config(root: Path, data: Path, run_id: str, checkpoints: Path, model:
 
 
 def _train(root: Path, config: Path, fault_dir: Path, *fault: str) -> list[str]:
-    return [*_submit("local[2]", root), str(FAULTS / "train_with_faults.py"), "--fault-dir", str(fault_dir), *fault,
-            "--config", str(config)]
+    return [
+        *_submit("local[2]", root),
+        str(FAULTS / "train_with_faults.py"),
+        "--fault-dir",
+        str(fault_dir),
+        *fault,
+        "--config",
+        str(config),
+    ]
 
 
 def _ckpt(sequence: int) -> str:
@@ -267,8 +292,23 @@ def job_task_faults(s: Scenario) -> dict:
     """local[2,4]: a fault-free fit, a fit whose task raises once, one whose worker dies once."""
     work, out, faults = s.dir("task-faults"), s.dir("task-faults/out"), s.dir("task-faults/markers")
     fits = ["reference:none", "raised:raise:3:0", "crashed:exit:5:1"]
-    app = s.app([*_submit("local[2,4]", work), str(FAULTS / "fit_faults.py"), "--data", s.data.as_uri(), "--out", str(out),
-                 "--fault-dir", str(faults), "--max-iter", str(MAX_ITER), *fits], "app.log", work)
+    app = s.app(
+        [
+            *_submit("local[2,4]", work),
+            str(FAULTS / "fit_faults.py"),
+            "--data",
+            s.data.as_uri(),
+            "--out",
+            str(out),
+            "--fault-dir",
+            str(faults),
+            "--max-iter",
+            str(MAX_ITER),
+            *fits,
+        ],
+        "app.log",
+        work,
+    )
     rc = app.wait()
     return {"rc": rc, "log": app.log, "out": out, "faults": faults, "seconds": app.seconds}
 
@@ -277,9 +317,23 @@ def job_executor_kill(s: Scenario) -> dict:
     """local-cluster: a fault-free fit, then one whose executor JVM is SIGKILLed mid-E-step."""
     work, out, faults = s.dir("executor-kill"), s.dir("executor-kill/out"), s.dir("executor-kill/markers")
     fits = ["reference:none", "killed:kill-executor:3:0"]
-    app = s.app([*_submit("local-cluster[2,1,1024]", work, "spark.executor.memory=768m"), str(FAULTS / "fit_faults.py"),
-                 "--data", s.data.as_uri(), "--out", str(out), "--fault-dir", str(faults),
-                 "--max-iter", str(MAX_ITER), *fits], "app.log", work)
+    app = s.app(
+        [
+            *_submit("local-cluster[2,1,1024]", work, "spark.executor.memory=768m"),
+            str(FAULTS / "fit_faults.py"),
+            "--data",
+            s.data.as_uri(),
+            "--out",
+            str(out),
+            "--fault-dir",
+            str(faults),
+            "--max-iter",
+            str(MAX_ITER),
+            *fits,
+        ],
+        "app.log",
+        work,
+    )
     rc = app.wait()
     return {"rc": rc, "log": app.log, "out": out, "faults": faults, "seconds": app.seconds}
 
@@ -290,8 +344,13 @@ def job_reference(s: Scenario) -> dict:
     config = _train_config(work, s.data, "reference", work / "checkpoints", work / "model")
     app = s.app(_train(work, config, s.dir("reference/markers")), "train.log", work)
     rc = app.wait()
-    return {"rc": rc, "log": app.log, "model": work / "model", "checkpoints": work / "checkpoints",
-            "seconds": app.seconds}
+    return {
+        "rc": rc,
+        "log": app.log,
+        "model": work / "model",
+        "checkpoints": work / "checkpoints",
+        "seconds": app.seconds,
+    }
 
 
 KILL_AFTER = 3
@@ -321,9 +380,17 @@ def job_driver_kill(s: Scenario) -> dict:
     left = sorted(p.name for p in ckpts.glob("ckpt-*"))
     again = s.app(command, "again.log", work)
     rc_again = again.wait()
-    return {"rc_first": rc_first, "rc_again": rc_again, "first_log": first.log, "again_log": again.log,
-            "seen_at_kill": seen_at_kill, "left": left, "survivors": survivors, "model": work / "model",
-            "seconds": (first.seconds, again.seconds)}
+    return {
+        "rc_first": rc_first,
+        "rc_again": rc_again,
+        "first_log": first.log,
+        "again_log": again.log,
+        "seen_at_kill": seen_at_kill,
+        "left": left,
+        "survivors": survivors,
+        "model": work / "model",
+        "seconds": (first.seconds, again.seconds),
+    }
 
 
 TORN_AT = 4
@@ -342,9 +409,17 @@ def job_torn_commit(s: Scenario) -> dict:
     left = sorted(p.name for p in ckpts.glob("ckpt-*"))
     again = s.app(command, "again.log", work)
     rc_again = again.wait()
-    return {"rc_first": rc_first, "rc_again": rc_again, "first_log": first.log, "again_log": again.log,
-            "left": left, "torn_size": torn_size, "model": work / "model", "seconds": (first.seconds, again.seconds),
-            "after": sorted(p.name for p in ckpts.glob("ckpt-*"))}
+    return {
+        "rc_first": rc_first,
+        "rc_again": rc_again,
+        "first_log": first.log,
+        "again_log": again.log,
+        "left": left,
+        "torn_size": torn_size,
+        "model": work / "model",
+        "seconds": (first.seconds, again.seconds),
+        "after": sorted(p.name for p in ckpts.glob("ckpt-*")),
+    }
 
 
 def job_corrupt_latest(s: Scenario) -> dict:
@@ -365,8 +440,14 @@ def job_corrupt_latest(s: Scenario) -> dict:
     previous.write_bytes(bytes(data))
     app = s.app(_train(work, config, s.dir("corrupt/markers")), "resume.log", work)
     rc = app.wait()
-    return {"rc": rc, "log": app.log, "names": names, "model": work / "model", "seconds": app.seconds,
-            "after": sorted(p.name for p in ckpts.glob("ckpt-*"))}
+    return {
+        "rc": rc,
+        "log": app.log,
+        "names": names,
+        "model": work / "model",
+        "seconds": app.seconds,
+        "after": sorted(p.name for p in ckpts.glob("ckpt-*")),
+    }
 
 
 # name: (job, the jobs it waits for). Submitted in this order (longest first).
@@ -411,8 +492,10 @@ def scenario(request, tmp_path_factory):
 
 
 def _report(what: str, **numbers) -> None:
-    print(f"[faults] {what}: " + ", ".join(f"{k}={v:.1f}s" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in numbers.items()))
+    print(
+        f"[faults] {what}: "
+        + ", ".join(f"{k}={v:.1f}s" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items())
+    )
 
 
 # --- 4. the driver is killed ---------------------------------------------------------------
@@ -429,7 +512,9 @@ def test_driver_sigkilled_after_an_iteration_resumes_at_the_next_one_and_ends_bi
     assert f"iter={KILL_AFTER + 1}/{MAX_ITER}" not in r["first_log"]
     assert r["rc_again"] == 0, r["again_log"][-3000:]
     log = r["again_log"]
-    assert re.search(rf"resuming from \S+/killed/checkpoints/{_ckpt(KILL_AFTER)}: restart 1/1, iteration {KILL_AFTER}\b", log), log[-3000:]
+    assert re.search(
+        rf"resuming from \S+/killed/checkpoints/{_ckpt(KILL_AFTER)}: restart 1/1, iteration {KILL_AFTER}\b", log
+    ), log[-3000:]
     # Only the missing iterations ran.
     assert f"iter={KILL_AFTER}/{MAX_ITER}" not in log and f"iter={KILL_AFTER + 1}/{MAX_ITER}" in log
     reference = scenario.result("reference")
@@ -449,7 +534,9 @@ def test_driver_dying_mid_commit_leaves_a_torn_checkpoint_that_the_resume_replac
     assert r["torn_size"] == int(torn.group(1)) == int(torn.group(2)) // 2 > 0
     assert r["rc_again"] == 0, r["again_log"][-3000:]
     log = r["again_log"]
-    assert re.search(rf"checkpoint \S+/{_ckpt(TORN_AT)} is corrupt \(.+\); fell back to sequence {TORN_AT - 1}", log), log[-3000:]
+    assert re.search(rf"checkpoint \S+/{_ckpt(TORN_AT)} is corrupt \(.+\); fell back to sequence {TORN_AT - 1}", log), (
+        log[-3000:]
+    )
     assert re.search(rf"resuming from \S+/{_ckpt(TORN_AT - 1)}: restart 1/1, iteration {TORN_AT - 1}\b", log)
     assert re.search(rf"replacing corrupt checkpoint \S+/{_ckpt(TORN_AT)}", log)
     assert f"iter={TORN_AT - 1}/{MAX_ITER}" not in log and f"iter={TORN_AT}/{MAX_ITER}" in log
@@ -471,7 +558,10 @@ def test_truncated_and_bit_flipped_newest_checkpoints_fall_back_to_the_last_inta
     assert (done, last, intact) == (_ckpt(MAX_ITER + 1), _ckpt(MAX_ITER), _ckpt(MAX_ITER - 1))
     log = r["log"]
     for damaged in (done, last):  # found by their checksums, logged, skipped
-        assert re.search(rf"checkpoint \S+/{damaged} is corrupt \(.*(checksum|truncat).*\); fell back to sequence {MAX_ITER - 1}", log), log[-3000:]
+        assert re.search(
+            rf"checkpoint \S+/{damaged} is corrupt \(.*(checksum|truncat).*\); fell back to sequence {MAX_ITER - 1}",
+            log,
+        ), log[-3000:]
     assert re.search(rf"resuming from \S+/{intact}: restart 1/1, iteration {MAX_ITER - 1}\b", log)
     assert f"iter={MAX_ITER}/{MAX_ITER}" in log and f"iter={MAX_ITER - 1}/{MAX_ITER}" not in log
     for damaged in (last, done):  # both are rewritten, not left behind
@@ -505,8 +595,11 @@ def test_python_worker_dying_mid_e_step_is_retried_and_the_fit_is_bit_identical(
     assert r["rc"] == 0, r["log"][-3000:]
     marker = _marker(r["faults"], "exit-*.json")
     assert (marker["partition"], marker["iteration"], marker["attempt"]) == (1, 5, 0)
-    assert re.search(rf"Lost task 1\.0 in stage {marker['stage']}\.0 \(TID {marker['taskAttemptId']}\).*"
-                     r"Python worker exited unexpectedly \(crashed\)", r["log"])
+    assert re.search(
+        rf"Lost task 1\.0 in stage {marker['stage']}\.0 \(TID {marker['taskAttemptId']}\).*"
+        r"Python worker exited unexpectedly \(crashed\)",
+        r["log"],
+    )
     fit, reference = _fit_results(r["out"], "crashed"), _fit_results(r["out"], "reference")
     _assert_same_fit(fit, reference)
     assert fit["fallbacks"][-1] == 0
@@ -523,20 +616,32 @@ def test_executor_jvm_sigkilled_mid_e_step_recovers_without_double_counting(scen
     assert (marker["partition"], marker["iteration"], marker["attempt"]) == (0, 3, 0)
     assert not _is_executor(marker["executor_pid"]), "the executor JVM the fault killed is still running"
     assert re.search(r"Lost executor \d+ on \S+: Command exited with code 137", r["log"]), r["log"][-3000:]
-    assert re.search(rf"Lost task 0\.0 in stage {marker['stage']}\.0 \(TID {marker['taskAttemptId']}\) .*"
-                     r"ExecutorLostFailure", r["log"])
+    assert re.search(
+        rf"Lost task 0\.0 in stage {marker['stage']}\.0 \(TID {marker['taskAttemptId']}\) .*"
+        r"ExecutorLostFailure",
+        r["log"],
+    )
     fit, reference = _fit_results(r["out"], "killed"), _fit_results(r["out"], "reference")
     # Lost cached handles are recomputed from lineage, which rewrites the local block file
     # where the retried task runs, and the statistics are reduced in partition order: the
     # result is bit-identical, not merely close.
     _assert_same_fit(fit, reference)
     fallbacks = int(fit["fallbacks"][-1])
-    warned = re.findall(r"run=killed restart=1/1 iter=\d+: a local block file was missing; computing this iteration "
-                        r"from Spark's copy", r["log"])
+    warned = re.findall(
+        r"run=killed restart=1/1 iter=\d+: a local block file was missing; computing this iteration "
+        r"from Spark's copy",
+        r["log"],
+    )
     assert len(warned) == fallbacks  # each fallback to Spark's copy is logged
     seconds = fit["finished"] - fit["started"]
     faulted = marker["iteration"] - 1
     normal = float(np.median(np.delete(seconds, faulted)))
-    _report("executor SIGKILL", app=r["seconds"], faulted_iteration=float(seconds[faulted]),
-            median_iteration=normal, recovery=float(seconds[faulted]) - normal,
-            kill_to_iteration_end=float(fit["finished"][faulted] - marker["time"]), fallbacks=fallbacks)
+    _report(
+        "executor SIGKILL",
+        app=r["seconds"],
+        faulted_iteration=float(seconds[faulted]),
+        median_iteration=normal,
+        recovery=float(seconds[faulted]) - normal,
+        kill_to_iteration_end=float(fit["finished"][faulted] - marker["time"]),
+        fallbacks=fallbacks,
+    )

@@ -51,8 +51,16 @@ def _sklearn_from(init, cov_type, X, iters, reg=1e-6):
         prec = prec @ np.swapaxes(prec, -1, -2)
     else:
         prec = prec**2
-    sk = SkGMM(len(init["weights"]), covariance_type=cov_type, max_iter=iters, tol=0, reg_covar=reg,
-               weights_init=init["weights"], means_init=init["means"], precisions_init=prec)
+    sk = SkGMM(
+        len(init["weights"]),
+        covariance_type=cov_type,
+        max_iter=iters,
+        tol=0,
+        reg_covar=reg,
+        weights_init=init["weights"],
+        means_init=init["means"],
+        precisions_init=prec,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         sk.fit(X)
@@ -81,7 +89,9 @@ def test_spark_fit_equals_the_in_process_loop(spark):
     X, _, _ = make_blobs(5000, 3, 4, seed=8)
     df = _frame(spark, X, partitions=5)
     model = GaussianMixture(k=4, maxIter=12, tol=0.0, seed=3, nInit=2).fit(df)
-    local = fit_em(GaussianFamily(k=4), LocalBlockSource([Block(X)], seed=3), FitSettings(max_iter=12, tol=0.0, seed=3, n_init=2))
+    local = fit_em(
+        GaussianFamily(k=4), LocalBlockSource([Block(X)], seed=3), FitSettings(max_iter=12, tol=0.0, seed=3, n_init=2)
+    )
     np.testing.assert_allclose(model.means, local.params["means"], rtol=1e-9)
     np.testing.assert_allclose(model.summary.logLikelihoodHistory, local.history, rtol=1e-12)
 
@@ -113,7 +123,10 @@ def test_transform_leaves_other_columns_untouched_and_nulls_unscorable_rows(spar
         [(1, [0.0, 0.0]), (2, [10.0, 10.0]), (3, None), (4, [float("nan"), 1.0]), (5, [1.0])],
         "id int, features array<double>",
     )
-    train = spark.createDataFrame([([float(i % 2) * 10 + 0.1 * (i % 7), float(i % 2) * 10 - 0.1 * (i % 5)],) for i in range(60)], "features array<double>")
+    train = spark.createDataFrame(
+        [([float(i % 2) * 10 + 0.1 * (i % 7), float(i % 2) * 10 - 0.1 * (i % 5)],) for i in range(60)],
+        "features array<double>",
+    )
     model = GaussianMixture(k=2, seed=0).fit(train)
     out = model.transform(df)
     assert_df_equality(out.select("id"), df.select("id"), ignore_row_order=True)
@@ -154,7 +167,9 @@ def test_integer_weights_equal_duplicated_rows(spark):
     w = rng.integers(1, 4, size=400).astype(float)
     init = _public_init(X, 2, "full")
     weighted = GaussianMixture(k=2, maxIter=10, tol=0.0, weightCol="w", initialModel=init).fit(_frame(spark, X, w))
-    repeated = GaussianMixture(k=2, maxIter=10, tol=0.0, initialModel=init).fit(_frame(spark, np.repeat(X, w.astype(int), axis=0)))
+    repeated = GaussianMixture(k=2, maxIter=10, tol=0.0, initialModel=init).fit(
+        _frame(spark, np.repeat(X, w.astype(int), axis=0))
+    )
     np.testing.assert_allclose(weighted.means, repeated.means, rtol=1e-9)
     np.testing.assert_allclose(weighted.covariances, repeated.covariances, rtol=1e-9)
 
@@ -162,7 +177,10 @@ def test_integer_weights_equal_duplicated_rows(spark):
 def test_features_as_columns_array_or_vector_give_the_same_fit(spark):
     X, _, _ = make_blobs(600, 3, 2, seed=5)
     df = _frame(spark, X).withColumn("arr", F.array("x0", "x1", "x2"))
-    fits = [GaussianMixture(k=2, seed=9, maxIter=5, tol=0.0, featuresCol=f).fit(df) for f in ("features", "arr", ["x0", "x1", "x2"])]
+    fits = [
+        GaussianMixture(k=2, seed=9, maxIter=5, tol=0.0, featuresCol=f).fit(df)
+        for f in ("features", "arr", ["x0", "x1", "x2"])
+    ]
     for other in fits[1:]:
         np.testing.assert_array_equal(other.means, fits[0].means)
 

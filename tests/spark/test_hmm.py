@@ -43,7 +43,9 @@ def _gaussian_sequences(seed, n_seq=100):
 
 def _symbol_sequences(seed, n_seq=100):
     rng = np.random.default_rng(seed)
-    return [np.array([rng.choice(5, p=EMISSION[j]) for j in _states(rng, int(n))]) for n in rng.integers(3, 40, size=n_seq)]
+    return [
+        np.array([rng.choice(5, p=EMISSION[j]) for j in _states(rng, int(n))]) for n in rng.integers(3, 40, size=n_seq)
+    ]
 
 
 def _chain_init(rng):
@@ -96,8 +98,14 @@ def gaussian_fits(gaussian_data):
     def fitted(cov_type):
         if cov_type not in fits:
             fits[cov_type] = GaussianHMM(
-                k=3, covarianceType=cov_type, maxIter=10, tol=0.0, regCovar=0.0, featuresCol="obs",
-                initialModel=_gaussian_init(cov_type), numPartitions=3,
+                k=3,
+                covarianceType=cov_type,
+                maxIter=10,
+                tol=0.0,
+                regCovar=0.0,
+                featuresCol="obs",
+                initialModel=_gaussian_init(cov_type),
+                numPartitions=3,
             ).fit(df)
         return fits[cov_type]
 
@@ -113,7 +121,9 @@ def test_gaussian_hmm_matches_hmmlearn_from_the_same_initial_model(gaussian_data
     assert model.summary.numIter == len(ref.monitor_.history) == 10
     assert model.summary.numRows == len(seqs)
     # the engine's history is per sequence; hmmlearn's is the total
-    np.testing.assert_allclose(np.array(model.summary.logLikelihoodHistory) * len(seqs), ref.monitor_.history, rtol=1e-9)
+    np.testing.assert_allclose(
+        np.array(model.summary.logLikelihoodHistory) * len(seqs), ref.monitor_.history, rtol=1e-9
+    )
     np.testing.assert_allclose(model.startProb, ref.startprob_, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(model.transMat, ref.transmat_, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(model.means, ref.means_, rtol=1e-6, atol=1e-10)
@@ -125,12 +135,15 @@ def test_categorical_hmm_matches_hmmlearn_and_round_trips(spark, tmp_path):
     seqs = _symbol_sequences(1)
     df = spark.createDataFrame([(i, s.tolist()) for i, s in enumerate(seqs)], "id long, obs array<int>").repartition(3)
     init = _categorical_init()
-    model = CategoricalHMM(k=3, nCategories=5, maxIter=10, tol=0.0, featuresCol="obs", initialModel=init,
-                           numPartitions=3).fit(df)
+    model = CategoricalHMM(
+        k=3, nCategories=5, maxIter=10, tol=0.0, featuresCol="obs", initialModel=init, numPartitions=3
+    ).fit(df)
     X, lengths = np.concatenate(seqs)[:, None], [len(s) for s in seqs]
     ref = _hmmlearn_categorical(init, n_iter=10, tol=0.0).fit(X, lengths)
     assert model.summary.numIter == len(ref.monitor_.history) == 10
-    np.testing.assert_allclose(np.array(model.summary.logLikelihoodHistory) * len(seqs), ref.monitor_.history, rtol=1e-9)
+    np.testing.assert_allclose(
+        np.array(model.summary.logLikelihoodHistory) * len(seqs), ref.monitor_.history, rtol=1e-9
+    )
     np.testing.assert_allclose(model.startProb, ref.startprob_, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(model.transMat, ref.transmat_, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(model.emissionProb, ref.emissionprob_, rtol=1e-6, atol=1e-12)
@@ -160,7 +173,9 @@ def _set_hmmlearn(ref, model):
         ref.emissionprob_ = model.emissionProb
 
 
-def test_transform_adds_viterbi_path_posteriors_and_loglik_and_nulls_unscorable_sequences(spark, gaussian_data, gaussian_fits):
+def test_transform_adds_viterbi_path_posteriors_and_loglik_and_nulls_unscorable_sequences(
+    spark, gaussian_data, gaussian_fits
+):
     seqs, _ = gaussian_data
     model = gaussian_fits("full")
     nan = float("nan")
@@ -198,8 +213,15 @@ def test_long_format_fit_equals_the_one_sequence_per_row_fit(spark, gaussian_dat
     steps = [steps[j] for j in rng.permutation(len(steps))]
     long = spark.createDataFrame(steps, "sid long, t long, a double, b double").repartition(3)
     model = GaussianHMM(
-        k=3, maxIter=10, tol=0.0, regCovar=0.0, featuresCol=["a", "b"], sequenceCol="sid", timeCol="t",
-        initialModel=_gaussian_init("full"), numPartitions=3,
+        k=3,
+        maxIter=10,
+        tol=0.0,
+        regCovar=0.0,
+        featuresCol=["a", "b"],
+        sequenceCol="sid",
+        timeCol="t",
+        initialModel=_gaussian_init("full"),
+        numPartitions=3,
     ).fit(long)
     assert model.summary.dataFingerprint.split("hash=")[1] == per_row.summary.dataFingerprint.split("hash=")[1]
     assert model.summary.numRows == len(seqs)
@@ -248,10 +270,20 @@ def test_save_and_load_round_trip(spark, gaussian_data, gaussian_fits, tmp_path,
         CategoricalHMMModel.load(path)
 
 
-def test_killed_fit_resumes_with_the_same_run_id_and_ends_exactly_as_uninterrupted(spark, gaussian_data, tmp_path, monkeypatch):
+def test_killed_fit_resumes_with_the_same_run_id_and_ends_exactly_as_uninterrupted(
+    spark, gaussian_data, tmp_path, monkeypatch
+):
     _, df = gaussian_data
-    params = dict(k=3, covarianceType="diag", maxIter=5, tol=0.0, seed=4, nInit=2, featuresCol="obs",
-                  checkpointDir=(tmp_path / "ck").as_uri())
+    params = dict(
+        k=3,
+        covarianceType="diag",
+        maxIter=5,
+        tol=0.0,
+        seed=4,
+        nInit=2,
+        featuresCol="obs",
+        checkpointDir=(tmp_path / "ck").as_uri(),
+    )
     reference = GaussianHMM(runId="reference", **params).fit(df)
 
     real_e_step = spark_source.SparkBlockSource.e_step

@@ -33,7 +33,12 @@ def _config(tmp_path: Path) -> Path:
 
 
 def _run(args, cwd):
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -62,7 +67,9 @@ def test_train_then_score_through_spark_submit(tmp_path):
 
 def test_job_with_a_bad_config_key_fails_with_a_clear_message(tmp_path):
     config = _config(tmp_path)
-    result = _run([sys.executable, "-m", "em_spark.cli", "train", "--config", str(config), "--set", "model.kk=3"], tmp_path)
+    result = _run(
+        [sys.executable, "-m", "em_spark.cli", "train", "--config", str(config), "--set", "model.kk=3"], tmp_path
+    )
     assert result.returncode == 2
     assert "unknown config key 'model.kk' (did you mean model.k?)" in result.stderr
     assert "Traceback" not in result.stderr
@@ -70,8 +77,17 @@ def test_job_with_a_bad_config_key_fails_with_a_clear_message(tmp_path):
 
 def test_nightly_retrain_through_spark_submit_then_registry_cli(tmp_path):
     submit = [_spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false"]
-    night = [str(REPO / "jobs" / "nightly_retrain.py"), "--config", str(REPO / "conf" / "nightly.yaml"),
-             "--set", "nightly.date=2026-11-22", "--set", "input.generate.rows=5000", "--set", "fit.maxIter=20"]
+    night = [
+        str(REPO / "jobs" / "nightly_retrain.py"),
+        "--config",
+        str(REPO / "conf" / "nightly.yaml"),
+        "--set",
+        "nightly.date=2026-11-22",
+        "--set",
+        "input.generate.rows=5000",
+        "--set",
+        "fit.maxIter=20",
+    ]
     first = _run([*submit, *night], tmp_path)
     out = first.stdout + first.stderr
     assert first.returncode == 0, out[-3000:]
@@ -80,16 +96,39 @@ def test_nightly_retrain_through_spark_submit_then_registry_cli(tmp_path):
     assert '"decision": "promoted"' in report.read_text()
     again = _run([*submit, *night], tmp_path)
     assert again.returncode == 0 and "already done" in again.stdout + again.stderr
-    listing = _run([sys.executable, "-m", "em_spark.cli", "registry", "list", "--registry", "em-spark-demo/registry",
-                    "--name", "demo-gmm"], tmp_path)
+    listing = _run(
+        [
+            sys.executable,
+            "-m",
+            "em_spark.cli",
+            "registry",
+            "list",
+            "--registry",
+            "em-spark-demo/registry",
+            "--name",
+            "demo-gmm",
+        ],
+        tmp_path,
+    )
     assert listing.returncode == 0 and "*1" in listing.stdout and "demo-gmm-2026-11-22" in listing.stdout
 
 
 def test_select_through_spark_submit_writes_the_table_and_json(tmp_path):
     config = _config(tmp_path)
-    select = [_spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
-              str(REPO / "jobs" / "select_models.py"), "--config", str(config),
-              "--set", "select.ks=[1, 2, 3, 4]", "--set", "select.outputPath=select.json"]
+    select = [
+        _spark_submit(),
+        "--master",
+        "local[2]",
+        "--conf",
+        "spark.ui.enabled=false",
+        str(REPO / "jobs" / "select_models.py"),
+        "--config",
+        str(config),
+        "--set",
+        "select.ks=[1, 2, 3, 4]",
+        "--set",
+        "select.outputPath=select.json",
+    ]
     result = _run(select, tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
@@ -103,8 +142,16 @@ def test_select_through_spark_submit_writes_the_table_and_json(tmp_path):
 def test_hidden_markov_model_train_then_score_through_spark_submit(tmp_path):
     # conf/hmm.yaml as shipped, smaller: sequences in, Viterbi paths and per-sequence likelihoods out.
     submit = [_spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false"]
-    small = ["--config", str(REPO / "conf" / "hmm.yaml"), "--set", "input.generate.rows=300",
-             "--set", "input.generate.steps=20", "--set", "fit.maxIter=15"]
+    small = [
+        "--config",
+        str(REPO / "conf" / "hmm.yaml"),
+        "--set",
+        "input.generate.rows=300",
+        "--set",
+        "input.generate.steps=20",
+        "--set",
+        "fit.maxIter=15",
+    ]
     train = _run([*submit, str(REPO / "jobs" / "train.py"), *small], tmp_path)
     assert train.returncode == 0, (train.stdout + train.stderr)[-3000:]
     assert "em_spark fit: run hmm-demo: gaussian_hmm, 300 sequences, 2 features, k=3 (diag)" in train.stdout
@@ -119,8 +166,16 @@ def test_hidden_markov_model_train_then_score_through_spark_submit(tmp_path):
 
 def test_imputation_train_then_impute_through_spark_submit(tmp_path):
     submit = [_spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false"]
-    small = ["--config", str(REPO / "conf" / "impute.yaml"), "--set", "input.generate.rows=4000",
-             "--set", "fit.nInit=1", "--set", "fit.maxIter=30"]
+    small = [
+        "--config",
+        str(REPO / "conf" / "impute.yaml"),
+        "--set",
+        "input.generate.rows=4000",
+        "--set",
+        "fit.nInit=1",
+        "--set",
+        "fit.maxIter=30",
+    ]
     train = _run([*submit, str(REPO / "jobs" / "train.py"), *small], tmp_path)
     out = train.stdout + train.stderr
     assert train.returncode == 0, out[-3000:]
@@ -141,7 +196,19 @@ def test_imputation_train_then_impute_through_spark_submit(tmp_path):
     assert 0.15 * 16000 < filled < 0.25 * 16000  # about 20% of the entries were missing
 
     # The same data without handleMissing: a clear error before fitting, naming the fix.
-    refused = _run([sys.executable, "-m", "em_spark.cli", "train", *small, "--set", "model.handleMissing=error",
-                    "--set", "run.id=refused"], tmp_path)
+    refused = _run(
+        [
+            sys.executable,
+            "-m",
+            "em_spark.cli",
+            "train",
+            *small,
+            "--set",
+            "model.handleMissing=error",
+            "--set",
+            "run.id=refused",
+        ],
+        tmp_path,
+    )
     assert refused.returncode == 2 and "handleMissing='model'" in refused.stderr
     assert "Traceback" not in refused.stderr

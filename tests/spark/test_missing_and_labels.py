@@ -24,8 +24,11 @@ def _frame(spark, X, labels=None):
 
 
 def _initial(X):
-    return {"weights": np.full(2, 0.5), "means": np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]) + np.nanmean(X, axis=0),
-            "covariances": np.tile(np.eye(3) * 4.0, (2, 1, 1))}
+    return {
+        "weights": np.full(2, 0.5),
+        "means": np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]) + np.nanmean(X, axis=0),
+        "covariances": np.tile(np.eye(3) * 4.0, (2, 1, 1)),
+    }
 
 
 @pytest.mark.parametrize("with_labels", [False, True])
@@ -35,8 +38,16 @@ def test_a_fit_with_missing_values_and_labels_through_spark_equals_the_numpy_fit
     labels = np.where(np.arange(3000) % 10 == 0, truth, -1) if with_labels else None
     df = _frame(spark, X, labels)
     init = _initial(X)
-    estimator = GaussianMixture(k=2, handleMissing="model", maxIter=15, tol=0.0, featuresCol="x", initialModel=init,
-                                numPartitions=3, labelCol="y" if with_labels else None)
+    estimator = GaussianMixture(
+        k=2,
+        handleMissing="model",
+        maxIter=15,
+        tol=0.0,
+        featuresCol="x",
+        initialModel=init,
+        numPartitions=3,
+        labelCol="y" if with_labels else None,
+    )
     model = estimator.fit(df)
 
     family = GaussianFamily(k=2, handle_missing="model")
@@ -86,4 +97,4 @@ def test_a_few_labels_fix_the_label_switching_of_a_categorical_mixture_and_help_
     # Unsupervised, component ids are arbitrary: some seeds name the kinds the other way round.
     assert min(plain) < 0.5 < max(plain), plain
     # With labels, component j is kind j for every seed, and at least as accurate as the best unsupervised fit.
-    assert min(semi) > 0.75 and min(semi) >= max(max(plain), 1 - min(plain)) - 0.01, (semi, plain)
+    assert min(semi) > 0.75 and min(semi) >= max(*plain, 1 - min(plain)) - 0.01, (semi, plain)

@@ -7,8 +7,8 @@ import pytest
 
 from em_spark.app.config import load_config
 from em_spark.app.demo_data import make_blobs
-from em_spark.engine import spark_source
 from em_spark.app.nightly import run_nightly
+from em_spark.engine import spark_source
 from em_spark.storage.registry import ModelRegistry
 
 pytestmark = pytest.mark.spark
@@ -24,9 +24,12 @@ def _night(root, date, shift=0.0, seed=1, rows=4000):
 
 def _config(root, date, **overrides):
     sets = [
-        f"nightly.date={date}", f"registry.uri={(root / 'registry').as_uri()}",
-        f"nightly.inputPath={(root / 'events').as_uri()}/date={{date}}", "input.generate=",
-        "fit.maxIter=60", "nightly.freshRestarts=1",
+        f"nightly.date={date}",
+        f"registry.uri={(root / 'registry').as_uri()}",
+        f"nightly.inputPath={(root / 'events').as_uri()}/date={{date}}",
+        "input.generate=",
+        "fit.maxIter=60",
+        "nightly.freshRestarts=1",
     ] + [f"{k}={v}" for k, v in overrides.items()]
     return load_config("conf/nightly.yaml", sets)
 
@@ -46,7 +49,9 @@ def test_nights_promote_keep_and_report(spark, tmp_path):
     # the night's fit left a metrics file next to its checkpoints, as a train run does
     import json
 
-    metrics = json.loads((tmp_path / "registry" / "demo-gmm" / "checkpoints" / "demo-gmm-2026-11-20" / "metrics.json").read_text())
+    metrics = json.loads(
+        (tmp_path / "registry" / "demo-gmm" / "checkpoints" / "demo-gmm-2026-11-20" / "metrics.json").read_text()
+    )
     assert metrics["runId"] == "demo-gmm-2026-11-20" and metrics["status"] == "finished"
 
     _night(tmp_path, "2026-11-21", seed=2)  # same world: no drift, no retrain
@@ -106,8 +111,12 @@ def test_a_hidden_markov_model_retrains_nightly_with_states_matched_to_productio
     # sequence, states matched by their emissions so that state ids survive the retrain.
     registry = ModelRegistry((tmp_path / "registry").as_uri())
     sets = {
-        "model.family": "gaussian_hmm", "model.k": 3, "model.covarianceType": "diag", "input.features": "obs",
-        "registry.modelName": "demo-hmm", "nightly.inputPath": f"{(tmp_path / 'sequences').as_uri()}/date={{date}}",
+        "model.family": "gaussian_hmm",
+        "model.k": 3,
+        "model.covarianceType": "diag",
+        "input.features": "obs",
+        "registry.modelName": "demo-hmm",
+        "nightly.inputPath": f"{(tmp_path / 'sequences').as_uri()}/date={{date}}",
         "fit.tol": 1e-4,
     }
     _sequence_night(tmp_path, "2026-11-20")

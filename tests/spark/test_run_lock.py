@@ -24,8 +24,12 @@ def test_two_trains_with_one_run_id_at_once_exactly_one_proceeds(tmp_path):
     path.write_text(yaml.safe_dump(config))
     write_blobs(str(tmp_path / "em-spark-demo" / "data"), 3000, 2, 3, seed=1)  # both read it; neither writes it
 
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-           "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
     command = [sys.executable, "-m", "em_spark.cli", "train", "--config", str(path)]
     drivers = [
         subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -58,12 +62,25 @@ def test_a_train_of_a_run_id_already_running_stops_before_it_loads_the_data(tmp_
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
     write_blobs(str(tmp_path / "em-spark-demo" / "data"), 3000, 2, 3, seed=1)
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-           "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
     holder = RunLock(str(tmp_path / config["run"]["checkpointDir"]), "busy", heartbeat_seconds=0)
     with holder:  # this test process is the live holder
-        out = subprocess.run([sys.executable, "-m", "em_spark.cli", "train", "--config", str(path)], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=900)
+        out = subprocess.run(
+            [sys.executable, "-m", "em_spark.cli", "train", "--config", str(path)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     assert out.returncode == 2, out.stderr[-3000:]
-    assert f"em-spark: error: run busy is already running (owner host " in out.stderr and f" pid {os.getpid()}, " in out.stderr
+    assert (
+        "em-spark: error: run busy is already running (owner host " in out.stderr
+        and f" pid {os.getpid()}, " in out.stderr
+    )
     assert "loaded and validated" not in out.stderr and "Traceback" not in out.stderr

@@ -18,10 +18,10 @@ import pytest
 from em_spark import GaussianMixture, GaussianMixtureModel
 from em_spark.app.config import load_config
 from em_spark.app.demo_data import make_blobs
-from em_spark.engine import spark_source
 from em_spark.app.nightly import run_nightly
-from em_spark.storage.registry import ModelRegistry
+from em_spark.engine import spark_source
 from em_spark.storage import CheckpointStore
+from em_spark.storage.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,8 +31,15 @@ pytestmark = [pytest.mark.spark, pytest.mark.s3]
 def test_fit_checkpointing_to_s3_is_killed_and_resumes_exactly(spark, s3_server, s3_bucket, monkeypatch):
     X, _, _ = make_blobs(3000, 2, 3, seed=6)
     df = spark.createDataFrame([tuple(map(float, r)) for r in X], ["a", "b"]).cache()
-    params = dict(k=3, maxIter=8, tol=0.0, seed=4, featuresCol=["a", "b"], checkpointDir=f"{s3_bucket}/ckpt",
-                  s3Endpoint=s3_server.endpoint)
+    params = dict(
+        k=3,
+        maxIter=8,
+        tol=0.0,
+        seed=4,
+        featuresCol=["a", "b"],
+        checkpointDir=f"{s3_bucket}/ckpt",
+        s3Endpoint=s3_server.endpoint,
+    )
     reference = GaussianMixture(runId="reference", **params).fit(df)
 
     real = spark_source.SparkBlockSource.e_step
@@ -66,8 +73,12 @@ def test_nightly_with_its_registry_on_s3(spark, s3_server, s3_bucket, tmp_path):
     night.mkdir(parents=True)
     pq.write_table(pa.table({"x0": X[:, 0], "x1": X[:, 1]}), night / "part-0.parquet")
     sets = [
-        "nightly.date=2026-11-22", f"registry.uri={s3_bucket}/registry", f"storage.s3Endpoint={s3_server.endpoint}",
-        f"nightly.inputPath={(tmp_path / 'events').as_uri()}/date={{date}}", "input.generate=", "fit.maxIter=30",
+        "nightly.date=2026-11-22",
+        f"registry.uri={s3_bucket}/registry",
+        f"storage.s3Endpoint={s3_server.endpoint}",
+        f"nightly.inputPath={(tmp_path / 'events').as_uri()}/date={{date}}",
+        "input.generate=",
+        "fit.maxIter=30",
     ]
     report = run_nightly(load_config(str(REPO / "conf" / "nightly.yaml"), sets))
     assert report["decision"] == "promoted"
@@ -80,15 +91,31 @@ def test_nightly_with_its_registry_on_s3(spark, s3_server, s3_bucket, tmp_path):
 def test_compose_topology_without_docker_local_cluster_and_s3(s3_server, tmp_path):
     """The docker-compose job and config, on local-cluster executors and the S3 test server."""
     s3_server.client().create_bucket(Bucket="em-spark")  # what the compose file's minio-setup does
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-           "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
     submit = [
-        str(Path(sys.executable).with_name("spark-submit")), "--master", "local-cluster[2,1,1024]",
-        "--conf", "spark.ui.enabled=false", "--conf", "spark.executor.memory=768m",
-        str(REPO / "jobs" / "train.py"), "--config", str(REPO / "conf" / "docker.yaml"),
-        "--set", f"storage.s3Endpoint={s3_server.endpoint}",
-        "--set", f"input.path={(tmp_path / 'data').as_uri()}",
-        "--set", "input.generate.rows=20000", "--set", "fit.maxIter=15",
+        str(Path(sys.executable).with_name("spark-submit")),
+        "--master",
+        "local-cluster[2,1,1024]",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--conf",
+        "spark.executor.memory=768m",
+        str(REPO / "jobs" / "train.py"),
+        "--config",
+        str(REPO / "conf" / "docker.yaml"),
+        "--set",
+        f"storage.s3Endpoint={s3_server.endpoint}",
+        "--set",
+        f"input.path={(tmp_path / 'data').as_uri()}",
+        "--set",
+        "input.generate.rows=20000",
+        "--set",
+        "fit.maxIter=15",
     ]
     first = subprocess.run(submit, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     out = first.stdout + first.stderr
@@ -117,10 +144,28 @@ def test_debug_logging_and_the_spark_event_log_never_show_the_credentials(s3_ser
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
     command = [
-        sys.executable, "-m", "em_spark.cli", "train", "--config", str(tmp_path / "job.yaml"),
-        "--set", "run.logLevel=DEBUG", "--set", "run.id=secrets", "--set", "fit.maxIter=3", "--set", "fit.nInit=1",
-        "--set", "run.checkpointDir=s3://secrets-check/checkpoints", "--set", "output.modelPath=s3://secrets-check/model",
-        "--set", f"storage.s3Endpoint={s3_server.endpoint}", "--set", "input.generate.rows=3000",
+        sys.executable,
+        "-m",
+        "em_spark.cli",
+        "train",
+        "--config",
+        str(tmp_path / "job.yaml"),
+        "--set",
+        "run.logLevel=DEBUG",
+        "--set",
+        "run.id=secrets",
+        "--set",
+        "fit.maxIter=3",
+        "--set",
+        "fit.nInit=1",
+        "--set",
+        "run.checkpointDir=s3://secrets-check/checkpoints",
+        "--set",
+        "output.modelPath=s3://secrets-check/model",
+        "--set",
+        f"storage.s3Endpoint={s3_server.endpoint}",
+        "--set",
+        "input.generate.rows=3000",
     ]
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     out = result.stdout + result.stderr

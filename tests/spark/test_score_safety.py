@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from em_spark.cli import run_score, run_train
 from em_spark.app.config import load_config
+from em_spark.cli import run_score, run_train
 
 pytestmark = pytest.mark.spark
 
@@ -55,8 +55,11 @@ def _write(root: Path, rel: str, columns: dict) -> None:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +91,11 @@ def store(trained, tmp_path):
 
 def _cli(root: Path, command: str, *sets: str, fault: list[str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
-    head = [sys.executable, str(FAULTS / "score_with_faults.py"), *fault, "--"] if fault is not None else \
-        [sys.executable, "-m", "em_spark.cli"]
+    head = (
+        [sys.executable, str(FAULTS / "score_with_faults.py"), *fault, "--"]
+        if fault is not None
+        else [sys.executable, "-m", "em_spark.cli"]
+    )
     args = [*head, command, "--config", "small.yaml"]
     for s in sets:
         args += ["--set", s]
@@ -113,13 +119,17 @@ def _siblings(root: Path) -> list[str]:
 # --- 1. the output overlaps the input: refused, naming both paths ---------------------------
 
 
-@pytest.mark.parametrize("command, input_path, output_key, output", [
-    ("score", "d/okcopy", "score.outputPath", "d/okcopy"),          # the repro
-    ("score", "d/okcopy", "score.outputPath", "d/okcopy/scored"),   # inside the input
-    ("score", "d/okcopy", "score.outputPath", "d"),                 # the input inside it
-    ("score", "d/ok", "score.outputPath", "models/t1"),             # would delete the model
-    ("impute", "d/okcopy", "impute.outputPath", "d/okcopy"),
-], ids=["same", "inside-input", "contains-input", "the-model", "impute-same"])
+@pytest.mark.parametrize(
+    "command, input_path, output_key, output",
+    [
+        ("score", "d/okcopy", "score.outputPath", "d/okcopy"),  # the repro
+        ("score", "d/okcopy", "score.outputPath", "d/okcopy/scored"),  # inside the input
+        ("score", "d/okcopy", "score.outputPath", "d"),  # the input inside it
+        ("score", "d/ok", "score.outputPath", "models/t1"),  # would delete the model
+        ("impute", "d/okcopy", "impute.outputPath", "d/okcopy"),
+    ],
+    ids=["same", "inside-input", "contains-input", "the-model", "impute-same"],
+)
 def test_an_output_overlapping_what_the_job_reads_is_refused(store, command, input_path, output_key, output):
     before = _snapshot(store)
     result = _cli(store, command, f"input.path={input_path}", f"{output_key}={output}")
@@ -134,8 +144,12 @@ def test_an_output_overlapping_what_the_job_reads_is_refused(store, command, inp
 def test_score_before_any_train_names_the_model_path_and_says_train_first(store):
     before = _snapshot(store)
     result = _cli(store, "score", "output.modelPath=models/never-trained", "score.outputPath=scored/new")
-    _refused(result, f"no model at file://{store / 'models' / 'never-trained'}", "run `em-spark train` first",
-             "score.modelPath")
+    _refused(
+        result,
+        f"no model at file://{store / 'models' / 'never-trained'}",
+        "run `em-spark train` first",
+        "score.modelPath",
+    )
     assert _snapshot(store) == before and not (store / "scored" / "new").exists()
 
 
@@ -187,8 +201,9 @@ def test_unscorable_rows_get_null_outputs_and_the_previous_output_is_replaced_wh
     assert len(out["id"]) == ROWS and set(out["run"]) == {1}  # all new, none of the old
     nulls = sorted(i for i, p in zip(out["id"], out["prediction"]) if p is None)
     assert nulls == [3, 7]
-    assert all(out["probability"][i] is None and out["logLikelihood"][i] is None
-               for i in range(ROWS) if out["id"][i] in (3, 7))
+    assert all(
+        out["probability"][i] is None and out["logLikelihood"][i] is None for i in range(ROWS) if out["id"][i] in (3, 7)
+    )
     assert {k: v for k, v in _snapshot(store).items() if not k.startswith("scored/")} == kept
     assert _siblings(store) == ["t1"]
 

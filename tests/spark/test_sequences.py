@@ -1,5 +1,6 @@
 """Sequence input on Spark: whole sequences per partition, input types, long format, validation."""
 
+import itertools
 from collections import Counter
 
 import numpy as np
@@ -29,7 +30,11 @@ def _per_row(spark, seqs, partitions=5):
 def _long(spark, seqs, seed=1):
     """One row per step, shuffled; times are increasing but neither contiguous nor from 0."""
     rng = np.random.default_rng(seed)
-    rows = [(i, int(100 * t + rng.integers(0, 50)), float(x[0]), float(x[1])) for i, s in enumerate(seqs) for t, x in enumerate(s)]
+    rows = [
+        (i, int(100 * t + rng.integers(0, 50)), float(x[0]), float(x[1]))
+        for i, s in enumerate(seqs)
+        for t, x in enumerate(s)
+    ]
     rows = [rows[j] for j in rng.permutation(len(rows))]
     return spark.createDataFrame(rows, "sid long, t long, a double, b double").repartition(3)
 
@@ -45,7 +50,7 @@ def _partition_sequences(source):
         out = []
         for block, _ in items:
             edges = np.concatenate([[0], np.cumsum(block.lengths)]) if block.n_rows else [0]
-            out.extend(block.X[a:b].copy() for a, b in zip(edges[:-1], edges[1:]))
+            out.extend(block.X[a:b].copy() for a, b in itertools.pairwise(edges))
         yield index, out
 
     return dict(source.blocks.mapPartitionsWithIndex(collect).collect())
@@ -81,16 +86,14 @@ def test_load_never_splits_a_sequence_across_partitions(spark):
         sample = summary.sample
         edges = np.concatenate([[0], np.cumsum(sample.lengths)])
         inputs = set(map(_key, seqs))
-        assert all(_key(sample.X[a:b]) in inputs for a, b in zip(edges[:-1], edges[1:]))
+        assert all(_key(sample.X[a:b]) in inputs for a, b in itertools.pairwise(edges))
     finally:
         source.close()
 
 
 def test_array_of_vectors_arrays_of_doubles_and_arrays_of_ints_are_read_alike(spark):
     seqs = _sequences(seed=2, n_seq=20)
-    vectors = spark.createDataFrame(
-        [(i, [Vectors.dense(x) for x in s]) for i, s in enumerate(seqs)], ["id", "obs"]
-    )
+    vectors = spark.createDataFrame([(i, [Vectors.dense(x) for x in s]) for i, s in enumerate(seqs)], ["id", "obs"])
     assert vectors.schema["obs"].dataType.simpleString() == "array<vector>"
     arrays = _per_row(spark, seqs, partitions=2)
     fingerprints = []
@@ -125,7 +128,9 @@ def test_array_of_vectors_arrays_of_doubles_and_arrays_of_ints_are_read_alike(sp
 def test_group_sequences_orders_steps_by_time_and_equals_one_sequence_per_row(spark):
     seqs = _sequences(seed=3, n_seq=40)
     grouped = group_sequences(_long(spark, seqs), "sid", "t", ["a", "b"])
-    expected = spark.createDataFrame([(i, s.tolist()) for i, s in enumerate(seqs)], "sid long, sequence array<array<double>>")
+    expected = spark.createDataFrame(
+        [(i, s.tolist()) for i, s in enumerate(seqs)], "sid long, sequence array<array<double>>"
+    )
     assert_df_equality(grouped, expected, ignore_row_order=True, ignore_nullable=True)
     # loaded, it is the same data as the one-per-row input: the same fingerprint
     identities = []

@@ -15,8 +15,8 @@ from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql import types as T
 
 from em_spark.api import CategoricalMixture, GaussianHMM, GaussianMixture, KMeans
-from em_spark.cli import run_impute, run_score
 from em_spark.app.config import ConfigError, load_config
+from em_spark.cli import run_impute, run_score
 
 pytestmark = pytest.mark.spark
 
@@ -31,19 +31,37 @@ BAD_ROWS = [
     ("wrong length (1 entry)", [1.0], Vectors.sparse(1, [0], [1.0])),
     ("null", None, None),
 ]
-SCHEMA = T.StructType([T.StructField("id", T.LongType()), T.StructField("f", T.ArrayType(T.DoubleType())),
-                       T.StructField("v", VectorUDT())])
-SEQ_SCHEMA = T.StructType([T.StructField("id", T.LongType()), T.StructField("s", T.ArrayType(T.ArrayType(T.DoubleType()))),
-                           T.StructField("sv", T.ArrayType(VectorUDT()))])
+SCHEMA = T.StructType(
+    [
+        T.StructField("id", T.LongType()),
+        T.StructField("f", T.ArrayType(T.DoubleType())),
+        T.StructField("v", VectorUDT()),
+    ]
+)
+SEQ_SCHEMA = T.StructType(
+    [
+        T.StructField("id", T.LongType()),
+        T.StructField("s", T.ArrayType(T.ArrayType(T.DoubleType()))),
+        T.StructField("sv", T.ArrayType(VectorUDT())),
+    ]
+)
 
 
 def _config(tmp_path: Path, data: Path, model: Path, features: str, section: str = "score"):
-    return load_config(str(REPO / "conf" / "local.yaml"), [
-        f"input.path={data.as_uri()}", "input.generate=", f"input.features={features}",
-        f"{section}.modelPath={model.as_uri()}", f"{section}.outputPath={(tmp_path / f'out-{features}').as_uri()}",
-        f"{section}.mode=overwrite", "score.partitionBy=[]", f"run.checkpointDir={(tmp_path / 'ck').as_uri()}",
-        f"{section}.keepColumns=[id]",
-    ])
+    return load_config(
+        str(REPO / "conf" / "local.yaml"),
+        [
+            f"input.path={data.as_uri()}",
+            "input.generate=",
+            f"input.features={features}",
+            f"{section}.modelPath={model.as_uri()}",
+            f"{section}.outputPath={(tmp_path / f'out-{features}').as_uri()}",
+            f"{section}.mode=overwrite",
+            "score.partitionBy=[]",
+            f"run.checkpointDir={(tmp_path / 'ck').as_uri()}",
+            f"{section}.keepColumns=[id]",
+        ],
+    )
 
 
 # Vector columns scanned from Parquet need the row reader of nested columns on pyspark 4.3
@@ -103,10 +121,12 @@ def test_each_unscorable_row_gets_null_outputs_and_is_counted(spark, row_data, t
 
 def _sequences(good: np.ndarray) -> list[tuple]:
     """Eight good 5-step sequences of 2 features; then one sequence per bad case (one bad step)."""
-    seqs = [good[i * 5:(i + 1) * 5] for i in range(len(good) // 5)]
-    rows = [(i, [list(map(float, s)) for s in seq], [Vectors.dense(s.tolist()) for s in seq]) for i, seq in enumerate(seqs)]
+    seqs = [good[i * 5 : (i + 1) * 5] for i in range(len(good) // 5)]
+    rows = [
+        (i, [list(map(float, s)) for s in seq], [Vectors.dense(s.tolist()) for s in seq]) for i, seq in enumerate(seqs)
+    ]
     base = seqs[0]
-    for j, (name, a, v) in enumerate(BAD_ROWS):
+    for j, (_name, a, v) in enumerate(BAD_ROWS):
         steps = [list(map(float, s)) for s in base]
         vectors = [Vectors.dense(s.tolist()) for s in base]
         steps[2], vectors[2] = a, v  # one bad step (a null step for "null")
@@ -121,7 +141,9 @@ def test_hmm_unscorable_sequences_get_null_outputs_and_are_counted(spark, tmp_pa
     data = tmp_path / "seqs"
     spark.createDataFrame(rows, SEQ_SCHEMA).coalesce(1).write.parquet(str(data))
     n_good, n_bad = len(good) // 5, len(BAD_ROWS) + 1
-    model = GaussianHMM(k=2, seed=0, maxIter=5, featuresCol="s").fit(spark.read.parquet(str(data)).where(f"id < {n_good}"))
+    model = GaussianHMM(k=2, seed=0, maxIter=5, featuresCol="s").fit(
+        spark.read.parquet(str(data)).where(f"id < {n_good}")
+    )
     model.save(str(tmp_path / "model"))
     for features in ("s", "sv"):
         with caplog.at_level(logging.WARNING, logger="em_spark"):
@@ -137,7 +159,9 @@ def test_hmm_unscorable_sequences_get_null_outputs_and_are_counted(spark, tmp_pa
 
 def test_impute_unreadable_rows_get_null_outputs_and_are_counted(spark, row_data, tmp_path, caplog):
     data, n_good = row_data["gaussian"]
-    model = GaussianMixture(k=2, seed=0, maxIter=5, featuresCol="f").fit(spark.read.parquet(str(data)).where(f"id < {n_good}"))
+    model = GaussianMixture(k=2, seed=0, maxIter=5, featuresCol="f").fit(
+        spark.read.parquet(str(data)).where(f"id < {n_good}")
+    )
     model.save(str(tmp_path / "model"))
     # NaN is a missing entry, which impute fills (documented); the others cannot be read.
     unreadable = [j for j, (name, _, _) in enumerate(BAD_ROWS) if name != "nan"]
@@ -157,7 +181,8 @@ def test_impute_unreadable_rows_get_null_outputs_and_are_counted(spark, row_data
 def test_a_model_data_feature_count_mismatch_is_refused_naming_both_counts(spark, tmp_path):
     rng = np.random.default_rng(1)
     model = GaussianMixture(k=2, seed=0, maxIter=3, featuresCol="f").fit(
-        spark.createDataFrame([([float(a), float(b)],) for a, b in rng.normal(size=(50, 2))], ["f"]))
+        spark.createDataFrame([([float(a), float(b)],) for a, b in rng.normal(size=(50, 2))], ["f"])
+    )
     model.save(str(tmp_path / "model"))
     three = [(i, [1.0, 2.0, 3.0], Vectors.dense([1.0, 2.0, 3.0])) for i in range(20)] + [(99, None, None)]
     data = tmp_path / "three"
@@ -170,7 +195,8 @@ def test_a_model_data_feature_count_mismatch_is_refused_naming_both_counts(spark
     from pyspark.ml.feature import VectorAssembler
 
     assembled = VectorAssembler(inputCols=["a", "b", "c"], outputCol="v").transform(
-        spark.createDataFrame([(1.0, 2.0, 3.0)], ["a", "b", "c"]))
+        spark.createDataFrame([(1.0, 2.0, 3.0)], ["a", "b", "c"])
+    )
     from em_spark.engine.scoring import sample_feature_counts
 
     assert sample_feature_counts(assembled, "v", False) == [3]

@@ -29,16 +29,41 @@ from em_spark.storage import (
 )
 from em_spark.storage import fs as storage_fs
 from em_spark.storage import s3 as s3_module
-from em_spark.storage.s3 import redact_credentials
 from em_spark.storage.fs import NAME_PATTERN, absolute_uri
+from em_spark.storage.s3 import redact_credentials
 
 # --- names ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "name",
-    ["..", ".", "a/b", "/abs", "a\\b", "\\", "%2e%2e", "..%2f", "a..b", "", " x", "x ", "a b",
-     "tab\t", "nl\n", "x\n", "\x00", "-lead", ".hidden", "é", "a" * 129, "a?b", "a#b", "a:b", "~x"],
+    [
+        "..",
+        ".",
+        "a/b",
+        "/abs",
+        "a\\b",
+        "\\",
+        "%2e%2e",
+        "..%2f",
+        "a..b",
+        "",
+        " x",
+        "x ",
+        "a b",
+        "tab\t",
+        "nl\n",
+        "x\n",
+        "\x00",
+        "-lead",
+        ".hidden",
+        "é",
+        "a" * 129,
+        "a?b",
+        "a#b",
+        "a:b",
+        "~x",
+    ],
 )
 def test_validate_name_rejects(name):
     with pytest.raises(InvalidNameError) as info:

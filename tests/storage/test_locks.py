@@ -82,8 +82,13 @@ def test_acquire_refuses_a_second_holder_until_released(tmp_path):
         second.acquire()
     message = str(caught.value)
     assert isinstance(caught.value, StorageError)
-    assert message.startswith(f"run run-1 is already running (owner host {socket.gethostname()} pid {os.getpid()}, since ")
-    assert "; wait for it, or use another run id; if that process is dead on another machine, the lease expires at " in message
+    assert message.startswith(
+        f"run run-1 is already running (owner host {socket.gethostname()} pid {os.getpid()}, since "
+    )
+    assert (
+        "; wait for it, or use another run id; if that process is dead on another machine, the lease expires at "
+        in message
+    )
     assert message.count(time.strftime("%Y-%m-%d", time.gmtime(lease.expires))) >= 2
     assert caught.value.lease == lease
     first.release()
@@ -197,7 +202,10 @@ def test_heartbeat_keeps_the_lease_alive_and_stops_at_release(tmp_path):
 
 
 def test_heartbeat_notices_a_takeover_and_check_then_refuses(tmp_path, caplog):
-    with caplog.at_level(logging.ERROR, logger=LOGGER), _lock(tmp_path, ttl_seconds=30, heartbeat_seconds=0.05) as holder:
+    with (
+        caplog.at_level(logging.ERROR, logger=LOGGER),
+        _lock(tmp_path, ttl_seconds=30, heartbeat_seconds=0.05) as holder,
+    ):
         holder.check()
         # Another process whose clock says the lease is long expired takes the run over.
         _lock(tmp_path, clock=lambda: time.time() + 3600).acquire()
@@ -245,7 +253,12 @@ def test_a_reused_pid_does_not_keep_a_dead_holders_lease(tmp_path):
 
 def test_a_lease_left_by_a_killed_process_on_this_machine_is_taken_over_at_once(tmp_path, caplog, monkeypatch):
     done = subprocess.run(
-        [sys.executable, "-c", DIE_CODE, str(tmp_path), "run-1"], check=False, capture_output=True, text=True, timeout=120, cwd=REPO
+        [sys.executable, "-c", DIE_CODE, str(tmp_path), "run-1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
     dead_pid = int(done.stdout)
@@ -264,7 +277,10 @@ def test_a_lease_left_by_a_killed_process_on_this_machine_is_taken_over_at_once(
 def test_a_live_holder_in_another_process_is_named_and_blocks(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_CODE, str(tmp_path), "run-1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import em_spark.storage as storage
+from em_spark import storage
 
 
 def test_public_names_resolve():

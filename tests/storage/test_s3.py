@@ -111,7 +111,7 @@ def test_two_racing_writers_cannot_both_win(s3, no_precheck, size, rounds):
         start = threading.Barrier(2)
         outcomes: dict[int, object] = {}
 
-        def write(writer: int) -> None:
+        def write(writer: int, path: str, start: threading.Barrier, outcomes: dict[int, object]) -> None:
             data = _payload(size, seed=writer)
             start.wait()
             try:
@@ -120,7 +120,7 @@ def test_two_racing_writers_cannot_both_win(s3, no_precheck, size, rounds):
             except ObjectExistsError as exc:
                 outcomes[writer] = exc
 
-        threads = [threading.Thread(target=write, args=(w,)) for w in (1, 2)]
+        threads = [threading.Thread(target=write, args=(w, path, start, outcomes)) for w in (1, 2)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -210,7 +210,7 @@ def test_resolve_uses_aws_endpoint_url_when_no_endpoint_is_given(s3_server, s3_b
     fs, path = resolve(join(s3_bucket, "x"))
     options = fs.__reduce__()[1][0]
     assert options["endpoint_override"] == s3_server.endpoint.split("://")[1] and options["scheme"] == "http"
-    assert path == s3_bucket[len("s3://"):] + "/x"
+    assert path == s3_bucket[len("s3://") :] + "/x"
     uri = join(s3_bucket, "model.emm")
     put_sealed(uri, b"via the environment")
     assert get_sealed(uri) == b"via the environment"

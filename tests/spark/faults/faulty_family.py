@@ -83,9 +83,14 @@ class FaultyGaussian(GaussianFamily):
         except FileExistsError:
             return  # fired already (e.g. in a stage re-attempt)
         info = {
-            "fault": self.fault, "partition": ctx.partitionId(), "iteration": self.fault_iteration,
-            "stage": ctx.stageId(), "attempt": ctx.attemptNumber(),
-            "taskAttemptId": ctx.taskAttemptId(), "worker_pid": os.getpid(), "time": time.time(),
+            "fault": self.fault,
+            "partition": ctx.partitionId(),
+            "iteration": self.fault_iteration,
+            "stage": ctx.stageId(),
+            "attempt": ctx.attemptNumber(),
+            "taskAttemptId": ctx.taskAttemptId(),
+            "worker_pid": os.getpid(),
+            "time": time.time(),
         }
         if self.fault == "kill-executor":
             info["executor_pid"] = find_executor_jvm()
@@ -94,7 +99,9 @@ class FaultyGaussian(GaussianFamily):
             f.flush()
             os.fsync(f.fileno())
         if self.fault == "raise":
-            raise RuntimeError(f"injected fault: first attempt of partition {ctx.partitionId()}, iteration {self.fault_iteration}")
+            raise RuntimeError(
+                f"injected fault: first attempt of partition {ctx.partitionId()}, iteration {self.fault_iteration}"
+            )
         if self.fault == "exit":
             os._exit(1)  # the Python worker dies mid-E-step, without cleanup
         if self.fault == "kill-executor":

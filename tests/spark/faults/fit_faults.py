@@ -26,8 +26,8 @@ cloudpickle.register_pickle_by_value(faulty_family)
 
 from em_spark.app.common import setup_logging
 from em_spark.engine.loop import FitSettings, fit_em
-from em_spark.engine.spark_source import load_blocks
 from em_spark.engine.session import get_session
+from em_spark.engine.spark_source import load_blocks
 
 FEATURES = ["x0", "x1", "x2"]
 
@@ -70,12 +70,19 @@ def fit_one(spark, data: str, spec: str, fault_dir: str, out: str, max_iter: int
         os.path.join(out, f"{name}.npz"),
         **{f"param.{k}": v for k, v in result.params.items()},
         history=np.array(result.history),
-        counts=rec[:, 0], weights=rec[:, 1], fallbacks=rec[:, 2], started=rec[:, 3], finished=rec[:, 4],
+        counts=rec[:, 0],
+        weights=rec[:, 1],
+        fallbacks=rec[:, 2],
+        started=rec[:, 3],
+        finished=rec[:, 4],
         partitions=np.array(source.num_partitions),
         rows=np.array(result.n_rows),
     )
-    print(f"FIT {name} done: {result.n_iter} iterations, fallbacks={source.fallbacks}, "
-          f"partitions={source.num_partitions}", flush=True)
+    print(
+        f"FIT {name} done: {result.n_iter} iterations, fallbacks={source.fallbacks}, "
+        f"partitions={source.num_partitions}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -84,8 +91,12 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--fault-dir", required=True)
     parser.add_argument("--max-iter", type=int, default=8)
-    parser.add_argument("--await-executors", type=int, default=0,
-                        help="before each E-step after the first, wait for this many executors")
+    parser.add_argument(
+        "--await-executors",
+        type=int,
+        default=0,
+        help="before each E-step after the first, wait for this many executors",
+    )
     parser.add_argument("fits", nargs="+")
     args = parser.parse_args()
     setup_logging()

@@ -31,6 +31,7 @@ def main() -> int:
         real = outputs._rename2
         outputs._rename2 = lambda src, dst, flags: False if flags == outputs._RENAME_EXCHANGE else real(src, dst, flags)
     if args.kill_at:
+
         def reached(step: str) -> None:
             if step == args.kill_at:
                 print(f"FAULT killed at {step}", file=sys.stderr, flush=True)
@@ -40,7 +41,7 @@ def main() -> int:
 
     from em_spark.cli import main as cli_main
 
-    return cli_main(argv[split + 1:])
+    return cli_main(argv[split + 1 :])
 
 
 if __name__ == "__main__":

@@ -59,8 +59,11 @@ def install_torn_write(fault_dir: str, sequence: int) -> None:
         if path.endswith("/" + _object_name(sequence)) and _claim(os.path.join(fault_dir, f"torn-{sequence}")):
             with filesystem.open_output_stream(path) as out:  # in place, under the final name
                 out.write(bytes(data[: len(data) // 2]))
-            print(f"FAULT tore checkpoint {sequence}: wrote {len(data) // 2} of {len(data)} bytes to {path}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"FAULT tore checkpoint {sequence}: wrote {len(data) // 2} of {len(data)} bytes to {path}",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(137)
         return real_write(filesystem, path, data, *args, **kwargs)
 
