@@ -196,6 +196,8 @@ class EMSummary:
         self.runId = result.run_id
         self.iterationSeconds = list(result.iteration_seconds)
         self.dataFingerprint = result.data_fingerprint
+        # total weight of the observations (steps, for sequence models): BIC's sample size
+        self.observationWeight = result.observation_weight
 
     @property
     def predictions(self) -> DataFrame:
@@ -225,6 +227,7 @@ class EMSummary:
             "runId": self.runId,
             "iterationSeconds": self.iterationSeconds,
             "dataFingerprint": self.dataFingerprint,
+            "observationWeight": self.observationWeight,
         }
 
 
@@ -449,8 +452,8 @@ class EMModel(Model, EMParams):
 
     def criteria(self, dataset: DataFrame) -> dict[str, float]:
         """Average log-likelihood per row (per sequence for sequence models), BIC and AIC on
-        ``dataset``, from one pass over it. BIC's sample size is the number of observations
-        (for sequences their steps, as hmmlearn counts them)."""
+        ``dataset``, from one pass over it. BIC's sample size is the total weight of the
+        observations, weight x steps for sequences (:mod:`em_spark.models.criteria`)."""
         ll, w, n = self._total_log_likelihood(dataset)
         p = self._family.n_parameters(self._arrays)
         return {"avgLogLik": ll / w, **information_criteria(ll, p, n)}
@@ -516,6 +519,10 @@ class EMModel(Model, EMParams):
                 run_id=summary["runId"],
                 iteration_seconds=summary["iterationSeconds"],
                 data_fingerprint=summary.get("dataFingerprint", ""),
+                # files written before it was stored: for row models it is the total weight
+                observation_weight=summary.get(
+                    "observationWeight", None if family.sequential else summary["totalWeight"]
+                ),
             )
             model._summary = EMSummary(model, result, None)
         return model

@@ -252,19 +252,18 @@ def build_metrics(
 
 def _criteria(model: Any) -> dict[str, Any]:
     """The final criteria from the training log-likelihood (that of the last E-step): no extra pass
-    over the data. BIC and AIC only for row models, whose sample size the summary knows."""
+    over the data. BIC's sample size is the summary's ``observationWeight`` (models.criteria)."""
     s = model.summary
-    out: dict[str, Any] = {
-        "logLikelihood": float(s.logLikelihood),
+    p = int(model.family.n_parameters(model.arrays))
+    n = s.observationWeight
+    ll = float(s.logLikelihood)
+    return {
+        "logLikelihood": ll,
         "averageLogLikelihood": float(s.averageLogLikelihood),
+        "nParameters": p,
+        "bic": bic(ll, p, float(n)) if n is not None and n > 0 else None,
+        "aic": aic(ll, p),
     }
-    if not model._family.sequential:
-        p = int(model._family.n_parameters(model.arrays))
-        n = float(s.totalWeight)
-        out.update(
-            nParameters=p, bic=bic(float(s.logLikelihood), p, n) if n > 0 else None, aic=aic(float(s.logLikelihood), p)
-        )
-    return out
 
 
 # --- Prometheus ----------------------------------------------------------------------

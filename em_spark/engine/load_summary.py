@@ -57,6 +57,7 @@ class LoadSummary:
     sample_size: int = 0
     sequences: bool = False
     observations: int = 0
+    observation_weight: float = 0.0  # sum of weight x steps: BIC's sample size (models.criteria)
     labelled_rows: int = 0
     missing_entries: int = 0  # NaN entries kept to be modelled
     sample_units: UnitSample | None = None
@@ -78,6 +79,7 @@ class LoadSummary:
             sample_size=max(self.sample_size, other.sample_size),
             sequences=self.sequences or other.sequences,
             observations=self.observations + other.observations,
+            observation_weight=self.observation_weight + other.observation_weight,
             labelled_rows=self.labelled_rows + other.labelled_rows,
             missing_entries=self.missing_entries + other.missing_entries,
             sample_units=sample,
@@ -130,6 +132,7 @@ def summarize_block(
         sample_size=sample_size,
         sequences=sequences,
         observations=block.n_rows,
+        observation_weight=float(math.fsum(w * lengths)) if lengths.size else 0.0,
         labelled_rows=0 if block.labels is None else int((block.labels >= 0).sum()),
         missing_entries=int(np.isnan(block.X).sum()) if block.n_rows else 0,
         sample_units=sample,

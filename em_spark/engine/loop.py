@@ -96,6 +96,7 @@ class FitResult:
     run_id: str
     iteration_seconds: list[float] = field(default_factory=list)
     data_fingerprint: str = ""
+    observation_weight: float | None = None  # BIC's sample size (models.criteria); None: unknown (older model file)
 
     @property
     def average_log_likelihood(self) -> float:
@@ -381,4 +382,5 @@ class _Fit:
             run_id=self.run_id,
             iteration_seconds=self.seconds,
             data_fingerprint=self.source.fingerprint,
+            observation_weight=float(self.source.summary.observation_weight),
         )

@@ -73,11 +73,11 @@ def select_models(
     ``skipped``, so the table shows it instead of silently leaving it out.
 
     ``make_family(k, covariance_type)`` builds each candidate (default: a Gaussian mixture);
-    give ``covariance_types=[None]`` for a family without them. BIC's sample size is the
-    total weight, or for sequences the number of steps (as hmmlearn counts).
+    give ``covariance_types=[None]`` for a family without them. BIC's sample size is
+    ``LoadSummary.observation_weight`` (:mod:`em_spark.models.criteria`).
     """
     summary = source.summary
-    n = summary.observations if summary.sequences else summary.weight_sum
+    n = summary.observation_weight
     if make_family is None:
 
         def make_family(k: int, covariance_type: str | None) -> EMFamily:

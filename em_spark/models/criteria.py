@@ -1,8 +1,11 @@
 """Information criteria (BIC, AIC), computed in one place for every caller.
 
-``n_samples`` is the number of observations the log-likelihood sums over: rows (their
-total weight, with sample weights), or for sequence models the steps of all sequences, as
-hmmlearn counts them. Lower is better for both.
+``n_samples`` is the number of observations the log-likelihood sums over, counted with their
+weights: the total weight of the rows, or for sequence models the sum over sequences of
+weight x steps (hmmlearn counts the steps; a sequence of weight w counts w times). Every caller
+uses that one definition: ``LoadSummary.observation_weight`` on the engine side (training,
+``select``, the metrics file) and the same sum in ``EMModel.criteria`` on a new DataFrame.
+Lower is better for both.
 """
 
 from __future__ import annotations

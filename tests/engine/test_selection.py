@@ -63,3 +63,36 @@ def test_selection_takes_any_family_and_counts_steps_for_sequence_bic():
         assert c.bic == pytest.approx(-2.0 * c.avgLogLik * 200 + c.nParameters * np.log(4000))
     assert min(candidates, key=lambda c: c.bic).k == 3
     assert "chosen by lowest BIC: k=3\n" in format_table(candidates, "bic") + "\n"
+
+
+def test_bic_sample_size_is_weight_times_steps_for_weighted_sequences_and_adds_over_splits():
+    # One definition (models.criteria): a sequence of weight w and T steps counts w*T observations,
+    # in the load summary (training, select, metrics) as in EMModel.criteria's DataFrame pass.
+    from em_spark.app.demo_data import make_hmm_sequences
+    from em_spark.engine.load_summary import summarize_block
+    from em_spark.models import GaussianHMMFamily
+
+    X, _, _ = make_hmm_sequences(60, 10, 2, 2, separation=5.0, seed=4)
+    lengths = np.random.default_rng(0).integers(1, 10, size=60)
+    steps = X.reshape(-1, 2)[: lengths.sum()]
+    w_seq = np.random.default_rng(1).uniform(0.5, 3.0, size=60)
+    block = Block(steps, weight=np.repeat(w_seq, lengths), lengths=lengths)
+    expected = float(np.sum(w_seq * lengths))
+    whole = summarize_block(block, 0, 0)
+    assert whole.observation_weight == pytest.approx(expected, rel=1e-12)
+    cut = int(lengths[:30].sum())  # a split between sequences
+    first = Block(steps[:cut], weight=np.repeat(w_seq[:30], lengths[:30]), lengths=lengths[:30])
+    rest = Block(steps[cut:], weight=np.repeat(w_seq[30:], lengths[30:]), lengths=lengths[30:])
+    split = summarize_block(first, 0, 0) + summarize_block(rest, 0, 0)
+    assert split.observation_weight == pytest.approx(expected, rel=1e-12)
+
+    source = LocalBlockSource([block], sample_size=500, seed=0)
+    (candidate,) = select_models(
+        source,
+        [2],
+        [None],
+        FitSettings(max_iter=5, tol=0.0, seed=0),
+        make_family=lambda k, _: GaussianHMMFamily(k=k, covariance_type="diag"),
+    )
+    total_ll = candidate.avgLogLik * float(np.sum(w_seq))
+    assert candidate.bic == pytest.approx(-2.0 * total_ll + candidate.nParameters * np.log(expected), rel=1e-12)

@@ -330,3 +330,23 @@ def test_label_col_on_an_hmm_is_refused_clearly(spark, gaussian_data):
         CategoricalHMM(k=2, featuresCol="obs").setParams(labelCol="y").fit(labelled)
     with pytest.raises(TypeError, match="labelCol"):
         GaussianHMM(k=3, labelCol="y")
+
+
+def test_bic_of_weighted_sequences_counts_weight_times_steps_in_training_criteria_and_metrics(gaussian_data):
+    # One sample size (models.criteria): the summary, EMModel.criteria and metrics.json agree.
+    from em_spark.app.metrics import _criteria
+    from em_spark.models.criteria import bic
+
+    seqs, df = gaussian_data
+    weighted = df.withColumn("w", (F.col("id") % 3 + 1).cast("double"))
+    model = GaussianHMM(k=3, covarianceType="diag", maxIter=3, tol=0.0, seed=0, featuresCol="obs", weightCol="w").fit(
+        weighted
+    )
+    expected = float(sum((i % 3 + 1) * len(s) for i, s in enumerate(seqs)))
+    assert model.summary.observationWeight == expected
+    criteria = model.criteria(weighted)
+    p = model.family.n_parameters(model.arrays)
+    total_weight = float(sum(i % 3 + 1 for i in range(len(seqs))))
+    assert criteria["bic"] == pytest.approx(bic(criteria["avgLogLik"] * total_weight, p, expected), rel=1e-12)
+    metrics = _criteria(model)
+    assert metrics["bic"] == pytest.approx(bic(model.summary.logLikelihood, p, expected), rel=1e-12)
