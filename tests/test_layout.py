@@ -1,10 +1,10 @@
 """The package's rooms and the doors between them, checked by reading the source (no imports run).
 
 Every ``em_spark`` module is parsed with ``ast``; module-level and function-level imports of
-``em_spark.*`` (relative ones resolved) make a graph that must have no cycle. Imports under
-``if TYPE_CHECKING:`` are never executed and only name types for annotations, so the cycle
-graph leaves them out (engine.state names engine.loop's FitSettings that way, while loop
-imports state); the layer rules below count them too. No module takes a
+``em_spark.*`` (relative ones resolved) make a graph that must have no cycle, imports under
+``if TYPE_CHECKING:`` included: a cycle that only type hints close is still two rooms that
+need each other (when engine.state named engine.loop's FitSettings that way, FitSettings
+moved to engine.settings). No module takes a
 private name (``from x import _y``) from another ``em_spark`` module, and the layers keep to
 their direction: models (numpy) <- engine (Spark) <- api <- app (commands); storage on its own.
 """
@@ -34,27 +34,12 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _type_checking_only(tree: ast.Module) -> set[int]:
-    """ids of the import nodes inside ``if TYPE_CHECKING:`` blocks."""
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and (
-            (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
-            or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
-        ):
-            found |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    return found
-
-
-def _imports(name: str, path: Path, *, runtime_only: bool = False) -> list[tuple[str, list[str], int]]:
+def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
     """(imported module, names taken from it, line) for every em_spark import, at any depth."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
     tree = ast.parse(path.read_text(), str(path))
-    skip = _type_checking_only(tree) if runtime_only else set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             found += [(alias.name, [], node.lineno) for alias in node.names if alias.name.split(".")[0] == "em_spark"]
         elif isinstance(node, ast.ImportFrom):
@@ -79,12 +64,11 @@ def _imports(name: str, path: Path, *, runtime_only: bool = False) -> list[tuple
 
 
 IMPORTS = {name: _imports(name, path) for name, path in MODULES.items()}
-RUNTIME_IMPORTS = {name: _imports(name, path, runtime_only=True) for name, path in MODULES.items()}
 
 
 def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in MODULES}
-    for name, imports in RUNTIME_IMPORTS.items():
+    for name, imports in IMPORTS.items():
         for target, _, _ in imports:
             if target in MODULES and target != name:
                 graph[name].add(target)
@@ -138,9 +122,11 @@ def test_no_import_cycle_anywhere_in_the_package():
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_type_checking_imports_are_seen_but_left_out_of_the_cycle_graph():
-    assert any(t[0] == "em_spark.engine.loop" for t in IMPORTS["em_spark.engine.state"])
-    assert not any(t[0] == "em_spark.engine.loop" for t in RUNTIME_IMPORTS["em_spark.engine.state"])
+def test_a_cycle_closed_only_by_type_hints_counts(tmp_path):
+    (tmp_path / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from em_spark.b import B\n"
+    )
+    assert _imports("em_spark.a", tmp_path / "a.py") == [("em_spark.b", ["B"], 3)]
 
 
 def test_the_cycle_finder_finds_a_cycle():

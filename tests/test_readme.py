@@ -110,3 +110,16 @@ def test_every_python_example_in_the_readme_is_run_by_a_test():
     assert len(examples) == len(markers), "a new README example needs a test that runs it"
     for marker in markers:
         assert sum(marker in code for code in examples) == 1, marker
+
+
+def test_how_it_works_names_every_module_of_the_package():
+    tree = README.split("## How it works", 1)[1].split("```", 2)[1]
+    package = REPO / "em_spark"
+    missing = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "__init__.py" and not re.search(rf"(?<![\w.]){re.escape(path.name)}\b", tree)
+    ]
+    assert not missing, f"README 'How it works' does not name: {missing}"
+    folders = sorted(p.name for p in package.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert all(f"  {name}/" in tree for name in folders), folders

@@ -20,10 +20,11 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from em_spark.engine.loop import FitResult, FitSettings, fit_em, run_lock
+from em_spark.engine.loop import FitResult, fit_em, run_lock
 from em_spark.engine.scoring import score_frame
+from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
-from em_spark.engine.spark_source import describe_features, load_blocks
+from em_spark.engine.spark_source import SparkBlockSource, describe_features, load_blocks
 from em_spark.engine.validation import DataValidationError
 from em_spark.models.base import DEFAULT_K, EMFamily
 from em_spark.models.base import Params as ParamArrays
@@ -252,17 +253,44 @@ class EMEstimator(Estimator, EMParams):
             raise TypeError(f"initialModel must be a fitted model or a dict of arrays, got {type(initial).__name__}")
         return family.params_from_public(arrays, n_features)
 
-    def _fit(self, dataset: DataFrame) -> EMModel:
-        family = self.family()
-        original = dataset
-        dataset, features = self._input(dataset)
-        weight_col = self.getOrDefault("weightCol")
+    def load_source(self, dataset: DataFrame, family: EMFamily | None = None, label: str = "") -> SparkBlockSource:
+        """Load and validate ``dataset`` once, as :meth:`fit` reads it (featuresCol, weightCol,
+        labelCol, initSampleSize, numPartitions, aggregationDepth, seed): the cached blocks that
+        any number of fits with ``engine.loop.fit_em`` can pass over (``em-spark select`` fits a
+        grid on one). ``family`` (default ``self.family()``) decides how rows are read: sequences,
+        missing values, labels. The caller closes it (``source.close()``) to release the cache."""
+        family = self.family() if family is None else family
+        data, features = self._input(dataset)
+        return self._load(data, features, family, label)
+
+    def _load(self, data: DataFrame, features: Any, family: EMFamily, label: str) -> SparkBlockSource:
         label_col = self.getOrDefault("labelCol")
         if label_col and not family.supports_labels:
             raise ValueError(
                 f"labelCol is set but the {family.name!r} family does not take labels; "
                 "semi-supervised EM works with GaussianMixture and CategoricalMixture"
             )
+        return load_blocks(
+            data,
+            features,
+            self.getOrDefault("weightCol"),
+            k=family.k,
+            seed=self.getOrDefault("seed"),
+            sample_size=self.getOrDefault("initSampleSize"),
+            num_partitions=self.getOrDefault("numPartitions"),
+            aggregation_depth=self.getOrDefault("aggregationDepth"),
+            label=label,
+            sequences=family.sequential,
+            allow_missing=family.models_missing,
+            label_col=label_col,
+        )
+
+    def _fit(self, dataset: DataFrame) -> EMModel:
+        family = self.family()
+        original = dataset
+        dataset, features = self._input(dataset)
+        weight_col = self.getOrDefault("weightCol")
+        label_col = self.getOrDefault("labelCol")
         settings = FitSettings(
             max_iter=self.getOrDefault("maxIter"),
             tol=self.getOrDefault("tol"),
@@ -282,20 +310,7 @@ class EMEstimator(Estimator, EMParams):
             # A second run of a running id stops here, before it pays for a load. fit_em takes the
             # lease itself after the load, so a run refused for bad data leaves nothing behind.
             run_lock(settings).ensure_free()
-        source = load_blocks(
-            dataset,
-            features,
-            weight_col,
-            k=family.k,
-            seed=settings.seed,
-            sample_size=self.getOrDefault("initSampleSize"),
-            num_partitions=self.getOrDefault("numPartitions"),
-            aggregation_depth=self.getOrDefault("aggregationDepth"),
-            label=f"em_spark run={settings.run_id}" if settings.run_id else "",
-            sequences=family.sequential,
-            allow_missing=family.models_missing,
-            label_col=label_col,
-        )
+        source = self._load(dataset, features, family, f"em_spark run={settings.run_id}" if settings.run_id else "")
         summary = source.summary
         extra = ""
         if summary.sequences:

@@ -7,7 +7,7 @@ from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 
 from em_spark.api.base import EMEstimator, EMModel, ml_param
-from em_spark.engine.loop import FitSettings
+from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import CategoricalMixtureFamily
 from em_spark.models.base import DEFAULT_K

@@ -16,7 +16,7 @@ from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
 from em_spark.api.base import EMEstimator, EMModel, ml_param, optional_string
-from em_spark.engine.loop import FitSettings
+from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.engine.spark_source import group_sequences
 from em_spark.models import CategoricalHMMFamily, GaussianHMMFamily

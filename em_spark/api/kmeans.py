@@ -6,7 +6,7 @@ import numpy as np
 from pyspark import keyword_only
 
 from em_spark.api.base import EMEstimator, EMModel
-from em_spark.engine.loop import FitSettings
+from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import KMeansFamily
 from em_spark.models.base import DEFAULT_K

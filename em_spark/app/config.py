@@ -20,7 +20,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from em_spark.engine.loop import FitSettings
+from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import FAMILIES as _MODEL_FAMILIES
 from em_spark.models import CategoricalMixtureFamily, GaussianFamily

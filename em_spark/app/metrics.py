@@ -220,9 +220,6 @@ def build_metrics(
         return doc
     s = model.summary
     family = model.family
-    public = model.public_params()
-    # The label of the component shares in the report: the public name of the family's weights.
-    weights_name = next((n for n in ("weights", "startProb") if n in public), None)
     best = s.bestRestart + 1
     best_records = [r for r in records if r["restart"] == best]
     doc.update(
@@ -242,7 +239,7 @@ def build_metrics(
         logLikelihoodHistory=[float(v) for v in s.logLikelihoodHistory],
         iterationSeconds=[float(r["seconds"]) for r in best_records] or [float(v) for v in s.iterationSeconds],
         wallSeconds=None if wall_seconds is None else float(wall_seconds),
-        weightsName=weights_name,
+        weightsName=family.component_weights_name,
         componentWeights=family.component_weights(model.arrays).tolist(),
         criteria=_criteria(model),
         perIteration=records,

@@ -238,7 +238,7 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
         metrics.publish(recorder, model, wall_seconds=timings["fit"], pushgateway=config.run.pushgateway)
         mapping = None
         if production is not None:
-            family = model._family
+            family = model.family
             order, distance = match_components(family, production.arrays, model.arrays)
             model = model.with_params(family.relabel(model.arrays, order))
             new, old = model.public_params(), production.public_params()

@@ -95,7 +95,7 @@ def run_score(config: JobConfig) -> dict[str, Any]:
     )
     model, model_name = _scoring_model(config)
     model.setParams(featuresCol=config.input.features)
-    sequential = model._family.sequential
+    sequential = model.family.sequential
     long_format = sequential and bool(config.input.sequenceCol)
     if model.hasParam("sequenceCol"):
         # The config says how tonight's input is laid out, whatever the model was fitted on.

@@ -13,9 +13,8 @@ __all__ = ["run_select"]
 
 def run_select(config: JobConfig) -> dict[str, Any]:
     """Fit the configured grid once over cached data; print the table, write the JSON report."""
-    from em_spark.engine.loop import FitSettings
     from em_spark.engine.selection import format_table, select_models, to_json
-    from em_spark.engine.spark_source import load_blocks
+    from em_spark.engine.settings import FitSettings
 
     base = estimator_from_config(config, None)
     covariance_types = config.select.covarianceTypes if base.hasParam("covarianceType") else [None]
@@ -25,25 +24,12 @@ def run_select(config: JobConfig) -> dict[str, Any]:
         return candidate.family()
 
     spark = spark_session(config)
-    df, features = base._input(read_input(spark, config))
-    family = make_family(min(config.select.ks), covariance_types[0])
     settings = FitSettings(
         max_iter=config.fit.maxIter, tol=config.fit.tol, n_init=config.fit.nInit, seed=config.fit.seed
     )
-    source = load_blocks(
-        df,
-        features,
-        config.input.weightCol,
-        k=min(config.select.ks),
-        seed=config.fit.seed,
-        sample_size=config.fit.initSampleSize,
-        num_partitions=config.fit.numPartitions,
-        aggregation_depth=config.fit.aggregationDepth,
-        label="em_spark select",
-        sequences=family.sequential,
-        allow_missing=family.models_missing,
-        label_col=config.input.labelCol if family.supports_labels else None,
-    )
+    # loaded once, as a fit of the grid's smallest k reads it (its sample bounds k-means++ for all)
+    family = make_family(min(config.select.ks), covariance_types[0])
+    source = base.load_source(read_input(spark, config), family, label="em_spark select")
     try:
         candidates = select_models(source, config.select.ks, covariance_types, settings, make_family=make_family)
     finally:

@@ -27,16 +27,17 @@ def _format_summary(model: Any, seconds: float, model_path: str | None) -> str:
     import numpy as np
 
     s = model.summary
-    unit = "sequences" if model._family.sequential else "rows"
+    family = model.family
+    unit = "sequences" if family.sequential else "rows"
     setting = f" ({model.getOrDefault('covarianceType')})" if model.hasParam("covarianceType") else ""
     lines = [
-        f"em_spark fit: run {s.runId}: {model._family.name}, {s.numRows} {unit}, {model.numFeatures} features, "
+        f"em_spark fit: run {s.runId}: {family.name}, {s.numRows} {unit}, {model.numFeatures} features, "
         f"k={s.k}{setting}",
         f"  iterations {s.numIter} ({'converged' if s.converged else 'not converged'}), best restart {s.bestRestart + 1}, "
         f"average log-likelihood {s.averageLogLikelihood:.6f}, total {s.logLikelihood:.2f}, {seconds:.1f} s",
     ]
     params = model.public_params()
-    per_component = [name for name in ("weights", "startProb", "means") if name in params]
+    per_component = family.summary_params
     with np.printoptions(precision=4, suppress=True, linewidth=120):
         for i in range(s.k):
             parts = []

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import (
     BlockSource,
     LocalBlockSource,  # noqa: F401  re-export: tests/golden/make_golden.py (main) imports it from here
@@ -44,42 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("em_spark")
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """How to run EM (everything but the model family and the data)."""
-
-    max_iter: int = 100
-    tol: float = 1e-3
-    n_init: int = 1
-    seed: int = 0
-    run_id: str | None = None
-    checkpoint_dir: str | None = None
-    keep_checkpoints: int = 3
-    s3_endpoint: str | None = None
-    # How long the run's lease outlives a driver that died without releasing it (see
-    # em_spark.storage.locks). Not part of identity(): a resume may change it.
-    lock_ttl_seconds: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
-            raise ValueError(f"maxIter must be an integer >= 1, got {self.max_iter!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0 and math.isfinite(self.tol)):
-            raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
-        if not (isinstance(self.n_init, int) and self.n_init >= 1):
-            raise ValueError(f"nInit must be an integer >= 1, got {self.n_init!r}")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if not (isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1):
-            raise ValueError(f"keepCheckpoints must be an integer >= 1, got {self.keep_checkpoints!r}")
-        ttl = self.lock_ttl_seconds
-        if isinstance(ttl, bool) or not (isinstance(ttl, (int, float)) and math.isfinite(ttl) and ttl > 0):
-            raise ValueError(f"lockTtlSeconds must be a finite number > 0, got {ttl!r}")
-
-    def identity(self) -> dict[str, Any]:
-        """Settings that shape the result; a resume must match them exactly."""
-        return {"maxIter": self.max_iter, "tol": float(self.tol), "nInit": self.n_init, "seed": self.seed}
 
 
 @dataclass

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from em_spark.engine.loop import FitSettings, fit_em
+from em_spark.engine.loop import fit_em
+from em_spark.engine.settings import FitSettings
 from em_spark.models import EMFamily, GaussianFamily
 from em_spark.models.base import ModelError
 from em_spark.models.criteria import information_criteria

@@ -13,15 +13,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from em_spark.models.base import Params
-
-if TYPE_CHECKING:
-    from em_spark.engine.loop import FitSettings
-    from em_spark.models.base import EMFamily
+from em_spark.engine.settings import FitSettings
+from em_spark.models.base import EMFamily, Params
 
 __all__ = [
     "CHECKPOINT_FORMAT",

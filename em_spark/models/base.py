@@ -165,6 +165,11 @@ class EMFamily(Protocol):
     #: NaN entries by their conditional expectation (an optional capability, declared here so
     #: callers never probe for the method)
     supports_impute: bool
+    #: the public name of what :meth:`component_weights` returns ("weights"; HMMs "startProb"),
+    #: the label of the component shares in metrics and the report
+    component_weights_name: str
+    #: public parameters indexed by component that a fit summary prints per component
+    summary_params: tuple[str, ...]
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyperparameters; two families with equal config fit identically."""
@@ -223,6 +228,8 @@ class FamilyBase:
     k: int
     #: optional capabilities, declared (see :class:`EMFamily`)
     supports_impute: ClassVar[bool] = False
+    component_weights_name: ClassVar[str] = "weights"
+    summary_params: ClassVar[tuple[str, ...]] = ("weights",)
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyperparameters, including the family name."""

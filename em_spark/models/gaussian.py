@@ -104,6 +104,7 @@ class GaussianFamily(FamilyBase):
     """
 
     name: ClassVar[str] = "gaussian"
+    summary_params: ClassVar[tuple[str, ...]] = ("weights", "means")
     sequential: ClassVar[bool] = False
     supports_labels: ClassVar[bool] = True
     supports_impute: ClassVar[bool] = True

@@ -87,6 +87,7 @@ class GaussianHMMFamily(MarkovChain):
     """
 
     name: ClassVar[str] = "gaussian_hmm"
+    summary_params: ClassVar[tuple[str, ...]] = ("startProb", "means")
     _what: ClassVar[str] = "a Gaussian HMM"
 
     k: int
@@ -259,6 +260,7 @@ class CategoricalHMMFamily(MarkovChain):
     """
 
     name: ClassVar[str] = "categorical_hmm"
+    summary_params: ClassVar[tuple[str, ...]] = ("startProb",)
     _what: ClassVar[str] = "a categorical HMM"
     _impossible_hint: ClassVar[str] = ", or use smoothing > 0"
 

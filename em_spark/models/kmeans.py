@@ -48,6 +48,7 @@ class KMeansFamily(FamilyBase):
     """
 
     name: ClassVar[str] = "kmeans"
+    summary_params: ClassVar[tuple[str, ...]] = ("weights", "centers")
     sequential: ClassVar[bool] = False
     models_missing: ClassVar[bool] = False
     supports_labels: ClassVar[bool] = False

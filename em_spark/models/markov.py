@@ -590,6 +590,8 @@ class MarkovChain(FamilyBase, ABC):
             ),
         }
 
+    component_weights_name: ClassVar[str] = "startProb"
+
     def component_weights(self, params: Params) -> np.ndarray:
         """(k,) the start probabilities: what a state's share is reported as."""
         return params["startprob"]

@@ -35,7 +35,9 @@ from em_spark.storage.fs import (
 )
 from em_spark.storage.names import MAX_NUMBER, NumberedNames
 
-__all__ = ["Checkpoint", "CheckpointStore"]
+__all__ = ["DEFAULT_KEEP_LAST", "Checkpoint", "CheckpointStore"]
+
+DEFAULT_KEEP_LAST = 3  # newest valid checkpoints kept per run (FitSettings.keep_checkpoints)
 
 _OBJECT_NAMES = NumberedNames("ckpt-", ".emck")
 _MAX_SEQUENCE = MAX_NUMBER  # ten digits keep name order equal to numeric order
@@ -72,7 +74,7 @@ class CheckpointStore:
         root_uri: str,
         run_id: str,
         *,
-        keep_last: int = 3,
+        keep_last: int = DEFAULT_KEEP_LAST,
         s3_endpoint: str | None = None,
         logger: logging.Logger | None = None,
     ) -> None:

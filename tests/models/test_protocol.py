@@ -45,6 +45,12 @@ def test_component_weights_are_a_distribution_over_the_components(fitted):
     weights = family.component_weights(params)
     assert weights.shape == (family.k,)
     assert np.all(weights >= 0) and weights.sum() == pytest.approx(1.0)
+    # its public name is declared, not guessed: the public array of that name holds the same shares
+    public = family.public_params(params)
+    np.testing.assert_array_equal(public[family.component_weights_name], weights)
+    assert family.component_weights_name in family.summary_params
+    for name in family.summary_params:  # what a fit summary prints per component
+        assert public[name].shape[0] == family.k, name
 
 
 def test_relabel_permutes_component_weights_and_distances_find_the_permutation(fitted):

@@ -246,3 +246,21 @@ def test_recovers_well_separated_components_in_50_dimensions(spark):
     assert len(set(match)) == 8
     assert dist[np.arange(8), match].max() < 0.5
     np.testing.assert_allclose(np.sort(model.weights), np.sort(truth["weights"]), atol=0.02)
+
+
+def test_a_source_loaded_once_fits_as_the_estimator_does(iris):
+    # load_source is fit's own load: fit_em on it gives the estimator's parameters, bit for bit,
+    # and one loaded source serves several fits (as em-spark select uses it).
+    from em_spark.engine.loop import FitSettings, fit_em
+
+    _, df = iris
+    estimator = GaussianMixture(k=3, maxIter=15, tol=0.0, seed=4)
+    expected = estimator.fit(df).arrays
+    source = estimator.load_source(df)
+    try:
+        for _ in range(2):
+            result = fit_em(estimator.family(), source, FitSettings(max_iter=15, tol=0.0, seed=4))
+            for name, value in expected.items():
+                np.testing.assert_array_equal(result.params[name], value)
+    finally:
+        source.close()
