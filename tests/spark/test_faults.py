@@ -288,13 +288,12 @@ class Scenario:
         return self.futures[name].result(timeout=timeout)
 
 
-def job_task_faults(s: Scenario) -> dict:
-    """local[2,4]: a fault-free fit, a fit whose task raises once, one whose worker dies once."""
-    work, out, faults = s.dir("task-faults"), s.dir("task-faults/out"), s.dir("task-faults/markers")
-    fits = ["reference:none", "raised:raise:3:0", "crashed:exit:5:1"]
+def _fit_faults_app(s: Scenario, name: str, master: str, fits: list[str], *conf: str) -> dict:
+    """spark-submit faults/fit_faults.py on ``master`` with the given fits; wait for it."""
+    work, out, faults = s.dir(name), s.dir(f"{name}/out"), s.dir(f"{name}/markers")
     app = s.app(
         [
-            *_submit("local[2,4]", work),
+            *_submit(master, work, *conf),
             str(FAULTS / "fit_faults.py"),
             "--data",
             s.data.as_uri(),
@@ -311,31 +310,22 @@ def job_task_faults(s: Scenario) -> dict:
     )
     rc = app.wait()
     return {"rc": rc, "log": app.log, "out": out, "faults": faults, "seconds": app.seconds}
+
+
+def job_task_faults(s: Scenario) -> dict:
+    """local[2,4]: a fault-free fit, a fit whose task raises once, one whose worker dies once."""
+    return _fit_faults_app(s, "task-faults", "local[2,4]", ["reference:none", "raised:raise:3:0", "crashed:exit:5:1"])
 
 
 def job_executor_kill(s: Scenario) -> dict:
     """local-cluster: a fault-free fit, then one whose executor JVM is SIGKILLed mid-E-step."""
-    work, out, faults = s.dir("executor-kill"), s.dir("executor-kill/out"), s.dir("executor-kill/markers")
-    fits = ["reference:none", "killed:kill-executor:3:0"]
-    app = s.app(
-        [
-            *_submit("local-cluster[2,1,1024]", work, "spark.executor.memory=768m"),
-            str(FAULTS / "fit_faults.py"),
-            "--data",
-            s.data.as_uri(),
-            "--out",
-            str(out),
-            "--fault-dir",
-            str(faults),
-            "--max-iter",
-            str(MAX_ITER),
-            *fits,
-        ],
-        "app.log",
-        work,
+    return _fit_faults_app(
+        s,
+        "executor-kill",
+        "local-cluster[2,1,1024]",
+        ["reference:none", "killed:kill-executor:3:0"],
+        "spark.executor.memory=768m",
     )
-    rc = app.wait()
-    return {"rc": rc, "log": app.log, "out": out, "faults": faults, "seconds": app.seconds}
 
 
 def job_reference(s: Scenario) -> dict:
