@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from em_spark.engine.loop import ResumeMismatchError
-    from em_spark.engine.session import JavaNotFoundError
+    from em_spark.engine.session import ConnectServerError, JavaNotFoundError
     from em_spark.engine.validation import DataValidationError
     from em_spark.models.base import ModelError
     from em_spark.storage import StorageError
@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ResumeMismatchError,
         ModelError,
         JavaNotFoundError,
+        ConnectServerError,
         FileExistsError,
         RegistryError,
         StorageError,

@@ -137,6 +137,11 @@ DOMAIN = {
     ),
     "spark.master": st.one_of(blank, st.sampled_from(["local [2]", "'spark://h:7077 '"])),
     "spark.appName": blank,
+    "spark.remote": st.one_of(
+        blank,
+        not_in("local"),
+        st.sampled_from(["http://h:15002", "sc://", "sc://h:port", "sc://h:70000", "'sc://h 1'"]),
+    ),
     "spark.conf": st.sampled_from(
         ["{'': a}", "{' ': a}", "{1: a}", "{a: {b: 1}}", "{a: [1]}", "{a: null}", "{a: .nan}", "{a: -.inf}"]
     ),

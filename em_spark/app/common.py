@@ -82,7 +82,7 @@ def resolve_local(uri: str | None) -> str | None:
 def spark_session(config: JobConfig):
     from em_spark.engine.session import get_session
 
-    return get_session(config.spark.appName, config.spark.master, config.spark.conf)
+    return get_session(config.spark.appName, config.spark.master, config.spark.conf, remote=config.spark.remote)
 
 
 def read_input(spark: Any, config: JobConfig):

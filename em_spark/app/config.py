@@ -69,9 +69,12 @@ class RunSection:
 
 @dataclass
 class SparkSection:
-    master: str | None = "local[2]"  # ignored under spark-submit
+    master: str | None = "local[2]"  # ignored under spark-submit, and when remote is set
     appName: str = "em_spark"
     conf: dict[str, Any] = field(default_factory=dict)
+    # Spark Connect: sc://host:15002[/;token=...] makes the command a Connect client (as the
+    # SPARK_REMOTE environment variable does); None: a classic session on ``master``
+    remote: str | None = None
 
 
 @dataclass
@@ -657,6 +660,12 @@ def _check(c: JobConfig) -> None:
             "spark.master",
             f"must be a Spark master URL like local[2], spark://host:7077 or yarn (no spaces), got {c.spark.master!r}",
         )
+    if c.spark.remote is not None and not _is_connect_url(c.spark.remote):
+        raise bad(
+            "spark.remote",
+            f"must be a Spark Connect URL like sc://host:15002 (or sc://host:443/;use_ssl=true;token=...), "
+            f"got {c.spark.remote!r}",
+        )
     if c.score.mode not in ("errorifexists", "overwrite"):
         raise bad("score.mode", f"must be 'errorifexists' or 'overwrite', got {c.score.mode!r}")
     _check_output_columns(c, bad)
@@ -770,6 +779,17 @@ def _check_output_columns(c: JobConfig, bad: Any) -> None:
             "impute.keepColumns",
             f"must not hold {clash[0]!r}: impute.outputCol and impute.stdCol are written under that name",
         )
+
+
+def _is_connect_url(text: str) -> bool:
+    """``text`` is sc://host[:port][/;key=value...] (or local[...], pyspark's in-process server)."""
+    from em_spark.engine.session import parse_connect_url
+
+    try:
+        parse_connect_url(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_http_url(text: str, *, path: bool) -> bool:
