@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 
-from em_spark.api.base import EMEstimator, EMModel, ml_param
+from em_spark.api.base import EMEstimator, EMModel, HasSmoothing, ml_param
 from em_spark.engine.loop import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import CategoricalMixtureFamily
 from em_spark.models.base import DEFAULT_K
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["CategoricalMixture", "CategoricalMixtureModel"]
 
 
-def _categories(value):
+def _categories(value: Any) -> list[int] | None:
     if value is None:
         return None
     if isinstance(value, int):
@@ -23,7 +29,7 @@ def _categories(value):
     return [TypeConverters.toInt(v) for v in value]
 
 
-class _CategoricalParams:
+class _CategoricalParams(HasSmoothing):
     kind = ml_param(
         "kind",
         "'categorical' (each column a categorical code 0..c-1) or 'multinomial' (each row a count vector)",
@@ -35,6 +41,22 @@ class _CategoricalParams:
     nCategories = ml_param(
         "nCategories", "categories per feature (default: inferred from the sample as max + 1)", _categories
     )
+
+    def getKind(self) -> str:
+        """Get the kind of data ('categorical' or 'multinomial') (or its default)."""
+        return self.getOrDefault(self.kind)
+
+    def setKind(self, value: str) -> Self:
+        """Set the kind of data ('categorical' or 'multinomial')."""
+        return self._set_or_clear("kind", value)
+
+    def getNCategories(self) -> list[int] | None:
+        """Get the number of categories per feature (or its default)."""
+        return self.getOrDefault(self.nCategories)
+
+    def setNCategories(self, value: int | Sequence[int] | None) -> Self:
+        """Set the number of categories per feature."""
+        return self._set_or_clear("nCategories", value)
 
 
 class CategoricalMixtureModel(EMModel, _CategoricalParams):

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
-from em_spark.api.base import EMEstimator, EMModel, ml_param
+from em_spark.api.base import EMEstimator, EMModel, HasCovariance, ml_param
 from em_spark.engine.loop import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import GaussianFamily
 from em_spark.models.base import DEFAULT_K
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["GaussianMixture", "GaussianMixtureModel"]
 
 
-class _GaussianParams:
+class _GaussianParams(HasCovariance):
     covarianceType = ml_param("covarianceType", "'full', 'diag', 'spherical' or 'tied'", TypeConverters.toString)
     regCovar = ml_param(
         "regCovar",
@@ -28,6 +33,14 @@ class _GaussianParams:
         "'error': refuse null/NaN features; 'model': fit them exactly as missing values (conditional-Gaussian E-step)",
         TypeConverters.toString,
     )
+
+    def getHandleMissing(self) -> str:
+        """Get how missing features are handled ('error' or 'model') (or its default)."""
+        return self.getOrDefault(self.handleMissing)
+
+    def setHandleMissing(self, value: str) -> Self:
+        """Set how missing features are handled ('error' or 'model')."""
+        return self._set_or_clear("handleMissing", value)
 
 
 #: the Gaussian params' defaults: the family's
