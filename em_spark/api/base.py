@@ -176,6 +176,9 @@ class EMParams(ParamAccessors):
     initSampleSize = ml_param(
         "initSampleSize", "rows sampled (without replacement) for initialization", TypeConverters.toInt
     )
+    #: the keyword arguments of the call, set by pyspark's ``keyword_only`` (as pyspark.ml declares it)
+    _input_kwargs: dict[str, Any]
+
     s3Endpoint = ml_param(
         "s3Endpoint",
         "endpoint URL of an S3-compatible store (MinIO); default: AWS_ENDPOINT_URL or AWS",
@@ -401,7 +404,7 @@ class EMParams(ParamAccessors):
 class EMSummary:
     """Training summary, with pyspark.ml's names where they exist."""
 
-    def __init__(self, model: EMModel, result: FitResult, training: DataFrame | None):
+    def __init__(self, model: EMModel, result: FitResult, training: DataFrame | None) -> None:
         self._model = model
         self._training = training
         self.k = model.getOrDefault("k")
@@ -428,7 +431,7 @@ class EMSummary:
     def clusterSizes(self) -> list[int]:
         """Rows assigned to each component (one Spark job)."""
         col = self._model.getOrDefault("predictionCol")
-        counts = dict(self.predictions.groupBy(col).count().collect())
+        counts: dict[int, int] = dict(self.predictions.groupBy(col).count().collect())
         return [int(counts.get(i, 0)) for i in range(self.k)]
 
     def as_dict(self) -> dict[str, Any]:
@@ -566,7 +569,7 @@ class EMModel(Model, EMParams):
         "seed",
     )
 
-    def __init__(self, family: EMFamily, params: ParamArrays, n_features: int):
+    def __init__(self, family: EMFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__()
         self._family = family
         # Not "_params": pyspark's Params caches its Param list under that name.
@@ -659,6 +662,7 @@ class EMModel(Model, EMParams):
             F.sum(w * steps).alias("n"),
             F.sum(F.when(F.col("__em_ll").isNull(), 1).otherwise(0)).alias("bad"),
         ).first()
+        assert row is not None  # an aggregate has one row
         if row["bad"]:
             what = "sequence(s)" if self._family.sequential else "row(s)"
             raise DataValidationError(

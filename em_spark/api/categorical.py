@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,6 +69,8 @@ class CategoricalMixtureModel(EMModel, _CategoricalParams):
     featureProbs : list of (k, c_f) arrays, one per feature
     """
 
+    _family: CategoricalMixtureFamily
+
     @property
     def weights(self) -> np.ndarray:
         return self.public_params()["weights"]
@@ -99,14 +101,14 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         k: int = DEFAULT_K,
         kind: str = CategoricalMixtureFamily.kind,
         smoothing: float = CategoricalMixtureFamily.smoothing,
-        nCategories=None,
+        nCategories: int | Sequence[int] | None = None,
         maxIter: int = FitSettings.max_iter,
         tol: float = FitSettings.tol,
         seed: int = FitSettings.seed,
         initMode: str = CategoricalMixtureFamily.init_mode,
         nInit: int = FitSettings.n_init,
-        initialModel=None,
-        featuresCol="features",
+        initialModel: EMModel | Mapping[str, Any] | None = None,
+        featuresCol: str | Sequence[str] = "features",
         predictionCol: str = "prediction",
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
@@ -119,7 +121,7 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self._setDefault(
             kind=CategoricalMixtureFamily.kind,

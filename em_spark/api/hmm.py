@@ -8,6 +8,7 @@ the estimator groups the steps of each sequence (ordered by time) into one row f
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SI
 from em_spark.engine.spark_source import group_sequences
 from em_spark.models import CategoricalHMMFamily, GaussianHMMFamily
 from em_spark.models.base import DEFAULT_K
+from em_spark.models.base import Params as ParamArrays
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -153,7 +155,7 @@ class GaussianHMMModel(_GaussianHMMParams, _HMMModel):
     covariances : (k, d, d) for full, (k, d) for diag (as hmmlearn's ``covars_`` for diag, not expanded)
     """
 
-    def __init__(self, family: GaussianHMMFamily, params, n_features: int):
+    def __init__(self, family: GaussianHMMFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__(family, params, n_features)
         self._setDefault(**_GAUSSIAN_HMM_DEFAULTS)
         self._set(covarianceType=family.covariance_type, regCovar=family.reg_covar)
@@ -170,7 +172,7 @@ class GaussianHMMModel(_GaussianHMMParams, _HMMModel):
 class CategoricalHMMModel(_CategoricalHMMParams, _HMMModel):
     """A fitted categorical HMM. Attributes: startProb (k,), transMat (k, k), emissionProb (k, n_categories)."""
 
-    def __init__(self, family: CategoricalHMMFamily, params, n_features: int):
+    def __init__(self, family: CategoricalHMMFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__(family, params, n_features)
         self._setDefault(**_CATEGORICAL_HMM_DEFAULTS)
         self._set(smoothing=family.smoothing)
@@ -206,8 +208,8 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
         regCovar: float = GaussianHMMFamily.reg_covar,
         initMode: str = GaussianHMMFamily.init_mode,
         nInit: int = FitSettings.n_init,
-        initialModel=None,
-        featuresCol="features",
+        initialModel: EMModel | Mapping[str, Any] | None = None,
+        featuresCol: str | Sequence[str] = "features",
         sequenceCol: str | None = None,
         timeCol: str | None = None,
         predictionCol: str = "prediction",
@@ -221,7 +223,7 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self._setDefault(**_GAUSSIAN_HMM_DEFAULTS)
         self._set_checked(**self._input_kwargs)
@@ -256,8 +258,8 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
         tol: float = FitSettings.tol,
         seed: int = FitSettings.seed,
         nInit: int = FitSettings.n_init,
-        initialModel=None,
-        featuresCol="features",
+        initialModel: EMModel | Mapping[str, Any] | None = None,
+        featuresCol: str | Sequence[str] = "features",
         sequenceCol: str | None = None,
         timeCol: str | None = None,
         predictionCol: str = "prediction",
@@ -271,7 +273,7 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self._setDefault(**_CATEGORICAL_HMM_DEFAULTS)
         self._set_checked(**self._input_kwargs)

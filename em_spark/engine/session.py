@@ -8,6 +8,10 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 __all__ = ["JavaNotFoundError", "check_java", "get_session", "under_spark_submit"]
 
@@ -65,7 +69,9 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def get_session(app_name: str = "em_spark", master: str | None = "local[2]", conf: Mapping[str, str] | None = None):
+def get_session(
+    app_name: str = "em_spark", master: str | None = "local[2]", conf: Mapping[str, str] | None = None
+) -> SparkSession:
     """The active SparkSession, or a new one.
 
     Under spark-submit the master and resources come from spark-submit and ``master`` is
