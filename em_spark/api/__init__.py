@@ -1,5 +1,7 @@
 """pyspark.ml-style estimators and models, and lookups by name for config-driven jobs."""
 
+from typing import Any
+
 from em_spark.api.base import EMEstimator, EMModel, EMSummary
 from em_spark.api.categorical import CategoricalMixture, CategoricalMixtureModel
 from em_spark.api.gaussian import GaussianMixture, GaussianMixtureModel
@@ -54,7 +56,8 @@ def model_from_bytes(data: bytes, where: str = "<bytes>") -> EMModel:
     from em_spark.storage import unpack
 
     meta, _ = unpack(data)
-    cls = _MODELS.get(meta.get("modelClass"))
+    name: Any = meta.get("modelClass")  # from the file: any JSON value
+    cls = _MODELS.get(name)
     if cls is None:
         raise ValueError(f"{where} holds a {meta.get('modelClass')!r}, not a model em_spark knows: {sorted(_MODELS)}")
     return cls.from_bytes(data, where)

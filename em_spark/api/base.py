@@ -11,8 +11,8 @@ import json
 import logging
 import time
 from abc import abstractmethod
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
 from pyspark.ml import Estimator, Model
@@ -32,14 +32,29 @@ from em_spark.models.criteria import information_criteria
 from em_spark.models.gaussian import GaussianFamily
 from em_spark.storage.names import MODEL_FILE
 
-__all__ = ["MODEL_FILE", "EMEstimator", "EMModel", "EMParams", "EMSummary"]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = [
+    "MODEL_FILE",
+    "EMEstimator",
+    "EMModel",
+    "EMParams",
+    "EMSummary",
+    "HasCovariance",
+    "HasSmoothing",
+    "ParamAccessors",
+]
 
 log = logging.getLogger("em_spark")
 
 MODEL_FORMAT = 1
 
 
-def _features(value: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def _features(value: Any) -> str | list[str]:
     if isinstance(value, str):
         return value
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
@@ -47,17 +62,70 @@ def _features(value: Any) -> Any:
     raise TypeError(f"featuresCol must be a column name or a list of numeric column names, got {value!r}")
 
 
-def optional_string(value: Any) -> Any:
+def optional_string(value: Any) -> str | None:
     """A Param converter for an optional column name: None or "" is None."""
     return None if value is None or value == "" else TypeConverters.toString(value)
 
 
-def ml_param(name: str, doc: str, converter=TypeConverters.identity) -> Param:
+@overload
+def ml_param(name: str, doc: str) -> Param[Any]: ...
+@overload
+def ml_param(name: str, doc: str, converter: Callable[[Any], _T]) -> Param[_T]: ...
+def ml_param(name: str, doc: str, converter: Callable[[Any], Any] = TypeConverters.identity) -> Param[Any]:
     """A class-level pyspark.ml Param (shared by every estimator and model module in api/)."""
     return Param(Params._dummy(), name, doc, typeConverter=converter)
 
 
-class EMParams(Params):
+class ParamAccessors(Params):
+    """Base of the params classes: what their declared ``setX(value)`` accessors do."""
+
+    def _set_or_clear(self, name: str, value: Any) -> Self:
+        """Set one param as ``setParams`` does: None clears it (back to its default)."""
+        if value is None:
+            self.clear(self.getParam(name))
+        else:
+            self._set(**{name: value})
+        return self
+
+
+class HasCovariance(ParamAccessors):
+    """Accessors of the Gaussian families' covariance params (each params class declares the Params)."""
+
+    covarianceType: Param[str]
+    regCovar: Param[float]
+
+    def getCovarianceType(self) -> str:
+        """Get the covariance type (or its default)."""
+        return self.getOrDefault(self.covarianceType)
+
+    def setCovarianceType(self, value: str) -> Self:
+        """Set the covariance type."""
+        return self._set_or_clear("covarianceType", value)
+
+    def getRegCovar(self) -> float:
+        """Get the regularization added to every covariance diagonal (or its default)."""
+        return self.getOrDefault(self.regCovar)
+
+    def setRegCovar(self, value: float) -> Self:
+        """Set the regularization added to every covariance diagonal."""
+        return self._set_or_clear("regCovar", value)
+
+
+class HasSmoothing(ParamAccessors):
+    """Accessors of the categorical families' smoothing param (each params class declares the Param)."""
+
+    smoothing: Param[float]
+
+    def getSmoothing(self) -> float:
+        """Get the Dirichlet pseudo-count of the M-step (or its default)."""
+        return self.getOrDefault(self.smoothing)
+
+    def setSmoothing(self, value: float) -> Self:
+        """Set the Dirichlet pseudo-count of the M-step."""
+        return self._set_or_clear("smoothing", value)
+
+
+class EMParams(ParamAccessors):
     """Parameters shared by every EM estimator (names follow pyspark.ml where they overlap)."""
 
     k = ml_param("k", "number of mixture components (> 0)", TypeConverters.toInt)
@@ -93,7 +161,9 @@ class EMParams(Params):
         TypeConverters.toString,
     )
     nInit = ml_param("nInit", "number of restarts; the one with the best log-likelihood is kept", TypeConverters.toInt)
-    initialModel = ml_param("initialModel", "a fitted model or a dict of arrays to start restart 0 from")
+    initialModel: Param[EMModel | Mapping[str, Any] | None] = ml_param(
+        "initialModel", "a fitted model or a dict of arrays to start restart 0 from"
+    )
     checkpointDir = ml_param(
         "checkpointDir", "URI under which each iteration is checkpointed (file://, s3://, ...)", optional_string
     )
@@ -101,12 +171,15 @@ class EMParams(Params):
     keepCheckpoints = ml_param(
         "keepCheckpoints", "checkpoints kept per run (the latest is never deleted)", TypeConverters.toInt
     )
-    numPartitions = ml_param(
+    numPartitions: Param[int | None] = ml_param(
         "numPartitions", "partitions of the cached blocks (default: Spark's default parallelism, one task per core)"
     )
     initSampleSize = ml_param(
         "initSampleSize", "rows sampled (without replacement) for initialization", TypeConverters.toInt
     )
+    #: the keyword arguments of the call, set by pyspark's ``keyword_only`` (as pyspark.ml declares it)
+    _input_kwargs: dict[str, Any]
+
     s3Endpoint = ml_param(
         "s3Endpoint",
         "endpoint URL of an S3-compatible store (MinIO); default: AWS_ENDPOINT_URL or AWS",
@@ -163,26 +236,176 @@ class EMParams(Params):
         """(data, features column(s)) as the engine reads them; sequence models group long format here."""
         return dataset, self.getOrDefault("featuresCol")
 
-    def setParams(self, **kwargs: Any) -> EMParams:
+    def setParams(self, **kwargs: Any) -> Self:
+        """Set params by name (pyspark.ml's setParams); None means "use the default"."""
         self._set_checked(**kwargs)
         return self
 
-    def __getattr__(self, name: str) -> Any:
-        # getK(), setK(3), getMaxIter(), ... for every param, as pyspark.ml offers.
-        for prefix in ("get", "set"):
-            if name.startswith(prefix) and len(name) > 3:
-                param = name[3].lower() + name[4:]
-                if self.hasParam(param):
-                    if prefix == "get":
-                        return lambda: self.getOrDefault(param)
-                    return lambda value: self.setParams(**{param: value})
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    def getK(self) -> int:
+        """Get the number of mixture components (or its default)."""
+        return self.getOrDefault(self.k)
+
+    def setK(self, value: int) -> Self:
+        """Set the number of mixture components."""
+        return self._set_or_clear("k", value)
+
+    def getMaxIter(self) -> int:
+        """Get the maximum EM iterations per restart (or its default)."""
+        return self.getOrDefault(self.maxIter)
+
+    def setMaxIter(self, value: int) -> Self:
+        """Set the maximum EM iterations per restart."""
+        return self._set_or_clear("maxIter", value)
+
+    def getTol(self) -> float:
+        """Get the convergence tolerance on the average log-likelihood per sample (or its default)."""
+        return self.getOrDefault(self.tol)
+
+    def setTol(self, value: float) -> Self:
+        """Set the convergence tolerance on the average log-likelihood per sample."""
+        return self._set_or_clear("tol", value)
+
+    def getSeed(self) -> int:
+        """Get the random seed (or its default)."""
+        return self.getOrDefault(self.seed)
+
+    def setSeed(self, value: int) -> Self:
+        """Set the random seed."""
+        return self._set_or_clear("seed", value)
+
+    def getFeaturesCol(self) -> str | list[str]:
+        """Get the features column, or the list of numeric feature columns (or its default)."""
+        return self.getOrDefault(self.featuresCol)
+
+    def setFeaturesCol(self, value: str | Sequence[str]) -> Self:
+        """Set the features column, or the list of numeric feature columns."""
+        return self._set_or_clear("featuresCol", value)
+
+    def getPredictionCol(self) -> str:
+        """Get the output column of the most likely component (or its default)."""
+        return self.getOrDefault(self.predictionCol)
+
+    def setPredictionCol(self, value: str) -> Self:
+        """Set the output column of the most likely component."""
+        return self._set_or_clear("predictionCol", value)
+
+    def getProbabilityCol(self) -> str:
+        """Get the output column of component probabilities (or its default)."""
+        return self.getOrDefault(self.probabilityCol)
+
+    def setProbabilityCol(self, value: str) -> Self:
+        """Set the output column of component probabilities."""
+        return self._set_or_clear("probabilityCol", value)
+
+    def getLogLikelihoodCol(self) -> str:
+        """Get the output column of the per-row log-likelihood ('' for none) (or its default)."""
+        return self.getOrDefault(self.logLikelihoodCol)
+
+    def setLogLikelihoodCol(self, value: str) -> Self:
+        """Set the output column of the per-row log-likelihood ('' for none)."""
+        return self._set_or_clear("logLikelihoodCol", value)
+
+    def getWeightCol(self) -> str | None:
+        """Get the column of sample weights, if any (or its default)."""
+        return self.getOrDefault(self.weightCol)
+
+    def setWeightCol(self, value: str | None) -> Self:
+        """Set the column of sample weights, if any."""
+        return self._set_or_clear("weightCol", value)
+
+    def getLabelCol(self) -> str | None:
+        """Get the column of known components, if any (or its default)."""
+        return self.getOrDefault(self.labelCol)
+
+    def setLabelCol(self, value: str | None) -> Self:
+        """Set the column of known components, if any."""
+        return self._set_or_clear("labelCol", value)
+
+    def getAggregationDepth(self) -> int:
+        """Get the depth of the tree reduce of statistics (or its default)."""
+        return self.getOrDefault(self.aggregationDepth)
+
+    def setAggregationDepth(self, value: int) -> Self:
+        """Set the depth of the tree reduce of statistics."""
+        return self._set_or_clear("aggregationDepth", value)
+
+    def getInitMode(self) -> str:
+        """Get the initialization mode (or its default)."""
+        return self.getOrDefault(self.initMode)
+
+    def setInitMode(self, value: str) -> Self:
+        """Set the initialization mode."""
+        return self._set_or_clear("initMode", value)
+
+    def getNInit(self) -> int:
+        """Get the number of restarts (or its default)."""
+        return self.getOrDefault(self.nInit)
+
+    def setNInit(self, value: int) -> Self:
+        """Set the number of restarts."""
+        return self._set_or_clear("nInit", value)
+
+    def getInitialModel(self) -> EMModel | Mapping[str, Any] | None:
+        """Get the fitted model or dict of arrays restart 0 starts from (or its default)."""
+        return self.getOrDefault(self.initialModel)
+
+    def setInitialModel(self, value: EMModel | Mapping[str, Any] | None) -> Self:
+        """Set the fitted model or dict of arrays restart 0 starts from."""
+        return self._set_or_clear("initialModel", value)
+
+    def getCheckpointDir(self) -> str | None:
+        """Get the URI under which iterations are checkpointed (or its default)."""
+        return self.getOrDefault(self.checkpointDir)
+
+    def setCheckpointDir(self, value: str | None) -> Self:
+        """Set the URI under which iterations are checkpointed."""
+        return self._set_or_clear("checkpointDir", value)
+
+    def getRunId(self) -> str | None:
+        """Get the name of the run (or its default)."""
+        return self.getOrDefault(self.runId)
+
+    def setRunId(self, value: str | None) -> Self:
+        """Set the name of the run."""
+        return self._set_or_clear("runId", value)
+
+    def getKeepCheckpoints(self) -> int:
+        """Get the number of checkpoints kept per run (or its default)."""
+        return self.getOrDefault(self.keepCheckpoints)
+
+    def setKeepCheckpoints(self, value: int) -> Self:
+        """Set the number of checkpoints kept per run."""
+        return self._set_or_clear("keepCheckpoints", value)
+
+    def getNumPartitions(self) -> int | None:
+        """Get the number of partitions of the cached blocks (or its default)."""
+        return self.getOrDefault(self.numPartitions)
+
+    def setNumPartitions(self, value: int | None) -> Self:
+        """Set the number of partitions of the cached blocks."""
+        return self._set_or_clear("numPartitions", value)
+
+    def getInitSampleSize(self) -> int:
+        """Get the number of rows sampled for initialization (or its default)."""
+        return self.getOrDefault(self.initSampleSize)
+
+    def setInitSampleSize(self, value: int) -> Self:
+        """Set the number of rows sampled for initialization."""
+        return self._set_or_clear("initSampleSize", value)
+
+    def getS3Endpoint(self) -> str | None:
+        """Get the endpoint URL of an S3-compatible store (or its default)."""
+        return self.getOrDefault(self.s3Endpoint)
+
+    def setS3Endpoint(self, value: str | None) -> Self:
+        """Set the endpoint URL of an S3-compatible store."""
+        return self._set_or_clear("s3Endpoint", value)
 
 
 class EMSummary:
     """Training summary, with pyspark.ml's names where they exist."""
 
-    def __init__(self, model: EMModel, result: FitResult, training: DataFrame | None):
+    def __init__(self, model: EMModel, result: FitResult, training: DataFrame | None) -> None:
         self._model = model
         self._training = training
         self.k = model.getOrDefault("k")
@@ -211,7 +434,7 @@ class EMSummary:
     def clusterSizes(self) -> list[int]:
         """Rows assigned to each component (one Spark job)."""
         col = self._model.getOrDefault("predictionCol")
-        counts = dict(self.predictions.groupBy(col).count().collect())
+        counts: dict[int, int] = dict(self.predictions.groupBy(col).count().collect())
         return [int(counts.get(i, 0)) for i in range(self.k)]
 
     def as_dict(self) -> dict[str, Any]:
@@ -364,7 +587,7 @@ class EMModel(Model, EMParams):
         "seed",
     )
 
-    def __init__(self, family: EMFamily, params: ParamArrays, n_features: int):
+    def __init__(self, family: EMFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__()
         self._family = family
         # Not "_params": pyspark's Params caches its Param list under that name.
@@ -457,6 +680,7 @@ class EMModel(Model, EMParams):
             F.sum(w * steps).alias("n"),
             F.sum(F.when(F.col("__em_ll").isNull(), 1).otherwise(0)).alias("bad"),
         ).first()
+        assert row is not None  # an aggregate has one row
         if row["bad"]:
             what = "sequence(s)" if self._family.sequential else "row(s)"
             raise DataValidationError(

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 
-from em_spark.api.base import EMEstimator, EMModel, ml_param
+from em_spark.api.base import EMEstimator, EMModel, HasSmoothing, ml_param
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import CategoricalMixtureFamily
 from em_spark.models.base import DEFAULT_K
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["CategoricalMixture", "CategoricalMixtureModel"]
 
 
-def _categories(value):
+def _categories(value: Any) -> list[int] | None:
     if value is None:
         return None
     if isinstance(value, int):
@@ -23,7 +29,7 @@ def _categories(value):
     return [TypeConverters.toInt(v) for v in value]
 
 
-class _CategoricalParams:
+class _CategoricalParams(HasSmoothing):
     kind = ml_param(
         "kind",
         "'categorical' (each column a categorical code 0..c-1) or 'multinomial' (each row a count vector)",
@@ -36,6 +42,22 @@ class _CategoricalParams:
         "nCategories", "categories per feature (default: inferred from the sample as max + 1)", _categories
     )
 
+    def getKind(self) -> str:
+        """Get the kind of data ('categorical' or 'multinomial') (or its default)."""
+        return self.getOrDefault(self.kind)
+
+    def setKind(self, value: str) -> Self:
+        """Set the kind of data ('categorical' or 'multinomial')."""
+        return self._set_or_clear("kind", value)
+
+    def getNCategories(self) -> list[int] | None:
+        """Get the number of categories per feature (or its default)."""
+        return self.getOrDefault(self.nCategories)
+
+    def setNCategories(self, value: int | Sequence[int] | None) -> Self:
+        """Set the number of categories per feature."""
+        return self._set_or_clear("nCategories", value)
+
 
 class CategoricalMixtureModel(EMModel, _CategoricalParams):
     """A fitted categorical or count mixture.
@@ -46,6 +68,8 @@ class CategoricalMixtureModel(EMModel, _CategoricalParams):
     probs : ndarray of shape (k, total categories), the features' category probabilities side by side
     featureProbs : list of (k, c_f) arrays, one per feature
     """
+
+    _family: CategoricalMixtureFamily
 
     @property
     def weights(self) -> np.ndarray:
@@ -77,14 +101,14 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         k: int = DEFAULT_K,
         kind: str = CategoricalMixtureFamily.kind,
         smoothing: float = CategoricalMixtureFamily.smoothing,
-        nCategories=None,
+        nCategories: int | Sequence[int] | None = None,
         maxIter: int = FitSettings.max_iter,
         tol: float = FitSettings.tol,
         seed: int = FitSettings.seed,
         initMode: str = CategoricalMixtureFamily.init_mode,
         nInit: int = FitSettings.n_init,
-        initialModel=None,
-        featuresCol="features",
+        initialModel: EMModel | Mapping[str, Any] | None = None,
+        featuresCol: str | Sequence[str] = "features",
         predictionCol: str = "prediction",
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
@@ -97,7 +121,7 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self._setDefault(
             kind=CategoricalMixtureFamily.kind,

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
-from em_spark.api.base import EMEstimator, EMModel, ml_param
+from em_spark.api.base import EMEstimator, EMModel, HasCovariance, ml_param
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import GaussianFamily
 from em_spark.models.base import DEFAULT_K
+from em_spark.models.base import Params as ParamArrays
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["GaussianMixture", "GaussianMixtureModel"]
 
 
-class _GaussianParams:
+class _GaussianParams(HasCovariance):
     covarianceType = ml_param("covarianceType", "'full', 'diag', 'spherical' or 'tied'", TypeConverters.toString)
     regCovar = ml_param(
         "regCovar",
@@ -28,6 +35,14 @@ class _GaussianParams:
         "'error': refuse null/NaN features; 'model': fit them exactly as missing values (conditional-Gaussian E-step)",
         TypeConverters.toString,
     )
+
+    def getHandleMissing(self) -> str:
+        """Get how missing features are handled ('error' or 'model') (or its default)."""
+        return self.getOrDefault(self.handleMissing)
+
+    def setHandleMissing(self, value: str) -> Self:
+        """Set how missing features are handled ('error' or 'model')."""
+        return self._set_or_clear("handleMissing", value)
 
 
 #: the Gaussian params' defaults: the family's
@@ -49,7 +64,9 @@ class GaussianMixtureModel(EMModel, _GaussianParams):
         tied (d, d), diag (k, d), spherical (k,)
     """
 
-    def __init__(self, family: GaussianFamily, params, n_features: int):
+    _family: GaussianFamily
+
+    def __init__(self, family: GaussianFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__(family, params, n_features)
         self._setDefault(**_GAUSSIAN_DEFAULTS)
         self._set(covarianceType=family.covariance_type, regCovar=family.reg_covar, handleMissing=family.handle_missing)
@@ -143,8 +160,8 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         handleMissing: str = GaussianFamily.handle_missing,
         initMode: str = GaussianFamily.init_mode,
         nInit: int = FitSettings.n_init,
-        initialModel=None,
-        featuresCol="features",
+        initialModel: EMModel | Mapping[str, Any] | None = None,
+        featuresCol: str | Sequence[str] = "features",
         predictionCol: str = "prediction",
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
@@ -157,7 +174,7 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self._setDefault(**_GAUSSIAN_DEFAULTS)
         self._set_checked(**self._input_kwargs)

@@ -8,19 +8,32 @@ the estimator groups the steps of each sequence (ordered by time) into one row f
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
-from em_spark.api.base import EMEstimator, EMModel, ml_param, optional_string
+from em_spark.api.base import (
+    EMEstimator,
+    EMModel,
+    HasCovariance,
+    HasSmoothing,
+    ParamAccessors,
+    ml_param,
+    optional_string,
+)
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.engine.spark_source import group_sequences
 from em_spark.models import CategoricalHMMFamily, GaussianHMMFamily
 from em_spark.models.base import DEFAULT_K
+from em_spark.models.base import Params as ParamArrays
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["SEQUENCE_COL", "CategoricalHMM", "CategoricalHMMModel", "GaussianHMM", "GaussianHMMModel"]
 
@@ -28,17 +41,33 @@ __all__ = ["SEQUENCE_COL", "CategoricalHMM", "CategoricalHMMModel", "GaussianHMM
 SEQUENCE_COL = "sequence"
 
 
-def _optional_int(value: Any) -> Any:
+def _optional_int(value: Any) -> int | None:
     return None if value is None else TypeConverters.toInt(value)
 
 
-class _SequenceParams:
+class _SequenceParams(ParamAccessors):
     sequenceCol = ml_param(
         "sequenceCol", "long format: the column identifying each sequence (with timeCol)", optional_string
     )
     timeCol = ml_param(
         "timeCol", "long format: the column ordering the steps of a sequence (with sequenceCol)", optional_string
     )
+
+    def getSequenceCol(self) -> str | None:
+        """Get the long-format sequence id column (or its default)."""
+        return self.getOrDefault(self.sequenceCol)
+
+    def setSequenceCol(self, value: str | None) -> Self:
+        """Set the long-format sequence id column."""
+        return self._set_or_clear("sequenceCol", value)
+
+    def getTimeCol(self) -> str | None:
+        """Get the long-format time column (or its default)."""
+        return self.getOrDefault(self.timeCol)
+
+    def setTimeCol(self, value: str | None) -> Self:
+        """Set the long-format time column."""
+        return self._set_or_clear("timeCol", value)
 
     def _input(self, dataset: DataFrame) -> tuple[DataFrame, Any]:
         """One sequence per row as given, or long format grouped by sequenceCol, ordered by timeCol.
@@ -60,18 +89,26 @@ class _SequenceParams:
         return group_sequences(dataset, sequence_col, time_col, features, SEQUENCE_COL), SEQUENCE_COL
 
 
-class _GaussianHMMParams(_SequenceParams):
+class _GaussianHMMParams(_SequenceParams, HasCovariance):
     covarianceType = ml_param("covarianceType", "'full' or 'diag'", TypeConverters.toString)
     regCovar = ml_param("regCovar", "added to every covariance diagonal in the M-step", TypeConverters.toFloat)
 
 
-class _CategoricalHMMParams(_SequenceParams):
+class _CategoricalHMMParams(_SequenceParams, HasSmoothing):
     nCategories = ml_param(
         "nCategories", "number of symbols (default: inferred from the sample as max + 1)", _optional_int
     )
     smoothing = ml_param(
         "smoothing", "Dirichlet pseudo-count added to every emission count in the M-step", TypeConverters.toFloat
     )
+
+    def getNCategories(self) -> int | None:
+        """Get the number of symbols (or its default)."""
+        return self.getOrDefault(self.nCategories)
+
+    def setNCategories(self, value: int | None) -> Self:
+        """Set the number of symbols."""
+        return self._set_or_clear("nCategories", value)
 
 
 #: the HMM params' defaults: the families' (no long format unless asked)
@@ -118,7 +155,7 @@ class GaussianHMMModel(_GaussianHMMParams, _HMMModel):
     covariances : (k, d, d) for full, (k, d) for diag (as hmmlearn's ``covars_`` for diag, not expanded)
     """
 
-    def __init__(self, family: GaussianHMMFamily, params, n_features: int):
+    def __init__(self, family: GaussianHMMFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__(family, params, n_features)
         self._setDefault(**_GAUSSIAN_HMM_DEFAULTS)
         self._set(covarianceType=family.covariance_type, regCovar=family.reg_covar)
@@ -135,7 +172,7 @@ class GaussianHMMModel(_GaussianHMMParams, _HMMModel):
 class CategoricalHMMModel(_CategoricalHMMParams, _HMMModel):
     """A fitted categorical HMM. Attributes: startProb (k,), transMat (k, k), emissionProb (k, n_categories)."""
 
-    def __init__(self, family: CategoricalHMMFamily, params, n_features: int):
+    def __init__(self, family: CategoricalHMMFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__(family, params, n_features)
         self._setDefault(**_CATEGORICAL_HMM_DEFAULTS)
         self._set(smoothing=family.smoothing)
@@ -171,8 +208,8 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
         regCovar: float = GaussianHMMFamily.reg_covar,
         initMode: str = GaussianHMMFamily.init_mode,
         nInit: int = FitSettings.n_init,
-        initialModel=None,
-        featuresCol="features",
+        initialModel: EMModel | Mapping[str, Any] | None = None,
+        featuresCol: str | Sequence[str] = "features",
         sequenceCol: str | None = None,
         timeCol: str | None = None,
         predictionCol: str = "prediction",
@@ -186,7 +223,7 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self._setDefault(**_GAUSSIAN_HMM_DEFAULTS)
         self._set_checked(**self._input_kwargs)
@@ -221,8 +258,8 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
         tol: float = FitSettings.tol,
         seed: int = FitSettings.seed,
         nInit: int = FitSettings.n_init,
-        initialModel=None,
-        featuresCol="features",
+        initialModel: EMModel | Mapping[str, Any] | None = None,
+        featuresCol: str | Sequence[str] = "features",
         sequenceCol: str | None = None,
         timeCol: str | None = None,
         predictionCol: str = "prediction",
@@ -236,7 +273,7 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self._setDefault(**_CATEGORICAL_HMM_DEFAULTS)
         self._set_checked(**self._input_kwargs)

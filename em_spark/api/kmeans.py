@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 from pyspark import keyword_only
 
@@ -50,8 +53,8 @@ class KMeans(EMEstimator):
         seed: int = FitSettings.seed,
         initMode: str = KMeansFamily.init_mode,
         nInit: int = FitSettings.n_init,
-        initialModel=None,
-        featuresCol="features",
+        initialModel: EMModel | Mapping[str, Any] | None = None,
+        featuresCol: str | Sequence[str] = "features",
         predictionCol: str = "prediction",
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
@@ -63,7 +66,7 @@ class KMeans(EMEstimator):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self._setDefault(maxIter=MAX_ITER, tol=TOL)
         self._set_checked(**self._input_kwargs)

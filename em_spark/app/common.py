@@ -10,9 +10,16 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from em_spark.app.config import ConfigError, JobConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pyspark.sql import DataFrame, SparkSession
+
+    from em_spark.api import EMEstimator
 
 __all__ = [
     "JsonFormatter",
@@ -38,8 +45,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if getattr(record, "run_id", None):
-            entry["run_id"] = record.run_id
+        if run_id := getattr(record, "run_id", None):
+            entry["run_id"] = run_id
         event = getattr(record, "em_event", None)  # a per-iteration line's fields, e.g. avgLogLik
         if isinstance(event, dict):
             from em_spark.app.metrics import json_safe
@@ -66,6 +73,12 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
         logging.getLogger("py4j").setLevel(logging.INFO)
 
 
+@overload
+def resolve_local(uri: str) -> str: ...
+@overload
+def resolve_local(uri: None) -> None: ...
+@overload
+def resolve_local(uri: str | None) -> str | None: ...
 def resolve_local(uri: str | None) -> str | None:
     """Relative local paths become absolute file:// URIs (Spark and pyarrow then agree).
 
@@ -79,13 +92,13 @@ def resolve_local(uri: str | None) -> str | None:
     return file_uri(uri)
 
 
-def spark_session(config: JobConfig):
+def spark_session(config: JobConfig) -> SparkSession:
     from em_spark.engine.session import get_session
 
     return get_session(config.spark.appName, config.spark.master, config.spark.conf, remote=config.spark.remote)
 
 
-def read_input(spark: Any, config: JobConfig):
+def read_input(spark: Any, config: JobConfig) -> DataFrame:
     """The input DataFrame; writes the demo data set first when ``input.generate`` asks for it."""
     section = config.input
     if not section.path:
@@ -161,7 +174,7 @@ _FAMILY_KEYS = ("covarianceType", "regCovar", "initMode", "handleMissing", "kind
 _INPUT_KEYS = ("labelCol", "sequenceCol", "timeCol")
 
 
-def estimator_from_config(config: JobConfig, initial_model: Any):
+def estimator_from_config(config: JobConfig, initial_model: Any) -> EMEstimator:
     """The configured family's estimator. A family-specific key left at its default gives way to
     the family's own default; set to anything else on a family without it, it is an error."""
     from em_spark.api import ESTIMATORS
@@ -170,7 +183,8 @@ def estimator_from_config(config: JobConfig, initial_model: Any):
     family = config.model.family
     if family not in ESTIMATORS:
         raise ConfigError(f"config key 'model.family' is {family!r}; available: {sorted(ESTIMATORS)}")
-    estimator = ESTIMATORS[family](
+    estimator_class: Callable[..., EMEstimator] = ESTIMATORS[family]  # (each takes its params by keyword)
+    estimator = estimator_class(
         k=config.model.k,
         initialModel=initial_model,
         maxIter=config.fit.maxIter,

@@ -13,10 +13,11 @@ import difflib
 import functools
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, cast, get_type_hints
 
 import yaml
 
@@ -251,7 +252,13 @@ def _text(value: Any) -> str:
     return getattr(value, "text", None) or str(value)
 
 
-class _Strict:
+if TYPE_CHECKING:  # a mixin over SafeLoader or CSafeLoader: type-checked as the first
+    _LoaderBase = yaml.SafeLoader
+else:
+    _LoaderBase = object
+
+
+class _Strict(_LoaderBase):
     """PyYAML's SafeLoader, stricter where it would silently do the wrong thing.
 
     A key given twice in one mapping is an error naming the key and both lines (SafeLoader
@@ -301,11 +308,12 @@ class _Strict:
         return value
 
 
-def _strict_loader(base: type) -> type:
-    loader = type(f"_Strict{base.__name__}", (_Strict, base), {})
+def _strict_loader(base: type) -> type[_Strict]:
+    loader = cast("type[_Strict]", type(f"_Strict{base.__name__}", (_Strict, base), {}))
     loader.add_constructor("tag:yaml.org,2002:int", _Strict.construct_yaml_int)
     loader.add_constructor("tag:yaml.org,2002:float", _Strict.construct_yaml_float)
-    loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+    # types-PyYAML binds the constructor's self to the loader class; SafeLoader's own method fits it at runtime
+    loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)  # type: ignore[type-var]
     return loader
 
 
@@ -369,7 +377,7 @@ def _load_yaml(text: str, where: str, root: str = "", loader_class: type | None 
 def _section_type(hint: Any) -> type | None:
     """The dataclass a field holds (``GenerateSection | None`` counts), else None."""
     if dataclasses.is_dataclass(hint):
-        return hint
+        return cast(type, hint)  # (a hint: the class, not an instance)
     for section in (GenerateSection,):
         if section.__name__ in str(hint):
             return section
@@ -533,7 +541,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
 
     Every problem, however deep, is raised as one :class:`ConfigError` naming the key."""
     if path is None:
-        text = resources.files("em_spark").joinpath("conf", DEFAULT_CONFIG).read_text()
+        text = resources.files("em_spark").joinpath("conf").joinpath(DEFAULT_CONFIG).read_text()
         source = f"embedded {DEFAULT_CONFIG}"
     else:
         p = Path(path)
@@ -590,9 +598,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
 }
 
 
-def _leaves(section: Any, prefix: str = ""):
+def _leaves(section: object, prefix: str = "") -> Iterator[tuple[str, Any, bool]]:
     """(dotted key, value, may be null) of every key of every section, walking the dataclasses."""
-    for name, hint in _field_hints(type(section)).items():
+    kind: type = type(section)
+    for name, hint in _field_hints(kind).items():
         value, key = getattr(section, name), f"{prefix}.{name}" if prefix else name
         if dataclasses.is_dataclass(value):
             yield from _leaves(value, key)

@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 __all__ = ["make_blobs", "make_hmm_sequences", "write_blobs", "write_sequences"]
 
 
-def make_blobs(rows: int, features: int, components: int, separation: float = 6.0, seed: int = 42):
+def make_blobs(
+    rows: int, features: int, components: int, separation: float = 6.0, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Rows from a mixture of ``components`` Gaussians with random covariances.
 
     Returns
@@ -20,11 +22,11 @@ def make_blobs(rows: int, features: int, components: int, separation: float = 6.
     rng = np.random.default_rng(seed)
     weights = rng.dirichlet(np.full(components, 5.0))
     means = rng.normal(scale=separation, size=(components, features))
-    covariances = []
+    matrices = []
     for _ in range(components):
         A = rng.normal(size=(features, features)) / np.sqrt(features)
-        covariances.append(A @ A.T + 0.5 * np.eye(features))
-    covariances = np.array(covariances)
+        matrices.append(A @ A.T + 0.5 * np.eye(features))
+    covariances = np.array(matrices)
     labels = rng.choice(components, size=rows, p=weights)
     chol = np.linalg.cholesky(covariances)
     z = rng.standard_normal((rows, features))
@@ -52,7 +54,9 @@ def write_blobs(
     _write(uri, pa.table({**columns, "component": labels.astype(np.int32)}), s3_endpoint)
 
 
-def make_hmm_sequences(sequences: int, steps: int, features: int, states: int, separation: float = 4.0, seed: int = 42):
+def make_hmm_sequences(
+    sequences: int, steps: int, features: int, states: int, separation: float = 4.0, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Sequences of ``steps`` observations from a Gaussian HMM with sticky transitions.
 
     Returns

@@ -13,12 +13,18 @@ import datetime
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from em_spark.app.common import estimator_from_config, read_input, require_input, resolve_local, spark_session
 from em_spark.app.config import ConfigError, JobConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from em_spark.api import EMModel
+    from em_spark.storage.registry import ModelRegistry
 
 __all__ = ["holdout_mask", "match_components", "run_nightly"]
 
@@ -97,11 +103,11 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     report_uri = join(registry_uri, name, "runs", run_id, REPORT_FILE)
     fs, report_path = resolve(report_uri, s3_endpoint=endpoint)
     if exists(fs, report_path):
-        report = _read_report(fs, report_path, report_uri)
+        done: dict[str, Any] = _read_report(fs, report_path, report_uri)
         log.info(
-            "nightly %s: the night %s is already done (%s); report at %s", name, date, report["decision"], report_uri
+            "nightly %s: the night %s is already done (%s); report at %s", name, date, done["decision"], report_uri
         )
-        return {**report, "alreadyDone": True}
+        return {**done, "alreadyDone": True}
 
     template = config.nightly.inputPath or config.input.path
     if not template:
@@ -129,7 +135,7 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     # Drift: how much worse the production model explains tonight's data than the
     # holdout it was accepted on. Positive = the world moved away from the model.
     drift = None
-    if production is not None:
+    if production is not None and production_version is not None:  # (one is set when the other is)
         t = time.perf_counter()
         baseline = registry.get(name, production_version).metrics.get("holdoutAvgLogLik")
         current = _avg_loglik(production, data)
@@ -144,7 +150,7 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     reasons = []
     if config.nightly.force:
         reasons.append("forced")
-    if production is None:
+    if production is None or drift is None:  # (drift is measured whenever there is a production model)
         reasons.append("no production model yet")
     elif drift["drop"] is None:
         reasons.append("production has no recorded holdout baseline")
@@ -162,6 +168,7 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
         "packageVersion": __version__,
     }
     if not reasons:
+        assert drift is not None  # (no reason to retrain: production was measured)
         report.update(
             decision="kept",
             reason=f"drift {drift['drop']:.4f} nats/row is within the threshold {config.nightly.driftThreshold}; no retrain",
@@ -203,7 +210,17 @@ def _registered_model(config: JobConfig, registry: Any, name: str, version: int)
     return model
 
 
-def _retrain(config, registry, name, run_id, production, production_version, train, holdout, timings) -> dict:
+def _retrain(
+    config: JobConfig,
+    registry: ModelRegistry,
+    name: str,
+    run_id: str,
+    production: EMModel | None,
+    production_version: int | None,
+    train: DataFrame,
+    holdout: DataFrame,
+    timings: dict[str, float],
+) -> dict:
     existing = registry.find_by_run_id(name, run_id)
     t = time.perf_counter()
     if existing is not None:
@@ -254,7 +271,7 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
             ]
         t = time.perf_counter()
         on_train = model.criteria(train)
-        metrics = {
+        model_metrics = {
             "trainAvgLogLik": on_train["avgLogLik"],
             "holdoutAvgLogLik": _avg_loglik(model, holdout),
             "bic": on_train["bic"],
@@ -269,7 +286,7 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
             seed=config.fit.seed,
             data_fingerprint=model.summary.dataFingerprint,
             run_id=run_id,
-            metrics=metrics,
+            metrics=model_metrics,
             extra={"componentMapping": mapping, "warmStartFrom": production_version},
         )
         timings["evaluate+register"] = time.perf_counter() - t
@@ -312,6 +329,7 @@ def _retrain(config, registry, name, run_id, production, production_version, tra
 def _join_registry(config: JobConfig, *names: str) -> str:
     from em_spark.storage import join
 
+    assert config.registry.uri is not None  # (the nightly job requires it)
     return join(resolve_local(config.registry.uri), *names)
 
 

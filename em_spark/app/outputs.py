@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from em_spark.app.config import ConfigError
+
+if TYPE_CHECKING:
+    from em_spark.storage.outputs import StagedOutput
 
 __all__ = ["check_feature_count", "prepare_output", "refuse_overlap", "save_mode", "write_staged"]
 
@@ -83,7 +86,7 @@ def check_feature_count(
     )
 
 
-def prepare_output(output: str, mode: str, mode_key: str, s3_endpoint: str | None):
+def prepare_output(output: str, mode: str, mode_key: str, s3_endpoint: str | None) -> StagedOutput:
     """The staged output for ``output``, after finishing what a killed run left there; an
     existing output with ``errorifexists`` is refused here, before any work."""
     from em_spark.storage.fs import redact_uri

@@ -103,7 +103,7 @@ def _list_models(registry: ModelRegistry) -> str:
     if not names:
         return f"no models in {redact_uri(registry.root_uri)}"
     rows = []
-    notes = []
+    notes: list[str] = []
     for name in names:
         complete = registry.versions(name)
         production, damaged = _production(registry, name)
@@ -142,9 +142,9 @@ def _list_versions(registry: ModelRegistry, name: str, incomplete: bool) -> str:
         lines.append(f"(* = {DEFAULT_ALIAS})" if production is not None else f"({DEFAULT_ALIAS} is not set)")
     lines.extend(_alias_problems(registry, name).values())
     if incomplete:
-        for v in registry.incomplete_versions(name):
+        for iv in registry.incomplete_versions(name):
             lines.append(
-                f"incomplete version {v.version} (run {v.run_id or '?'}, claimed {v.claimed_at or '?'}): {v.reason}"
+                f"incomplete version {iv.version} (run {iv.run_id or '?'}, claimed {iv.claimed_at or '?'}): {iv.reason}"
             )
     return "\n".join(lines)
 

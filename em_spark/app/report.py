@@ -321,7 +321,7 @@ def render(
         notes.append(
             "no per-iteration weights (a saved model keeps only the final ones; the run's metrics.json has them)"
         )
-    if scatter:
+    if scatter and points is not None:  # (scatter is set only with points)
         colors = "each row's most likely component" if lengths is None else "each step's state on its Viterbi path"
         notes.append(f"scatter: {_plot_scatter(axes[2], model, points, lengths)}; colors are {colors}")
     fig.suptitle(_title(metrics))
@@ -469,11 +469,12 @@ def run_report(
     if "://" not in source and not Path(source).exists() and _is_name(source):
         from em_spark.app.metrics import metrics_uri
 
-        uri = metrics_uri(source, resolve_local(config.run.checkpointDir), resolve_local(config.run.metricsPath))
-        if uri is None:
+        found = metrics_uri(source, resolve_local(config.run.checkpointDir), resolve_local(config.run.metricsPath))
+        if found is None:
             raise ConfigError(
                 f"{source!r} is not a path; to find run {source!r} set run.checkpointDir or run.metricsPath"
             )
+        uri = found
     try:
         report, png, page = build_report(
             uri,

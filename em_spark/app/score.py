@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from em_spark.app import outputs
 from em_spark.app.common import model_exists, read_input, resolve_local, spark_session
 from em_spark.app.config import ConfigError, JobConfig
+
+if TYPE_CHECKING:
+    from em_spark.api import EMModel
 
 __all__ = ["run_impute", "run_score"]
 
@@ -38,7 +41,9 @@ def _kept_columns(df: Any, keep: list[str] | None, key: str) -> list[str]:
     return keep
 
 
-def _scoring_model(config: JobConfig, model_path: str | None = None, key: str = "score.modelPath"):
+def _scoring_model(
+    config: JobConfig, model_path: str | None = None, key: str = "score.modelPath"
+) -> tuple[EMModel, str]:
     from em_spark.api import load_model, model_from_bytes
 
     if config.score.registryModel:
@@ -110,6 +115,7 @@ def run_score(config: JobConfig) -> dict[str, Any]:
     keep = _kept_columns(df, config.score.keepColumns, "score.keepColumns")
     partition_by = config.score.partitionBy
     if partition_by is None:
+        assert config.input.path is not None  # (read_input requires it)
         partition_by = _input_partition_columns(df, resolve_local(config.input.path))
     unknown = [c for c in partition_by if c not in keep]
     if unknown:
@@ -214,6 +220,9 @@ def run_impute(config: JobConfig) -> dict[str, Any]:
     model, model_name = _scoring_model(config, config.impute.modelPath, "impute.modelPath")
     if not model.family.supports_impute:
         raise ConfigError(f"{model_name} is a {type(model).__name__}; imputation needs a GaussianMixture model")
+    from em_spark.api import GaussianMixtureModel
+
+    assert isinstance(model, GaussianMixtureModel)  # (the one model whose family imputes)
     if not isinstance(config.input.features, str):
         outputs.check_feature_count(model.numFeatures, [len(config.input.features)], config.input.features, model_name)
     staged = outputs.prepare_output(output, mode, "impute.mode", config.storage.s3Endpoint)

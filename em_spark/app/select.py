@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from em_spark.app.common import estimator_from_config, read_input, resolve_local, spark_session
 from em_spark.app.config import ConfigError, JobConfig
+
+if TYPE_CHECKING:
+    from em_spark.models.base import EMFamily
 
 __all__ = ["run_select"]
 
@@ -19,7 +22,7 @@ def run_select(config: JobConfig) -> dict[str, Any]:
     base = estimator_from_config(config, None)
     covariance_types = config.select.covarianceTypes if base.hasParam("covarianceType") else [None]
 
-    def make_family(k: int, covariance_type: str | None):
+    def make_family(k: int, covariance_type: str | None) -> EMFamily:
         candidate = base.copy().setParams(k=k, **({"covarianceType": covariance_type} if covariance_type else {}))
         return candidate.family()
 

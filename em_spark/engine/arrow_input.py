@@ -62,7 +62,9 @@ def block_from_arrow(batch: pa.RecordBatch | pa.Table, spec: InputSpec = InputSp
     return block, problems, d
 
 
-def _vectors(x: pa.Array, expected_features: int | None, allow_missing: bool):
+def _vectors(
+    x: pa.Array, expected_features: int | None, allow_missing: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """The rows of a list<double> array as an (n_good, d) matrix, and why the others failed.
 
     Returns (X of the good rows, good, null_row, ragged_row, nonfinite_row, d), masks of shape (n,).
@@ -108,14 +110,14 @@ def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
-def _weights(batch, n: int) -> tuple[np.ndarray | None, np.ndarray]:
+def _weights(batch: pa.RecordBatch | pa.Table, n: int) -> tuple[np.ndarray | None, np.ndarray]:
     if WEIGHT_FIELD not in batch.schema.names:
         return None, np.zeros(n, bool)
     w = _column(batch, WEIGHT_FIELD).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)  # null -> NaN
     return w, ~(np.isfinite(w) & (w >= 0))
 
 
-def _labels(batch, n: int, k: int | None) -> tuple[np.ndarray | None, np.ndarray]:
+def _labels(batch: pa.RecordBatch | pa.Table, n: int, k: int | None) -> tuple[np.ndarray | None, np.ndarray]:
     if LABEL_FIELD not in batch.schema.names:
         return None, np.zeros(n, bool)
     y = _column(batch, LABEL_FIELD).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
@@ -159,7 +161,9 @@ def convert_arrow(
     return block, good, problems, d
 
 
-def _convert_sequences(batch, expected_features: int | None, spec: InputSpec):
+def _convert_sequences(
+    batch: pa.RecordBatch | pa.Table, expected_features: int | None, spec: InputSpec
+) -> tuple[Block, np.ndarray, RowProblems, int]:
     """One sequence per row: list<list<double>> (vectors) or list<double> (one number per step).
 
     A sequence with any bad observation is dropped whole (a sequence is never split); the

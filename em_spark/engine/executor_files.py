@@ -72,7 +72,8 @@ def write_partition(directory: str, index: int, blocks: list[Block]) -> LocalPar
         block_rows=tuple(b.n_rows for b in blocks),
         has_weight=has_weight,
         token=token,
-        block_sequences=tuple(b.lengths.size for b in blocks) if sequences else None,
+        # (the blocks of a partition of sequences all have lengths)
+        block_sequences=tuple(b.lengths.size for b in blocks if b.lengths is not None) if sequences else None,
         has_labels=has_labels,
     )
     stem = handle.stem
@@ -131,13 +132,17 @@ def read_partition(handle: LocalPartition) -> list[Block] | None:
         X.shape != (handle.rows, handle.n_features)
         or (W is not None and W.shape != (handle.rows,))
         or (Y is not None and Y.shape != (handle.rows,))
-        or (L is not None and (L.shape != (sum(handle.block_sequences),) or int(L.sum()) != handle.rows))
+        or (
+            L is not None
+            and handle.block_sequences is not None  # (L is read exactly when there are sequences)
+            and (L.shape != (sum(handle.block_sequences),) or int(L.sum()) != handle.rows)
+        )
     ):
         return None
     blocks, start, seq_start = [], 0, 0
     for i, n in enumerate(handle.block_rows):
         lengths = None
-        if L is not None:
+        if L is not None and handle.block_sequences is not None:
             n_seq = handle.block_sequences[i]
             lengths = L[seq_start : seq_start + n_seq]
             seq_start += n_seq

@@ -139,6 +139,7 @@ def run_lock(settings: FitSettings) -> Any:
     """The lease of ``settings.run_id`` under ``settings.checkpoint_dir``, not yet taken (a context manager)."""
     from em_spark.storage import RunLock
 
+    assert settings.checkpoint_dir is not None and settings.run_id is not None  # (callers check both)
     return RunLock(
         settings.checkpoint_dir,
         settings.run_id,
@@ -336,6 +337,7 @@ class _Fit:
     def result(self, state: FitState) -> FitResult:
         """The best restart of a done state."""
         best = state.best
+        assert best is not None  # a done state has one
         return FitResult(
             params=best.params,
             history=best.history,

@@ -26,8 +26,8 @@ def fan_in_for(num_partitions: int, depth: int) -> int:
     return max(2, math.ceil(num_partitions ** (1.0 / depth)))
 
 
-def _add_in_order(pairs: Iterable[tuple[int, T]], add: Callable[[T, T], T]) -> T:
-    total = None
+def _add_in_order(pairs: Iterable[tuple[int, T]], add: Callable[[T, T], T]) -> T | None:
+    total: T | None = None
     for _, value in sorted(pairs, key=lambda p: p[0]):
         total = value if total is None else add(total, value)
     return total

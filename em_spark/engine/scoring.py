@@ -13,6 +13,7 @@ sequence's log-likelihood.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,7 @@ from pyspark.sql import functions as F
 
 from em_spark.engine.arrow_input import FEATURES_FIELD, InputSpec, convert_arrow
 from em_spark.engine.spark_source import input_array
-from em_spark.models.base import Block, EMFamily, Params
+from em_spark.models.base import Block, EMFamily, ImputingFamily, Params
 
 __all__ = ["impute_frame", "sample_feature_counts", "score_frame"]
 
@@ -90,12 +91,12 @@ def _arrow_udf(
     n_features: int,
     return_type: str,
     batch_fn: Callable[..., pa.Array],
-):
+) -> Callable[..., Column]:
     from pyspark.sql.functions import arrow_udf
 
     params_bc = df.sparkSession.sparkContext.broadcast(params)
 
-    @arrow_udf(return_type)
+    @arrow_udf(return_type)  # type: ignore[call-overload]  # the stubs want functionType; 4.1+ reads the hints
     def apply(x: pa.Array) -> pa.Array:
         from threadpoolctl import threadpool_limits
 
@@ -144,7 +145,7 @@ def sample_feature_counts(df: DataFrame, features: str | Sequence[str], sequenti
     input_array(df, features, sequential)  # validates the column, with the usual messages
     dtype = df.schema[features].dataType
     if sequential:
-        element = dtype.elementType
+        element = cast(T.ArrayType, dtype).elementType  # (input_array checked it is an array)
         if not isinstance(element, (T.ArrayType, VectorUDT)):
             return [1]  # one number per step
         array = _null_safe_vectors(df, features, True)
@@ -158,7 +159,9 @@ def sample_feature_counts(df: DataFrame, features: str | Sequence[str], sequenti
             attrs = df.schema[features].metadata.get("ml_attr", {})
             if isinstance(attrs.get("num_attrs"), int) and attrs["num_attrs"] > 0:
                 return [attrs["num_attrs"]]
-        size = F.size(_null_safe_vectors(df, features, False) if isinstance(dtype, VectorUDT) else F.col(features))
+        size = F.size(
+            cast(Column, _null_safe_vectors(df, features, False)) if isinstance(dtype, VectorUDT) else F.col(features)
+        )
         present = F.col(features).isNotNull()
     sample = df.where(present).select(size.alias("n")).limit(rows).collect()
     counts = [int(r["n"]) for r in sample if r["n"] is not None and r["n"] >= 0]
@@ -196,7 +199,7 @@ def score_frame(
     return out.drop(tmp)
 
 
-def _impute_batch(family: EMFamily, params: Params, n_features: int, features: pa.Array) -> pa.Array:
+def _impute_batch(family: ImputingFamily, params: Params, n_features: int, features: pa.Array) -> pa.Array:
     # Imputing reads missing entries whatever the model was fitted with: they are what it fills.
     block, kept = _block_of(family, n_features, features, allow_missing=True)
     n_kept = int(kept.sum())

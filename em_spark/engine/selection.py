@@ -60,7 +60,7 @@ class Candidate:
 def select_models(
     source: Any,
     ks: Sequence[int],
-    covariance_types: Sequence[str],
+    covariance_types: Sequence[str | None],
     settings: FitSettings,
     *,
     reg_covar: float = GaussianFamily.reg_covar,
@@ -82,6 +82,7 @@ def select_models(
     if make_family is None:
 
         def make_family(k: int, covariance_type: str | None) -> EMFamily:
+            assert covariance_type is not None  # the Gaussian grid names its covariance types
             return GaussianFamily(k=k, covariance_type=covariance_type, reg_covar=reg_covar, init_mode=init_mode)
 
     candidates = []
@@ -102,11 +103,13 @@ def select_models(
                 continue
             stats = source.e_step(family, result.params, f"em_spark select k={k} {covariance_type} criteria")
             p = family.n_parameters(result.params)
+            criteria = information_criteria(stats.loglik, p, n)
             candidate = Candidate(
                 k=k,
                 covarianceType=covariance_type,
                 avgLogLik=stats.loglik / stats.weight,
-                **information_criteria(stats.loglik, p, n),
+                bic=criteria["bic"],
+                aic=criteria["aic"],
                 nParameters=p,
                 numIter=result.n_iter,
                 converged=result.converged,

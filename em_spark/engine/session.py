@@ -14,7 +14,10 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 __all__ = [
     "ConnectServerError",
@@ -171,7 +174,7 @@ def get_session(
     master: str | None = "local[2]",
     conf: Mapping[str, str] | None = None,
     remote: str | None = None,
-) -> Any:
+) -> SparkSession:
     """The active SparkSession, or a new one.
 
     ``remote`` (or else the ``SPARK_REMOTE`` environment variable) makes it a Spark Connect

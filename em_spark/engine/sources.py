@@ -21,10 +21,20 @@ __all__ = ["BlockSource", "LocalBlockSource"]
 class BlockSource(Protocol):
     """The data, as the loop sees it."""
 
-    n_features: int
-    fingerprint: str  # changes when the data changes; compared on resume
-    sample: Block  # bounded sample, held on the driver, for initialization and re-seeding
-    summary: Any  # a LoadSummary: rows, weight_sum, ...
+    # read-only properties (a source may compute them)
+    @property
+    def n_features(self) -> int: ...
+    @property
+    def fingerprint(self) -> str:
+        """Changes when the data changes; compared on resume."""
+
+    @property
+    def sample(self) -> Block:
+        """Bounded sample, held on the driver, for initialization and re-seeding."""
+
+    @property
+    def summary(self) -> Any:
+        """A LoadSummary: rows, weight_sum, ..."""
 
     def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
         """Summed sufficient statistics of all rows under ``params``."""
@@ -39,12 +49,11 @@ DEFAULT_AGGREGATION_DEPTH = 2
 class LocalBlockSource:
     """In-process blocks: for tests and for small data on the driver."""
 
-    def __init__(self, blocks: list[Block], sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0):
+    def __init__(self, blocks: list[Block], sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0) -> None:
         self.blocks = blocks
-        summary = None
-        for b in blocks:
-            s = summarize_block(b, sample_size, seed)
-            summary = s if summary is None else summary + s
+        summary = summarize_block(blocks[0], sample_size, seed)  # (at least one block)
+        for b in blocks[1:]:
+            summary = summary + summarize_block(b, sample_size, seed)
         self.summary = summary
         self.n_features = blocks[0].n_features
         self.fingerprint = summary.data_identity
@@ -53,8 +62,7 @@ class LocalBlockSource:
 
     def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
         self.e_step_calls += 1
-        total = None
-        for block in self.blocks:
-            s = family.e_step(block, params)
-            total = s if total is None else total + s
+        total = family.e_step(self.blocks[0], params)
+        for block in self.blocks[1:]:
+            total = total + family.e_step(block, params)
         return total

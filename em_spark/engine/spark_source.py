@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -169,6 +169,7 @@ def group_sequences(
         F.sum("__null_times").alias("null_times"),
         F.sum((F.col("__dup") > 0).cast("long")).alias("duplicated"),
     ).first()
+    assert problems is not None  # an aggregate has one row
     if problems["null_ids"] or problems["null_times"]:
         raise DataValidationError(
             f"long-format input has {problems['null_ids'] or 0} row(s) with a null {sequence_col!r} and "
@@ -209,14 +210,16 @@ _PROBLEM_FIELDS = tuple(f.name for f in fields(RowProblems))  # one long column 
 _PAYLOAD_SCHEMA = "src int, idx int, payload binary, " + ", ".join(f"{name} long" for name in _PROBLEM_FIELDS)
 
 
-def _to_payloads(spec: InputSpec):
+def _to_payloads(spec: InputSpec) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """mapInArrow function: one encoded block per Arrow batch, tagged by (partition, index)."""
 
     def to_payloads(batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
         from pyspark import TaskContext
 
-        src = TaskContext.get().partitionId()
+        context = TaskContext.get()
+        assert context is not None  # (this runs in a task)
+        src = context.partitionId()
         for idx, batch in enumerate(batches):
             block, problems, _ = block_from_arrow(batch, spec)
             yield pa.RecordBatch.from_pydict(
@@ -232,7 +235,7 @@ def _to_payloads(spec: InputSpec):
 
 
 def _assemble(
-    items: Iterator[tuple[tuple[int, int], tuple[bytes, RowProblems]]],
+    items: Iterable[tuple[tuple[int, int], tuple[bytes, RowProblems]]],
 ) -> Iterator[tuple[Block, RowProblems]]:
     """Decode one partition's batches in key order and merge them into large blocks."""
     # Sorting by (source partition, batch index) makes the partition's content and
@@ -253,13 +256,16 @@ def _assemble(
         yield block, problems if i == 0 else RowProblems()
 
 
-def _spill_partition(dataset_key: str, sample_size: int, seed: int, sequences: bool):
+def _spill_partition(
+    dataset_key: str, sample_size: int, seed: int, sequences: bool
+) -> Callable[[int, Iterable[tuple[Block, RowProblems]]], Iterator[tuple[Any, LoadSummary]]]:
     """Load-pass task: summarize the partition and write its blocks to an executor-local file."""
 
-    def spill(index: int, items: Iterator[tuple[Block, RowProblems]]) -> Iterator[tuple[Any, LoadSummary]]:
+    def spill(index: int, items: Iterable[tuple[Block, RowProblems]]) -> Iterator[tuple[Any, LoadSummary]]:
         from pyspark import SparkFiles
 
-        blocks, total = [], None
+        blocks: list[Block] = []
+        total: LoadSummary | None = None
         for block, problems in items:
             s = summarize_block(block, sample_size, seed, problems, sequences=sequences)
             total = s if total is None else total + s
@@ -295,10 +301,10 @@ class _ParamsRef:
 
     INLINE_BYTES = 1 << 20  # a broadcast costs a file round trip per task; small params ride along
 
-    def __init__(self, sc: Any, params: Params):
+    def __init__(self, sc: Any, params: Params) -> None:
         size = sum(np.asarray(v).nbytes for v in params.values())
         self._inline = params if size <= self.INLINE_BYTES else None
-        self._broadcast = None if self._inline is not None else sc.broadcast(params)
+        self._broadcast: Any = None if self._inline is not None else sc.broadcast(params)
 
     @property
     def value(self) -> Params:
@@ -322,7 +328,9 @@ def _sum_e_steps(family: EMFamily, params: Params, blocks: Iterable[Block]) -> S
     return total
 
 
-def _e_step_local(family: EMFamily, params_ref: _ParamsRef):
+def _e_step_local(
+    family: EMFamily, params_ref: _ParamsRef
+) -> Callable[[int, Iterator[LocalPartition]], Iterator[tuple[int, Any]]]:
     """Iteration task on a handle: the blocks come from the executor-local file."""
 
     def e_step(index: int, handles: Iterator[LocalPartition]) -> Iterator[tuple[int, Any]]:
@@ -330,14 +338,16 @@ def _e_step_local(family: EMFamily, params_ref: _ParamsRef):
         if any(blocks is None for blocks in found):
             yield index, MISSING
             return
-        total = _sum_e_steps(family, params_ref.value, (b for blocks in found for b in blocks))
+        total = _sum_e_steps(family, params_ref.value, (b for blocks in found if blocks is not None for b in blocks))
         if total is not None:
             yield index, total
 
     return e_step
 
 
-def _e_step_spark(family: EMFamily, params_ref: _ParamsRef):
+def _e_step_spark(
+    family: EMFamily, params_ref: _ParamsRef
+) -> Callable[[int, Iterator[tuple[Block, RowProblems]]], Iterator[tuple[int, Stats]]]:
     """Fallback iteration task on the Spark-managed blocks (same blocks, same order)."""
 
     def e_step(index: int, items: Iterator[tuple[Block, RowProblems]]) -> Iterator[tuple[int, Stats]]:
@@ -366,7 +376,7 @@ class SparkBlockSource:
     n_features, fingerprint, sample : as the EM loop needs them
     """
 
-    def __init__(self, handles: Any, blocks: Any, summary: LoadSummary, aggregation_depth: int):
+    def __init__(self, handles: Any, blocks: Any, summary: LoadSummary, aggregation_depth: int) -> None:
         self.handles = handles
         self.blocks = blocks
         self.summary = summary
@@ -495,9 +505,9 @@ def load_blocks(
         # Iterations need only the handles; keep them cached without the summaries.
         handles = spilled.map(lambda pair: pair[0]).persist(StorageLevel.MEMORY_AND_DISK)
         handles.count()
-        sc.setJobDescription(None)
+        sc.setJobDescription(None)  # type: ignore[arg-type]  # None clears it; pyspark's stub says str
     except BaseException:
-        sc.setJobDescription(None)
+        sc.setJobDescription(None)  # type: ignore[arg-type]  # (as above)
         if handles is not None:
             handles.unpersist()
         blocks.unpersist()

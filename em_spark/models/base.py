@@ -23,6 +23,7 @@ __all__ = [
     "Block",
     "EMFamily",
     "FamilyBase",
+    "ImputingFamily",
     "MStepResult",
     "ModelError",
     "Params",
@@ -149,27 +150,43 @@ class EMFamily(Protocol):
     inputs (including the generator's state) return bit-identical results.
     """
 
-    #: short stable name, stored with checkpoints and models ("gaussian", ...)
-    name: str
-    #: number of mixture components / hidden states
-    k: int
-    #: the data are sequences: blocks carry ``lengths`` and hold whole sequences, and the
-    #: loader reads one sequence per row (never splitting one across blocks)
-    sequential: bool
-    #: ``X`` may hold NaN for entries to be modelled as missing (the loader then keeps them
-    #: instead of refusing the row)
-    models_missing: bool
-    #: ``Block.labels`` (semi-supervised EM) are honoured; the loader refuses a label column otherwise
-    supports_labels: bool
-    #: the family has ``impute(block, params) -> {"imputed": (n, d), "std": (n, d)}``, filling
-    #: NaN entries by their conditional expectation (an optional capability, declared here so
-    #: callers never probe for the method)
-    supports_impute: bool
-    #: the public name of what :meth:`component_weights` returns ("weights"; HMMs "startProb"),
-    #: the label of the component shares in metrics and the report
-    component_weights_name: str
-    #: public parameters indexed by component that a fit summary prints per component
-    summary_params: tuple[str, ...]
+    # Read-only properties: a family is a frozen dataclass, and some of these are class variables.
+    @property
+    def name(self) -> str:
+        """Short stable name, stored with checkpoints and models ("gaussian", ...)."""
+
+    @property
+    def k(self) -> int:
+        """Number of mixture components / hidden states."""
+
+    @property
+    def sequential(self) -> bool:
+        """The data are sequences: blocks carry ``lengths`` and hold whole sequences, and the
+        loader reads one sequence per row (never splitting one across blocks)."""
+
+    @property
+    def models_missing(self) -> bool:
+        """``X`` may hold NaN for entries to be modelled as missing (the loader then keeps them
+        instead of refusing the row)."""
+
+    @property
+    def supports_labels(self) -> bool:
+        """``Block.labels`` (semi-supervised EM) are honoured; the loader refuses a label column otherwise."""
+
+    @property
+    def supports_impute(self) -> bool:
+        """The family has ``impute(block, params) -> {"imputed": (n, d), "std": (n, d)}``, filling
+        NaN entries by their conditional expectation (an optional capability, declared here so
+        callers never probe for the method)."""
+
+    @property
+    def component_weights_name(self) -> str:
+        """The public name of what :meth:`component_weights` returns ("weights"; HMMs
+        "startProb"): the label of the component shares in metrics and the report."""
+
+    @property
+    def summary_params(self) -> tuple[str, ...]:
+        """Public parameters indexed by component that a fit summary prints per component."""
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyperparameters; two families with equal config fit identically."""
@@ -215,6 +232,13 @@ class EMFamily(Protocol):
 
     def progress(self, params: Params) -> dict[str, float]:
         """A few numbers worth a glance in the per-iteration log line, e.g. ``minWeight``."""
+
+
+class ImputingFamily(EMFamily, Protocol):
+    """A family whose ``supports_impute`` is true: it has ``impute``."""
+
+    def impute(self, block: Block, params: Params) -> dict[str, np.ndarray]:
+        """``imputed`` (n, d): the NaN entries filled by their conditional expectation; ``std`` (n, d)."""
 
 
 class FamilyBase:

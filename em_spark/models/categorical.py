@@ -53,7 +53,7 @@ never decreases. See :mod:`em_spark.models.labels`, shared with the Gaussian fam
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, ClassVar
@@ -110,7 +110,7 @@ def _normalize_blocks(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.where(sums > 0, out, 0.0)
 
 
-def _row_chunks(X: np.ndarray):
+def _row_chunks(X: np.ndarray) -> Iterator[slice]:
     """Slices of rows of X holding about _CHUNK_ELEMENTS values each (at least one row)."""
     n, width = X.shape
     step = max(1, _CHUNK_ELEMENTS // max(width, 1))
@@ -570,7 +570,8 @@ class CategoricalMixtureFamily(FamilyBase):
         usable = (w[order] > 0) & (embedded[order].sum(axis=1) > 0)
         candidates = order[usable] if usable.any() else order
         frequencies = self._sample_frequencies(X, w, n_categories)
-        seeds, taken = [], []
+        seeds: list[np.ndarray] = []
+        taken: list[np.ndarray] = []
         for _ in dead:
             pick = next(
                 (i for i in candidates if not any(np.array_equal(embedded[i], t) for t in taken)), candidates[0]
@@ -641,7 +642,9 @@ class CategoricalMixtureFamily(FamilyBase):
             )
         return inferred
 
-    def _initialize_kmeans(self, X: np.ndarray, w: np.ndarray, n_categories: np.ndarray, rng: np.random.Generator):
+    def _initialize_kmeans(
+        self, X: np.ndarray, w: np.ndarray, n_categories: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(weights, probs) from k-means on the embedded rows, then the M-step of the hard assignment."""
         from em_spark.models.seeding import kmeans_plusplus, lloyd
 

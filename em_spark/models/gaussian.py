@@ -271,6 +271,7 @@ class GaussianFamily(FamilyBase):
         prepared = None if prec_chol is None else kernel.prepare(prec_chol)
         for start, stop, diffs, work in chunks(self._kernel, X, shift):
             if labels is None:
+                assert prepared is not None and log_const is not None  # scoring needs the model: it is given
                 half_maha = kernel.half_mahalanobis(diffs, work, prepared)
                 log_prob = np.subtract(log_const[:, None], half_maha, out=half_maha)
                 if clamp is not None:
@@ -329,7 +330,7 @@ class GaussianFamily(FamilyBase):
         gappy = missing.any(axis=1)
         complete = ~gappy
 
-        def rows_of(values, which):
+        def rows_of(values: np.ndarray | None, which: np.ndarray | np.bool_) -> np.ndarray | None:
             return None if values is None else values[which]
 
         stats = self._accumulate(X[complete], rows_of(w, complete), *kernel_args, clamp=rows_of(labels, complete))
@@ -433,7 +434,7 @@ class GaussianFamily(FamilyBase):
             complete = np.flatnonzero(~gappy)
         for start, stop, diffs, work in chunks(self._kernel, X if gappy is None else X[complete], params["means"]):
             out[complete[start:stop]] = (log_const[:, None] - kernel.half_mahalanobis(diffs, work, prepared)).T
-        if gappy is not None:
+        if gappy is not None and missing is not None:  # (one is None when the other is)
             out[gappy] = self._missing_model(params).log_joint(X[gappy], missing[gappy])
         return out
 
@@ -469,7 +470,9 @@ class GaussianFamily(FamilyBase):
             self._reseed(weights, means, covariances, dead, seeds, sample)
         return MStepResult(self._finish(weights, means, covariances), events)
 
-    def _estimate(self, stats: Mapping[str, np.ndarray], shift: np.ndarray):
+    def _estimate(
+        self, stats: Mapping[str, np.ndarray], shift: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(weights, means, covariances, dead component indices) from stats taken around ``shift``."""
         nk_raw = np.asarray(stats["nk"], dtype=np.float64)
         nk = nk_raw + _NK_EPS
@@ -480,7 +483,15 @@ class GaussianFamily(FamilyBase):
         dead = self._lost_mass(nk_raw, float(stats[WEIGHT]))
         return weights, means, covariances, dead
 
-    def _reseed(self, weights, means, covariances, dead, seeds, sample: Block) -> None:
+    def _reseed(
+        self,
+        weights: np.ndarray,
+        means: np.ndarray,
+        covariances: np.ndarray,
+        dead: np.ndarray,
+        seeds: list[np.ndarray],
+        sample: Block,
+    ) -> None:
         """Give each dead component a mean from ``seeds``, the sample covariance and a small weight (in place)."""
         sample_cov = _weighted_covariance(sample.X, sample.weights_or_ones())
         for j, seed in zip(dead, seeds):
@@ -489,7 +500,7 @@ class GaussianFamily(FamilyBase):
             weights[j] = 1.0 / sample.n_rows
         weights /= weights.sum()
 
-    def _finish(self, weights, means, covariances) -> Params:
+    def _finish(self, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> Params:
         try:
             prec_chol = self._kernel.precisions_cholesky(covariances)
         except np.linalg.LinAlgError:
@@ -497,7 +508,9 @@ class GaussianFamily(FamilyBase):
             raise ill_defined_covariance("Gaussian mixture", bad, self.covariance_type) from None
         return {"weights": weights, "means": means, "covariances": covariances, "precisions_cholesky": prec_chol}
 
-    def _lowest_likelihood_points(self, sample: Block, params: Params, new_means: np.ndarray, dead: np.ndarray):
+    def _lowest_likelihood_points(
+        self, sample: Block, params: Params, new_means: np.ndarray, dead: np.ndarray
+    ) -> list[np.ndarray]:
         """One seed row per dead component: the sample points the model explains worst.
 
         Scored under ``params`` (the model the statistics came from). Ties go to the lower
@@ -576,14 +589,22 @@ class GaussianFamily(FamilyBase):
             self._kernel.set_component(covariances, j, sample_cov, self.reg_covar)
         return covariances
 
-    def _initialize_random(self, X, w, distinct, inverse, positive_w, rng) -> Params:
+    def _initialize_random(
+        self,
+        X: np.ndarray,
+        w: np.ndarray,
+        distinct: np.ndarray,
+        inverse: np.ndarray,
+        positive_w: np.ndarray,
+        rng: np.random.Generator,
+    ) -> Params:
         # Duplicate rows pool their weight, so the k drawn points are distinct points.
         pooled = np.bincount(inverse, weights=positive_w, minlength=distinct.shape[0])
         chosen = rng.choice(distinct.shape[0], size=self.k, replace=False, p=pooled / pooled.sum())
         weights = np.full(self.k, 1.0 / self.k)
         return self._finish(weights, distinct[chosen].copy(), self._sample_covariance_params(X, w))
 
-    def _initialize_kmeans(self, X, w, rng) -> Params:
+    def _initialize_kmeans(self, X: np.ndarray, w: np.ndarray, rng: np.random.Generator) -> Params:
         # Center once so the ‖x‖² − 2 x·c + ‖c‖² distances do not cancel far from the origin.
         origin = (w @ X) / w.sum()
         centered = X - origin

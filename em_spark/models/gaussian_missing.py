@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +102,10 @@ def pattern_groups(missing: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(missing[first[p]], order[bounds[p] : bounds[p + 1]]) for p in range(first.size)]
 
 
+#: (rows, log_joint (r, k), dev (k, r, d), cond in the implementation's layout): see _MissingModel
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, Any]
+
+
 def _row_slices(n: int, k: int, d: int) -> Iterator[slice]:
     step = max(1, _CHUNK_ELEMENTS // max(1, k * d))
     for start in range(0, n, step):
@@ -120,15 +125,15 @@ class _MissingModel(ABC):
     means: np.ndarray  # (k, d)
 
     @abstractmethod
-    def _parts(self, X: np.ndarray, missing: np.ndarray):
+    def _parts(self, X: np.ndarray, missing: np.ndarray) -> Iterator[_Part]:
         """See the class docstring."""
 
     @abstractmethod
-    def _add_moments(self, dev, cond, wr, sq) -> None:
+    def _add_moments(self, dev: np.ndarray, cond: Any, wr: np.ndarray, sq: np.ndarray) -> None:
         """See the class docstring."""
 
     @abstractmethod
-    def _cond_variances(self, cond, n_rows: int) -> np.ndarray:
+    def _cond_variances(self, cond: Any, n_rows: int) -> np.ndarray:
         """See the class docstring."""
 
     def log_joint(self, X: np.ndarray, missing: np.ndarray) -> np.ndarray:
@@ -236,7 +241,7 @@ class FullMissing(_MissingModel):
         self.precisions = 0.5 * (precisions + np.swapaxes(precisions, 1, 2))
         self.half_log_det = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)  # ½ log det Σ (k,)
 
-    def _constants(self, patterns: np.ndarray):
+    def _constants(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The per-pattern, per-component constants of P patterns that all miss m coordinates.
 
         Parameters
@@ -263,7 +268,7 @@ class FullMissing(_MissingModel):
         log_const = self.log_weights[:, None] - half_log_det_oo - 0.5 * (d - m) * LOG_2PI
         return gaps, log_const, cond
 
-    def _parts(self, X: np.ndarray, missing: np.ndarray):
+    def _parts(self, X: np.ndarray, missing: np.ndarray) -> Iterator[_Part]:
         small: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for gaps, rows in pattern_groups(missing):
             if rows.size >= _LARGE_PATTERN_ROWS:
@@ -273,7 +278,7 @@ class FullMissing(_MissingModel):
         for n_missing in sorted(small):
             yield from self._small_pattern_parts(X, missing, small[n_missing])
 
-    def _observed_deviations(self, X_rows: np.ndarray, gaps: np.ndarray):
+    def _observed_deviations(self, X_rows: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(e0 (k, r, d), g (k, r, d)): x − μ with 0 on the missing coordinates, and e0 Λ.
 
         On a missing coordinate, g holds (Λ_mo (x_o − μ_o)), the input of the regression.
@@ -281,12 +286,12 @@ class FullMissing(_MissingModel):
         e0 = np.where(gaps[None], 0.0, X_rows[None] - self.means[:, None, :])
         return e0, e0 @ self.precisions  # Λ symmetric: rows of e0 Λ are (Λ e0)ᵀ
 
-    def _log_joint(self, dev, log_const):
+    def _log_joint(self, dev: np.ndarray, log_const: np.ndarray) -> np.ndarray:
         """(r, k) log π + log N(x_o) from the deviations x̂ − μ (k, r, d) and log_const (k, r) or (k, 1)."""
         whitened = dev @ self.prec_chol  # (k, r, d)
         return (log_const - 0.5 * np.einsum("krd,krd->kr", whitened, whitened)).T
 
-    def _large_pattern_parts(self, X, gaps, pattern_rows):
+    def _large_pattern_parts(self, X: np.ndarray, gaps: np.ndarray, pattern_rows: np.ndarray) -> Iterator[_Part]:
         """One pattern: its constants applied to all its rows by matrix products."""
         k, d = self.means.shape
         gap_idx, log_const, cond = self._constants(gaps[None])
@@ -297,7 +302,9 @@ class FullMissing(_MissingModel):
             dev[:, :, gap] = -(g[:, :, gap] @ cond[:, 0])  # x̂_m − μ_m = −Λ_mm⁻¹ Λ_mo (x_o − μ_o)
             yield rows, self._log_joint(dev, log_const), dev, (cond, gap_idx, None)
 
-    def _small_pattern_parts(self, X, missing, members):
+    def _small_pattern_parts(
+        self, X: np.ndarray, missing: np.ndarray, members: list[tuple[np.ndarray, np.ndarray]]
+    ) -> Iterator[_Part]:
         """Patterns with the same number of missing coordinates, each row picking its pattern's constants."""
         k, d = self.means.shape
         patterns = np.stack([gaps for gaps, _ in members])
@@ -314,7 +321,7 @@ class FullMissing(_MissingModel):
             np.put_along_axis(dev, gap, e_gap, axis=2)
             yield rows, self._log_joint(dev, log_const[:, pattern]), dev, (cond, gap_idx, pattern)
 
-    def _add_moments(self, dev, cond, wr, sq) -> None:
+    def _add_moments(self, dev: np.ndarray, cond: Any, wr: np.ndarray, sq: np.ndarray) -> None:
         k, d = self.means.shape
         sq += np.matmul(dev.transpose(0, 2, 1) * wr[:, None, :], dev)
         # + Σ_rows w r C of the row's pattern, zero-padded: scatter the (k, P, m, m) blocks
@@ -328,7 +335,7 @@ class FullMissing(_MissingModel):
         weighted = (mass[:, :, None, None] * cond).ravel()
         sq += np.bincount(flat.ravel(), weights=weighted, minlength=k * d * d).reshape(k, d, d)
 
-    def _cond_variances(self, cond, n_rows: int) -> np.ndarray:
+    def _cond_variances(self, cond: Any, n_rows: int) -> np.ndarray:
         k, d = self.means.shape
         cond, gap_idx, pattern = cond
         pattern = np.zeros(n_rows, dtype=np.int64) if pattern is None else pattern
@@ -354,7 +361,7 @@ class DiagonalMissing(_MissingModel):
         self.means = np.asarray(means, dtype=np.float64)
         self.variances = np.asarray(variances, dtype=np.float64)
 
-    def _parts(self, X: np.ndarray, missing: np.ndarray):
+    def _parts(self, X: np.ndarray, missing: np.ndarray) -> Iterator[_Part]:
         k, d = self.means.shape
         log_norm = LOG_2PI + np.log(self.variances)  # (k, d): per-coordinate −2 log N constant
         inv_var = 1.0 / self.variances
@@ -367,9 +374,9 @@ class DiagonalMissing(_MissingModel):
             log_joint = self.log_weights - 0.5 * (observed @ log_norm.T + maha.T)
             yield np.arange(rows.start, rows.stop), log_joint, dev, gaps
 
-    def _add_moments(self, dev, cond, wr, sq) -> None:
+    def _add_moments(self, dev: np.ndarray, cond: Any, wr: np.ndarray, sq: np.ndarray) -> None:
         # C = diag(σ²) on the missing coordinates: Σ_r w r_jr [x_rd missing] σ²_jd
         sq += np.einsum("kr,krd->kd", wr, np.square(dev)) + (wr @ cond.astype(np.float64)) * self.variances
 
-    def _cond_variances(self, cond, n_rows: int) -> np.ndarray:
+    def _cond_variances(self, cond: Any, n_rows: int) -> np.ndarray:
         return np.where(cond[None], self.variances[:, None, :], 0.0)  # (k, r, d)

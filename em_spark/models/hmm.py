@@ -49,6 +49,7 @@ from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.kernels import (
     KERNELS,
     LOG_2PI,
+    Kernel,
     chunks,
     ill_defined_covariance,
     log0,
@@ -111,7 +112,7 @@ class GaussianHMMFamily(MarkovChain):
         return GaussianFamily(self.k, self.covariance_type, self.reg_covar, self.init_mode)
 
     @property
-    def _kernel(self):
+    def _kernel(self) -> Kernel:
         return KERNELS[self.covariance_type]
 
     # -- description ------------------------------------------------------------

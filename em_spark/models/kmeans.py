@@ -101,7 +101,8 @@ class KMeansFamily(FamilyBase):
         centers = params["centers"]
         k, d = centers.shape
         if block.n_rows == 0:
-            return Stats({"nk": np.zeros(k), "sum": np.zeros((k, d)), "loglik": 0.0, "weight": 0.0, "count": 0.0})
+            zero = np.zeros(())
+            return Stats({"nk": np.zeros(k), "sum": np.zeros((k, d)), "loglik": zero, "weight": zero, "count": zero})
         distances = _squared_distances(block.X, centers)
         labels = np.argmin(distances, axis=1)  # ties go to the lower index, as in scikit-learn
         w = block.weights_or_ones()
@@ -112,9 +113,9 @@ class KMeansFamily(FamilyBase):
             {
                 "nk": np.bincount(labels, weights=w, minlength=k),
                 "sum": sums,
-                "loglik": -float(w @ closest),
-                "weight": float(w.sum()),
-                "count": float(block.n_rows),
+                "loglik": np.asarray(-float(w @ closest)),
+                "weight": np.asarray(float(w.sum())),
+                "count": np.asarray(float(block.n_rows)),
             }
         )
 

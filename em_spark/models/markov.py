@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -75,7 +76,7 @@ class Packing:
     sequences packs to the same columns, in the same order, with the others left out.
     """
 
-    def __init__(self, lengths: np.ndarray):
+    def __init__(self, lengths: np.ndarray) -> None:
         n_seq = lengths.size
         self.lengths = lengths
         self.n_rows = int(lengths.sum())
@@ -99,7 +100,7 @@ class Packing:
             self.perm = np.empty(self.n_rows, dtype=np.int64)
             self.perm[offsets[time_of_row] + rank[seq_of_row]] = np.arange(self.n_rows)
 
-    def steps(self):
+    def steps(self) -> Iterator[tuple[int, int, int, int]]:
         """(t, lo, hi, prev) per time step: packed columns lo:hi, and the first column of step t − 1.
 
         The ``hi - lo`` sequences of step t are the first ``hi - lo`` of step t − 1.
@@ -108,7 +109,7 @@ class Packing:
         for t in range(self.n_steps):
             yield t, off[t], off[t] + act[t], off[t - 1] if t else 0
 
-    def ends(self):
+    def ends(self) -> Iterator[tuple[int, int, int]]:
         """(t, lo, hi) per time step: the packed columns lo:hi of sequences whose last step is t."""
         off, act = self._offsets, self._n_active
         for t in range(self.n_steps):
@@ -234,6 +235,7 @@ def forward_backward(
     result, bad = _scaled_forward_backward(packing, frame, peak, startprob, transmat, seq_weight)
     if result is not None:
         return result
+    assert bad is not None  # no posterior: the sequences that underflowed
     # Redo the sequences whose scaling factors underflowed in log space; the others as before.
     gamma, loglik = np.empty((k, n)), np.empty(packing.lengths.size)
     xi = np.zeros((k, k))
@@ -247,6 +249,7 @@ def forward_backward(
             part, _ = _scaled_forward_backward(
                 sub_packing, frame[:, columns], peak[columns], startprob, transmat, sub_weight
             )
+            assert part is not None  # the sequences whose factors did not underflow: they do not here either
         else:
             part = _log_forward_backward(sub_packing, log_frame[:, columns], startprob, transmat, sub_weight)
         gamma[:, columns], loglik[subset] = part.gamma, part.loglik
@@ -254,7 +257,14 @@ def forward_backward(
     return Posterior(gamma, xi, loglik)
 
 
-def _scaled_forward_backward(packing, frame, peak, startprob, transmat, seq_weight):
+def _scaled_forward_backward(
+    packing: Packing,
+    frame: np.ndarray,
+    peak: np.ndarray,
+    startprob: np.ndarray,
+    transmat: np.ndarray,
+    seq_weight: np.ndarray | None,
+) -> tuple[Posterior | None, np.ndarray | None]:
     """Rabiner's scaled recursion; ``frame`` (k, n_rows) packed emission probabilities / peak.
 
     Returns (posterior, None), or (None, bad (n_seq,)) when some sequences' scaling
@@ -300,7 +310,13 @@ def _scaled_forward_backward(packing, frame, peak, startprob, transmat, seq_weig
     return Posterior(gamma, xi, loglik), None
 
 
-def _log_forward_backward(packing, log_frame, startprob, transmat, seq_weight) -> Posterior:
+def _log_forward_backward(
+    packing: Packing,
+    log_frame: np.ndarray,
+    startprob: np.ndarray,
+    transmat: np.ndarray,
+    seq_weight: np.ndarray | None,
+) -> Posterior:
     """The same posteriors in log space (slower; for sequences the scaled recursion cannot take)."""
     k, n = log_frame.shape
     log_start, log_trans = log0(startprob), log0(transmat)
@@ -340,7 +356,7 @@ def _log_forward_backward(packing, log_frame, startprob, transmat, seq_weight) -
     return Posterior(gamma, xi, loglik)
 
 
-def viterbi(packing: Packing, log_frame: np.ndarray, startprob, transmat) -> np.ndarray:
+def viterbi(packing: Packing, log_frame: np.ndarray, startprob: np.ndarray, transmat: np.ndarray) -> np.ndarray:
     """(n_rows,) packed most likely state path of every sequence; −1 for impossible sequences."""
     k, n = log_frame.shape
     log_start, log_trans = log0(startprob), log0(transmat)
@@ -460,7 +476,9 @@ class MarkovChain(FamilyBase, ABC):
 
     # -- the chain ------------------------------------------------------------------
 
-    def _posteriors(self, block: Block, params: Params):
+    def _posteriors(
+        self, block: Block, params: Params
+    ) -> Iterator[tuple[Posterior, Packing, np.ndarray | None, np.ndarray, np.ndarray, tuple[int, int, int]]]:
         """Per group of sequences: (posterior, packing, weights, packed observations, packed log
         emissions, (first sequence, first row, stop row) of the group in the block)."""
         lengths, seq_weight = block_sequences(block)
@@ -484,9 +502,12 @@ class MarkovChain(FamilyBase, ABC):
             stats, wgamma = self._chain_stats(post, packing, weight, first)
             stats.update(self._emission_stats(packed, wgamma, params))
             total = stats if total is None else {name: total[name] + value for name, value in stats.items()}
+        assert total is not None  # sequence_groups gives an empty block one (empty) group
         return Stats(total)
 
-    def _chain_stats(self, post: Posterior, packing: Packing, seq_weight, first: int) -> tuple[dict, np.ndarray]:
+    def _chain_stats(
+        self, post: Posterior, packing: Packing, seq_weight: np.ndarray | None, first: int
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """start/trans/loglik/weight/count, and the (k, n_rows) packed weighted posteriors w γ."""
         impossible = ~np.isfinite(post.loglik)
         if seq_weight is not None:
@@ -567,7 +588,7 @@ class MarkovChain(FamilyBase, ABC):
         """Free parameters (hmmlearn's ``_get_n_fit_scalars_per_param`` summed), for BIC and AIC."""
         return (self.k - 1) + self.k * (self.k - 1) + self._emission_n_parameters(params)
 
-    def relabel(self, params: Params, order) -> Params:
+    def relabel(self, params: Params, order: np.ndarray) -> Params:
         """Parameters with states reordered: new state j is old state ``order[j]``."""
         order = self._permutation(order)
         out = {
@@ -577,7 +598,7 @@ class MarkovChain(FamilyBase, ABC):
         out.update(self._relabel_emissions(params, order))
         return out
 
-    def _chain_from_public(self, arrays) -> dict[str, np.ndarray]:
+    def _chain_from_public(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """startprob and transmat from an ``initialModel``'s startProb and transMat: non-negative,
         summing to 1 (per row) within 1e-6, then renormalized."""
         what = f"k={self.k}"

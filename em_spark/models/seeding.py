@@ -45,7 +45,7 @@ def kmeans_plusplus(X: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generat
     return np.array(centers)
 
 
-def lloyd(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int):
+def lloyd(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted Lloyd iterations until the assignments stop changing (at most ``max_iter`` updates).
 
     Returns (labels (n,), centers (k, d)): the final assignment and the centers it was made to.

@@ -76,7 +76,7 @@ class CheckpointStore:
         *,
         keep_last: int = DEFAULT_KEEP_LAST,
         s3_endpoint: str | None = None,
-        logger: logging.Logger | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         # Validate before touching any filesystem: a bad run id must write nothing.
         self.run_id = validate_name(run_id, "run id")

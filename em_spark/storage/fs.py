@@ -320,7 +320,7 @@ def _write_direct(fs: pafs.FileSystem, path: str, data: bytes, overwrite: bool) 
         raise
 
 
-def _open_output_stream(fs: pafs.FileSystem, path: str):
+def _open_output_stream(fs: pafs.FileSystem, path: str) -> pa.NativeFile:
     # One seam for tests that simulate a writer dying midway.
     return fs.open_output_stream(path)
 

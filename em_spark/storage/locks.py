@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from em_spark.storage.errors import CorruptObjectError, ObjectExistsError, StorageError
 from em_spark.storage.frame import seal, unseal
@@ -64,6 +64,9 @@ from em_spark.storage.fs import (
     write_object,
 )
 from em_spark.storage.names import MAX_NUMBER, NumberedNames
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 __all__ = ["DEFAULT_TTL_SECONDS", "Lease", "LeaseLostError", "RunLock", "RunLockedError"]
 
@@ -372,6 +375,7 @@ class RunLock:
 
     def _lose(self, why: str) -> None:
         held, self._held = self._held, None
+        assert held is not None  # (only a held lease is lost)
         newest = None
         with contextlib.suppress(Exception):
             newest = self._newest()
@@ -549,7 +553,7 @@ def _read_text(path: str) -> str:
 # --- helpers --------------------------------------------------------------------
 
 
-def _write(fs, path: str, data: bytes) -> None:
+def _write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     # One seam for tests that make racers collide.
     write_object(fs, path, data, overwrite=False)
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["MAX_NUMBER", "MODEL_FILE", "NUMBER_DIGITS", "NumberedNames"]
@@ -46,6 +47,6 @@ class NumberedNames:
         match = self._pattern.fullmatch(name)
         return int(match.group(1)) if match else None
 
-    def numbers(self, names) -> list[int]:
+    def numbers(self, names: Iterable[str]) -> list[int]:
         """The numbers of those ``names`` that are such names, ascending."""
         return sorted(n for n in map(self.parse, names) if n is not None)

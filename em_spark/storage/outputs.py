@@ -167,7 +167,7 @@ class StagedOutput:
         out.publish()                  # or out.discard() when anything failed
     """
 
-    def __init__(self, uri: str, *, s3_endpoint: str | None = None, token: str | None = None):
+    def __init__(self, uri: str, *, s3_endpoint: str | None = None, token: str | None = None) -> None:
         base, query = _split_query(uri)
         base = base.rstrip("/")
         parent, _, name = base.rpartition("/")

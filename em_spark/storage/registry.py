@@ -42,7 +42,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pyarrow.fs as pafs
 
@@ -144,7 +144,8 @@ class AliasEntry:
     # Written on top of a damaged newest entry: that entry's sequence (``previous`` is then unknown, None).
     repairs: int | None = None
 
-    damaged: ClassVar[bool] = False
+    # Literal: ``if entry.damaged`` tells a type checker which of the two an entry is
+    damaged: ClassVar[Literal[False]] = False
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class DamagedAliasEntry:
     uri: str
     problem: str
 
-    damaged: ClassVar[bool] = True
+    damaged: ClassVar[Literal[True]] = True
     version: ClassVar[None] = None
 
 
@@ -683,6 +684,7 @@ class ModelRegistry:
 
     def _damaged_head_message(self, name: str, alias: str, history: list[AliasEntry | DamagedAliasEntry]) -> str:
         head = history[-1]
+        assert head.damaged  # (what this message is about)
         verified = [e for e in history if not e.damaged]
         before = (
             f" (entry {verified[-1].sequence}, the newest that verifies, had set version "
@@ -697,7 +699,7 @@ class ModelRegistry:
         )
 
     def _append_alias_entry(
-        self, name: str, alias: str, entry_for: Callable[[list[AliasEntry]], AliasEntry | None]
+        self, name: str, alias: str, entry_for: Callable[[list[AliasEntry | DamagedAliasEntry]], AliasEntry | None]
     ) -> AliasEntry:
         """Append the entry ``entry_for(history)`` at the next sequence, by conditional create.
 
@@ -708,8 +710,10 @@ class ModelRegistry:
             history = self._alias_entries(name, alias)
             entry = entry_for(history)
             if entry is None:  # already pointing there
-                log.info("model %s: alias %s already points at version %d", name, alias, history[-1].version)
-                return history[-1]
+                head = history[-1]
+                assert not head.damaged  # (entry_for repairs a damaged head)
+                log.info("model %s: alias %s already points at version %d", name, alias, head.version)
+                return head
             sequence = (history[-1].sequence if history else 0) + 1
             if sequence > _MAX_NUMBER:
                 raise RegistryError(f"alias {alias!r} of model {name!r} has no sequence numbers left")

@@ -46,11 +46,16 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pyarrow.fs as pafs
 
 from em_spark.storage.errors import MissingDependencyError, ObjectExistsError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 __all__ = [
     "MULTIPART_THRESHOLD",
@@ -73,7 +78,7 @@ _log = logging.getLogger(__name__)
 # --- configuration --------------------------------------------------------------
 
 
-def require_boto3():
+def require_boto3() -> ModuleType:
     """The ``boto3`` module, or :class:`MissingDependencyError` saying how to get it."""
     try:
         import boto3
@@ -98,7 +103,7 @@ def default_region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-def client_for(fs: pafs.S3FileSystem):
+def client_for(fs: pafs.S3FileSystem) -> S3Client:
     """A boto3 S3 client for the endpoint, region and credentials of ``fs``."""
     options = fs.__reduce__()[1][0]  # the constructor arguments, as pickling sees them
     if options.get("role_arn"):
@@ -129,7 +134,15 @@ def _environment_fingerprint() -> str:
 
 
 @functools.lru_cache(maxsize=16)  # creating a client costs ~0.1 s; clients are thread-safe
-def _cached_client(endpoint, region, explicit, anonymous, virtual, ca_file, _env):
+def _cached_client(
+    endpoint: str | None,
+    region: str,
+    explicit: tuple[str | None, ...],
+    anonymous: bool,
+    virtual: bool,
+    ca_file: str | None,
+    _env: str,
+) -> S3Client:
     boto3 = require_boto3()
     import botocore
     from botocore.config import Config
@@ -168,7 +181,7 @@ def put_object(fs: pafs.S3FileSystem, path: str, data: bytes, *, overwrite: bool
     if not bucket or not key:
         raise ValueError(f"S3 path {path!r} must be bucket/key")
     client = client_for(fs)
-    condition = {} if overwrite else {"IfNoneMatch": "*"}
+    condition: _Condition = {} if overwrite else {"IfNoneMatch": "*"}
     error_types = _error_types()
     try:
         if len(data) <= MULTIPART_THRESHOLD:
@@ -180,7 +193,13 @@ def put_object(fs: pafs.S3FileSystem, path: str, data: bytes, *, overwrite: bool
         raise _translate(exc, bucket, key) from exc
 
 
-def _put_multipart(client, bucket: str, key: str, data: bytes, condition: dict[str, str]) -> None:
+class _Condition(TypedDict, total=False):
+    """The conditional-write arguments of PutObject and CompleteMultipartUpload."""
+
+    IfNoneMatch: str
+
+
+def _put_multipart(client: S3Client, bucket: str, key: str, data: bytes, condition: _Condition) -> None:
     part_size = _part_size(len(data))
     upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32")["UploadId"]
     _log.debug(
@@ -192,7 +211,7 @@ def _put_multipart(client, bucket: str, key: str, data: bytes, condition: dict[s
         bool(condition),
     )
     try:
-        parts = []
+        parts: list[CompletedPartTypeDef] = []
         for number, start in enumerate(range(0, len(data), part_size), start=1):
             response = client.upload_part(
                 Bucket=bucket,
@@ -202,7 +221,7 @@ def _put_multipart(client, bucket: str, key: str, data: bytes, condition: dict[s
                 Body=data[start : start + part_size],
                 ChecksumAlgorithm="CRC32",
             )
-            part = {"PartNumber": number, "ETag": response["ETag"]}
+            part: CompletedPartTypeDef = {"PartNumber": number, "ETag": response["ETag"]}
             if response.get("ChecksumCRC32"):
                 part["ChecksumCRC32"] = response["ChecksumCRC32"]
             parts.append(part)
