@@ -281,7 +281,7 @@ def test_metrics_are_pushed_to_the_pushgateway(X, em_logger, pushgateway):
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
     samples = parse_exposition(body)
     assert samples["em_spark_iterations"] == [({"family": "gaussian"}, 12.0)]
-    assert re.search(r'^em_spark_iterations\{family="gaussian"\} 12$', body, re.M)
+    assert re.search(r'^em_spark_iterations\{family="gaussian"\} 12\.0$', body, re.M)  # prometheus_client's format
     assert samples["em_spark_converged"][0][1] == 0.0 and samples["em_spark_rows"][0][1] == 1500
     assert samples["em_spark_avg_log_likelihood"][0][1] == pytest.approx(result.history[-1])
     assert samples["em_spark_wall_seconds"][0][1] == 3.0
