@@ -42,11 +42,14 @@ __all__ = [
     "IterationRecorder",
     "build_metrics",
     "executor_core_seconds",
+    "imputation_registry",
     "json_safe",
     "metrics_uri",
+    "new_run_id",
     "nightly_registry",
     "prometheus_text",
     "publish",
+    "publish_imputation",
     "push_failure",
     "push_metrics",
     "push_nightly",
@@ -627,6 +630,63 @@ def push_nightly(
 ) -> bool:
     """Push one night's outcome under job ``em_spark_nightly`` and the night's run id."""
     return _push(gateway, NIGHTLY_JOB, run_id, nightly_registry(report, error=error, model=model), "nightly")
+
+
+def new_run_id(kind: str) -> str:
+    """A run id for a run that was given none (``<kind>-<UTC time>-<random>``)."""
+    import uuid
+
+    return time.strftime(f"{kind}-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:8]
+
+
+def imputation_registry(doc: dict[str, Any]) -> CollectorRegistry:
+    """An impute run's gauges: accuracy on entries hidden from observed data, and row counts."""
+    registry = CollectorRegistry(auto_describe=True)
+    g = _Gauges(registry, {"model": str(doc.get("model") or "")})
+    accuracy = doc.get("imputation") or {}
+    g.set("em_spark_imputation_rmse", "RMSE of imputed vs hidden observed entries", accuracy.get("rmse"))
+    g.set(
+        "em_spark_imputation_baseline_rmse",
+        "RMSE of column means vs the same hidden entries (the bar to beat)",
+        accuracy.get("baselineRmse"),
+    )
+    g.set(
+        "em_spark_imputation_masked_entries",
+        "observed entries hidden to measure accuracy",
+        accuracy.get("maskedEntries"),
+    )
+    g.set("em_spark_imputed_rows", "rows with at least one entry filled", doc.get("imputedRows"))
+    g.set("em_spark_rows", "rows read", doc.get("rows"))
+    g.set("em_spark_finished_timestamp_seconds", "when the run finished (Unix time)", time.time())
+    return registry
+
+
+def publish_imputation(
+    run_id: str, result: dict[str, Any], uri: str | None, s3_endpoint: str | None, pushgateway: str | None
+) -> dict[str, Any]:
+    """Write (when ``uri``) and push (when ``pushgateway``) an impute run's metrics; failures are warnings."""
+    doc = {
+        "format": METRICS_FORMAT,
+        "kind": "impute",
+        "status": "finished",
+        "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runId": run_id,
+        "model": result.get("model"),
+        "rows": result.get("rows"),
+        "imputedRows": result.get("imputedRows"),
+        "unreadable": result.get("unreadable"),
+        "output": result.get("output"),
+        "imputation": result.get("accuracy"),
+    }
+    if uri:
+        try:
+            write_metrics(uri, doc, s3_endpoint)
+            log.info("run=%s: metrics written to %s", run_id, uri)
+        except Exception as exc:  # noqa: BLE001 -- metrics never fail the run
+            log.warning("run=%s: could not write metrics to %s: %s", run_id, uri, exc)
+    if pushgateway:
+        _push(pushgateway, PUSH_JOB, run_id, imputation_registry(doc), "imputation")
+    return doc
 
 
 def publish(
