@@ -42,6 +42,7 @@ __all__ = [
     "IterationRecorder",
     "build_metrics",
     "executor_core_seconds",
+    "failure_registry",
     "imputation_registry",
     "json_safe",
     "metrics_uri",
@@ -55,6 +56,7 @@ __all__ = [
     "push_nightly",
     "read_metrics",
     "run_registry",
+    "started_registry",
     "write_metrics",
 ]
 
@@ -182,8 +184,11 @@ class IterationRecorder(logging.Handler):
             self.restarts[int(entry["restart"])] = entry
             return
         if not self._start_pushed and self.pushgateway:
-            self._start_pushed = True
-            _push(self.pushgateway, PUSH_JOB, self.run_id, _started_registry(self.run_id, self.started), "start")
+            self._start_pushed = True  # once per attempt, so a run that hangs is seen (EmSparkRunTooLong)
+            try:
+                _push(self.pushgateway, PUSH_JOB, self.run_id, started_registry(self.started), "start")
+            except Exception as exc:  # noqa: BLE001 -- a logging handler must never fail the fit
+                log.warning("run=%s: could not push the run's start: %s", self.run_id, exc)
         weights = getattr(record, WEIGHTS_ATTR, None)
         if weights is not None:
             entry["weights"] = list(weights)
@@ -431,7 +436,7 @@ class _Gauges:
         gauge = self.gauges.get(name)
         if gauge is None:
             gauge = self.gauges[name] = Gauge(name, help_text, names, registry=self.registry)
-        gauge.labels(**self.labels, **extra).set(number)
+        (gauge.labels(**self.labels, **extra) if names else gauge).set(number)
 
 
 def run_registry(metrics: dict[str, Any], now: float | None = None) -> CollectorRegistry:
@@ -524,7 +529,8 @@ def _drift_gauges(g: _Gauges, drift: dict[str, Any] | None) -> None:
     g.set("em_spark_drift_max_component_divergence", "largest component divergence", drift.get("maxDivergence"))
 
 
-def _started_registry(run_id: str | None, started: float) -> CollectorRegistry:
+def started_registry(started: float) -> CollectorRegistry:
+    """A run's start (pushed at its first iteration, so a run that hangs can be seen)."""
     registry = CollectorRegistry(auto_describe=True)
     _Gauges(registry, {}).set(
         "em_spark_run_started_timestamp_seconds", "when this attempt of the run started (Unix time)", started
@@ -557,17 +563,24 @@ def push_metrics(gateway: str, metrics: dict[str, Any], timeout: float = 10.0) -
     return _push(gateway, PUSH_JOB, metrics.get("runId"), run_registry(metrics), "run", timeout)
 
 
+def failure_registry(error: BaseException, model: str | None = None, now: float | None = None) -> CollectorRegistry:
+    """A failed run's gauge: ``em_spark_run_failure_timestamp_seconds{error=<exception class>}``."""
+    registry = CollectorRegistry(auto_describe=True)
+    labels = {"error": type(error).__name__, **({"model": model} if model else {})}
+    _Gauges(registry, labels).set(
+        "em_spark_run_failure_timestamp_seconds",
+        "when the run failed (Unix time), labelled by the error's class",
+        time.time() if now is None else now,
+    )
+    return registry
+
+
 def push_failure(
     gateway: str, run_id: str | None, error: BaseException, *, job: str = PUSH_JOB, model: str | None = None
 ) -> bool:
-    """Push that the run failed: ``em_spark_run_failure_timestamp_seconds{error=<exception class>}``
-    (``ModelError`` for a model that cannot be fitted as asked). A later success under the
-    same run id replaces the group."""
-    registry = CollectorRegistry(auto_describe=True)
-    _Gauges(registry, {"model": model or "", "error": type(error).__name__}).set(
-        "em_spark_run_failure_timestamp_seconds", "when the run failed (Unix time), labelled by the error", time.time()
-    )
-    return _push(gateway, job, run_id, registry, "failure")
+    """Push that the run failed (:func:`failure_registry`; ``ModelError`` for a model that cannot
+    be fitted as asked). A later success under the same run id replaces the group."""
+    return _push(gateway, job, run_id, failure_registry(error, model), "failure")
 
 
 def nightly_registry(
