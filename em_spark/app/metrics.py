@@ -393,12 +393,16 @@ def executor_core_seconds(spark: Any, run_id: str, wait_seconds: float = 2.0) ->
                 ids = job.stageIds().iterator()
                 while ids.hasNext():
                     stage_ids.add(int(ids.next()))
+        gateway = sc._gateway
+        no_tasks, no_quantiles = gateway.jvm.java.util.ArrayList(), gateway.new_array(gateway.jvm.double, 0)
         millis = 0
-        stages = store.stageList(None).iterator()
-        while stages.hasNext():
-            stage = stages.next()
-            if int(stage.stageId()) in stage_ids:
-                millis += int(stage.executorRunTime())
+        for stage_id in sorted(stage_ids):
+            try:  # every attempt of the stage: a retried stage's cores were spent too
+                attempts = store.stageData(stage_id, False, no_tasks, False, no_quantiles).iterator()
+            except Exception:  # noqa: BLE001 -- NoSuchElementException: skipped, or no longer retained
+                continue
+            while attempts.hasNext():
+                millis += int(attempts.next().executorRunTime())
         cpus = int(sc.getConf().get("spark.task.cpus", "1"))
     except Exception as exc:  # noqa: BLE001 -- monitoring never fails the run
         log.warning("run=%s: cannot read executor time from the Spark status store: %s", run_id, exc)

@@ -304,9 +304,10 @@ def _imputation_accuracy(df: Any, model: Any, config: JobConfig) -> dict[str, An
 
 
 def _publish_imputation(config: JobConfig, result: dict[str, Any]) -> None:
-    """The impute run's metrics file (with ``run.id`` and a checkpointDir or metricsPath) and push."""
+    """The impute run's metrics file (with a checkpointDir or metricsPath) and push, under the run
+    id ``<run.id>-impute``: a config shared with ``train`` must not overwrite the fit's metrics."""
     from em_spark.app import metrics
 
-    run_id = config.run.id or metrics.new_run_id("impute")
+    run_id = f"{config.run.id}-impute" if config.run.id else metrics.new_run_id("impute")
     uri = metrics.metrics_uri(run_id, resolve_local(config.run.checkpointDir), resolve_local(config.run.metricsPath))
     metrics.publish_imputation(run_id, result, uri, config.storage.s3Endpoint, config.run.pushgateway)
