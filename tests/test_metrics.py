@@ -204,6 +204,47 @@ def test_a_resumed_run_keeps_the_records_of_the_attempt_that_was_killed(X, em_lo
     assert [r["iteration"] for r in metrics.publish(recorder, _model(family, result))["perIteration"]] == [1, 2]
 
 
+def test_posterior_stability_and_entropy_are_computed_from_every_restarts_assignments(X, em_logger, tmp_path):
+    from scipy.stats import entropy as scipy_entropy
+    from sklearn.metrics import adjusted_rand_score
+
+    family, source = GaussianFamily(k=3), LabelledSource(X)
+    with metrics.IterationRecorder("post", lambda rid: metrics.metrics_uri(rid, str(tmp_path), None)) as recorder:
+        result = fit_em(family, source, FitSettings(max_iter=30, tol=1e-8, n_init=3, run_id="post", seed=4))
+    doc = json.loads(json.dumps(metrics.json_safe(metrics.publish(recorder, _model(family, result)))))
+    assert [r["restart"] for r in doc["perRestart"]] == [1, 2, 3]
+    labels = {r["restart"]: metrics._decode_labels(r["assignments"]) for r in doc["perRestart"]}
+    best = doc["bestRestart"]
+    log_resp = family.score(source.sample, result.params)["log_resp"]
+    assert np.array_equal(labels[best], np.argmax(log_resp, axis=1))  # the best restart's final model
+    others = [r for r in (1, 2, 3) if r != best]
+    stability = doc["posterior"]["stability"]
+    assert stability["restarts"] == others and doc["posterior"]["sampleRows"] == 300
+    assert stability["ari"] == pytest.approx([adjusted_rand_score(labels[best], labels[r]) for r in others])
+    assert stability["minAri"] == pytest.approx(min(stability["ari"]))
+    expected_entropy = np.mean(scipy_entropy(np.exp(log_resp), axis=1)) / np.log(3)
+    assert doc["posterior"]["entropy"] == pytest.approx(expected_entropy, rel=1e-9)
+    assert doc["secondsPerIteration"] == pytest.approx(np.mean(doc["iterationSeconds"]))
+    on_disk = json.loads((tmp_path / "post" / "metrics.json").read_text())
+    assert on_disk["posterior"] == doc["posterior"]
+
+
+def test_a_run_resumed_in_a_later_restart_still_compares_the_restarts_the_killed_attempt_finished(
+    X, em_logger, tmp_path
+):
+    family, ckpt = GaussianFamily(k=3), str(tmp_path / "ckpt")
+    settings = FitSettings(max_iter=4, tol=0.0, n_init=3, run_id="later", checkpoint_dir=ckpt, seed=2)
+    where = lambda rid: metrics.metrics_uri(rid, ckpt, None)  # noqa: E731
+    with metrics.IterationRecorder("later", where), pytest.raises(Killed):
+        fit_em(family, KilledAfter(X, 6), settings)  # restart 1 done, killed inside restart 2
+    with metrics.IterationRecorder("later", where) as recorder:
+        result = fit_em(family, LabelledSource(X), settings)
+    assert sorted(recorder.restarts) == [2, 3]  # this attempt finished restarts 2 and 3 only
+    doc = metrics.publish(recorder, _model(family, result))
+    assert [r["restart"] for r in doc["perRestart"]] == [1, 2, 3]
+    assert doc["posterior"]["stability"]["restartsCompared"] == 2
+
+
 def test_a_metrics_file_that_cannot_be_written_is_a_warning_not_a_failure(X, em_logger, tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -281,13 +322,19 @@ def test_metrics_are_pushed_to_the_pushgateway(X, em_logger, pushgateway):
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
     samples = parse_exposition(body)
     assert samples["em_spark_iterations"] == [({"family": "gaussian"}, 12.0)]
-    assert re.search(r'^em_spark_iterations\{family="gaussian"\} 12$', body, re.M)
+    assert re.search(r'^em_spark_iterations\{family="gaussian"\} 12\.0$', body, re.M)  # prometheus_client's format
     assert samples["em_spark_converged"][0][1] == 0.0 and samples["em_spark_rows"][0][1] == 1500
     assert samples["em_spark_avg_log_likelihood"][0][1] == pytest.approx(result.history[-1])
     assert samples["em_spark_wall_seconds"][0][1] == 3.0
     weights = {labels["component"]: value for labels, value in samples["em_spark_component_weight"]}
     assert weights == {str(j): pytest.approx(w) for j, w in enumerate(result.params["weights"])}
     assert samples["em_spark_min_component_weight"][0][1] == pytest.approx(min(result.params["weights"]))
+    doc = metrics.build_metrics(
+        "push-1", recorder.all_records(), _model(family, result), restarts=recorder.restart_records()
+    )
+    assert samples["em_spark_posterior_entropy"][0][1] == pytest.approx(doc["posterior"]["entropy"])
+    assert samples["em_spark_seconds_per_iteration"][0][1] == pytest.approx(doc["secondsPerIteration"])
+    assert "em_spark_posterior_stability_ari_min" not in samples  # one restart: nothing to compare
 
 
 @pytest.mark.parametrize("failure", ["refused", "http-500"])

@@ -218,9 +218,12 @@ def test_cli_train_writes_metrics_pushes_them_and_the_run_can_be_reported(spark,
     assert doc["status"] == "finished" and doc["runId"] == "cli-run" and doc["rows"] == 3000
     assert doc["modelPath"] == (tmp_path / "model").as_uri() and doc["wallSeconds"] > 0
     assert len(doc["perIteration"]) == doc["iterations"] and all(len(r["weights"]) == 3 for r in doc["perIteration"])
-    [(path, body)] = received
-    assert path == "/metrics/job/em_spark/run_id/cli-run"
-    assert re.search(rf'^em_spark_iterations{{family="gaussian"}} {doc["iterations"]}$', body, re.M)
+    # The run's start (at its first iteration), then the finished run, both to the run's group.
+    [(started_path, started), (path, body)] = received
+    assert started_path == path == "/metrics/job/em_spark/run_id/cli-run"
+    assert "em_spark_run_started_timestamp_seconds" in started
+    assert re.search(rf'^em_spark_iterations{{family="gaussian"}} {doc["iterations"]}\.0$', body, re.M)
+    assert doc["executorCoreSeconds"] > 0
 
     result = cli.run_report(config, "cli-run", str(tmp_path / "report"), data=str(tmp_path / "data"))
     assert result["panels"] == ["log-likelihood", "weights", "scatter"]

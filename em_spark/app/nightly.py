@@ -19,6 +19,7 @@ import numpy as np
 
 from em_spark.app.common import estimator_from_config, read_input, require_input, resolve_local, spark_session
 from em_spark.app.config import ConfigError, JobConfig
+from em_spark.models.diagnostics import component_drift
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -80,11 +81,56 @@ def _avg_loglik(model: Any, df: Any) -> float:
     return model.criteria(df)["avgLogLik"]
 
 
+def _night_date(config: JobConfig) -> str:
+    return config.nightly.date or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+
 def run_nightly(config: JobConfig) -> dict[str, Any]:
     """Run (or confirm) one night's retrain; return the report that was written.
 
     ``config`` is not changed: the night's input path, run id, checkpoints and restarts are
-    set on copies of it (``dataclasses.replace``)."""
+    set on copies of it (``dataclasses.replace``). With ``run.pushgateway``, the night's
+    outcome (or its failure and the error's class) is pushed under the job ``em_spark_nightly``
+    and the night's run id; a re-run of the night replaces it."""
+    try:
+        report = _run_nightly(config)
+    except Exception as exc:
+        _push_night(config, None, exc)
+        raise
+    _push_night(config, report, None)
+    return report
+
+
+def _push_night(config: JobConfig, report: dict[str, Any] | None, error: BaseException | None) -> None:
+    if not config.run.pushgateway:
+        return
+    from em_spark.app import metrics
+
+    name = config.registry.modelName or "unknown"
+    metrics.push_nightly(
+        config.run.pushgateway, report, model=name, run_id=f"{name}-{_night_date(config)}", error=error
+    )
+
+
+def _previous_report(
+    registry_uri: str, name: str, date: str, s3_endpoint: str | None, look_back_days: int = 7
+) -> dict | None:
+    """The most recent earlier night's report within ``look_back_days`` (nights may be skipped), or None."""
+    from em_spark.storage import exists, join, read_object, resolve
+
+    day = datetime.date.fromisoformat(date)
+    for back in range(1, look_back_days + 1):
+        earlier = (day - datetime.timedelta(days=back)).isoformat()
+        fs, path = resolve(join(registry_uri, name, "runs", f"{name}-{earlier}", REPORT_FILE), s3_endpoint=s3_endpoint)
+        if exists(fs, path):
+            try:
+                return json.loads(read_object(fs, path))
+            except (ValueError, UnicodeDecodeError):
+                return None  # a damaged report: the streak starts again (the night itself refuses it)
+    return None
+
+
+def _run_nightly(config: JobConfig) -> dict[str, Any]:
     from em_spark import __version__
     from em_spark.models import FAMILIES
     from em_spark.storage import ObjectExistsError, exists, join, resolve, validate_name, write_object
@@ -96,7 +142,7 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
     name = config.registry.modelName
     if not registry_uri or not name:
         raise ConfigError(f"the nightly job needs registry.uri and registry.modelName (in {config.source})")
-    date = config.nightly.date or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    date = _night_date(config)
     run_id = validate_name(f"{name}-{date}", "run id")
     endpoint = config.storage.s3Endpoint
     registry = ModelRegistry(registry_uri, s3_endpoint=endpoint)
@@ -175,8 +221,18 @@ def run_nightly(config: JobConfig) -> dict[str, Any]:
             productionAfter=production_version,
         )
     else:
-        report.update(_retrain(config, registry, name, run_id, production, production_version, train, holdout, timings))
+        assert drift is not None  # measured whenever there is a production model (above)
+        report.update(
+            _retrain(config, registry, name, run_id, production, production_version, train, holdout, timings, drift)
+        )
         report["retrainReasons"] = reasons
+        if report.get("componentDrift") is not None:  # the report's drift has both measures
+            report["drift"] = {**report["drift"], **report.pop("componentDrift")}
+    # The promotion gate kept production although the night retrained: counted in a row, so an
+    # alert can tell one rejected night from a model that can no longer be replaced.
+    report["gateKept"] = report["decision"] == "kept" and report.get("newVersion") is not None
+    previous = _previous_report(registry_uri, name, date, endpoint) if report["gateKept"] else None
+    report["gateKeptNights"] = (int((previous or {}).get("gateKeptNights") or 0) + 1) if report["gateKept"] else 0
     timings["total"] = time.perf_counter() - started
     report["timings"] = timings
     report["finishedAt"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -220,6 +276,7 @@ def _retrain(
     train: DataFrame,
     holdout: DataFrame,
     timings: dict[str, float],
+    drift: dict[str, Any],
 ) -> dict:
     existing = registry.find_by_run_id(name, run_id)
     t = time.perf_counter()
@@ -248,16 +305,28 @@ def _retrain(
             run_id,
             lambda rid: metrics.metrics_uri(rid, checkpoint_dir, metrics_path),
             config.storage.s3Endpoint,
+            pushgateway=config.run.pushgateway,
         ) as recorder:
             model = estimator_from_config(config, production).fit(train)
         timings["fit"] = time.perf_counter() - t
-        # The night's fit is a run like any other: its metrics file (and push) as for train.
-        metrics.publish(recorder, model, wall_seconds=timings["fit"], pushgateway=config.run.pushgateway)
-        mapping = None
+        mapping, fitted = None, model
         if production is not None:
             family = model.family
             order, distance = match_components(family, production.arrays, model.arrays)
             model = model.with_params(family.relabel(model.arrays, order))
+            drift = {**(drift or {}), **component_drift(family, production.arrays, model.arrays)}
+        # The night's fit is a run like any other: its metrics file (and push) as for train, with
+        # the drift from production (per component in production's ids) when there is one.
+        metrics.publish(
+            recorder,
+            fitted,
+            wall_seconds=timings["fit"],
+            pushgateway=config.run.pushgateway,
+            executor_core_seconds=metrics.executor_core_seconds(train.sparkSession, run_id),
+            drift=drift,
+            model_name=name,
+        )
+        if production is not None:
             new, old = model.public_params(), production.public_params()
             moved = np.linalg.norm(new["means"] - old["means"], axis=1) if "means" in new else None
             mapping = [
@@ -297,6 +366,9 @@ def _retrain(
         "metrics": {"new": version.metrics},
         "componentMapping": mapping,
     }
+    if production is not None:
+        # Beyond the log-likelihood: how the components moved (model is in production's ids).
+        out["componentDrift"] = component_drift(model.family, production.arrays, model.arrays)
     if production is None:
         registry.promote(name, version.version, reason=f"{run_id}: first model")
         return {**out, "decision": "promoted", "reason": "no production model yet", "productionAfter": version.version}
@@ -342,6 +414,11 @@ def human_summary(report: dict[str, Any]) -> str:
             f"  drift: production avg log-likelihood {d['currentAvgLogLik']:.5f} tonight vs baseline "
             f"{d['baselineAvgLogLik'] if d['baselineAvgLogLik'] is None else round(d['baselineAvgLogLik'], 5)}"
         )
+        if d.get("maxWeightShift") is not None:
+            lines.append(
+                f"  components: largest weight shift {d['maxWeightShift']:.4f}, "
+                f"largest divergence from production {d['maxDivergence']:.4g}"
+            )
     if report.get("newVersion") is not None:
         m = report["metrics"]["new"]
         lines.append(

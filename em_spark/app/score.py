@@ -18,6 +18,10 @@ __all__ = ["run_impute", "run_score"]
 
 log = logging.getLogger("em_spark")
 
+#: imputation accuracy: observed entries hidden at random among the first rows read
+ACCURACY_ROWS = 5_000
+ACCURACY_FRACTION = 0.1
+
 
 def _input_partition_columns(df: Any, input_uri: str) -> list[str]:
     """Partition columns of a directory-partitioned input (``.../date=2026-11-22/part-0.parquet``)."""
@@ -255,6 +259,8 @@ def run_impute(config: JobConfig) -> dict[str, Any]:
         "output": output,
         "model": model_name,
     }
+    result["accuracy"] = _imputation_accuracy(df, model, config)
+    _publish_imputation(config, result)
     if result["unreadable"]:
         log.warning(
             "%d of %d rows could not be read (null vector, not %d features, or infinite values); "
@@ -270,3 +276,47 @@ def run_impute(config: JobConfig) -> dict[str, Any]:
         flush=True,
     )
     return result
+
+
+def _imputation_accuracy(df: Any, model: Any, config: JobConfig) -> dict[str, Any] | None:
+    """How well the model fills gaps, measured where the truth is known: ``ACCURACY_FRACTION``
+    of the observed entries of the first ``ACCURACY_ROWS`` readable rows are hidden at random
+    (seeded by ``fit.seed``) and imputed on the driver; RMSE against the hidden truth and
+    against column means (:func:`em_spark.models.diagnostics.masked_imputation_accuracy`)."""
+    import numpy as np
+
+    from em_spark.engine.spark_source import input_array
+    from em_spark.models.diagnostics import masked_imputation_accuracy
+
+    rows = (
+        df.select(input_array(df, config.input.features, False).alias("x"))
+        .where("x is not null and size(x) = " + str(int(model.numFeatures)))
+        .limit(ACCURACY_ROWS)
+        .collect()
+    )
+    X = np.array([[np.nan if v is None else v for v in row["x"]] for row in rows], dtype=np.float64)
+    X = X.reshape(-1, model.numFeatures)
+    X = X[~np.isinf(X).any(axis=1)]
+    if X.shape[0] == 0:
+        return None
+    accuracy = masked_imputation_accuracy(
+        model.family, model.arrays, X, ACCURACY_FRACTION, np.random.default_rng(config.fit.seed)
+    )
+    log.info(
+        "imputation accuracy on %d hidden entries of %d rows: RMSE %s (column means: %s)",
+        accuracy["maskedEntries"],
+        accuracy["rows"],
+        accuracy["rmse"],
+        accuracy["baselineRmse"],
+    )
+    return accuracy
+
+
+def _publish_imputation(config: JobConfig, result: dict[str, Any]) -> None:
+    """The impute run's metrics file (with a checkpointDir or metricsPath) and push, under the run
+    id ``<run.id>-impute``: a config shared with ``train`` must not overwrite the fit's metrics."""
+    from em_spark.app import metrics
+
+    run_id = f"{config.run.id}-impute" if config.run.id else metrics.new_run_id("impute")
+    uri = metrics.metrics_uri(run_id, resolve_local(config.run.checkpointDir), resolve_local(config.run.metricsPath))
+    metrics.publish_imputation(run_id, result, uri, config.storage.s3Endpoint, config.run.pushgateway)

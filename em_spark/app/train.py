@@ -84,8 +84,14 @@ def run_train(config: JobConfig) -> Any:
         config.run.id,
         lambda run_id: metrics.metrics_uri(run_id, checkpoint_dir, metrics_path),
         endpoint,
+        pushgateway=config.run.pushgateway,
     ) as recorder:
-        model = estimator.fit(df)
+        try:
+            model = estimator.fit(df)
+        except Exception as exc:
+            if config.run.pushgateway:  # e.g. a ModelError: the alert names the error's class
+                metrics.push_failure(config.run.pushgateway, recorder.run_id or config.run.id, exc)
+            raise
     if model_path:
         model.save(model_path, overwrite=config.output.overwrite)
     metrics.publish(
@@ -94,6 +100,7 @@ def run_train(config: JobConfig) -> Any:
         wall_seconds=time.perf_counter() - started,
         model_path=model_path,
         pushgateway=config.run.pushgateway,
+        executor_core_seconds=metrics.executor_core_seconds(spark, model.summary.runId),
     )
     print(_format_summary(model, time.perf_counter() - started, model_path), flush=True)
     return model

@@ -317,6 +317,39 @@ class _Fit:
             },
         )
 
+    def _log_restart(self, state: FitState) -> None:
+        """The restart's posteriors on the sample (hard assignments, entropy), for run metrics:
+        ``em_event`` {"event": "restart", ...} and ``em_assignments`` on the record. Never fails the fit."""
+        from em_spark.models.diagnostics import posterior_summary
+
+        try:
+            posterior = posterior_summary(self.family, self.source.sample, state.params)
+        except Exception as exc:  # noqa: BLE001 -- a diagnostic; the fit's own errors surface elsewhere
+            self.logger.warning("run=%s restart=%d: no posterior summary: %s", self.run_id, state.restart + 1, exc)
+            return
+        log.info(
+            "run=%s restart=%d/%d finished: %d iterations, avgLogLik=%.8f, posterior entropy %s",
+            self.run_id,
+            state.restart + 1,
+            self.settings.n_init,
+            state.iteration,
+            state.history[-1] if state.history else math.nan,
+            "n/a" if posterior.entropy is None else f"{posterior.entropy:.4f}",
+            extra={
+                "run_id": self.run_id,
+                "em_event": {
+                    "event": "restart",
+                    "run_id": self.run_id,
+                    "restart": state.restart + 1,
+                    "iterations": state.iteration,
+                    "avgLogLik": float(state.history[-1]) if state.history else None,
+                    "converged": bool(state.converged),
+                    "entropy": posterior.entropy,
+                },
+                "em_assignments": posterior.labels,
+            },
+        )
+
     def finish_restart(self, state: FitState) -> FitState:
         """Keep the better of this restart and the best so far; then the next restart, or done.
 
@@ -324,6 +357,7 @@ class _Fit:
         of a finished run returns its result without an E-step.
         """
         settings = self.settings
+        self._log_restart(state)
         best = state.best
         # scikit-learn keeps the restart with the highest final lower bound.
         if best is None or state.history[-1] > best.history[-1]:
