@@ -264,12 +264,16 @@ class DataFrameBlockSource:
             raise DataValidationError("the cached input has no rows left; was it unpersisted?")
         return total
 
-    def close(self) -> None:
-        """Release the cached data and (best effort) the executor-local files."""
+    def close_files(self) -> None:
+        """Remove the executor-local files (best effort); iterations then read the cached blocks."""
         try:
             self.handles.mapInArrow(_remove_files, "part int").collect()
         except Exception as exc:  # noqa: BLE001 -- cleanup must not hide the fit's outcome
             log.warning("could not remove executor-local block files: %s", exc)
+
+    def close(self) -> None:
+        """Release the cached data and (best effort) the executor-local files."""
+        self.close_files()
         for frame in (self.handles, self.blocks):
             try:
                 frame.unpersist()
