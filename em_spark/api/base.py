@@ -20,6 +20,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from em_spark.engine.dataframe_source import DataFrameBlockSource
 from em_spark.engine.loop import FitResult, fit_em, run_lock
 from em_spark.engine.scoring import score_frame
 from em_spark.engine.settings import FitSettings
@@ -476,7 +477,9 @@ class EMEstimator(Estimator, EMParams):
             raise TypeError(f"initialModel must be a fitted model or a dict of arrays, got {type(initial).__name__}")
         return family.params_from_public(arrays, n_features)
 
-    def load_source(self, dataset: DataFrame, family: EMFamily | None = None, label: str = "") -> SparkBlockSource:
+    def load_source(
+        self, dataset: DataFrame, family: EMFamily | None = None, label: str = ""
+    ) -> SparkBlockSource | DataFrameBlockSource:
         """Load and validate ``dataset`` once, as :meth:`fit` reads it (featuresCol, weightCol,
         labelCol, initSampleSize, numPartitions, aggregationDepth, seed): the cached blocks that
         any number of fits with ``engine.loop.fit_em`` can pass over (``em-spark select`` fits a
@@ -486,7 +489,9 @@ class EMEstimator(Estimator, EMParams):
         data, features = self._input(dataset)
         return self._load(data, features, family, label)
 
-    def _load(self, data: DataFrame, features: Any, family: EMFamily, label: str) -> SparkBlockSource:
+    def _load(
+        self, data: DataFrame, features: Any, family: EMFamily, label: str
+    ) -> SparkBlockSource | DataFrameBlockSource:
         label_col = self.getOrDefault("labelCol")
         if label_col and not family.supports_labels:
             raise ValueError(

@@ -9,10 +9,13 @@ The load pass (once):
     load_summary    LoadSummary (+ RowProblems): what the pass learns, as a value with +
     validation      the summary -> one clear DataValidationError before iteration 1
     executor_files  each partition's blocks in a file on its executor, memory-mapped
-    spark_source    SparkBlockSource: the pass itself, and one Spark job per E-step
+    partition_tasks the task bodies both transports run: encode, assemble, E-step a partition
+    spark_source    SparkBlockSource (RDDs, classic sessions): the pass, one Spark job per E-step;
+                    load_blocks, which picks the transport by session type
+    dataframe_source DataFrameBlockSource: the same through DataFrame APIs only (Spark Connect)
 The fit:
     sources         the BlockSource protocol the loop sees, and the in-process LocalBlockSource
-    reduce          the ordered tree reduce (partition order, bit-reproducible)
+    reduce          the ordered tree reduce (partition order, bit-reproducible), on RDDs or collected
     loop            fit_em: restarts x iterations, convergence, checkpoint commits, resume
     state           the checkpoint state format: FitState, its bytes, the identity a resume matches
 Afterwards:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
-__all__ = ["fan_in_for", "ordered_tree_reduce"]
+__all__ = ["fan_in_for", "ordered_tree_reduce", "reduce_collected"]
 
 
 def fan_in_for(num_partitions: int, depth: int) -> int:
@@ -63,3 +63,26 @@ def ordered_tree_reduce(indexed: Any, add: Callable[[T, T], T], depth: int = 2) 
             .mapValues(lambda pairs: _add_in_order(pairs, add))
         )
     return _add_in_order(level.collect(), add)
+
+
+def reduce_collected(
+    pairs: Iterable[tuple[int, T]], add: Callable[[T, T], T], num_partitions: int, depth: int = 2
+) -> T | None:
+    """:func:`ordered_tree_reduce`'s result from the ``(partition_index, value)`` pairs already on
+    the driver (one small value per partition, as a DataFrame ``collect`` returns them).
+
+    The pairs are combined in the same groups and the same order as the RDD version's levels
+    (``index // fan_in``, in index order, ``fan_in`` from ``num_partitions`` and ``depth``),
+    so the same per-partition values give a bit-identical result either way.
+    """
+    n = num_partitions
+    fan_in = fan_in_for(n, depth)
+    level = list(pairs)
+    while n > fan_in + n / fan_in:
+        n = math.ceil(n / fan_in)
+        groups: dict[int, list[tuple[int, T]]] = {}
+        for index, value in level:
+            groups.setdefault(index // fan_in, []).append((index, value))
+        # every group has a member, so no sum is None
+        level = [(group, cast(T, _add_in_order(members, add))) for group, members in groups.items()]
+    return _add_in_order(level, add)

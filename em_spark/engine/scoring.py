@@ -21,6 +21,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from em_spark.engine.arrow_input import FEATURES_FIELD, InputSpec, convert_arrow
+from em_spark.engine.dataframe_source import is_connect
 from em_spark.engine.spark_source import input_array
 from em_spark.models.base import Block, EMFamily, ImputingFamily, Params
 
@@ -84,6 +85,13 @@ def _score_sequence_batch(family: EMFamily, params: Params, n_features: int, fea
     )
 
 
+class _Inline:
+    """Parameters carried in a closure, read like a broadcast (``.value``)."""
+
+    def __init__(self, value: Params) -> None:
+        self.value = value
+
+
 def _arrow_udf(
     df: DataFrame,
     family: EMFamily,
@@ -94,7 +102,9 @@ def _arrow_udf(
 ) -> Callable[..., Column]:
     from pyspark.sql.functions import arrow_udf
 
-    params_bc = df.sparkSession.sparkContext.broadcast(params)
+    # Classic: a broadcast (fetched once per executor). Spark Connect has no broadcasts:
+    # the parameters travel in the function's closure, inside the plan the client sends.
+    params_bc = _Inline(params) if is_connect(df) else df.sparkSession.sparkContext.broadcast(params)
 
     @arrow_udf(return_type)  # type: ignore[call-overload]  # the stubs want functionType; 4.1+ reads the hints
     def apply(x: pa.Array) -> pa.Array:

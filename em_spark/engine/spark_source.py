@@ -13,7 +13,6 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -27,13 +26,12 @@ from em_spark.engine.arrow_input import (
     LABEL_FIELD,
     WEIGHT_FIELD,
     InputSpec,
-    block_from_arrow,
 )
-from em_spark.engine.block_codec import (
-    decode_block,
-    encode_block,
-    merge_blocks,
-    target_block_rows,
+from em_spark.engine.dataframe_source import (
+    DataFrameBlockSource,
+    default_parallelism,
+    is_connect,
+    load_dataframe_blocks,
 )
 from em_spark.engine.executor_files import (
     LocalPartition,
@@ -42,6 +40,13 @@ from em_spark.engine.executor_files import (
     write_partition,
 )
 from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
+from em_spark.engine.partition_tasks import (
+    PAYLOAD_SCHEMA,
+    PROBLEM_FIELDS,
+    assemble_partition,
+    sum_e_steps,
+    to_payloads,
+)
 from em_spark.engine.reduce import ordered_tree_reduce
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.engine.validation import DataValidationError, check_loaded
@@ -206,56 +211,6 @@ def _weight_expr(df: DataFrame, weight_col: str | None) -> Column | None:
     return F.col(weight_col).cast(T.DoubleType())
 
 
-_PROBLEM_FIELDS = tuple(f.name for f in fields(RowProblems))  # one long column each in the payload
-_PAYLOAD_SCHEMA = "src int, idx int, payload binary, " + ", ".join(f"{name} long" for name in _PROBLEM_FIELDS)
-
-
-def _to_payloads(spec: InputSpec) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    """mapInArrow function: one encoded block per Arrow batch, tagged by (partition, index)."""
-
-    def to_payloads(batches: Iterator[Any]) -> Iterator[Any]:
-        import pyarrow as pa
-        from pyspark import TaskContext
-
-        context = TaskContext.get()
-        assert context is not None  # (this runs in a task)
-        src = context.partitionId()
-        for idx, batch in enumerate(batches):
-            block, problems, _ = block_from_arrow(batch, spec)
-            yield pa.RecordBatch.from_pydict(
-                {
-                    "src": pa.array([src], pa.int32()),
-                    "idx": pa.array([idx], pa.int32()),
-                    "payload": pa.array([encode_block(block)], pa.binary()),
-                    **{name: [getattr(problems, name)] for name in _PROBLEM_FIELDS},
-                }
-            )
-
-    return to_payloads
-
-
-def _assemble(
-    items: Iterable[tuple[tuple[int, int], tuple[bytes, RowProblems]]],
-) -> Iterator[tuple[Block, RowProblems]]:
-    """Decode one partition's batches in key order and merge them into large blocks."""
-    # Sorting by (source partition, batch index) makes the partition's content and
-    # order independent of shuffle-fetch order, so a recomputed partition is identical.
-    ordered = sorted(items, key=lambda kv: kv[0])
-    problems = RowProblems()
-    blocks = []
-    for _, (payload, batch_problems) in ordered:
-        problems = problems + batch_problems
-        block = decode_block(payload)
-        if block.n_rows:
-            blocks.append(block)
-    merged = merge_blocks(blocks, target_block_rows(blocks[0].n_features)) if blocks else []
-    # The partition's problem counts ride along with its first block (or an empty one).
-    if not merged and problems != RowProblems():
-        merged = [Block(np.empty((0, 0)))]  # summarize_block is told whether the data are sequences
-    for i, block in enumerate(merged):
-        yield block, problems if i == 0 else RowProblems()
-
-
 def _spill_partition(
     dataset_key: str, sample_size: int, seed: int, sequences: bool
 ) -> Callable[[int, Iterable[tuple[Block, RowProblems]]], Iterator[tuple[Any, LoadSummary]]]:
@@ -315,19 +270,6 @@ class _ParamsRef:
             self._broadcast.destroy()
 
 
-def _sum_e_steps(family: EMFamily, params: Params, blocks: Iterable[Block]) -> Stats | None:
-    from threadpoolctl import threadpool_limits
-
-    total = None
-    # One BLAS thread per task: Spark already runs one task per core.
-    with threadpool_limits(limits=1, user_api="blas"):
-        for block in blocks:
-            if block.n_rows:
-                s = family.e_step(block, params)
-                total = s if total is None else total + s
-    return total
-
-
 def _e_step_local(
     family: EMFamily, params_ref: _ParamsRef
 ) -> Callable[[int, Iterator[LocalPartition]], Iterator[tuple[int, Any]]]:
@@ -338,7 +280,7 @@ def _e_step_local(
         if any(blocks is None for blocks in found):
             yield index, MISSING
             return
-        total = _sum_e_steps(family, params_ref.value, (b for blocks in found if blocks is not None for b in blocks))
+        total = sum_e_steps(family, params_ref.value, (b for blocks in found if blocks is not None for b in blocks))
         if total is not None:
             yield index, total
 
@@ -351,7 +293,7 @@ def _e_step_spark(
     """Fallback iteration task on the Spark-managed blocks (same blocks, same order)."""
 
     def e_step(index: int, items: Iterator[tuple[Block, RowProblems]]) -> Iterator[tuple[int, Stats]]:
-        total = _sum_e_steps(family, params_ref.value, (block for block, _ in items))
+        total = sum_e_steps(family, params_ref.value, (block for block, _ in items))
         if total is not None:
             yield index, total
 
@@ -446,7 +388,8 @@ def load_blocks(
     sequences: bool = False,
     allow_missing: bool = False,
     label_col: str | None = None,
-) -> SparkBlockSource:
+    transport: str = "auto",
+) -> SparkBlockSource | DataFrameBlockSource:
     """Read, validate and cache the input; raise DataValidationError before any fitting.
 
     ``sequences``: one sequence per row (a family's ``sequential``); ``allow_missing``: NaN
@@ -457,8 +400,22 @@ def load_blocks(
     task per core per iteration. Each further wave of tasks costs 25-50 ms of Python-task
     overhead per iteration (measured on local[2], 1M x 10); blocks are dealt evenly, so
     one wave is balanced.
+
+    ``transport``: ``"rdd"`` (this module's SparkBlockSource: RDDs, a classic session only),
+    ``"dataframe"`` (:class:`~em_spark.engine.dataframe_source.DataFrameBlockSource`: DataFrame
+    APIs only, any session), or ``"auto"``: the DataFrame source on a Spark Connect session, the
+    RDD source on a classic one (faster there per iteration: see bench/bench_connect.py).
     """
-    sc = df.sparkSession.sparkContext
+    connect = is_connect(df)
+    if transport == "auto":
+        transport = "dataframe" if connect else "rdd"
+    if transport not in ("rdd", "dataframe"):
+        raise ValueError(f"transport must be 'auto', 'rdd' or 'dataframe', got {transport!r}")
+    if transport == "rdd" and connect:
+        raise ValueError(
+            "the 'rdd' transport needs a classic SparkSession (RDDs do not exist on Spark Connect); "
+            "use transport='dataframe' or 'auto'"
+        )
     columns = [input_array(df, features, sequences).alias(FEATURES_FIELD)]
     weight = _weight_expr(df, weight_col)
     if weight is not None:
@@ -472,22 +429,35 @@ def load_blocks(
         columns.append(labels.alias(LABEL_FIELD))
     spec = InputSpec(sequences=sequences, allow_missing=allow_missing, k=k if labels is not None else None)
     selected = df.select(*columns)
-    n_target = int(num_partitions or sc.defaultParallelism)
+    n_target = int(num_partitions or default_parallelism(df.sparkSession))
     if n_target < 1:
         raise ValueError(f"numPartitions must be >= 1, got {num_partitions}")
+    if transport == "dataframe":
+        return load_dataframe_blocks(
+            selected.mapInArrow(to_payloads(spec), PAYLOAD_SCHEMA),
+            num_partitions=n_target,
+            sample_size=sample_size,
+            seed=seed,
+            sequences=sequences,
+            aggregation_depth=aggregation_depth,
+            check=lambda summary: check_loaded(
+                summary, k, describe_features(features), weight_col, label_col, allow_missing
+            ),
+        )
+    sc = df.sparkSession.sparkContext
 
-    payloads = selected.mapInArrow(_to_payloads(spec), _PAYLOAD_SCHEMA).rdd.map(
-        lambda r: ((r.src, r.idx), (bytes(r.payload), RowProblems(**{name: r[name] for name in _PROBLEM_FIELDS})))
+    payloads = selected.mapInArrow(to_payloads(spec), PAYLOAD_SCHEMA).rdd.map(
+        lambda r: ((r.src, r.idx), (bytes(r.payload), RowProblems(**{name: r[name] for name in PROBLEM_FIELDS})))
     )
     # Deal batches over the target partitions whatever the input's partitioning (a Parquet
     # file with one row group leaves all but one input split empty). Consecutive batches of
     # a source partition go to consecutive targets, and a prime stride spreads sources that
     # hold a single batch each. The (src, idx) keys make the deal deterministic, and
-    # _assemble re-sorts within each partition, so a recomputed partition is identical.
+    # assemble_partition re-sorts within each partition, so a recomputed partition is identical.
     payloads = payloads.partitionBy(n_target, partitionFunc=lambda key: key[0] * 7919 + key[1])
     # The Spark-managed copy lives on disk: iterations read the executor-local files, and
     # this copy is only read again if a file is missing (and survives executor loss).
-    blocks = payloads.mapPartitions(_assemble).persist(StorageLevel.DISK_ONLY)
+    blocks = payloads.mapPartitions(assemble_partition).persist(StorageLevel.DISK_ONLY)
     dataset_key = uuid.uuid4().hex
     spilled = blocks.mapPartitionsWithIndex(_spill_partition(dataset_key, sample_size, seed, sequences)).persist(
         StorageLevel.MEMORY_AND_DISK

@@ -40,3 +40,29 @@ def test_close_removes_the_local_files(spark):
     assert any(os.scandir(root))
     source.close()
     assert not os.path.exists(root) or not any(os.scandir(root))
+
+
+def test_the_dataframe_transport_gives_the_rdd_transports_statistics_bit_for_bit(spark):
+    # The Connect path's source on a classic session: same deal, same blocks, same task bodies,
+    # the same tree order on the driver; with its files, and from the cached blocks without them.
+    X, _, _ = make_blobs(5000, 3, 3, seed=5)
+    df = spark.createDataFrame([tuple(map(float, r)) for r in X], ["a", "b", "c"]).repartition(3)
+    family = GaussianFamily(k=3)
+    rdd = load_blocks(df, ["a", "b", "c"], None, k=3, seed=0, num_partitions=5, transport="rdd")
+    frame = load_blocks(df, ["a", "b", "c"], None, k=3, seed=0, num_partitions=5, transport="dataframe")
+    try:
+        assert type(frame).__name__ == "DataFrameBlockSource"
+        assert frame.fingerprint == rdd.fingerprint
+        np.testing.assert_array_equal(frame.sample.X, rdd.sample.X)
+        params = family.initialize(rdd.sample, np.random.default_rng(1))
+        expected = rdd.e_step(family, params)
+        fast = frame.e_step(family, params)
+        frame.close_files()
+        slow = frame.e_step(family, params)
+        assert (frame.fallbacks, rdd.fallbacks) == (1, 0)
+        for name in expected:
+            np.testing.assert_array_equal(fast[name], expected[name])
+            np.testing.assert_array_equal(slow[name], expected[name])
+    finally:
+        rdd.close()
+        frame.close()

@@ -1,0 +1,372 @@
+"""The data through DataFrame APIs only: the source a Spark Connect session uses.
+
+A Spark Connect session (``SparkSession.builder.remote(...)``, Databricks serverless and
+standard access mode, ``spark.api.mode=connect``) has no SparkContext, RDDs, broadcasts or
+accumulators. This source does what :class:`~em_spark.engine.spark_source.SparkBlockSource`
+does with ``mapInArrow``, a cached DataFrame and ``collect``, running the same task bodies
+(:mod:`em_spark.engine.partition_tasks`), so the loop, the families, checkpoints and scoring
+are shared and the same data, partitioning and seed give bit-identical statistics:
+
+load (once)
+    ``mapInArrow`` encodes each Arrow batch as one block keyed (source partition, batch
+    index); ``repartitionById`` deals the keys over the target partitions exactly as the
+    RDD path's ``partitionBy`` does; a second ``mapInArrow`` assembles each partition's
+    blocks in key order, summarizes them, writes them to an executor-local file (when the
+    executor keeps its disk), and emits the blocks as rows plus one row of facts (the
+    file's handle, the partition's LoadSummary). The result is persisted; the facts are
+    collected and reduced on the driver in partition order.
+iteration (one Spark job)
+    ``mapInArrow`` over the cached handles (one tiny row per partition), the parameters in
+    the function's closure: each task memory-maps its file and returns one pickled Stats
+    keyed by the partition index it carries. Where a file is not there (another executor,
+    serverless workers without a shared disk), the iteration is recomputed from the cached
+    blocks: the same blocks in the same order, so the same statistics, only slower.
+    The driver adds the per-partition values in the ordered tree's order
+    (:func:`~em_spark.engine.reduce.reduce_collected`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from em_spark.engine.executor_files import read_partition, remove_partition, write_partition
+from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
+from em_spark.engine.partition_tasks import PROBLEM_FIELDS, assemble_partition, sum_e_steps
+from em_spark.engine.reduce import reduce_collected
+from em_spark.engine.validation import DataValidationError
+from em_spark.models.base import Block, EMFamily, Params
+from em_spark.stats import Stats
+
+__all__ = [
+    "DataFrameBlockSource",
+    "default_parallelism",
+    "is_connect",
+    "load_dataframe_blocks",
+]
+
+log = logging.getLogger("em_spark")
+
+#: the key of the RDD path's partitionBy: (src, idx) -> src * DEAL_STRIDE + idx, modulo the partitions
+DEAL_STRIDE = 7919
+
+_BLOCKS_SCHEMA = "part int, seq int, payload binary, handle binary, summary binary"
+_STATS_SCHEMA = "part int, stats binary, missing boolean"
+
+
+def is_connect(obj: Any) -> bool:
+    """True for a Spark Connect DataFrame or session (the classes of ``pyspark.sql.connect``).
+
+    Asked of the object, not of the process (``pyspark.sql.utils.is_remote`` reads an
+    environment variable that any Connect session in the process sets).
+    """
+    return type(obj).__module__.startswith("pyspark.sql.connect")
+
+
+def default_parallelism(spark: Any) -> int:
+    """The session's default parallelism (total executor cores), without a SparkContext on Connect.
+
+    Classic: ``sparkContext.defaultParallelism``. Connect: ``spark.default.parallelism`` when the
+    server sets it, else the number of partitions ``spark.range`` gets by default (which is that
+    parallelism), from one small JVM-only job.
+    """
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+    from pyspark.sql import functions as F
+
+    try:
+        configured = spark.conf.get("spark.default.parallelism", None)
+    except Exception:  # noqa: BLE001 -- some servers refuse reading non-SQL confs; the job below answers
+        configured = None
+    if configured:
+        return int(configured)
+    row = spark.range(0, 1 << 16).select(F.max(F.spark_partition_id()).alias("p")).first()
+    return int(row["p"]) + 1
+
+
+def _blocks_directory(dataset_key: str) -> str:
+    """Where an executor keeps a data set's block files: the Spark files root, as on classic."""
+    try:
+        from pyspark import SparkFiles
+
+        root = SparkFiles.getRootDirectory()
+    except Exception:  # noqa: BLE001 -- no Spark files root in this worker: a temporary directory serves
+        root = tempfile.gettempdir()
+    return os.path.join(root, "em_spark-blocks", dataset_key)
+
+
+def _assemble_and_spill(
+    dataset_key: str, sample_size: int, seed: int, sequences: bool, use_files: bool
+) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """Load-pass task over dealt payloads: assemble, summarize, spill; emit blocks and facts.
+
+    Rows carry the target partition (``dest``) they were dealt to, so a task groups by it and
+    never depends on the physical partition it runs as.
+    """
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        from em_spark.engine.block_codec import encode_block
+
+        by_part: dict[int, list] = {}
+        for batch in batches:
+            columns = batch.to_pydict()
+            problem_counts = zip(*(columns[name] for name in PROBLEM_FIELDS))
+            for dest, src, idx, payload, counts in zip(
+                columns["dest"], columns["src"], columns["idx"], columns["payload"], problem_counts
+            ):
+                by_part.setdefault(int(dest), []).append(((src, idx), (payload, RowProblems(*counts))))
+        for part in sorted(by_part):
+            blocks, total = [], None
+            for block, problems in assemble_partition(by_part.pop(part)):
+                s = summarize_block(block, sample_size, seed, problems, sequences=sequences)
+                total = s if total is None else total + s
+                if block.n_rows:
+                    blocks.append(block)
+            handle = None
+            if use_files:
+                try:
+                    handle = write_partition(_blocks_directory(dataset_key), part, blocks)
+                except OSError:
+                    handle = None  # no local disk here: iterations read the cached blocks
+            for seq, block in enumerate(blocks):
+                yield pa.RecordBatch.from_pydict(
+                    {
+                        "part": pa.array([part], pa.int32()),
+                        "seq": pa.array([seq], pa.int32()),
+                        "payload": pa.array([encode_block(block)], pa.binary()),
+                        "handle": pa.array([None], pa.binary()),
+                        "summary": pa.array([None], pa.binary()),
+                    }
+                )
+            summary = total or LoadSummary(sequences=sequences)
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "part": pa.array([part], pa.int32()),
+                    "seq": pa.array([-1], pa.int32()),
+                    "payload": pa.array([None], pa.binary()),
+                    "handle": pa.array([None if handle is None else pickle.dumps(handle)], pa.binary()),
+                    "summary": pa.array([pickle.dumps(summary)], pa.binary()),
+                }
+            )
+
+    return run
+
+
+def _stats_batch(part: int, total: Stats | None, missing: bool = False) -> Any:
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pydict(
+        {
+            "part": pa.array([part], pa.int32()),
+            "stats": pa.array([None if total is None else pickle.dumps(total)], pa.binary()),
+            "missing": pa.array([missing]),
+        }
+    )
+
+
+def _e_step_files(family: EMFamily, params: Params) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """Iteration task over the cached handles: each partition's blocks from its executor-local file."""
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in list(batches):  # consume the input first: the worker is then reused
+            columns = batch.to_pydict()
+            for part, handle in zip(columns["part"], columns["handle"]):
+                blocks = read_partition(pickle.loads(handle)) if handle is not None else None
+                if blocks is None:
+                    yield _stats_batch(part, None, missing=True)
+                else:
+                    yield _stats_batch(part, sum_e_steps(family, params, blocks))
+
+    return run
+
+
+def _e_step_payloads(family: EMFamily, params: Params) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """Iteration task over the cached blocks themselves (no file, or a file missing)."""
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        from em_spark.engine.block_codec import decode_block
+
+        per_part: dict[int, list[tuple[int, Stats]]] = {}
+        for batch in batches:
+            columns = batch.to_pydict()
+            for part, seq, payload in zip(columns["part"], columns["seq"], columns["payload"]):
+                s = sum_e_steps(family, params, [decode_block(payload)])
+                if s is not None:
+                    per_part.setdefault(part, []).append((seq, s))
+        for part in sorted(per_part):
+            total = None  # in block order, as sum_e_steps adds a file's blocks
+            for _, s in sorted(per_part[part], key=lambda p: p[0]):
+                total = s if total is None else total + s
+            yield _stats_batch(part, total)
+
+    return run
+
+
+class DataFrameBlockSource:
+    """Validated, cached blocks of one input DataFrame, through DataFrame APIs only.
+
+    ``blocks`` (persisted) holds one row per block (``part``, ``seq``, ``payload``) and one
+    row of facts per partition (``seq = -1``: the pickled handle of its local file, or null,
+    and its pickled LoadSummary); ``handles`` (a local checkpoint, tiny: ``part``, ``handle``)
+    is what an iteration reads.
+    """
+
+    def __init__(
+        self, blocks: Any, handles: Any, summary: LoadSummary, num_partitions: int, aggregation_depth: int
+    ) -> None:
+        self.blocks = blocks
+        self.handles = handles
+        self.summary = summary
+        self.num_partitions = num_partitions
+        self.aggregation_depth = aggregation_depth
+        self.fallbacks = 0  # iterations computed from the cached blocks instead of local files
+        self.use_files = True  # False: always read the cached blocks (as where executors keep no disk)
+
+    @property
+    def n_features(self) -> int:
+        return next(iter(self.summary.n_features))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.summary.data_identity
+
+    @property
+    def sample(self) -> Block:
+        return self.summary.sample
+
+    def _collect(self, frame: Any, label: str) -> list[tuple[int, Stats | None, bool]]:
+        rows = frame.collect()
+        return [
+            (int(r["part"]), None if r["stats"] is None else pickle.loads(r["stats"]), bool(r["missing"])) for r in rows
+        ]
+
+    def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
+        """Sufficient statistics of all the data under ``params``: one Spark job (two after a lost file)."""
+        results = None
+        if self.use_files:
+            try:
+                results = self._collect(self.handles.mapInArrow(_e_step_files(family, params), _STATS_SCHEMA), label)
+            except Exception as exc:  # noqa: BLE001 -- e.g. the handles' executor is gone; the cached blocks remain
+                log.warning("%s: the block files could not be read (%s); computing from Spark's copy", label, exc)
+                results = None
+                self.fallbacks += 1
+            if results is not None and any(missing for _, _, missing in results):
+                self.fallbacks += 1
+                log.warning("%s: a local block file was missing; computing this iteration from Spark's copy", label)
+                results = None
+        if results is None:
+            payloads = self.blocks.where("seq >= 0").select("part", "seq", "payload")
+            results = self._collect(payloads.mapInArrow(_e_step_payloads(family, params), _STATS_SCHEMA), label)
+        pairs = [(part, stats) for part, stats, _ in results if stats is not None]
+        total = reduce_collected(pairs, Stats.__add__, self.num_partitions, self.aggregation_depth)
+        if total is None:
+            raise DataValidationError("the cached input has no rows left; was it unpersisted?")
+        return total
+
+    def close_files(self) -> None:
+        """Remove the executor-local files (best effort); iterations then read the cached blocks."""
+        try:
+            self.handles.mapInArrow(_remove_files, "part int").collect()
+        except Exception as exc:  # noqa: BLE001 -- cleanup must not hide the fit's outcome
+            log.warning("could not remove executor-local block files: %s", exc)
+
+    def close(self) -> None:
+        """Release the cached data and (best effort) the executor-local files."""
+        self.close_files()
+        for frame in (self.handles, self.blocks):
+            try:
+                frame.unpersist()
+            except Exception as exc:  # noqa: BLE001 -- a server gone away has released them already
+                log.warning("could not unpersist the cached blocks: %s", exc)
+
+
+def _remove_files(batches: Iterator[Any]) -> Iterator[Any]:
+    import pyarrow as pa
+
+    for batch in list(batches):
+        columns = batch.to_pydict()
+        for part, handle in zip(columns["part"], columns["handle"]):
+            if handle is not None:
+                remove_partition(pickle.loads(handle))
+            yield pa.RecordBatch.from_pydict({"part": pa.array([part], pa.int32())})
+
+
+def _persist(frame: Any, level: Any) -> Any:
+    """``frame`` persisted at ``level``; where persisting is refused (some serverless
+    platforms), a local checkpoint: computed once, kept on the executors either way."""
+    try:
+        return frame.persist(level)
+    except Exception as exc:  # noqa: BLE001 -- the platform's refusal, whatever its class
+        log.info("persist refused (%s); using localCheckpoint", exc)
+        return frame.localCheckpoint(eager=False)
+
+
+def _checkpoint(frame: Any) -> Any:
+    """``frame`` computed now and kept on the executors, with a leaf plan (persisted where refused)."""
+    try:
+        return frame.localCheckpoint(eager=True)
+    except Exception as exc:  # noqa: BLE001 -- the platform's refusal, whatever its class
+        from pyspark import StorageLevel
+
+        log.info("localCheckpoint refused (%s); persisting instead", exc)
+        kept = frame.persist(StorageLevel.MEMORY_AND_DISK)
+        kept.count()
+        return kept
+
+
+def load_dataframe_blocks(
+    payloads: Any,
+    *,
+    num_partitions: int,
+    sample_size: int,
+    seed: int,
+    sequences: bool,
+    aggregation_depth: int,
+    check: Any,
+    use_files: bool = True,
+) -> DataFrameBlockSource:
+    """The load pass over ``payloads`` (the output of :func:`~em_spark.engine.partition_tasks.to_payloads`).
+
+    ``check(summary)`` validates the LoadSummary (raising DataValidationError) before the
+    source is returned; on any error the cached data are released.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    n = int(num_partitions)
+    dest = F.pmod(F.col("src").cast("long") * DEAL_STRIDE + F.col("idx").cast("long"), F.lit(n)).cast("int")
+    dealt = payloads.withColumn("dest", dest).repartitionById(n, "dest")
+    schema = _BLOCKS_SCHEMA
+    dataset_key = uuid.uuid4().hex
+    blocks = dealt.mapInArrow(_assemble_and_spill(dataset_key, sample_size, seed, sequences, use_files), schema)
+    blocks = _persist(blocks, StorageLevel.MEMORY_AND_DISK)
+    handles = None
+    try:
+        facts = blocks.where("seq < 0")
+        collected = facts.select("part", "summary").collect()  # computes (and caches) the blocks: the load job
+        pairs = [(int(r["part"]), pickle.loads(r["summary"])) for r in collected]
+        summary = reduce_collected(pairs, LoadSummary.__add__, n, aggregation_depth)
+        summary = summary or LoadSummary(sequences=sequences)
+        check(summary)
+        # What an iteration reads: one tiny row per partition, kept where its block file is. A
+        # local checkpoint, not persist: its plan is a leaf, which a Connect server analyzes in
+        # a fraction of the time of the load pass's plan (measured 0.4-0.5 s against 0.8 s per
+        # job on a loaded local[2]). It is lost with its executor; e_step then falls back.
+        handles = _checkpoint(facts.select("part", "handle"))
+    except BaseException:
+        for frame in (handles, blocks):
+            if frame is not None:
+                with contextlib.suppress(Exception):  # the original error is the one to see
+                    frame.unpersist()
+        raise
+    source = DataFrameBlockSource(blocks, handles, summary, n, aggregation_depth)
+    source.use_files = use_files
+    return source

@@ -1,0 +1,133 @@
+"""Every family through a real Spark Connect server: fit, transform, criteria, save/load,
+resume, restarts and the run lease, with the same fitted parameters as a classic session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from connect_data import FITS
+
+import em_spark
+from em_spark.engine import dataframe_source
+from em_spark.engine.spark_source import load_blocks
+
+pytestmark = pytest.mark.connect
+
+
+def _fit(connect, datasets, name, **overrides):
+    estimator, params, data = FITS[name]
+    df = connect.read.parquet(datasets[data])
+    return getattr(em_spark, estimator)(**{**params, **overrides}).fit(df), df
+
+
+def _assert_same_model(a, b):
+    assert a.arrays.keys() == b.arrays.keys()
+    for key in a.arrays:
+        np.testing.assert_array_equal(a.arrays[key], b.arrays[key], err_msg=key)
+
+
+def test_the_session_is_a_connect_session_without_a_spark_context(connect):
+    assert dataframe_source.is_connect(connect)
+    with pytest.raises(Exception, match="JVM_ATTRIBUTE_NOT_SUPPORTED"):
+        connect.sparkContext  # noqa: B018 -- the attribute access is what fails
+
+
+@pytest.mark.parametrize("name", list(FITS))
+def test_fit_on_connect_is_bit_identical_to_classic(connect, datasets, classic_models, name):
+    # Same Parquet files, partitioning, Arrow batch size and seed: the DataFrame source deals
+    # the same blocks to the same partitions, runs the same task bodies and adds the
+    # per-partition statistics in the RDD tree's order, so nothing differs, not even the last bit.
+    model, _ = _fit(connect, datasets, name)
+    estimator = FITS[name][0]
+    reference = getattr(em_spark, f"{estimator}Model").load(classic_models[name])
+    _assert_same_model(model, reference)
+    assert model.summary.logLikelihoodHistory == reference.summary.logLikelihoodHistory
+    assert model.summary.dataFingerprint == reference.summary.dataFingerprint
+    assert model.summary.numRows == reference.summary.numRows
+
+
+@pytest.mark.parametrize("name", list(FITS))
+def test_transform_criteria_save_and_load_on_connect(connect, datasets, tmp_path, name):
+    model, df = _fit(connect, datasets, name, maxIter=3)
+    scored = model.transform(df)
+    rows = scored.select("prediction", "probability", "logLikelihood").collect()
+    assert len(rows) == df.count()
+    assert all(r["logLikelihood"] is not None for r in rows)
+    criteria = model.criteria(df)
+    assert np.isfinite(criteria["bic"]) and np.isfinite(criteria["aic"])
+    assert model.bic(df) == criteria["bic"]
+    model.save(str(tmp_path / "model"))
+    loaded = type(model).load(str(tmp_path / "model"))
+    _assert_same_model(model, loaded)
+    again = loaded.transform(df).select("logLikelihood").collect()
+    assert [r[0] for r in again] == [r["logLikelihood"] for r in rows]
+
+
+def test_impute_on_connect(connect, datasets):
+    model, df = _fit(connect, datasets, "missing", maxIter=3)
+    out = model.impute(df).select("x", "imputed", "imputedStd").collect()
+    assert len(out) == 3000
+    for row in out[:200]:
+        x, filled = np.array(row["x"], dtype=float), np.array(row["imputed"])
+        observed = ~np.isnan(x)
+        np.testing.assert_array_equal(filled[observed], x[observed])
+        assert np.isfinite(filled).all()
+
+
+def test_a_killed_fit_resumes_exactly_on_connect(connect, datasets, tmp_path, monkeypatch):
+    params = dict(nInit=2, maxIter=6, checkpointDir=(tmp_path / "ck").as_uri())
+    reference, _ = _fit(connect, datasets, "gaussian", runId="reference", **params)
+
+    real = dataframe_source.DataFrameBlockSource.e_step
+    calls = {"n": 0}
+
+    def dying(self, family, p, label=""):
+        if calls["n"] == 8:  # in the second restart
+            raise KeyboardInterrupt("client killed")
+        calls["n"] += 1
+        return real(self, family, p, label)
+
+    monkeypatch.setattr(dataframe_source.DataFrameBlockSource, "e_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(connect, datasets, "gaussian", runId="connect-1", **params)
+    monkeypatch.setattr(dataframe_source.DataFrameBlockSource, "e_step", real)
+    resumed, _ = _fit(connect, datasets, "gaussian", runId="connect-1", **params)
+    _assert_same_model(resumed, reference)
+    assert resumed.summary.logLikelihoodHistory == reference.summary.logLikelihoodHistory
+    assert resumed.summary.bestRestart == reference.summary.bestRestart
+    assert len(resumed.summary.iterationSeconds) == 12 - 8  # only the iterations after the kill ran
+
+
+def test_a_run_held_by_a_live_driver_is_refused_on_connect(connect, datasets, tmp_path):
+    from em_spark.storage import RunLock, RunLockedError
+
+    checkpoints = (tmp_path / "ck").as_uri()
+    with RunLock(checkpoints, "busy", heartbeat_seconds=0), pytest.raises(RunLockedError, match="already running"):
+        _fit(connect, datasets, "gaussian", runId="busy", checkpointDir=checkpoints)
+
+
+def test_lost_block_files_fall_back_to_the_cached_blocks_with_identical_statistics(connect, datasets):
+    from em_spark.models import GaussianFamily
+
+    df = connect.read.parquet(datasets["rows"])
+    source = load_blocks(df, ["a", "b", "c"], None, k=3, seed=0, num_partitions=3)
+    try:
+        assert isinstance(source, dataframe_source.DataFrameBlockSource)
+        family = GaussianFamily(k=3)
+        params = family.initialize(source.sample, np.random.default_rng(0))
+        fast = source.e_step(family, params)
+        assert source.fallbacks == 0
+        source.close_files()
+        slow = source.e_step(family, params)
+        assert source.fallbacks == 1
+        for name in fast:
+            np.testing.assert_array_equal(fast[name], slow[name])
+        assert fast.count == 6000
+    finally:
+        source.close()
+
+
+def test_the_rdd_transport_on_connect_is_a_clear_error(connect, datasets):
+    df = connect.read.parquet(datasets["rows"])
+    with pytest.raises(ValueError, match="needs a classic SparkSession.*transport='dataframe'"):
+        load_blocks(df, ["a", "b", "c"], None, k=3, seed=0, transport="rdd")
