@@ -24,7 +24,6 @@ __all__ = [
     "JavaNotFoundError",
     "check_java",
     "get_session",
-    "is_connect",
     "parse_connect_url",
     "under_spark_submit",
 ]
@@ -98,15 +97,6 @@ def parse_connect_url(url: str) -> tuple[str, int] | None:
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range in {url!r}")
     return match.group(1).strip("[]"), port
-
-
-def is_connect(spark: Any) -> bool:
-    """True for a Spark Connect session (no SparkContext, RDDs, broadcasts or accumulators)."""
-    try:
-        from pyspark.sql.connect.session import SparkSession as ConnectSession
-    except ImportError:  # pyspark without the connect extra cannot have made one
-        return False
-    return isinstance(spark, ConnectSession)
 
 
 def _check_server(url: str, target: tuple[str, int]) -> None:
