@@ -153,7 +153,8 @@ def run_score(config: JobConfig) -> dict[str, Any]:
         columns.append((F.col(ll) < F.lit(float(threshold))).alias(config.score.anomalyCol))
 
     def write(uri: str) -> None:
-        writer = scored.select(*columns).write.mode("errorifexists")  # a fresh staging location
+        # a fresh staging location; "error", not "errorifexists", which the Connect client refuses
+        writer = scored.select(*columns).write.mode("error")
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.parquet(uri)
@@ -249,7 +250,7 @@ def run_impute(config: JobConfig) -> dict[str, Any]:
     counts = outputs.write_staged(
         staged,
         mode,
-        lambda uri: imputed.write.mode("errorifexists").parquet(uri),
+        lambda uri: imputed.write.mode("error").parquet(uri),  # (Connect refuses "errorifexists")
         lambda uri: spark.read.parquet(uri).agg(*aggregates).first(),
     )
     result = {
