@@ -40,8 +40,9 @@ from em_spark.engine.executor_files import read_partition, remove_partition, wri
 from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
 from em_spark.engine.partition_tasks import PROBLEM_FIELDS, assemble_partition, sum_e_steps
 from em_spark.engine.reduce import reduce_collected
+from em_spark.engine.sources import SummaryFacts
 from em_spark.engine.validation import DataValidationError
-from em_spark.models.base import Block, EMFamily, Params
+from em_spark.models.base import EMFamily, Params
 from em_spark.stats import Stats
 
 __all__ = [
@@ -210,7 +211,7 @@ def _e_step_payloads(family: EMFamily, params: Params) -> Callable[[Iterator[Any
     return run
 
 
-class DataFrameBlockSource:
+class DataFrameBlockSource(SummaryFacts):
     """Validated, cached blocks of one input DataFrame, through DataFrame APIs only.
 
     ``blocks`` (persisted) holds one row per block (``part``, ``seq``, ``payload``) and one
@@ -229,18 +230,6 @@ class DataFrameBlockSource:
         self.aggregation_depth = aggregation_depth
         self.fallbacks = 0  # iterations computed from the cached blocks instead of local files
         self.use_files = True  # False: always read the cached blocks (as where executors keep no disk)
-
-    @property
-    def n_features(self) -> int:
-        return next(iter(self.summary.n_features))
-
-    @property
-    def fingerprint(self) -> str:
-        return self.summary.data_identity
-
-    @property
-    def sample(self) -> Block:
-        return self.summary.sample
 
     def _collect(self, frame: Any, label: str) -> list[tuple[int, Stats | None, bool]]:
         rows = frame.collect()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from em_spark.engine.load_summary import summarize_block
+from em_spark.engine.load_summary import LoadSummary, summarize_block
 from em_spark.models.base import Block, EMFamily, Params
 from em_spark.stats import Stats
 
-__all__ = ["BlockSource", "LocalBlockSource"]
+__all__ = ["BlockSource", "LocalBlockSource", "SummaryFacts"]
 
 
 class BlockSource(Protocol):
@@ -38,6 +38,25 @@ class BlockSource(Protocol):
 
     def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
         """Summed sufficient statistics of all rows under ``params``."""
+
+
+class SummaryFacts:
+    """A Spark source's ``n_features``, ``fingerprint`` and ``sample``, read from its LoadSummary
+    (written once for the RDD and the DataFrame sources)."""
+
+    summary: LoadSummary
+
+    @property
+    def n_features(self) -> int:
+        return int(next(iter(self.summary.n_features)))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.summary.data_identity
+
+    @property
+    def sample(self) -> Block:
+        return self.summary.sample
 
 
 #: rows (or sequences) sampled for initialization when not told

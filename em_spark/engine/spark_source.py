@@ -48,7 +48,7 @@ from em_spark.engine.partition_tasks import (
     to_payloads,
 )
 from em_spark.engine.reduce import ordered_tree_reduce
-from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
+from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE, SummaryFacts
 from em_spark.engine.validation import DataValidationError, check_loaded
 from em_spark.models.base import Block, EMFamily, Params
 from em_spark.stats import Stats
@@ -306,7 +306,7 @@ def _remove_local(index: int, handles: Iterator[LocalPartition]) -> Iterator[int
     yield index
 
 
-class SparkBlockSource:
+class SparkBlockSource(SummaryFacts):
     """Validated, cached blocks of one input DataFrame.
 
     ``handles`` (cached, tiny) point at executor-local files holding each partition's
@@ -328,18 +328,6 @@ class SparkBlockSource:
     @property
     def num_partitions(self) -> int:
         return self.handles.getNumPartitions()
-
-    @property
-    def n_features(self) -> int:
-        return next(iter(self.summary.n_features))
-
-    @property
-    def fingerprint(self) -> str:
-        return self.summary.data_identity
-
-    @property
-    def sample(self) -> Block:
-        return self.summary.sample
 
     def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
         """Sufficient statistics of all the data under ``params``: one Spark job."""
