@@ -221,7 +221,6 @@ def _run_nightly(config: JobConfig) -> dict[str, Any]:
             productionAfter=production_version,
         )
     else:
-        assert drift is not None  # measured whenever there is a production model (above)
         report.update(
             _retrain(config, registry, name, run_id, production, production_version, train, holdout, timings, drift)
         )
@@ -276,7 +275,7 @@ def _retrain(
     train: DataFrame,
     holdout: DataFrame,
     timings: dict[str, float],
-    drift: dict[str, Any],
+    drift: dict[str, Any] | None,  # None on the first night (no production model to compare)
 ) -> dict:
     existing = registry.find_by_run_id(name, run_id)
     t = time.perf_counter()
