@@ -23,7 +23,7 @@ __all__ = ["run_train"]
 log = logging.getLogger("em_spark")
 
 
-def _format_summary(model: Any, seconds: float, model_path: str | None) -> str:
+def _format_summary(model: Any, seconds: float, model_path: str | None, on_connect: bool) -> str:
     import numpy as np
 
     s = model.summary
@@ -32,7 +32,7 @@ def _format_summary(model: Any, seconds: float, model_path: str | None) -> str:
     setting = f" ({model.getOrDefault('covarianceType')})" if model.hasParam("covarianceType") else ""
     lines = [
         f"em_spark fit: run {s.runId}: {family.name}, {s.numRows} {unit}, {model.numFeatures} features, "
-        f"k={s.k}{setting}",
+        f"k={s.k}{setting}, {'a Spark Connect' if on_connect else 'a classic'} session",
         f"  iterations {s.numIter} ({'converged' if s.converged else 'not converged'}), best restart {s.bestRestart + 1}, "
         f"average log-likelihood {s.averageLogLikelihood:.6f}, total {s.logLikelihood:.2f}, {seconds:.1f} s",
     ]
@@ -102,5 +102,7 @@ def run_train(config: JobConfig) -> Any:
         pushgateway=config.run.pushgateway,
         executor_core_seconds=metrics.executor_core_seconds(spark, model.summary.runId),
     )
-    print(_format_summary(model, time.perf_counter() - started, model_path), flush=True)
+    from em_spark.engine.dataframe_source import is_connect
+
+    print(_format_summary(model, time.perf_counter() - started, model_path, is_connect(spark)), flush=True)
     return model

@@ -87,8 +87,10 @@ def default_parallelism(spark: Any) -> int:
         configured = None
     if configured:
         return int(configured)
-    row = spark.range(0, 1 << 16).select(F.max(F.spark_partition_id()).alias("p")).first()
-    return int(row["p"]) + 1
+    # the partition id is projected first: Spark 4.3 refuses a non-deterministic expression
+    # inside an aggregate (max(spark_partition_id()) fails analysis)
+    ids = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("p"))
+    return int(ids.agg(F.max("p").alias("p")).first()["p"]) + 1
 
 
 def _blocks_directory(dataset_key: str) -> str:

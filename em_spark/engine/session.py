@@ -7,6 +7,7 @@ it) is a gRPC client of a server elsewhere and needs no Java on this machine.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ __all__ = [
     "check_java",
     "get_session",
     "parse_connect_url",
+    "submitted_conf",
     "under_spark_submit",
 ]
 
@@ -159,6 +161,37 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def submitted_conf() -> dict[str, str]:
+    """The Spark conf spark-submit hands its Python app as ``PYSPARK_REMOTE_INIT_CONF_<i>``
+    (JSON groups; Spark's PythonRunner sets them only for ``spark.remote`` or
+    ``spark.api.mode=connect``). Empty outside spark-submit."""
+    conf: dict[str, str] = {}
+    for i in range(int(os.environ.get("PYSPARK_REMOTE_INIT_CONF_LEN", "0") or 0)):
+        conf.update(json.loads(os.environ.get(f"PYSPARK_REMOTE_INIT_CONF_{i}", "{}")))
+    return conf
+
+
+def _submitted_in_connect_mode() -> bool:
+    """``spark-submit --conf spark.api.mode=connect app.py`` without ``spark.remote``: the app
+    should get a Connect session served from spark-submit's own JVM. pyspark 4.3 does not read
+    that setting back from spark-submit, so em_spark passes it to the builder."""
+    conf = submitted_conf()
+    return under_spark_submit() and conf.get("spark.api.mode", "").lower() == "connect" and "spark.remote" not in conf
+
+
+def _server_jars_missing(exc: BaseException) -> ConnectServerError | None:
+    """The clear error for the launcher's classpath gap, or None if ``exc`` is something else."""
+    if "ClassNotFoundException: org.apache.spark.sql.connect.SparkConnectPlugin" not in str(exc):
+        return None
+    jars = os.path.join(os.environ.get("SPARK_HOME", "$SPARK_HOME"), "jars", "*")
+    return ConnectServerError(
+        "spark-submit ran with spark.api.mode=connect but its launcher left Spark's SQL and Connect server "
+        "jars off the driver classpath (it treats the app as a remote client), so no Connect server can start "
+        f"in the driver. Add `--conf spark.driver.extraClassPath={jars}` to the spark-submit command, or point "
+        "the job at a running server with spark.remote / SPARK_REMOTE (sc://host:15002)"
+    )
+
+
 def get_session(
     app_name: str = "em_spark",
     master: str | None = "local[2]",
@@ -169,8 +202,8 @@ def get_session(
 
     ``remote`` (or else the ``SPARK_REMOTE`` environment variable) makes it a Spark Connect
     session (``master`` is then ignored). Under spark-submit the master and resources come from
-    spark-submit and ``master`` is ignored; ``--conf spark.api.mode=connect`` makes pyspark
-    return a Connect session there. For a local session the driver binds to 127.0.0.1 (unless
+    spark-submit and ``master`` is ignored; ``--conf spark.api.mode=connect`` gives a Connect
+    session served by spark-submit's JVM (see ``_server_jars_missing`` for the classpath it needs). For a local session the driver binds to 127.0.0.1 (unless
     SPARK_LOCAL_IP says otherwise) and Python workers use this interpreter, so a virtualenv works.
     """
     from pyspark.sql import SparkSession
@@ -182,6 +215,12 @@ def get_session(
     if remote and not under_spark_submit():
         return _connect_session(app_name, remote, conf or {})
     builder = SparkSession.builder.appName(app_name)
+    if _submitted_in_connect_mode():
+        # pyspark starts the in-driver server with the builder's spark.master, else "local"
+        # (one core): hand it spark-submit's --master
+        submitted = submitted_conf()
+        builder = builder.config("spark.api.mode", "connect")
+        builder = builder.config("spark.master", submitted.get("spark.master", "local[*]"))
     if not under_spark_submit():
         check_java()
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -196,4 +235,10 @@ def get_session(
     builder = builder.config("spark.python.unix.domain.socket.enabled", "true")
     for key, value in {**_SESSION_CONF, **(conf or {})}.items():
         builder = builder.config(key, str(value))
-    return builder.getOrCreate()
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:
+        clear = _server_jars_missing(exc)
+        if clear is None:
+            raise
+        raise clear from None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,45 @@ def test_train_score_and_select_run_as_connect_clients_and_a_rerun_resumes(conne
     assert selected.code == 0, selected.err[-4000:]
     report = json.loads((tmp_path / "select.json").read_text())
     assert report["chosen"]["k"] == 2  # two blobs
+
+
+def _spark_submit_connect(tmp_path, *spark_conf: str):
+    """spark-submit jobs/train.py with spark.api.mode=connect (plus ``spark_conf``), no SPARK_REMOTE."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    submit = Path(sys.executable).with_name("spark-submit")
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET"):
+        env.pop(name, None)
+    config = small_workspace(tmp_path)
+    args = [str(submit), "--master", "local[2]", "--conf", "spark.api.mode=connect", "--conf", "spark.ui.enabled=false"]
+    for item in spark_conf:
+        args += ["--conf", item]
+    args += [str(repo / "jobs" / "train.py"), "--config", str(config)]
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_spark_submit_in_connect_api_mode_trains_as_a_connect_client(tmp_path):
+    import pyspark
+
+    # pip's pyspark launcher leaves the SQL and Connect server jars off the driver classpath in
+    # connect API mode; extraClassPath puts them back so the in-driver Connect server can start
+    jars = f"{Path(pyspark.__file__).parent / 'jars'}/*"
+    done = _spark_submit_connect(tmp_path, f"spark.driver.extraClassPath={jars}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "em_spark fit: run t1" in done.stdout and "a Spark Connect session" in done.stdout, done.stdout[-2000:]
+    assert (tmp_path / "models" / "t1").is_dir()
+
+
+def test_spark_submit_in_connect_api_mode_without_the_server_jars_is_one_clear_error(tmp_path):
+    done = _spark_submit_connect(tmp_path)
+    assert done.returncode == 2, done.stderr[-4000:]
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("em-spark: error:")]
+    assert len(errors) == 1, done.stderr[-4000:]
+    assert "spark.driver.extraClassPath=" in errors[0] and "spark.remote" in errors[0]
+    # refused before anything was written
+    assert not (tmp_path / "models").exists() and not (tmp_path / "ck").exists()
