@@ -131,3 +131,16 @@ def test_the_rdd_transport_on_connect_is_a_clear_error(connect, datasets):
     df = connect.read.parquet(datasets["rows"])
     with pytest.raises(ValueError, match="needs a classic SparkSession.*transport='dataframe'"):
         load_blocks(df, ["a", "b", "c"], None, k=3, seed=0, transport="rdd")
+
+
+def test_gaussians_cluster_sizes_and_predictions_on_connect(connect, datasets):
+    model, df = _fit(connect, datasets, "gaussian", maxIter=3)
+    rows = model.gaussiansDF.collect()
+    k = model.getK()
+    assert len(rows) == k
+    for i, row in enumerate(rows):
+        np.testing.assert_array_equal(row["mean"].toArray(), model.means[i])
+        np.testing.assert_array_equal(row["cov"].toArray(), model.full_covariances()[i])
+    predicted = [r["prediction"] for r in model.summary.predictions.select("prediction").collect()]
+    assert len(predicted) == df.count()
+    assert model.summary.clusterSizes == [predicted.count(i) for i in range(k)]
