@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from em_spark.app.config import ConfigError, load_config
-from em_spark.engine.session import DEFAULT_CONNECT_PORT, parse_connect_url
+from em_spark.engine.session import DEFAULT_CONNECT_PORT, ConnectServerError, parse_connect_url
 from tests.clitools import run_cli, small_workspace, snapshot
 
 
@@ -56,3 +56,17 @@ def test_an_unreachable_connect_server_is_named_before_anything_is_touched(tmp_p
         result = run_cli("train", "--config", str(config), cwd=tmp_path, env={"SPARK_REMOTE": url})
     result.assert_clean_error(f"cannot reach the Spark Connect server at {url}", "the server is running")
     assert snapshot(tmp_path) == before  # no checkpoint, model or lease written
+
+
+def test_parameters_too_large_for_a_connect_plan_are_refused_with_the_way_out():
+    import numpy as np
+
+    from em_spark.engine.dataframe_source import CONNECT_MESSAGE_LIMIT, check_closure_size
+
+    # np.zeros is not touched, so the 121 MiB cost no memory; only nbytes is read
+    k, d = 63, 500  # 63 full 500 x 500 covariances: 120.2 MiB
+    check_closure_size({"means": np.zeros((k, d)), "covariances": np.zeros((k - 2, d, d))}, "iteration 1")
+    too_big = {"means": np.zeros((k, d)), "covariances": np.zeros((k, d, d))}
+    assert sum(v.nbytes for v in too_big.values()) < CONNECT_MESSAGE_LIMIT  # under gRPC's limit, not its headroom
+    with pytest.raises(ConnectServerError, match=r"iteration 1: .* 120 MiB; .*limits to 128 MiB.*classic session"):
+        check_closure_size(too_big, "iteration 1")

@@ -46,7 +46,9 @@ from em_spark.models.base import EMFamily, Params
 from em_spark.stats import Stats
 
 __all__ = [
+    "CONNECT_MESSAGE_LIMIT",
     "DataFrameBlockSource",
+    "check_closure_size",
     "default_parallelism",
     "is_connect",
     "load_dataframe_blocks",
@@ -56,6 +58,11 @@ log = logging.getLogger("em_spark")
 
 #: the key of the RDD path's partitionBy: (src, idx) -> src * DEAL_STRIDE + idx, modulo the partitions
 DEAL_STRIDE = 7919
+
+#: gRPC's limit on one Spark Connect message, the client's and the server's default
+#: (``spark.connect.grpc.maxInboundMessageSize``). Closure parameters travel inside the plan.
+CONNECT_MESSAGE_LIMIT = 128 * 1024 * 1024
+_PLAN_HEADROOM = 8 * 1024 * 1024  # the pickled functions, the family and the rest of the plan
 
 _BLOCKS_SCHEMA = "part int, seq int, payload binary, handle binary, summary binary"
 _STATS_SCHEMA = "part int, stats binary, missing boolean"
@@ -68,6 +75,23 @@ def is_connect(obj: Any) -> bool:
     environment variable that any Connect session in the process sets).
     """
     return type(obj).__module__.startswith("pyspark.sql.connect")
+
+
+def check_closure_size(params: Params, what: str) -> None:
+    """Refuse, with the reason and the ways out, parameters too large to ride in a Connect plan:
+    gRPC would reject the message with an opaque RESOURCE_EXHAUSTED error at the first job."""
+    import numpy as np
+
+    size = sum(np.asarray(value).nbytes for value in params.values())
+    if size > CONNECT_MESSAGE_LIMIT - _PLAN_HEADROOM:
+        from em_spark.engine.session import ConnectServerError
+
+        raise ConnectServerError(
+            f"{what}: the model's parameters take {size / 2**20:.0f} MiB; on Spark Connect they travel inside "
+            f"each job's plan, which gRPC limits to {CONNECT_MESSAGE_LIMIT // 2**20} MiB (the server's "
+            "spark.connect.grpc.maxInboundMessageSize and the client's default). Use a classic session (where "
+            "they are broadcast), or fewer components or features, or a diagonal covariance"
+        )
 
 
 def default_parallelism(spark: Any) -> int:
@@ -241,6 +265,8 @@ class DataFrameBlockSource(SummaryFacts):
 
     def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
         """Sufficient statistics of all the data under ``params``: one Spark job (two after a lost file)."""
+        if is_connect(self.handles):
+            check_closure_size(params, label or "E-step")
         results = None
         if self.use_files:
             try:

@@ -21,7 +21,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from em_spark.engine.arrow_input import FEATURES_FIELD, InputSpec, convert_arrow
-from em_spark.engine.dataframe_source import is_connect
+from em_spark.engine.dataframe_source import check_closure_size, is_connect
 from em_spark.engine.spark_source import input_array
 from em_spark.models.base import Block, EMFamily, ImputingFamily, Params
 
@@ -104,6 +104,8 @@ def _arrow_udf(
 
     # Classic: a broadcast (fetched once per executor). Spark Connect has no broadcasts:
     # the parameters travel in the function's closure, inside the plan the client sends.
+    if is_connect(df):
+        check_closure_size(params, "scoring")
     params_bc = _Inline(params) if is_connect(df) else df.sparkSession.sparkContext.broadcast(params)
 
     @arrow_udf(return_type)  # type: ignore[call-overload]  # the stubs want functionType; 4.1+ reads the hints
