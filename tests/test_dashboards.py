@@ -80,3 +80,16 @@ def test_the_on_call_dashboard_shows_every_alert_rules_expression():
 def test_each_dashboard_has_the_panels_its_audience_needs(board, needles):
     text = " ".join(expr for _, expr in panel_queries(json.loads((BOARDS / board).read_text())))
     assert [n for n in needles if n not in text] == []
+
+
+def test_the_nightly_validation_delta_gauge_is_new_minus_production_on_the_same_holdout():
+    from em_spark.app import metrics
+
+    report = {"decision": "kept", "newVersion": 3, "metrics": {"new": {"holdoutAvgLogLik": -2.5}}}
+    with_production = {**report, "metrics": {**report["metrics"], "productionOnSameHoldout": -2.25}}
+    value = metrics.nightly_registry(with_production, model="m", now=1.0).get_sample_value(
+        "em_spark_nightly_validation_delta", {"model": "m"}
+    )
+    assert value == -0.25
+    first_night = metrics.nightly_registry(report, model="m", now=1.0)  # no production to compare with
+    assert first_night.get_sample_value("em_spark_nightly_validation_delta", {"model": "m"}) is None
