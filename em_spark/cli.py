@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     from em_spark.app.registry import add_registry_parser
 
     add_registry_parser(sub)
+    # --- slo (em_spark.app.slo) ---
+    from em_spark.app.slo import add_slo_parser
+
+    add_slo_parser(sub)
+    # --- end slo
     return parser
 
 
@@ -80,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             setup_logging()
             return run_registry(args)
+        if args.command == "slo":  # --- slo (em_spark.app.slo): reads the registry, no config, no Spark
+            from em_spark.app.slo import run_slo
+
+            setup_logging()
+            return run_slo(args)
         config = load_config(args.config, args.overrides)
         setup_logging(config.run.logFormat, getattr(logging, config.run.logLevel))
         if args.command == "train":

@@ -617,3 +617,141 @@ def test_credentials_come_from_the_environment(services):
     assert "$$MINIO_ROOT_USER" in script and "$$MINIO_ROOT_PASSWORD" in script, (
         f"service {MINIO_SETUP!r} should log in with $$MINIO_ROOT_USER / $$MINIO_ROOT_PASSWORD (its own environment): {script!r}"
     )
+
+
+# --- the monitoring profile -----------------------------------------------------------------------
+
+PUSHGATEWAY, PROMETHEUS, GRAFANA = "pushgateway", "prometheus", "grafana"
+MONITORING = (PUSHGATEWAY, PROMETHEUS, GRAFANA)
+PROFILE = "monitoring"
+DASHBOARD_FILES = {"executive.json", "on-call.json", "debug.json"}
+
+
+def bind_mounts(service: dict) -> list[tuple[Path, str]]:
+    """(host path in the repo, container path) of the service's bind mounts."""
+    out = []
+    for volume in service.get("volumes") or []:
+        source, target = ([*str(volume).split(":"), "", ""])[:2]
+        if source.startswith((".", "/")):
+            out.append(((ROOT / source).resolve(), target))
+    return out
+
+
+def host_file(service_name: str, service: dict, container_path: str) -> Path:
+    host = to_host_path(service, container_path, "/")
+    assert host is not None, f"service {service_name!r}: {container_path} is not under any of its bind mounts"
+    assert host.exists(), f"service {service_name!r}: {container_path} maps to {host}, which does not exist"
+    return host
+
+
+def flag(words: list[str], name: str) -> str | None:
+    for word in words:
+        if word.startswith(f"--{name}="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def listen_port(service: dict) -> int:
+    address = flag(command(service), "web.listen-address")
+    assert address, f"the service's command sets no --web.listen-address: {command(service)}"
+    return int(address.rsplit(":", 1)[1])
+
+
+def test_the_monitoring_services_are_pinned_and_only_in_the_profile(services):
+    missing = [name for name in MONITORING if name not in services]
+    assert not missing, f"docker-compose.yml lacks the monitoring services {missing}"
+    for name in MONITORING:
+        assert services[name].get("profiles") == [PROFILE], (
+            f"service {name!r} has profiles {services[name].get('profiles')!r}, expected [{PROFILE!r}]"
+        )
+        image = services[name]["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"service {name!r}: image {image!r} is not pinned"
+    for name in (MINIO, MINIO_SETUP, *SPARK_SERVICES):
+        assert not services[name].get("profiles"), f"service {name!r} must start without a profile"
+
+
+def test_the_monitoring_services_mount_files_that_exist(services):
+    for name in MONITORING:
+        for host, target in bind_mounts(services[name]):
+            assert host.exists(), f"service {name!r} mounts {host} at {target}, which does not exist"
+            assert str(host).startswith(str(ROOT / "docs" / "monitoring")), (
+                f"service {name!r} mounts {host}: monitoring files live under docs/monitoring/"
+            )
+
+
+def test_the_job_pushes_to_the_pushgateway_service(services, config):
+    assert config.run.pushgateway, f"{CONFIG_FILE} sets no run.pushgateway"
+    host, port = host_port(config.run.pushgateway, 80)
+    assert host == PUSHGATEWAY, f"{CONFIG_FILE}: run.pushgateway names host {host!r}, not the {PUSHGATEWAY!r} service"
+    assert port == listen_port(services[PUSHGATEWAY]) and port in container_ports(services[PUSHGATEWAY]), (
+        f"{CONFIG_FILE}: run.pushgateway uses port {port}; the {PUSHGATEWAY!r} service listens on "
+        f"{listen_port(services[PUSHGATEWAY])} and exposes {sorted(container_ports(services[PUSHGATEWAY]))}"
+    )
+    dependency = (services[JOB].get("depends_on") or {}).get(PUSHGATEWAY)
+    assert dependency == {"condition": "service_started", "required": False}, (
+        f"service {JOB!r} should start after the Pushgateway when the profile is on and without it otherwise "
+        f"(required: false), got {dependency!r}"
+    )
+
+
+@pytest.fixture(scope="module")
+def prometheus_config(services) -> tuple[Path, dict]:
+    words = command(services[PROMETHEUS])
+    path = flag(words, "config.file")
+    assert path, f"service {PROMETHEUS!r} sets no --config.file: {words}"
+    host = host_file(PROMETHEUS, services[PROMETHEUS], path)
+    return host, yaml.safe_load(host.read_text())
+
+
+def test_prometheus_scrapes_the_pushgateway_and_loads_the_alert_rules(services, prometheus_config):
+    _, data = prometheus_config
+    [job] = [j for j in data["scrape_configs"] if j["job_name"] == PUSHGATEWAY]
+    assert job.get("honor_labels") is True, "the Pushgateway job needs honor_labels: true (pushed job/run_id labels)"
+    targets = [t for c in job["static_configs"] for t in c["targets"]]
+    assert targets == [f"{PUSHGATEWAY}:{listen_port(services[PUSHGATEWAY])}"], targets
+    rules = [host_file(PROMETHEUS, services[PROMETHEUS], r) for r in data["rule_files"]]
+    assert rules == [ROOT / "docs" / "monitoring" / "alerts.yml"], rules
+
+
+def test_promtool_checks_the_provisioned_prometheus_config(services, prometheus_config, tmp_path):
+    """Debian's `promtool check config` on the compose Prometheus config, with each mounted
+    container path replaced by its repo file (promtool also checks the rule files it names)."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed: apt-get install -y prometheus (as .ci/run does)")
+    _, data = prometheus_config
+    data = {**data, "rule_files": [str(host_file(PROMETHEUS, services[PROMETHEUS], r)) for r in data["rule_files"]]}
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(yaml.safe_dump(data))
+    result = subprocess.run([promtool, "check", "config", str(checked)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_three_dashboards(services):
+    grafana = services[GRAFANA]
+    provisioning = host_file(GRAFANA, grafana, "/etc/grafana/provisioning")
+    [datasource] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    host, port = host_port(datasource["url"], 80)
+    assert (host, port) == (PROMETHEUS, listen_port(services[PROMETHEUS])), datasource["url"]
+    assert datasource["type"] == "prometheus"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "em_spark.yml").read_text())["providers"]
+    boards = host_file(GRAFANA, grafana, provider["options"]["path"])
+    assert boards == ROOT / "docs" / "monitoring" / "dashboards"
+    assert {p.name for p in boards.glob("*.json")} == DASHBOARD_FILES
+    import json
+
+    for name in DASHBOARD_FILES:
+        board = json.loads((boards / name).read_text())
+        refs = {json.dumps(t["datasource"], sort_keys=True) for p in board["panels"] for t in p["targets"]}
+        assert refs == {json.dumps({"type": "prometheus", "uid": datasource["uid"]}, sort_keys=True)}, (name, refs)
+    env = environment(grafana)
+    host_file(GRAFANA, grafana, env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert re.fullmatch(r"\$\{\w+:-[^}]*\}", env["GF_SECURITY_ADMIN_PASSWORD"]), (
+        "Grafana's admin password should come from the environment (${VAR:-default})"
+    )
+    assert PROMETHEUS in depends_on(grafana) and PUSHGATEWAY in depends_on(services[PROMETHEUS])

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -247,3 +248,127 @@ def test_a_run_that_failed_is_pushed_with_its_error_class(stack):
     [failed] = wait_for(prometheus, 'em_spark_run_failure_timestamp_seconds{run_id="stack-failed"}')
     assert failed["metric"]["error"] == "ModelError" and failed["metric"]["job"] == "em_spark"
     assert abs(float(failed["value"][1]) - time.time()) < 60
+
+
+# --- the Grafana dashboards' queries ------------------------------------------------------------
+
+DASHBOARDS = Path(__file__).resolve().parents[1] / "docs" / "monitoring" / "dashboards"
+
+
+def _fit(run_id: str, max_iter: int, n_init: int, seed: int):
+    """A real fit on blobs, recorded as `em-spark train` records it: (recorder, model)."""
+    from em_spark.api.base import EMSummary
+    from em_spark.api.gaussian import GaussianMixtureModel
+
+    X = make_blobs(1200, 2, 3, separation=5.0, seed=seed)[0]
+    source = LocalBlockSource([Block(b) for b in np.array_split(X, 3)], sample_size=300, seed=1)
+    family = GaussianFamily(k=3)
+    logger = logging.getLogger("em_spark")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with metrics.IterationRecorder(run_id) as recorder:
+            result = fit_em(family, source, FitSettings(max_iter=max_iter, tol=1e-6, n_init=n_init, run_id=run_id))
+    finally:
+        logger.setLevel(level)
+    model = GaussianMixtureModel(family, result.params, 2)
+    model._summary = EMSummary(model, result, None)
+    return recorder, model
+
+
+def _night_report(decision: str, version: int, production: int, **extra) -> dict:
+    """A night's report as em_spark.app.nightly writes it (the fields push_nightly reads)."""
+    return {
+        "decision": decision,
+        "newVersion": version,
+        "productionAfter": production,
+        "metrics": {"new": {"holdoutAvgLogLik": -2.91}, "productionOnSameHoldout": -2.95},
+        **extra,
+    }
+
+
+def test_every_dashboard_panel_query_returns_data_from_pushed_metrics(stack):
+    """Real runs and nights pushed through em_spark's push functions (covering every alert's
+    condition), then every panel's PromQL of the three dashboards, with $model and $run_id
+    set, must parse and return at least one series from the real Prometheus."""
+    from em_spark.models.diagnostics import component_drift
+
+    gateway, prometheus = stack
+    now = time.time()
+    # Runs (job em_spark): a nightly retrain's fit with drift and executor time, one that hit
+    # maxIter, one whose smallest component collapsed, one that failed and one still running.
+    recorder, model = _fit("dash-run", max_iter=60, n_init=3, seed=3)
+    _, unconverged = _fit("dash-unconverged", max_iter=2, n_init=1, seed=4)
+    assert not unconverged.summary.converged
+    drift = {
+        "drop": 0.2,
+        "threshold": 0.05,
+        **component_drift(model.family, unconverged.arrays, model.arrays),
+    }
+    doc = metrics.publish(
+        recorder,
+        model,
+        wall_seconds=8000.0,  # longer than EmSparkRunTooLong's 2 hours
+        pushgateway=gateway,
+        executor_core_seconds=12.5,
+        drift=drift,
+        model_name="dashmodel",
+    )
+    unconverged_recorder = metrics.IterationRecorder("dash-unconverged")
+    assert (
+        metrics.publish(unconverged_recorder, unconverged, wall_seconds=1.0, pushgateway=gateway)["converged"] is False
+    )
+    collapsing = {**doc, "runId": "dash-collapsing", "componentWeights": [0.6, 0.395, 0.005], "drift": None}
+    assert metrics.push_metrics(gateway, collapsing)
+    assert metrics.push_failure(gateway, "dash-failed", ModelError("covariance is singular"))
+    assert metrics._push(gateway, metrics.PUSH_JOB, "dash-hung", metrics.started_registry(now - 8000), "start")
+    # Nights (job em_spark_nightly): a promotion, then a night whose gate kept production the
+    # 3rd time with drift above the threshold; a model whose night failed; one not refreshed for 27 h.
+    assert metrics.push_nightly(
+        gateway, _night_report("promoted", 2, 2), model="dashmodel", run_id="dashmodel-2026-12-01"
+    )
+    time.sleep(0.01)  # the latest night has the larger timestamp
+    kept = _night_report(
+        "kept",
+        3,
+        2,
+        gateKept=True,
+        gateKeptNights=3,
+        drift={"drop": 0.2, "threshold": 0.05, "maxWeightShift": 0.15, "maxDivergence": 0.4},
+    )
+    assert metrics.push_nightly(gateway, kept, model="dashmodel", run_id="dashmodel-2026-12-02")
+    assert metrics.push_nightly(gateway, None, model="dashfail", run_id="dashfail-2026-12-02", error=ModelError("x"))
+    stale = metrics.nightly_registry(_night_report("promoted", 1, 1), model="dashstale", now=now - 27 * 3600)
+    assert metrics._push(gateway, metrics.NIGHTLY_JOB, "dashstale-2026-11-30", stale, "nightly")
+    wait_for(prometheus, 'em_spark_nightly_success{model="dashstale"}')
+
+    variables = {"$model": "dashmodel", "$run_id": "dash-run"}
+    checked = 0
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for name, value in variables.items():
+                    expr = expr.replace(name, value)
+                assert "$" not in expr, f"{path.name} / {panel['title']}: unknown variable in {expr!r}"
+                result = _poll_non_empty(prometheus, expr)
+                assert result, f"{path.name} / {panel['title']}: {expr!r} returned no series"
+                checked += 1
+    assert checked >= 40
+
+
+def _poll_non_empty(prometheus: str, promql: str, seconds: float = 20.0) -> list[dict]:
+    """The query's result once it is non-empty (scrapes and rule evaluations are every second);
+    a query Prometheus cannot parse fails at once with its error."""
+    deadline = time.monotonic() + seconds
+    while True:
+        url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        try:
+            body = json.loads(_get(url))
+        except urllib.error.HTTPError as exc:
+            pytest.fail(f"Prometheus refused {promql!r}: {exc.read().decode()}")
+        assert body["status"] == "success", body
+        if body["data"]["result"] or time.monotonic() > deadline:
+            return body["data"]["result"]
+        time.sleep(0.3)

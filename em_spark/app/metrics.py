@@ -622,6 +622,17 @@ def nightly_registry(
         report.get("gateKeptNights", 0),
     )
     g.set("em_spark_nightly_production_version", "production version after the night", report.get("productionAfter"))
+    # --- validation delta (dashboards, em-spark slo): the new version's holdout avg
+    # log-likelihood minus production's on the same holdout (positive: the new one is better).
+    night_metrics = report.get("metrics") or {}
+    new_holdout = (night_metrics.get("new") or {}).get("holdoutAvgLogLik")
+    production_holdout = night_metrics.get("productionOnSameHoldout")
+    g.set(
+        "em_spark_nightly_validation_delta",
+        "new version's holdout avg log-likelihood minus production's on the same holdout (nats/row)",
+        None if new_holdout is None or production_holdout is None else float(new_holdout) - float(production_holdout),
+    )
+    # --- end validation delta
     drift = report.get("drift") or {}
     g.set(
         "em_spark_nightly_drift_avg_log_likelihood_drop",
