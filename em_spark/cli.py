@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from em_spark.engine.loop import ResumeMismatchError
     from em_spark.engine.session import ConnectServerError, JavaNotFoundError
+    from em_spark.engine.session_loss import SessionLostError  # a Connect server lost mid-fit
     from em_spark.engine.validation import DataValidationError
     from em_spark.models.base import ModelError
     from em_spark.storage import StorageError
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ModelError,
         JavaNotFoundError,
         ConnectServerError,
+        SessionLostError,
         FileExistsError,
         RegistryError,
         StorageError,

@@ -40,6 +40,13 @@ from em_spark.engine.executor_files import read_partition, remove_partition, wri
 from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
 from em_spark.engine.partition_tasks import PROBLEM_FIELDS, assemble_partition, sum_e_steps
 from em_spark.engine.reduce import reduce_collected
+from em_spark.engine.session_loss import (
+    SessionLostError,
+    close_lost_session,
+    describe_server,
+    first_line,
+    is_session_lost,
+)
 from em_spark.engine.sources import SummaryFacts
 from em_spark.engine.validation import DataValidationError
 from em_spark.models.base import EMFamily, Params
@@ -256,9 +263,23 @@ class DataFrameBlockSource(SummaryFacts):
         self.aggregation_depth = aggregation_depth
         self.fallbacks = 0  # iterations computed from the cached blocks instead of local files
         self.use_files = True  # False: always read the cached blocks (as where executors keep no disk)
+        self.lost: SessionLostError | None = None  # set once the session's server is gone
 
-    def _collect(self, frame: Any, label: str) -> list[tuple[int, Stats | None, bool]]:
-        rows = frame.collect()
+    def _collect(self, job: Callable[[], Any]) -> list[tuple[int, Stats | None, bool]]:
+        """Build the iteration's DataFrame (``job()``; on Connect that is already a call to the
+        server) and collect its per-partition rows; SessionLostError when the server is gone."""
+        try:
+            rows = job().collect()
+        except Exception as exc:
+            if not is_session_lost(exc):
+                raise
+            # The cached blocks went with the server: no fallback can succeed, so stop now.
+            spark = self.blocks.sparkSession
+            self.lost = SessionLostError(
+                f"lost {describe_server(spark)}, which held the cached data (it died or restarted: {first_line(exc)})"
+            )
+            close_lost_session(spark)
+            raise self.lost from None
         return [
             (int(r["part"]), None if r["stats"] is None else pickle.loads(r["stats"]), bool(r["missing"])) for r in rows
         ]
@@ -270,9 +291,13 @@ class DataFrameBlockSource(SummaryFacts):
         results = None
         if self.use_files:
             try:
-                results = self._collect(self.handles.mapInArrow(_e_step_files(family, params), _STATS_SCHEMA), label)
+                results = self._collect(lambda: self.handles.mapInArrow(_e_step_files(family, params), _STATS_SCHEMA))
+            except SessionLostError:
+                raise
             except Exception as exc:  # noqa: BLE001 -- e.g. the handles' executor is gone; the cached blocks remain
-                log.warning("%s: the block files could not be read (%s); computing from Spark's copy", label, exc)
+                log.warning(
+                    "%s: the block files could not be read (%s); computing from Spark's copy", label, first_line(exc)
+                )
                 results = None
                 self.fallbacks += 1
             if results is not None and any(missing for _, _, missing in results):
@@ -281,7 +306,7 @@ class DataFrameBlockSource(SummaryFacts):
                 results = None
         if results is None:
             payloads = self.blocks.where("seq >= 0").select("part", "seq", "payload")
-            results = self._collect(payloads.mapInArrow(_e_step_payloads(family, params), _STATS_SCHEMA), label)
+            results = self._collect(lambda: payloads.mapInArrow(_e_step_payloads(family, params), _STATS_SCHEMA))
         pairs = [(part, stats) for part, stats, _ in results if stats is not None]
         total = reduce_collected(pairs, Stats.__add__, self.num_partitions, self.aggregation_depth)
         if total is None:
@@ -297,6 +322,8 @@ class DataFrameBlockSource(SummaryFacts):
 
     def close(self) -> None:
         """Release the cached data and (best effort) the executor-local files."""
+        if self.lost is not None:
+            return  # nothing left to release: the server that held them is gone
         self.close_files()
         for frame in (self.handles, self.blocks):
             try:

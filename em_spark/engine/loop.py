@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from em_spark.engine.session_loss import SessionLostError
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import (
     BlockSource,
@@ -256,7 +257,10 @@ class _Fit:
         settings = self.settings
         started = time.perf_counter()
         label = f"em_spark run={self.run_id} restart={state.restart + 1}/{settings.n_init} iter={state.iteration + 1}"
-        stats = self.source.e_step(self.family, state.params, label)
+        try:
+            stats = self.source.e_step(self.family, state.params, label)
+        except SessionLostError as exc:
+            raise SessionLostError(self._lost_message(state, exc)) from None
         avg = stats.loglik / stats.weight
         change = avg - state.history[-1] if state.history else math.inf
         step = self.family.m_step(
@@ -277,6 +281,26 @@ class _Fit:
         self.seconds.append(time.perf_counter() - started)
         self._log_iteration(state, avg, change)
         return state
+
+    def _lost_message(self, state: FitState, exc: SessionLostError) -> str:
+        """What a fit whose session died between iterations tells its user: what was lost, what is kept."""
+        settings = self.settings
+        where = f"iteration {state.iteration + 1} (restart {state.restart + 1}/{settings.n_init})"
+        if self.store is None:
+            kept = "no checkpoints are kept (no checkpointDir), so a re-run starts over"
+        elif state.iteration > 0:
+            kept = (
+                f"the checkpoints up to iteration {state.iteration} are kept in {settings.checkpoint_dir}; "
+                "run the same command again (with the server up) to resume from there"
+            )
+        elif state.restart > 0:
+            kept = (
+                f"the checkpoints of the restarts before are kept in {settings.checkpoint_dir}; "
+                "run the same command again (with the server up) to resume from there"
+            )
+        else:
+            kept = "no iteration was checkpointed yet, so a re-run starts from the beginning"
+        return f"run {self.run_id}: {exc} in {where}; {kept}"
 
     def _log_iteration(self, state: FitState, avg: float, change: float) -> None:
         """The progress line of the iteration just done, with its fields for JSON logs and metrics."""

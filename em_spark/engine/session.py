@@ -144,6 +144,9 @@ def _connect_session(app_name: str, url: str, conf: Mapping[str, str]) -> Any:
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
     _check_server_version(spark, url)
+    from em_spark.engine.session_loss import bound_retries
+
+    bound_retries(spark)  # a lost server ends the fit in about a minute, not pyspark's ten
     return spark
 
 

@@ -4,6 +4,9 @@ compared with a fault-free fit of the same data in the same setup.
 1. An E-step task raises on its first attempt (``local[2,4]``: 4 attempts per task).
 2. A Python worker dies mid-E-step (``os._exit(1)``) on its first attempt.
 3. An executor JVM is SIGKILLed mid-E-step (``local-cluster[2,1,1024]``).
+   Faults 1-3 are injected into fits through both block sources of a classic session: the RDD
+   source (its default) and the DataFrame source (a Spark Connect session's, here on a
+   classic one so that the executors can be hurt), in the same applications.
 4. The driver is SIGKILLed (whole process group) after checkpoint k; and, separately, it dies
    in the middle of a checkpoint commit after writing half the object under its final name.
    The same command, run again, resumes and ends with the model of an uninterrupted run.
@@ -284,12 +287,13 @@ class Scenario:
     def app(self, args: list[str], log_name: str, cwd: Path) -> App:
         return self.registry.launch(args, cwd / log_name, cwd)
 
-    def result(self, name: str, timeout: float = 3 * APP_TIMEOUT):
+    def result(self, name: str, timeout: float = 6 * APP_TIMEOUT):
         return self.futures[name].result(timeout=timeout)
 
 
 def _fit_faults_app(s: Scenario, name: str, master: str, fits: list[str], *conf: str) -> dict:
-    """spark-submit faults/fit_faults.py on ``master`` with the given fits; wait for it."""
+    """spark-submit faults/fit_faults.py on ``master`` with the given fits; wait for it (an
+    application timeout for every two fits: each source's fault-free and faulted fits)."""
     work, out, faults = s.dir(name), s.dir(f"{name}/out"), s.dir(f"{name}/markers")
     app = s.app(
         [
@@ -308,22 +312,41 @@ def _fit_faults_app(s: Scenario, name: str, master: str, fits: list[str], *conf:
         "app.log",
         work,
     )
-    rc = app.wait()
+    rc = app.wait(timeout=APP_TIMEOUT * max(1, len(fits) // 2))
     return {"rc": rc, "log": app.log, "out": out, "faults": faults, "seconds": app.seconds}
 
 
 def job_task_faults(s: Scenario) -> dict:
-    """local[2,4]: a fault-free fit, a fit whose task raises once, one whose worker dies once."""
-    return _fit_faults_app(s, "task-faults", "local[2,4]", ["reference:none", "raised:raise:3:0", "crashed:exit:5:1"])
+    """local[2,4]: a fault-free fit, a fit whose task raises once, one whose worker dies once;
+    through the RDD source, then the DataFrame source (another partition and iteration each)."""
+    return _fit_faults_app(
+        s,
+        "task-faults",
+        "local[2,4]",
+        [
+            "reference:none",
+            "raised:raise:3:0",
+            "crashed:exit:5:1",
+            "df-reference:none:3:0:dataframe",
+            "df-raised:raise:4:1:dataframe",
+            "df-crashed:exit:6:0:dataframe",
+        ],
+    )
 
 
 def job_executor_kill(s: Scenario) -> dict:
-    """local-cluster: a fault-free fit, then one whose executor JVM is SIGKILLed mid-E-step."""
+    """local-cluster: a fault-free fit, then one whose executor JVM is SIGKILLed mid-E-step;
+    through the RDD source, then the DataFrame source."""
     return _fit_faults_app(
         s,
         "executor-kill",
         "local-cluster[2,1,1024]",
-        ["reference:none", "killed:kill-executor:3:0"],
+        [
+            "reference:none",
+            "killed:kill-executor:3:0",
+            "df-reference:none:3:0:dataframe",
+            "df-killed:kill-executor:4:1:dataframe",
+        ],
         "spark.executor.memory=768m",
     )
 
@@ -564,34 +587,53 @@ def test_truncated_and_bit_flipped_newest_checkpoints_fall_back_to_the_last_inta
 
 # --- 1, 2. task failures on local[2,4] ------------------------------------------------------
 
+# (transport, faulted fit, its fault-free reference, partition, iteration of the fault)
+RAISED = [("rdd", "raised", "reference", 0, 3), ("dataframe", "df-raised", "df-reference", 1, 4)]
+CRASHED = [("rdd", "crashed", "reference", 1, 5), ("dataframe", "df-crashed", "df-reference", 0, 6)]
+KILLED = [("rdd", "killed", "reference", 0, 3), ("dataframe", "df-killed", "df-reference", 1, 4)]
 
-@needs("task_faults")
-def test_task_raising_on_its_first_attempt_is_retried_and_the_fit_is_bit_identical(scenario):
-    r = scenario.result("task_faults")
-    assert r["rc"] == 0, r["log"][-3000:]
-    marker = _marker(r["faults"], "raise-*.json")
-    assert (marker["partition"], marker["iteration"], marker["attempt"]) == (0, 3, 0)
-    assert "RuntimeError: injected fault: first attempt of partition 0, iteration 3" in r["log"]
-    assert re.search(rf"Lost task 0\.0 in stage {marker['stage']}\.0 \(TID {marker['taskAttemptId']}\)", r["log"])
-    fit, reference = _fit_results(r["out"], "raised"), _fit_results(r["out"], "reference")
-    _assert_same_fit(fit, reference)
-    assert fit["fallbacks"][-1] == 0
-    _report("task raise", app=r["seconds"])
+
+def _ids(cases):
+    return [case[0] for case in cases]
 
 
 @needs("task_faults")
-def test_python_worker_dying_mid_e_step_is_retried_and_the_fit_is_bit_identical(scenario):
+@pytest.mark.parametrize("transport, name, reference, partition, iteration", RAISED, ids=_ids(RAISED))
+def test_task_raising_on_its_first_attempt_is_retried_and_the_fit_is_bit_identical(
+    scenario, transport, name, reference, partition, iteration
+):
     r = scenario.result("task_faults")
     assert r["rc"] == 0, r["log"][-3000:]
-    marker = _marker(r["faults"], "exit-*.json")
-    assert (marker["partition"], marker["iteration"], marker["attempt"]) == (1, 5, 0)
+    marker = _marker(r["faults"], f"raise-p{partition}-i{iteration}.json")
+    assert (marker["partition"], marker["iteration"], marker["attempt"]) == (partition, iteration, 0)
+    assert f"RuntimeError: injected fault: first attempt of partition {partition}, iteration {iteration}" in r["log"]
     assert re.search(
-        rf"Lost task 1\.0 in stage {marker['stage']}\.0 \(TID {marker['taskAttemptId']}\).*"
+        rf"Lost task {partition}\.0 in stage {marker['stage']}\.0 \(TID {marker['taskAttemptId']}\)", r["log"]
+    )
+    fit = _fit_results(r["out"], name)
+    _assert_same_fit(fit, _fit_results(r["out"], reference))
+    assert fit["fallbacks"][-1] == 0  # the retried task read its block file: no fallback needed
+    if transport == "dataframe":  # and the two sources agree bit for bit
+        _assert_same_fit(_fit_results(r["out"], reference), _fit_results(r["out"], "reference"))
+    _report(f"task raise ({transport})", app=r["seconds"])
+
+
+@needs("task_faults")
+@pytest.mark.parametrize("transport, name, reference, partition, iteration", CRASHED, ids=_ids(CRASHED))
+def test_python_worker_dying_mid_e_step_is_retried_and_the_fit_is_bit_identical(
+    scenario, transport, name, reference, partition, iteration
+):
+    r = scenario.result("task_faults")
+    assert r["rc"] == 0, r["log"][-3000:]
+    marker = _marker(r["faults"], f"exit-p{partition}-i{iteration}.json")
+    assert (marker["partition"], marker["iteration"], marker["attempt"]) == (partition, iteration, 0)
+    assert re.search(
+        rf"Lost task {partition}\.0 in stage {marker['stage']}\.0 \(TID {marker['taskAttemptId']}\).*"
         r"Python worker exited unexpectedly \(crashed\)",
         r["log"],
     )
-    fit, reference = _fit_results(r["out"], "crashed"), _fit_results(r["out"], "reference")
-    _assert_same_fit(fit, reference)
+    fit = _fit_results(r["out"], name)
+    _assert_same_fit(fit, _fit_results(r["out"], reference))
     assert fit["fallbacks"][-1] == 0
 
 
@@ -599,35 +641,43 @@ def test_python_worker_dying_mid_e_step_is_retried_and_the_fit_is_bit_identical(
 
 
 @needs("executor_kill")
-def test_executor_jvm_sigkilled_mid_e_step_recovers_without_double_counting(scenario):
+@pytest.mark.parametrize("transport, name, reference, partition, iteration", KILLED, ids=_ids(KILLED))
+def test_executor_jvm_sigkilled_mid_e_step_recovers_without_double_counting(
+    scenario, transport, name, reference, partition, iteration
+):
     r = scenario.result("executor_kill")
     assert r["rc"] == 0, r["log"][-3000:]
-    marker = _marker(r["faults"], "kill-executor-*.json")
-    assert (marker["partition"], marker["iteration"], marker["attempt"]) == (0, 3, 0)
+    marker = _marker(r["faults"], f"kill-executor-p{partition}-i{iteration}.json")
+    assert (marker["partition"], marker["iteration"], marker["attempt"]) == (partition, iteration, 0)
     assert not _is_executor(marker["executor_pid"]), "the executor JVM the fault killed is still running"
     assert re.search(r"Lost executor \d+ on \S+: Command exited with code 137", r["log"]), r["log"][-3000:]
     assert re.search(
-        rf"Lost task 0\.0 in stage {marker['stage']}\.0 \(TID {marker['taskAttemptId']}\) .*"
+        rf"Lost task {partition}\.0 in stage {marker['stage']}\.0 \(TID {marker['taskAttemptId']}\) .*"
         r"ExecutorLostFailure",
         r["log"],
     )
-    fit, reference = _fit_results(r["out"], "killed"), _fit_results(r["out"], "reference")
-    # Lost cached handles are recomputed from lineage, which rewrites the local block file
-    # where the retried task runs, and the statistics are reduced in partition order: the
-    # result is bit-identical, not merely close.
-    _assert_same_fit(fit, reference)
+    fit = _fit_results(r["out"], name)
+    # Lost cached data are recomputed from lineage (the RDD source's handles rewrite the local
+    # block file where the retried task runs; the DataFrame source reads Spark's copy of the
+    # blocks, recomputed where it was lost), and the statistics are reduced in partition order:
+    # the result is bit-identical, not merely close.
+    _assert_same_fit(fit, _fit_results(r["out"], reference))
     fallbacks = int(fit["fallbacks"][-1])
     warned = re.findall(
-        r"run=killed restart=1/1 iter=\d+: a local block file was missing; computing this iteration "
-        r"from Spark's copy",
+        rf"run={name} restart=1/1 iter=\d+: (?:a local block file was missing|the block files could not be read)"
+        r".*computing (?:this iteration )?from Spark's copy",
         r["log"],
     )
     assert len(warned) == fallbacks  # each fallback to Spark's copy is logged
+    if transport == "dataframe":
+        # The handles (a local checkpoint) died with the executor: from the faulted iteration
+        # on, the DataFrame source survives by its fallback to Spark's copy of the blocks.
+        assert fallbacks >= 1
     seconds = fit["finished"] - fit["started"]
     faulted = marker["iteration"] - 1
     normal = float(np.median(np.delete(seconds, faulted)))
     _report(
-        "executor SIGKILL",
+        f"executor SIGKILL ({transport})",
         app=r["seconds"],
         faulted_iteration=float(seconds[faulted]),
         median_iteration=normal,

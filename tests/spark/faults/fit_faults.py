@@ -1,11 +1,12 @@
 """Driver for the fault-injection tests, run by spark-submit (any master).
 
     spark-submit --master 'local[2,4]' fit_faults.py --data DIR --out DIR --fault-dir DIR \
-        reference:none  raised:raise:3:0  crashed:exit:5:1
+        reference:none  raised:raise:3:0  crashed:exit:5:1  df-raised:raise:4:1:dataframe
 
-Each positional argument is one fit ``name:fault[:iteration:partition]``, run in order in
-this one application on the same data with the same settings; ``name.npz`` in ``--out``
-receives its parameters, history, per-iteration row counts, fallbacks and timings.
+Each positional argument is one fit ``name:fault[:iteration:partition[:transport]]``, run in
+order in this one application on the same data with the same settings; ``transport`` is the
+block source (``rdd``, the default, or ``dataframe``: see ``load_blocks``). ``name.npz`` in
+``--out`` receives its parameters, history, per-iteration row counts, fallbacks and timings.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def _await_executors(spark, n: int, timeout: float = 180.0) -> None:
 def fit_one(spark, data: str, spec: str, fault_dir: str, out: str, max_iter: int, await_executors: int = 0) -> None:
     name, fault, *where = spec.split(":")
     iteration, partition = (int(where[0]), int(where[1])) if where else (3, 0)
+    transport = where[2] if len(where) > 2 else "rdd"
     family = faulty_family.FaultyGaussian(
         k=3, fault=fault, fault_dir=fault_dir, fault_iteration=iteration, fault_partition=partition
     )
     df = spark.read.parquet(data)
-    source = load_blocks(df, FEATURES, None, k=3, seed=7, label=f"em_spark run={name}")
+    source = load_blocks(df, FEATURES, None, k=3, seed=7, label=f"em_spark run={name}", transport=transport)
     records = []  # (count, weight, fallbacks after, started, finished) per E-step
     real_e_step = source.e_step
 
@@ -56,7 +58,15 @@ def fit_one(spark, data: str, spec: str, fault_dir: str, out: str, max_iter: int
         if await_executors and records:
             _await_executors(spark, await_executors)
         started = time.time()
-        stats = real_e_step(fam, params, label)
+        if transport == "dataframe":
+            # The DataFrame source sets no job description (Connect has no SparkContext); the
+            # faulty family finds its iteration there, so set it as the RDD source does.
+            spark.sparkContext.setJobDescription(label)
+        try:
+            stats = real_e_step(fam, params, label)
+        finally:
+            if transport == "dataframe":
+                spark.sparkContext.setJobDescription(None)
         records.append((float(stats.count), float(stats.weight), source.fallbacks, started, time.time()))
         return stats
 
@@ -79,7 +89,7 @@ def fit_one(spark, data: str, spec: str, fault_dir: str, out: str, max_iter: int
         rows=np.array(result.n_rows),
     )
     print(
-        f"FIT {name} done: {result.n_iter} iterations, fallbacks={source.fallbacks}, "
+        f"FIT {name} done ({transport}): {result.n_iter} iterations, fallbacks={source.fallbacks}, "
         f"partitions={source.num_partitions}",
         flush=True,
     )
