@@ -261,7 +261,7 @@ class DataFrameBlockSource(SummaryFacts):
         self.summary = summary
         self.num_partitions = num_partitions
         self.aggregation_depth = aggregation_depth
-        self.fallbacks = 0  # iterations computed from the cached blocks instead of local files
+        self.fallbacks = 0  # times the local files failed and the cached blocks were read instead
         self.use_files = True  # False: always read the cached blocks (as where executors keep no disk)
         self.lost: SessionLostError | None = None  # set once the session's server is gone
 
@@ -296,10 +296,15 @@ class DataFrameBlockSource(SummaryFacts):
                 raise
             except Exception as exc:  # noqa: BLE001 -- e.g. the handles' executor is gone; the cached blocks remain
                 log.warning(
-                    "%s: the block files could not be read (%s); computing from Spark's copy", label, first_line(exc)
+                    "%s: the block files could not be read (%s); this and later iterations read Spark's copy",
+                    label,
+                    first_line(exc),
                 )
                 results = None
                 self.fallbacks += 1
+                # The handles are a local checkpoint: the executor that held them is gone for good, so
+                # every later job on them would fail first (measured: 10.8 s against 2.7 s per iteration).
+                self.use_files = False
             if results is not None and any(missing for _, _, missing in results):
                 self.fallbacks += 1
                 log.warning("%s: a local block file was missing; computing this iteration from Spark's copy", label)
