@@ -307,8 +307,9 @@ class DataFrameBlockSource(SummaryFacts):
                 self.use_files = False
             if results is not None and any(missing for _, _, missing in results):
                 self.fallbacks += 1
-                log.warning("%s: a local block file was missing; computing this iteration from Spark's copy", label)
+                log.warning("%s: a local block file was missing; this and later iterations read Spark's copy", label)
                 results = None
+                self.use_files = False  # the tasks would land on the same executors again
         if results is None:
             payloads = self.blocks.where("seq >= 0").select("part", "seq", "payload")
             results = self._collect(lambda: payloads.mapInArrow(_e_step_payloads(family, params), _STATS_SCHEMA))
