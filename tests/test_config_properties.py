@@ -123,6 +123,8 @@ DOMAIN = {
     "run.logFormat": not_in("text", "json"),
     "run.logLevel": st.one_of(words, st.sampled_from(["LOUD", "Info", "TRACE"])),
     "run.metricsPath": st.sampled_from(["''", "m/{run}.json", "'{runId'", "'a}'"]),
+    "run.mlflow.trackingUri": st.sampled_from(["''", "'a b'", "mlflow", "'http://m :5000'", "'://x'", "'9:x'"]),
+    "run.mlflow.experiment": blank,
     "run.pushgateway": st.sampled_from(
         [
             "pg:9091",

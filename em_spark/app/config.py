@@ -56,6 +56,14 @@ def _show(value: Any, limit: int = 100) -> str:
 
 
 @dataclass
+class MlflowSection:
+    """Experiment tracking (the ``em-spark[mlflow]`` extra; see em_spark.app.tracking)."""
+
+    trackingUri: str | None = None  # e.g. http://mlflow:5000; None: no tracking
+    experiment: str = "em_spark"  # the MLflow experiment runs are logged under (created when missing)
+
+
+@dataclass
 class RunSection:
     id: str | None = None  # run id: a re-run with the same id resumes from its checkpoints
     checkpointDir: str | None = None  # URI; None disables checkpoints
@@ -66,6 +74,7 @@ class RunSection:
         None  # URI of the run's metrics JSON ({runId} replaced); default <checkpointDir>/<runId>/metrics.json
     )
     pushgateway: str | None = None  # e.g. http://pushgateway:9091: push the run's metrics there when it ends
+    mlflow: MlflowSection = field(default_factory=MlflowSection)  # experiment tracking (em-spark[mlflow])
 
 
 @dataclass
@@ -660,6 +669,12 @@ def _check(c: JobConfig) -> None:
             raise bad("run.metricsPath", f"must be a path or URI, optionally with {{runId}}; got {c.run.metricsPath!r}")
     if c.run.pushgateway is not None and not _is_http_url(c.run.pushgateway, path=True):
         raise bad("run.pushgateway", f"must be an http(s) URL like http://pushgateway:9091, got {c.run.pushgateway!r}")
+    uri = c.run.mlflow.trackingUri
+    if uri is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:\S+|databricks(-uc)?", uri):
+        raise bad(
+            "run.mlflow.trackingUri",
+            f"must be an MLflow tracking URI like http://mlflow:5000 or databricks (no spaces), got {uri!r}",
+        )
     if c.storage.s3Endpoint is not None:
         endpoint = c.storage.s3Endpoint
         if not _is_http_url(endpoint if "://" in endpoint else "https://" + endpoint, path=False):

@@ -132,6 +132,7 @@ class IterationRecorder(logging.Handler):
     ----------
     run_id : only records of this run are kept (default: the first run seen).
     destination : run id -> metrics URI or None (the run id may only be known once the fit starts).
+    tracker : an :class:`em_spark.app.tracking.Tracker`; each new iteration record goes to it too.
     """
 
     def __init__(
@@ -141,8 +142,10 @@ class IterationRecorder(logging.Handler):
         s3_endpoint: str | None = None,
         logger: logging.Logger = log,
         pushgateway: str | None = None,
+        tracker: Any = None,
     ) -> None:
         super().__init__(logging.DEBUG)
+        self.tracker = tracker
         self.run_id = run_id
         self.destination = destination
         self.s3_endpoint = s3_endpoint
@@ -154,6 +157,7 @@ class IterationRecorder(logging.Handler):
         self._previous: list[dict[str, Any]] | None = None  # an earlier attempt's records (resume)
         self._previous_restarts: list[dict[str, Any]] = []
         self._write_failed = False
+        self._tracking_failed = False
         self._start_pushed = False
 
     def __enter__(self) -> IterationRecorder:
@@ -195,6 +199,12 @@ class IterationRecorder(logging.Handler):
         if self._previous is None:
             self._previous = self._earlier_records(_key(entry))
         self.records[_key(entry)] = entry
+        if self.tracker is not None and not self._tracking_failed:
+            try:
+                self.tracker.iteration(self.run_id, entry)
+            except Exception as exc:  # noqa: BLE001 -- tracking never fails the fit
+                self._tracking_failed = True
+                log.warning("run=%s: cannot log iterations to MLflow (%s); the fit goes on", self.run_id, exc)
         if self.uri and not self._write_failed:
             try:
                 write_metrics(self.uri, self.document(), self.s3_endpoint)

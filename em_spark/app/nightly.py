@@ -164,6 +164,9 @@ def _run_nightly(config: JobConfig) -> dict[str, Any]:
     production_version = (
         registry.alias(name) if registry.exists() and name in registry.names() else None
     )  # first night: none
+    from em_spark.app import tracking
+
+    tracker = tracking.open_tracker(config)  # mlflow missing or unreachable: refused before Spark starts
     spark = spark_session(config)
     data = read_input(spark, config)
     features = config.input.features
@@ -222,7 +225,9 @@ def _run_nightly(config: JobConfig) -> dict[str, Any]:
         )
     else:
         report.update(
-            _retrain(config, registry, name, run_id, production, production_version, train, holdout, timings, drift)
+            _retrain(
+                config, registry, name, run_id, production, production_version, train, holdout, timings, drift, tracker
+            )
         )
         report["retrainReasons"] = reasons
         if report.get("componentDrift") is not None:  # the report's drift has both measures
@@ -243,6 +248,8 @@ def _run_nightly(config: JobConfig) -> dict[str, Any]:
     except ObjectExistsError:
         # Another run of the same night finished first; its report is the record.
         report = {**_read_report(fs, report_path, report_uri), "alreadyDone": True}
+    if tracker is not None and not report.get("alreadyDone"):
+        tracker.record_night(run_id, report)
     log.info("%s", human_summary(report))
     return report
 
@@ -276,6 +283,7 @@ def _retrain(
     holdout: DataFrame,
     timings: dict[str, float],
     drift: dict[str, Any] | None,  # None on the first night (no production model to compare)
+    tracker: Any = None,  # em_spark.app.tracking.Tracker: the night's fit is its MLflow run
 ) -> dict:
     existing = registry.find_by_run_id(name, run_id)
     t = time.perf_counter()
@@ -305,8 +313,14 @@ def _retrain(
             lambda rid: metrics.metrics_uri(rid, checkpoint_dir, metrics_path),
             config.storage.s3Endpoint,
             pushgateway=config.run.pushgateway,
+            tracker=tracker,
         ) as recorder:
-            model = estimator_from_config(config, production).fit(train)
+            estimator = estimator_from_config(config, production)
+            if tracker is not None:
+                from em_spark.app.tracking import estimator_params
+
+                tracker.set_params(estimator_params(estimator))
+            model = estimator.fit(train)
         timings["fit"] = time.perf_counter() - t
         mapping, fitted = None, model
         if production is not None:
@@ -316,7 +330,7 @@ def _retrain(
             drift = {**(drift or {}), **component_drift(family, production.arrays, model.arrays)}
         # The night's fit is a run like any other: its metrics file (and push) as for train, with
         # the drift from production (per component in production's ids) when there is one.
-        metrics.publish(
+        doc = metrics.publish(
             recorder,
             fitted,
             wall_seconds=timings["fit"],
@@ -325,6 +339,8 @@ def _retrain(
             drift=drift,
             model_name=name,
         )
+        if tracker is not None:
+            tracker.finish(doc, model)
         if production is not None:
             new, old = model.public_params(), production.public_params()
             moved = np.linalg.norm(new["means"] - old["means"], axis=1) if "means" in new else None

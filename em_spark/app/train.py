@@ -75,6 +75,11 @@ def run_train(config: JobConfig) -> Any:
     check_outputs_writable(config, model_path)
     require_input(config)
     estimator = estimator_from_config(config, initial)  # family keys checked before Spark starts
+    from em_spark.app import tracking
+
+    tracker = tracking.open_tracker(config)  # mlflow missing or unreachable: refused before Spark starts
+    if tracker is not None:
+        tracker.set_params(tracking.estimator_params(estimator))
     spark = spark_session(config)
     df = read_input(spark, config)
     from em_spark.app import metrics
@@ -85,16 +90,19 @@ def run_train(config: JobConfig) -> Any:
         lambda run_id: metrics.metrics_uri(run_id, checkpoint_dir, metrics_path),
         endpoint,
         pushgateway=config.run.pushgateway,
+        tracker=tracker,
     ) as recorder:
         try:
             model = estimator.fit(df)
         except Exception as exc:
             if config.run.pushgateway:  # e.g. a ModelError: the alert names the error's class
                 metrics.push_failure(config.run.pushgateway, recorder.run_id or config.run.id, exc)
+            if tracker is not None:
+                tracker.fail(recorder.run_id or config.run.id)
             raise
     if model_path:
         model.save(model_path, overwrite=config.output.overwrite)
-    metrics.publish(
+    doc = metrics.publish(
         recorder,
         model,
         wall_seconds=time.perf_counter() - started,
@@ -102,6 +110,8 @@ def run_train(config: JobConfig) -> Any:
         pushgateway=config.run.pushgateway,
         executor_core_seconds=metrics.executor_core_seconds(spark, model.summary.runId),
     )
+    if tracker is not None:
+        tracker.finish(doc, model)
     from em_spark.engine.dataframe_source import is_connect
 
     print(_format_summary(model, time.perf_counter() - started, model_path, is_connect(spark)), flush=True)
