@@ -94,17 +94,24 @@ def _normalize_chunk(
             e = np.exp(lp[c, r] - peak[r])
             lp[c, r] = e
             total[r] += e
+    # rows along the innermost loops (they vectorize): total becomes 1 / total
     for r in range(m):
-        if has_clamp and clamp[start + r] >= 0:
-            for c in range(k):
-                lp[c, r] = 0.0
-            lp[clamp[start + r], r] = 1.0
-            continue
         norm = peak[r] + np.log(total[r])
-        loglik += norm * w[start + r] if has_w else norm
-        inv = 1.0 / total[r]
-        for c in range(k):
-            lp[c, r] *= inv
+        if has_w:
+            norm *= w[start + r]
+        if not (has_clamp and clamp[start + r] >= 0):
+            loglik += norm
+        total[r] = 1.0 / total[r]
+    for c in range(k):
+        for r in range(m):
+            lp[c, r] *= total[r]
+    if has_clamp:
+        for r in range(m):
+            known = clamp[start + r]
+            if known >= 0:
+                for c in range(k):
+                    lp[c, r] = 0.0
+                lp[known, r] = 1.0
     return loglik
 
 
@@ -131,6 +138,7 @@ def stats_matrix(
     wd = np.empty((d, chunk))
     lp = np.empty((k, chunk))
     y = np.empty(chunk)
+    y2 = np.empty(chunk)
     wr = np.empty(chunk)
     peak = np.empty(chunk)
     total = np.empty(chunk)
@@ -145,15 +153,34 @@ def stats_matrix(
                     diff[j, r] = xt[j, r] - mu
             for r in range(m):
                 lp[c, r] = 0.0
-            # ‖(x − μ) P‖²: column i of P has entries in rows 0..i only
-            for i in range(d):
-                p = upper[c, 0, i]
+            # ‖(x − μ) P‖²: column i of P has entries in rows 0..i only. Columns i and i + 1
+            # together, so each row of diff is loaded once for both.
+            for i in range(0, d - 1, 2):
+                p0 = upper[c, 0, i]
+                p1 = upper[c, 0, i + 1]
                 for r in range(m):
-                    y[r] = diff[0, r] * p
+                    a = diff[0, r]
+                    y[r] = a * p0
+                    y2[r] = a * p1
                 for j in range(1, i + 1):
-                    p = upper[c, j, i]
+                    p0 = upper[c, j, i]
+                    p1 = upper[c, j, i + 1]
                     for r in range(m):
-                        y[r] += diff[j, r] * p
+                        a = diff[j, r]
+                        y[r] += a * p0
+                        y2[r] += a * p1
+                p1 = upper[c, i + 1, i + 1]
+                for r in range(m):
+                    last = y2[r] + diff[i + 1, r] * p1
+                    lp[c, r] += y[r] * y[r] + last * last
+            if d % 2:
+                i = d - 1
+                for r in range(m):
+                    y[r] = 0.0
+                for j in range(i + 1):
+                    p0 = upper[c, j, i]
+                    for r in range(m):
+                        y[r] += diff[j, r] * p0
                 for r in range(m):
                     lp[c, r] += y[r] * y[r]
             lc = log_const[c]
