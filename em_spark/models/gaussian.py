@@ -39,6 +39,7 @@ from typing import ClassVar
 import numpy as np
 
 from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Params, check_k
+from em_spark.models.compiled import gaussian_stats, use_compiled
 from em_spark.models.gaussian_missing import DiagonalMissing, FullMissing, nan_mask
 from em_spark.models.kernels import (
     COVARIANCE_TYPES,
@@ -264,6 +265,17 @@ class GaussianFamily(FamilyBase):
         """
         kernel, k = self._kernel, self.k
         n, d = X.shape
+        if labels is None and use_compiled():
+            assert prec_chol is not None and log_const is not None  # scoring needs the model: it is given
+            nk, sums, sq, loglik = gaussian_stats(self.covariance_type, X, w, clamp, shift, prec_chol, log_const)
+            return {
+                "nk": nk,
+                "sum": sums,
+                "sq": sq,
+                LOGLIK: np.float64(loglik),
+                WEIGHT: np.float64(n if w is None else w.sum()),
+                COUNT: np.float64(n),
+            }
         nk = np.zeros(k)
         sums = np.zeros((k, d))
         sq = np.zeros(kernel.sq_shape(k, d))

@@ -16,6 +16,7 @@ from sklearn.datasets import load_iris, load_wine
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
+import em_spark.models.compiled as compiled_module
 import em_spark.models.gaussian as gaussian_module
 import em_spark.models.kernels as kernels_module
 from em_spark.models import FAMILIES, Block, EMFamily, GaussianFamily, ModelError, MStepResult
@@ -111,9 +112,10 @@ def assert_valid_params(family, params, d):
 
 @pytest.fixture
 def tiny_chunks(monkeypatch):
-    """Force many E-step chunks of an odd size, so chunk boundaries are exercised."""
+    """Force many E-step chunks of an odd size (numpy and compiled kernels), so chunk boundaries are exercised."""
     monkeypatch.setattr(kernels_module, "_SCRATCH_BYTES", 0)
     monkeypatch.setattr(kernels_module, "_MIN_CHUNK_ROWS", 7)
+    monkeypatch.setattr(compiled_module, "_CHUNK_ROWS", 7)
 
 
 # ---------------------------------------------------------------------------
@@ -269,6 +271,7 @@ def test_e_step_does_not_depend_on_the_chunk_size(covariance_type, monkeypatch):
     one_chunk = family.e_step(Block(X), params)
     monkeypatch.setattr(kernels_module, "_SCRATCH_BYTES", 0)
     monkeypatch.setattr(kernels_module, "_MIN_CHUNK_ROWS", 13)
+    monkeypatch.setattr(compiled_module, "_CHUNK_ROWS", 13)
     assert one_chunk.allclose(family.e_step(Block(X), params), rtol=1e-11, atol=1e-10)
 
 
