@@ -155,6 +155,14 @@ def _run_nightly(config: JobConfig) -> dict[str, Any]:
         )
         return {**done, "alreadyDone": True}
 
+    # --- runbooks (held lease): a second start of a running night stops here, before Spark
+    # starts and reads the night's data; the fit still takes the lease itself and decides races.
+    from em_spark.storage import RunLock
+
+    RunLock(
+        resolve_local(config.run.checkpointDir) or join(registry_uri, name, "checkpoints"), run_id, s3_endpoint=endpoint
+    ).ensure_free()
+    # --- end runbooks
     template = config.nightly.inputPath or config.input.path
     if not template:
         raise ConfigError(f"the nightly job needs nightly.inputPath or input.path (in {config.source})")

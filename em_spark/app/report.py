@@ -1,11 +1,15 @@
 """A picture of a run: ``report.png`` and ``report.html`` (the same PNG embedded as base64).
 
 Panels: the average log-likelihood per iteration (every restart the metrics file holds,
-the best one drawn bold); the component weights over the best restart's iterations (or,
-without per-iteration weights, the final weights as bars); and, given data with at most 3
+the best one drawn bold; plain tick labels, no offset text); the component weights over the
+best restart's iterations (or, without per-iteration weights, the final weights as bars);
+the seconds each iteration took (when the metrics have them); and, given data with at most 3
 features, a scatter of up to a few thousand rows colored by their most likely component.
 Two features are drawn as they are, three by their first two principal components (PCA of
-the plotted rows), one against a random vertical jitter.
+the plotted rows), one against a random vertical jitter. On the scatter, each Gaussian
+component (mixture or HMM state, any covariance type) gets its 1 and 2 standard deviation
+ellipses: its covariance in the plotted coordinates (projected on the two components for
+3 features), eigen-decomposed as in scikit-learn's GMM covariance example.
 
 ``em-spark report`` (:func:`run_report`) finds the run from a run id, a metrics file or a
 saved model. No Spark: models are read with :func:`em_spark.api.model_from_bytes`, data with pyarrow.
@@ -25,10 +29,22 @@ import numpy as np
 from em_spark.app.common import resolve_local
 from em_spark.app.config import ConfigError, JobConfig
 
-__all__ = ["Report", "build_report", "load_source", "read_points", "render", "run_report", "write_report"]
+__all__ = [
+    "Report",
+    "build_report",
+    "ellipse_geometry",
+    "load_source",
+    "read_points",
+    "render",
+    "run_report",
+    "write_report",
+]
 
 PANEL_INCHES = (5.0, 4.2)
 DPI = 100
+
+
+ELLIPSE_STDS = (1.0, 2.0)  # the scatter's covariance ellipses, in standard deviations
 
 
 @dataclass
@@ -37,6 +53,7 @@ class Report:
     html: str
     panels: list[str]
     notes: list[str] = field(default_factory=list)
+    figure: Any = None  # the drawn matplotlib Figure (its axes and artists, for inspection)
 
 
 # --- inputs ----------------------------------------------------------------------------
@@ -184,6 +201,49 @@ def _plot_loglik(ax: Any, metrics: dict[str, Any]) -> None:
     ax.set_xlabel("iteration")
     _integer_ticks(ax)
     ax.set_ylabel("avg log-likelihood per row")
+    # Late iterations differ in the 5th digit: matplotlib would print an offset ("+1.234e3")
+    # above the axis, over the title. Plain full labels instead.
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _seconds_by_restart(metrics: dict[str, Any]) -> dict[int, tuple[list[int], list[float]]]:
+    """Each restart's (iterations, seconds) from the per-iteration records. Without records (a
+    saved model) the summary's ``iterationSeconds`` under restart 0: which restart each
+    belongs to is not known (a model's summary holds every iteration its process ran, in order)."""
+    curves: dict[int, tuple[list[int], list[float]]] = {}
+    for r in sorted(metrics.get("perIteration") or [], key=lambda r: (r["restart"], r["iteration"])):
+        if r.get("seconds") is not None:
+            xs, ys = curves.setdefault(int(r["restart"]), ([], []))
+            xs.append(int(r["iteration"]))
+            ys.append(float(r["seconds"]))
+    seconds = metrics.get("iterationSeconds") or []
+    if not curves and seconds:
+        curves[0] = (list(range(1, len(seconds) + 1)), [float(v) for v in seconds])
+    return curves
+
+
+def _plot_seconds(ax: Any, metrics: dict[str, Any], curves: dict[int, tuple[list[int], list[float]]]) -> None:
+    best = metrics.get("bestRestart")
+    for restart in sorted(curves):
+        xs, ys = curves[restart]
+        is_best = restart == best or len(curves) == 1
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            markersize=3,
+            linewidth=2.2 if is_best else 1.0,
+            alpha=1.0 if is_best else 0.6,
+            label=f"restart {restart}" + (" (best)" if restart == best and len(curves) > 1 else ""),
+        )
+    ax.set_title("Seconds per iteration")
+    ax.set_xlabel("iteration" if 0 not in curves else "iteration (every restart, in the order run)")
+    _integer_ticks(ax)
+    ax.set_ylabel("seconds (driver wall time)")
+    ax.set_ylim(bottom=0)
     if len(curves) > 1:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -235,27 +295,93 @@ def _color(j: int, k: int) -> Any:
     return cmap(j % cmap.N)
 
 
-def _projection(X: np.ndarray) -> tuple[Any, tuple[str, str], str]:
-    """A function mapping (n, d) rows to 2-D, its axis labels, and how it was made."""
+def _projection(X: np.ndarray) -> tuple[Any, np.ndarray | None, tuple[str, str], str]:
+    """A function mapping (n, d) rows to 2-D, the (2, d) linear part of it (None when the
+    plot is not linear in the data: one feature against jitter), its axis labels, and how
+    it was made."""
     d = X.shape[1]
     if d == 2:
-        return (lambda A: A), ("feature 0", "feature 1"), "the two features as they are"
+        return (lambda A: A), np.eye(2), ("feature 0", "feature 1"), "the two features as they are"
     if d == 1:
         jitter = np.random.default_rng(0).uniform(-0.5, 0.5, size=len(X))
 
         def one(A: np.ndarray) -> np.ndarray:  # the rows get the jitter, the means sit at 0
             return np.column_stack([A[:, 0], jitter if A is X else np.zeros(len(A))])
 
-        return one, ("feature 0", "random jitter"), "the one feature against a random jitter"
+        return one, None, ("feature 0", "random jitter"), "the one feature against a random jitter"
     center = X.mean(axis=0)
     _, s, vt = np.linalg.svd(X - center, full_matrices=False)
     share = s**2 / max(float(np.sum(s**2)), 1e-300)
     labels = (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
     return (
         (lambda A: (A - center) @ vt[:2].T),
+        vt[:2],
         labels,
         "the first two principal components of the 3 features (PCA of the plotted rows)",
     )
+
+
+def _full_covariances(model: Any) -> np.ndarray | None:
+    """(k, d, d) covariances of a Gaussian model (mixture or HMM emissions), or None for
+    families without them (categorical, k-means)."""
+    full = getattr(model.family, "full_covariances", None)
+    if full is not None:
+        return np.asarray(full(model.arrays), dtype=np.float64)
+    public = model.public_params()
+    cov, means = public.get("covariances"), public.get("means")
+    if cov is None or means is None:
+        return None
+    cov = np.asarray(cov, dtype=np.float64)
+    k, d = np.shape(means)
+    kind = getattr(model.family, "covariance_type", "full")
+    if kind == "tied":
+        return np.broadcast_to(cov, (k, d, d)).copy()
+    if kind == "diag":
+        return np.einsum("ki,ij->kij", cov, np.eye(d))
+    if kind == "spherical":
+        return cov.reshape(k)[:, None, None] * np.eye(d)
+    return cov.reshape(k, d, d)
+
+
+def ellipse_geometry(covariance: np.ndarray, n_std: float) -> tuple[float, float, float]:
+    """(width, height, angle in degrees) of the ``n_std`` standard deviation ellipse of a
+    (2, 2) covariance: the eigenvectors give the axes, 2 n_std sqrt(eigenvalue) their
+    lengths (scikit-learn's plot_gmm_covariances does the same with eigh)."""
+    values, vectors = np.linalg.eigh(covariance)
+    values = np.clip(values, 0.0, None)  # rounding can leave a tiny negative eigenvalue
+    width, height = 2.0 * n_std * np.sqrt(values[1]), 2.0 * n_std * np.sqrt(values[0])
+    angle = float(np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1])))
+    return float(width), float(height), angle
+
+
+def _draw_ellipses(ax: Any, centers: np.ndarray, covariances: np.ndarray, linear: np.ndarray) -> int:
+    """The 1 and 2 standard deviation ellipses of each component at its plotted ``centers``
+    (k, 2); ``covariances`` (k, d, d) are mapped to the plot by ``linear`` (2, d). Returns
+    how many were drawn."""
+    from matplotlib.patches import Ellipse
+
+    drawn = 0
+    for j, (center, cov) in enumerate(zip(centers, covariances)):
+        plotted = linear @ cov @ linear.T
+        if not np.all(np.isfinite(plotted)):
+            continue
+        for n_std in ELLIPSE_STDS:
+            width, height, angle = ellipse_geometry(plotted, n_std)
+            ax.add_patch(
+                Ellipse(
+                    (float(center[0]), float(center[1])),
+                    width,
+                    height,
+                    angle=angle,
+                    facecolor="none",
+                    edgecolor=_color(j, len(centers)),
+                    linewidth=1.5 if n_std == ELLIPSE_STDS[0] else 1.0,
+                    linestyle="-" if n_std == ELLIPSE_STDS[0] else "--",
+                    gid=f"ellipse component={j} sd={n_std:g}",  # (no label: the legend lists components once)
+                )
+            )
+            drawn += 1
+    return drawn
 
 
 def _plot_scatter(ax: Any, model: Any, X: np.ndarray, lengths: np.ndarray | None = None) -> str:
@@ -264,7 +390,7 @@ def _plot_scatter(ax: Any, model: Any, X: np.ndarray, lengths: np.ndarray | None
     else:  # the steps of sequences, colored by their Viterbi state
         labels = model.predict_numpy(X, lengths=lengths)["viterbi"]
     k = int(model.summary.k) if model.hasSummary else int(np.max(labels)) + 1
-    project, (xlabel, ylabel), how = _projection(X)
+    project, linear, (xlabel, ylabel), how = _projection(X)
     P = project(X)
     for j in range(k):
         mask = labels == j
@@ -275,6 +401,10 @@ def _plot_scatter(ax: Any, model: Any, X: np.ndarray, lengths: np.ndarray | None
     if centers is not None and np.shape(centers)[-1] == X.shape[1]:
         C = project(np.asarray(centers, dtype=np.float64))
         ax.scatter(C[:, 0], C[:, 1], marker="x", s=80, color="black", linewidths=2, label="means")
+        covariances = _full_covariances(model)
+        if covariances is not None and linear is not None and _draw_ellipses(ax, C, covariances, linear):
+            how += f"; ellipses at {' and '.join(f'{n:g}' for n in ELLIPSE_STDS)} standard deviations"
+            ax.autoscale_view()
     ax.set_title(
         f"{len(X)} rows by most likely component"
         if lengths is None
@@ -312,24 +442,31 @@ def render(
             notes.append("scatter skipped: no complete rows in the data")
         else:
             scatter = True
-    panels = ["log-likelihood", "weights"] + (["scatter"] if scatter else [])
+    seconds = _seconds_by_restart(metrics)
+    panels = ["log-likelihood", "weights"] + (["seconds"] if seconds else []) + (["scatter"] if scatter else [])
     fig = Figure(figsize=(PANEL_INCHES[0] * len(panels), PANEL_INCHES[1]), dpi=DPI)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels))
-    _plot_loglik(axes[0], metrics)
-    if _plot_weights(axes[1], metrics) == "final":
+    axes = dict(zip(panels, fig.subplots(1, len(panels))))
+    _plot_loglik(axes["log-likelihood"], metrics)
+    if _plot_weights(axes["weights"], metrics) == "final":
         notes.append(
             "no per-iteration weights (a saved model keeps only the final ones; the run's metrics.json has them)"
         )
+    if seconds:
+        _plot_seconds(axes["seconds"], metrics, seconds)
+        if 0 in seconds:
+            notes.append(
+                "seconds: every iteration the fit ran, restarts one after another (per restart in metrics.json)"
+            )
     if scatter and points is not None:  # (scatter is set only with points)
         colors = "each row's most likely component" if lengths is None else "each step's state on its Viterbi path"
-        notes.append(f"scatter: {_plot_scatter(axes[2], model, points, lengths)}; colors are {colors}")
+        notes.append(f"scatter: {_plot_scatter(axes['scatter'], model, points, lengths)}; colors are {colors}")
     fig.suptitle(_title(metrics))
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     png = buffer.getvalue()
-    return Report(png=png, html=_html(metrics, png, notes), panels=panels, notes=notes)
+    return Report(png=png, html=_html(metrics, png, notes), panels=panels, notes=notes, figure=fig)
 
 
 def _title(metrics: dict[str, Any]) -> str:
