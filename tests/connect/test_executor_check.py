@@ -103,10 +103,15 @@ def test_train_on_executors_without_em_spark_is_one_clear_error_before_anything_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "small.yaml"]
 
 
-def test_add_artifacts_of_a_zipped_em_spark_is_the_fix_and_fits_as_with_an_installed_one(bare_url, connect, tmp_path):
+def test_the_readmes_add_artifacts_recipe_is_the_fix_and_fits_as_with_an_installed_em_spark(
+    bare_url, connect, tmp_path
+):
     small_workspace(tmp_path)
     data, saved = tmp_path / "d" / "ok", tmp_path / "shipped-model"
-    result = _artifact_client(bare_url, _zip_em_spark(tmp_path), str(data), str(saved))
+    recipe = tmp_path / "ship.py"
+    recipe.write_text(_readme_recipe())
+    result = _artifact_client(bare_url, recipe, str(data), str(saved))
+    assert (tmp_path / f"em_spark-{em_spark.__version__}.zip").is_file()
     assert "cannot import em_spark" in result["before"]
     assert result["after"] == "ok"
 
