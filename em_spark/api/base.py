@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from em_spark.engine.dataframe_source import DataFrameBlockSource
+from em_spark.engine.executor_check import check_executors
 from em_spark.engine.loop import FitResult, fit_em, run_lock
 from em_spark.engine.scoring import score_frame
 from em_spark.engine.settings import FitSettings
@@ -487,6 +488,7 @@ class EMEstimator(Estimator, EMParams):
         missing values, labels. The caller closes it (``source.close()``) to release the cache."""
         family = self.family() if family is None else family
         data, features = self._input(dataset)
+        check_executors(data.sparkSession)
         return self._load(data, features, family, label)
 
     def _load(
@@ -534,6 +536,9 @@ class EMEstimator(Estimator, EMParams):
 
             validate_name(settings.run_id, "run id")
         started = time.perf_counter()
+        # Before the lease, a checkpoint or the load: executors that cannot run the E-step are one
+        # clear error, not a ModuleNotFoundError in a Python worker traceback from the first job.
+        check_executors(dataset.sparkSession)
         if settings.checkpoint_dir and settings.run_id:
             # A second run of a running id stops here, before it pays for a load. fit_em takes the
             # lease itself after the load, so a run refused for bad data leaves nothing behind.
