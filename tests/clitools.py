@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["CliResult", "run_cli", "small_workspace", "snapshot"]
+__all__ = ["CliResult", "process_group_members", "run_cli", "small_workspace", "snapshot"]
 
 
 class CliResult:
@@ -75,3 +75,19 @@ def small_workspace(root: Path, rows: int = 1000) -> Path:
         "score: {outputPath: scored/t1, mode: overwrite}\n"
     )
     return root / "small.yaml"
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group: what a kill left behind."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members

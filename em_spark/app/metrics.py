@@ -423,8 +423,9 @@ def executor_core_seconds(spark: Any, run_id: str, wait_seconds: float = 2.0) ->
 # --- Prometheus ----------------------------------------------------------------------
 
 
-def _finite(value: Any) -> float | None:
-    if value is None:
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a finite float; None for None, text, NaN, infinities and what is not a number."""
+    if value is None or isinstance(value, str):
         return None
     try:
         number = float(value)
@@ -443,7 +444,7 @@ class _Gauges:
     def set(self, name: str, help_text: str, value: Any, **extra: str) -> None:
         """One sample; nothing for a None or non-finite value. Calls with ``extra`` labels
         (e.g. ``component``) add samples to the same gauge."""
-        number = _finite(value)
+        number = finite_or_none(value)
         if number is None:
             return
         names = (*self.labels, *extra)

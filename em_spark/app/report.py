@@ -183,8 +183,8 @@ def _history_by_restart(metrics: dict[str, Any]) -> tuple[dict[int, tuple[list[i
     return curves, best
 
 
-def _plot_loglik(ax: Any, metrics: dict[str, Any]) -> None:
-    curves, best = _history_by_restart(metrics)
+def _plot_restarts(ax: Any, curves: dict[int, tuple[list[int], list[float]]], best: int | None) -> None:
+    """One line per restart; the best one bold (all bold when there is only one)."""
     for restart in sorted(curves):
         xs, ys = curves[restart]
         is_best = restart == best or len(curves) == 1
@@ -197,6 +197,11 @@ def _plot_loglik(ax: Any, metrics: dict[str, Any]) -> None:
             alpha=1.0 if is_best else 0.6,
             label=f"restart {restart}" + (" (best)" if restart == best and len(curves) > 1 else ""),
         )
+
+
+def _plot_loglik(ax: Any, metrics: dict[str, Any]) -> None:
+    curves, best = _history_by_restart(metrics)
+    _plot_restarts(ax, curves, best)
     ax.set_title("Average log-likelihood per iteration")
     ax.set_xlabel("iteration")
     _integer_ticks(ax)
@@ -226,19 +231,7 @@ def _seconds_by_restart(metrics: dict[str, Any]) -> dict[int, tuple[list[int], l
 
 
 def _plot_seconds(ax: Any, metrics: dict[str, Any], curves: dict[int, tuple[list[int], list[float]]]) -> None:
-    best = metrics.get("bestRestart")
-    for restart in sorted(curves):
-        xs, ys = curves[restart]
-        is_best = restart == best or len(curves) == 1
-        ax.plot(
-            xs,
-            ys,
-            marker="o",
-            markersize=3,
-            linewidth=2.2 if is_best else 1.0,
-            alpha=1.0 if is_best else 0.6,
-            label=f"restart {restart}" + (" (best)" if restart == best and len(curves) > 1 else ""),
-        )
+    _plot_restarts(ax, curves, metrics.get("bestRestart"))
     ax.set_title("Seconds per iteration")
     ax.set_xlabel("iteration" if 0 not in curves else "iteration (every restart, in the order run)")
     _integer_ticks(ax)

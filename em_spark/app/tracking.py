@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import tempfile
@@ -36,6 +35,7 @@ import urllib.request
 from typing import Any
 
 from em_spark.app.config import ConfigError, JobConfig
+from em_spark.app.metrics import finite_or_none
 
 __all__ = ["INSTALL_HINT", "RUN_ID_TAG", "Tracker", "TrackingError", "config_digest", "open_tracker"]
 
@@ -55,16 +55,6 @@ def config_digest(config: JobConfig) -> str:
     """sha256 of the job config as canonical JSON: two runs with one digest ran one config."""
     text = json.dumps(config.to_dict(), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, str):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _check_reachable(uri: str, timeout: float = 10.0) -> None:
@@ -199,7 +189,7 @@ class Tracker:
         for key, value in entry.items():
             if key in ("restart", "restarts", "iteration", "maxIter", "weights", "converged"):
                 continue
-            number = _finite(value)
+            number = finite_or_none(value)
             if number is not None:
                 metrics.append(Metric(f"restart{restart}/{key}", number, now, iteration))
         self.client.log_batch(mlflow_run, metrics=metrics)
@@ -247,7 +237,7 @@ class Tracker:
             "secondsPerIteration": doc.get("secondsPerIteration"),
             "executorCoreSeconds": doc.get("executorCoreSeconds"),
         }
-        metrics = [Metric(k, v, now, 0) for k, raw in final.items() if (v := _finite(raw)) is not None]
+        metrics = [Metric(k, v, now, 0) for k, raw in final.items() if (v := finite_or_none(raw)) is not None]
         tags = [RunTag("em_spark.dataFingerprint", str(model.summary.dataFingerprint))]
         if doc.get("modelPath"):
             tags.append(RunTag("em_spark.modelPath", str(doc["modelPath"])[:_MAX_PARAM]))
@@ -298,7 +288,7 @@ class Tracker:
                 "nightly/maxDivergence": drift.get("maxDivergence"),
             }
             now = _now_ms()
-            metrics = [Metric(k, v, now, 0) for k, raw in numbers.items() if (v := _finite(raw)) is not None]
+            metrics = [Metric(k, v, now, 0) for k, raw in numbers.items() if (v := finite_or_none(raw)) is not None]
             self.client.log_batch(mlflow_run, metrics=metrics, tags=tags)
             with tempfile.TemporaryDirectory(prefix="em-spark-mlflow-") as tmp:
                 path = os.path.join(tmp, "report.json")

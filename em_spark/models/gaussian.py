@@ -71,6 +71,21 @@ _LLOYD_MAX_ITER = 20
 # Sample statistics
 
 
+def _block_stats(
+    nk: np.ndarray, sums: np.ndarray, sq: np.ndarray, loglik: float, n: int, w: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """One block's statistics: ``nk`` (k,), ``sum`` (k, d), ``sq`` (the kernel's shape) around the
+    shift, and the totals every family carries."""
+    return {
+        "nk": nk,
+        "sum": sums,
+        "sq": sq,
+        LOGLIK: np.float64(loglik),
+        WEIGHT: np.float64(n if w is None else w.sum()),
+        COUNT: np.float64(n),
+    }
+
+
 def _weighted_covariance(X: np.ndarray, w: np.ndarray) -> np.ndarray:
     """(d, d) weighted (biased, like the M-step) covariance of the rows of X."""
     if not w.sum() > 0:
@@ -268,14 +283,7 @@ class GaussianFamily(FamilyBase):
         if labels is None and use_compiled():
             assert prec_chol is not None and log_const is not None  # scoring needs the model: it is given
             nk, sums, sq, loglik = gaussian_stats(self.covariance_type, X, w, clamp, shift, prec_chol, log_const)
-            return {
-                "nk": nk,
-                "sum": sums,
-                "sq": sq,
-                LOGLIK: np.float64(loglik),
-                WEIGHT: np.float64(n if w is None else w.sum()),
-                COUNT: np.float64(n),
-            }
+            return _block_stats(nk, sums, sq, loglik, n, w)
         nk = np.zeros(k)
         sums = np.zeros((k, d))
         sq = np.zeros(kernel.sq_shape(k, d))
@@ -309,14 +317,7 @@ class GaussianFamily(FamilyBase):
                     loglik += log_norm @ w[start:stop]
             nk += wr.sum(axis=1)
             kernel.moments(diffs, work, wr, sums, sq)
-        return {
-            "nk": nk,
-            "sum": sums,
-            "sq": sq,
-            LOGLIK: np.float64(loglik),
-            WEIGHT: np.float64(n if w is None else w.sum()),
-            COUNT: np.float64(n),
-        }
+        return _block_stats(nk, sums, sq, loglik, n, w)
 
     def e_step(self, block: Block, params: Params) -> Stats:
         """Sufficient statistics of one block (see the module docstring for the fields).

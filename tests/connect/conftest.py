@@ -13,10 +13,8 @@ and its teardown switches the mode back: classic tests collected after these sti
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,44 +23,16 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from connect_data import SPARK_CONF, write_all  # noqa: E402
-
-SERVER_START_SECONDS = 300  # a loaded 2-core machine takes 30-60 s to start the JVM
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from environments import connect_server  # noqa: E402
 
 
 @pytest.fixture(scope="package")
 def connect_url(tmp_path_factory):
-    """``sc://127.0.0.1:PORT`` of a Connect server started for this test package."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("connect-server") / "server.log"
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
-    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "PYSPARK_GATEWAY_PORT"):
-        env.pop(name, None)
-    args = [sys.executable, str(HERE / "connect_server.py"), str(port), *(f"{k}={v}" for k, v in SPARK_CONF.items())]
-    with open(log, "w") as err:
-        server = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-    try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        line = ""
-        while time.monotonic() < deadline and server.poll() is None:
-            line = server.stdout.readline()
-            if line.startswith("READY"):
-                break
-        if not line.startswith("READY"):
-            raise RuntimeError(f"the Connect server did not start; its log:\n{log.read_text()[-4000:]}")
-        yield f"sc://127.0.0.1:{port}"
-    finally:
-        server.stdin.close()  # the server stops when its stdin closes
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(30)
+    """``sc://127.0.0.1:PORT`` of a Connect server started for this test package (its executors
+    run this interpreter, in a directory outside the repository)."""
+    root = tmp_path_factory.mktemp("connect-server")
+    with connect_server(root / "server.log", sys.executable, root, SPARK_CONF) as url:
+        yield url
 
 
 @pytest.fixture(scope="package")

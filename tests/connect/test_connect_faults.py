@@ -22,7 +22,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,9 @@ import numpy as np
 import pytest
 import yaml
 from connect_data import SPARK_CONF  # (conftest.py puts this folder on sys.path)
+from environments import SERVER_START_SECONDS, _free_port
+
+from tests.clitools import process_group_members
 
 pytestmark = [pytest.mark.connect, pytest.mark.slow]
 
@@ -41,13 +43,6 @@ FAULTS = HERE.parent / "spark" / "faults"
 ROWS, FEATURES, K, MAX_ITER, SEED = 6000, 3, 3, 6, 7
 KILL_AFTER = HOLD_AFTER = 2
 RUN_TIMEOUT = 600  # seconds per client process
-SERVER_START_SECONDS = 300  # as conftest.py: a loaded 2-core machine takes 30-60 s to start the JVM
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -58,27 +53,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
-
-
 def _kill_group(popen: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(popen.pid, signal.SIGKILL)
     popen.wait(60)
     deadline = time.monotonic() + 30
-    while _members(popen.pid) and time.monotonic() < deadline:
+    while process_group_members(popen.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
@@ -224,7 +204,7 @@ def job_client_kill(ws: Workspace) -> dict:
     seen_at_kill = ws.names()
     _kill_group(first.popen)
     rc_first = first.wait()
-    survivors, left = _members(first.popen.pid), ws.names()
+    survivors, left = process_group_members(first.popen.pid), ws.names()
     again = ws.client("again.log")
     rc_again = again.wait()
     return {

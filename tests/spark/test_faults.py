@@ -45,6 +45,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.clitools import process_group_members
+
 REPO = Path(__file__).resolve().parents[2]
 FAULTS = Path(__file__).resolve().parent / "faults"
 
@@ -155,22 +157,6 @@ class _Registry:
             for app in self._apps:
                 if app.alive():
                     app.kill_group()
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
 
 
 def _is_executor(pid: int) -> bool:
@@ -387,9 +373,9 @@ def job_driver_kill(s: Scenario) -> dict:
     first.kill_group()
     rc_first = first.wait()
     deadline = time.monotonic() + 15
-    while _group_members(first.pgid) and time.monotonic() < deadline:
+    while process_group_members(first.pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    survivors = _group_members(first.pgid)
+    survivors = process_group_members(first.pgid)
     left = sorted(p.name for p in ckpts.glob("ckpt-*"))
     again = s.app(command, "again.log", work)
     rc_again = again.wait()
