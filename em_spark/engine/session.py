@@ -174,12 +174,14 @@ def submitted_conf() -> dict[str, str]:
     return conf
 
 
-def _submitted_in_connect_mode() -> bool:
-    """``spark-submit --conf spark.api.mode=connect app.py`` without ``spark.remote``: the app
-    should get a Connect session served from spark-submit's own JVM. pyspark 4.3 does not read
-    that setting back from spark-submit, so em_spark passes it to the builder."""
+def _in_driver_connect_master() -> str | None:
+    """For ``spark-submit --conf spark.api.mode=connect app.py`` without ``spark.remote``, the
+    master of the Connect server to start in spark-submit's own JVM; else None. pyspark 4.3 reads
+    neither setting back from spark-submit, so em_spark hands both to the builder."""
     conf = submitted_conf()
-    return under_spark_submit() and conf.get("spark.api.mode", "").lower() == "connect" and "spark.remote" not in conf
+    if under_spark_submit() and conf.get("spark.api.mode", "").lower() == "connect" and "spark.remote" not in conf:
+        return conf.get("spark.master", "local[*]")
+    return None
 
 
 def _server_jars_missing(exc: BaseException) -> ConnectServerError | None:
@@ -206,8 +208,8 @@ def get_session(
     ``remote`` (or else the ``SPARK_REMOTE`` environment variable) makes it a Spark Connect
     session (``master`` is then ignored). Under spark-submit the master and resources come from
     spark-submit and ``master`` is ignored; ``--conf spark.api.mode=connect`` gives a Connect
-    session served by spark-submit's JVM (see ``_server_jars_missing`` for the classpath it needs). For a local session the driver binds to 127.0.0.1 (unless
-    SPARK_LOCAL_IP says otherwise) and Python workers use this interpreter, so a virtualenv works.
+    session served by spark-submit's JVM (see ``_server_jars_missing`` for the classpath it
+    needs). For a local session the driver binds to 127.0.0.1 (unless SPARK_LOCAL_IP says otherwise) and Python workers use this interpreter, so a virtualenv works.
     """
     from pyspark.sql import SparkSession
 
@@ -218,12 +220,11 @@ def get_session(
     if remote and not under_spark_submit():
         return _connect_session(app_name, remote, conf or {})
     builder = SparkSession.builder.appName(app_name)
-    if _submitted_in_connect_mode():
+    in_driver_master = _in_driver_connect_master()
+    if in_driver_master is not None:
         # pyspark starts the in-driver server with the builder's spark.master, else "local"
         # (one core): hand it spark-submit's --master
-        submitted = submitted_conf()
-        builder = builder.config("spark.api.mode", "connect")
-        builder = builder.config("spark.master", submitted.get("spark.master", "local[*]"))
+        builder = builder.config("spark.api.mode", "connect").config("spark.master", in_driver_master)
     if not under_spark_submit():
         check_java()
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
