@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["COUNT", "LOGLIK", "WEIGHT", "Stats", "sum_stats"]
+__all__ = ["COUNT", "LOGLIK", "WEIGHT", "Stats", "StatsTuple", "sum_stats"]
 
 # Keys every family's statistics carry; the engine reads only these.
 LOGLIK = "loglik"  # sum over rows of w_i * log p(x_i | params), shape ()
@@ -93,6 +93,27 @@ class Stats(Mapping[str, np.ndarray]):
     @property
     def count(self) -> float:
         return float(self.arrays[COUNT])
+
+
+@dataclass(frozen=True)
+class StatsTuple:
+    """The statistics of several models over the same rows, added model by model.
+
+    What one shared data pass returns: ``items[i]`` are the statistics under model ``i``, so
+    the tuple of any split adds up to the tuple of the whole, as each :class:`Stats` does.
+    """
+
+    items: tuple[Stats, ...]
+
+    def __add__(self, other: StatsTuple) -> StatsTuple:
+        if not isinstance(other, StatsTuple):
+            return NotImplemented
+        if len(self.items) != len(other.items):
+            raise ValueError(f"cannot add statistics of {len(self.items)} and {len(other.items)} models")
+        return StatsTuple(tuple(a + b for a, b in zip(self.items, other.items)))
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 def sum_stats(values: Iterable[Stats]) -> Stats | None:

@@ -33,12 +33,12 @@ import os
 import pickle
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from em_spark.engine.executor_files import read_partition, remove_partition, write_partition
 from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
-from em_spark.engine.partition_tasks import PROBLEM_FIELDS, assemble_partition, sum_e_steps
+from em_spark.engine.partition_tasks import PROBLEM_FIELDS, Model, assemble_partition, sum_e_steps
 from em_spark.engine.reduce import reduce_collected
 from em_spark.engine.session_loss import (
     SessionLostError,
@@ -50,7 +50,7 @@ from em_spark.engine.session_loss import (
 from em_spark.engine.sources import SummaryFacts
 from em_spark.engine.validation import DataValidationError
 from em_spark.models.base import EMFamily, Params
-from em_spark.stats import Stats
+from em_spark.stats import Stats, StatsTuple
 
 __all__ = [
     "CONNECT_MESSAGE_LIMIT",
@@ -194,7 +194,7 @@ def _assemble_and_spill(
     return run
 
 
-def _stats_batch(part: int, total: Stats | None, missing: bool = False) -> Any:
+def _stats_batch(part: int, total: StatsTuple | None, missing: bool = False) -> Any:
     import pyarrow as pa
 
     return pa.RecordBatch.from_pydict(
@@ -206,7 +206,7 @@ def _stats_batch(part: int, total: Stats | None, missing: bool = False) -> Any:
     )
 
 
-def _e_step_files(family: EMFamily, params: Params) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def _e_step_files(models: Sequence[Model]) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """Iteration task over the cached handles: each partition's blocks from its executor-local file."""
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
@@ -217,22 +217,22 @@ def _e_step_files(family: EMFamily, params: Params) -> Callable[[Iterator[Any]],
                 if blocks is None:
                     yield _stats_batch(part, None, missing=True)
                 else:
-                    yield _stats_batch(part, sum_e_steps(family, params, blocks))
+                    yield _stats_batch(part, sum_e_steps(models, blocks))
 
     return run
 
 
-def _e_step_payloads(family: EMFamily, params: Params) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def _e_step_payloads(models: Sequence[Model]) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """Iteration task over the cached blocks themselves (no file, or a file missing)."""
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         from em_spark.engine.block_codec import decode_block
 
-        per_part: dict[int, list[tuple[int, Stats]]] = {}
+        per_part: dict[int, list[tuple[int, StatsTuple]]] = {}
         for batch in batches:
             columns = batch.to_pydict()
             for part, seq, payload in zip(columns["part"], columns["seq"], columns["payload"]):
-                s = sum_e_steps(family, params, [decode_block(payload)])
+                s = sum_e_steps(models, [decode_block(payload)])
                 if s is not None:
                     per_part.setdefault(part, []).append((seq, s))
         for part in sorted(per_part):
@@ -265,7 +265,7 @@ class DataFrameBlockSource(SummaryFacts):
         self.use_files = True  # False: always read the cached blocks (as where executors keep no disk)
         self.lost: SessionLostError | None = None  # set once the session's server is gone
 
-    def _collect(self, job: Callable[[], Any]) -> list[tuple[int, Stats | None, bool]]:
+    def _collect(self, job: Callable[[], Any]) -> list[tuple[int, StatsTuple | None, bool]]:
         """Build the iteration's DataFrame (``job()``; on Connect that is already a call to the
         server) and collect its per-partition rows; SessionLostError when the server is gone."""
         try:
@@ -286,12 +286,20 @@ class DataFrameBlockSource(SummaryFacts):
 
     def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
         """Sufficient statistics of all the data under ``params``: one Spark job (two after a lost file)."""
+        return self.e_step_many([(family, params)], label)[0]
+
+    def e_step_many(self, models: Sequence[Model], label: str = "") -> list[Stats]:
+        """Sufficient statistics of all the data under each ``(family, params)``: one Spark job for all
+        (two after a lost file)."""
         if is_connect(self.handles):
-            check_closure_size(params, label or "E-step")
+            # every model's parameters ride in the one plan
+            check_closure_size(
+                {f"{i}.{k}": v for i, (_, p) in enumerate(models) for k, v in p.items()}, label or "E-step"
+            )
         results = None
         if self.use_files:
             try:
-                results = self._collect(lambda: self.handles.mapInArrow(_e_step_files(family, params), _STATS_SCHEMA))
+                results = self._collect(lambda: self.handles.mapInArrow(_e_step_files(models), _STATS_SCHEMA))
             except SessionLostError:
                 raise
             except Exception as exc:  # noqa: BLE001 -- e.g. the handles' executor is gone; the cached blocks remain
@@ -312,12 +320,12 @@ class DataFrameBlockSource(SummaryFacts):
                 self.use_files = False  # the tasks would land on the same executors again
         if results is None:
             payloads = self.blocks.where("seq >= 0").select("part", "seq", "payload")
-            results = self._collect(lambda: payloads.mapInArrow(_e_step_payloads(family, params), _STATS_SCHEMA))
+            results = self._collect(lambda: payloads.mapInArrow(_e_step_payloads(models), _STATS_SCHEMA))
         pairs = [(part, stats) for part, stats, _ in results if stats is not None]
-        total = reduce_collected(pairs, Stats.__add__, self.num_partitions, self.aggregation_depth)
+        total = reduce_collected(pairs, StatsTuple.__add__, self.num_partitions, self.aggregation_depth)
         if total is None:
             raise DataValidationError("the cached input has no rows left; was it unpersisted?")
-        return total
+        return list(total.items)
 
     def close_files(self) -> None:
         """Remove the executor-local files (best effort); iterations then read the cached blocks."""

@@ -7,12 +7,13 @@ same blocks in the same order, and bit-identical statistics, whichever carried t
 
     to_payloads         mapInArrow: one encoded block per Arrow batch, keyed (partition, index)
     assemble_partition  a partition's payloads in key order, decoded and merged into large blocks
-    sum_e_steps         the E-step of a partition's blocks, added in block order (one BLAS thread)
+    sum_e_steps         the E-step of a partition's blocks under one or more models, added in block
+                        order (one BLAS thread)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -22,9 +23,12 @@ from em_spark.engine.arrow_input import InputSpec, block_from_arrow
 from em_spark.engine.block_codec import decode_block, encode_block, merge_blocks, target_block_rows
 from em_spark.engine.load_summary import RowProblems
 from em_spark.models.base import Block, EMFamily, Params
-from em_spark.stats import Stats
+from em_spark.stats import StatsTuple
 
-__all__ = ["PAYLOAD_SCHEMA", "PROBLEM_FIELDS", "assemble_partition", "sum_e_steps", "to_payloads"]
+__all__ = ["PAYLOAD_SCHEMA", "PROBLEM_FIELDS", "Model", "assemble_partition", "sum_e_steps", "to_payloads"]
+
+#: what one E-step pass runs under: a family and its parameters
+Model = tuple[EMFamily, Params]
 
 PROBLEM_FIELDS = tuple(f.name for f in fields(RowProblems))  # one long column each in the payload
 PAYLOAD_SCHEMA = "src int, idx int, payload binary, " + ", ".join(f"{name} long" for name in PROBLEM_FIELDS)
@@ -76,8 +80,13 @@ def assemble_partition(
         yield block, problems if i == 0 else RowProblems()
 
 
-def sum_e_steps(family: EMFamily, params: Params, blocks: Iterable[Block]) -> Stats | None:
-    """The E-step statistics of ``blocks`` added in order (None when they hold no rows)."""
+def sum_e_steps(models: Sequence[Model], blocks: Iterable[Block]) -> StatsTuple | None:
+    """The E-step statistics of ``blocks`` under each ``(family, params)`` of ``models``, each
+    added in block order (None when the blocks hold no rows).
+
+    Each block is read once for all models (a shared pass): model ``i``'s statistics are
+    exactly those a pass for model ``i`` alone computes, same additions in the same order.
+    """
     from threadpoolctl import threadpool_limits
 
     total = None
@@ -85,6 +94,6 @@ def sum_e_steps(family: EMFamily, params: Params, blocks: Iterable[Block]) -> St
     with threadpool_limits(limits=1, user_api="blas"):
         for block in blocks:
             if block.n_rows:
-                s = family.e_step(block, params)
+                s = StatsTuple(tuple(family.e_step(block, params) for family, params in models))
                 total = s if total is None else total + s
     return total

@@ -9,9 +9,11 @@ is :class:`em_spark.engine.spark_source.SparkBlockSource` (one Spark job per E-s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from em_spark.engine.load_summary import LoadSummary, summarize_block
+from em_spark.engine.partition_tasks import Model, sum_e_steps
 from em_spark.models.base import Block, EMFamily, Params
 from em_spark.stats import Stats
 
@@ -38,6 +40,10 @@ class BlockSource(Protocol):
 
     def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
         """Summed sufficient statistics of all rows under ``params``."""
+
+    def e_step_many(self, models: Sequence[Model], label: str = "") -> list[Stats]:
+        """``[e_step(family, params) for family, params in models]``, bit for bit, from one pass over
+        the rows (one Spark job for all the models: restarts or candidates that share the data)."""
 
 
 class SummaryFacts:
@@ -80,8 +86,11 @@ class LocalBlockSource:
         self.e_step_calls = 0
 
     def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
-        self.e_step_calls += 1
-        total = family.e_step(self.blocks[0], params)
-        for block in self.blocks[1:]:
-            total = total + family.e_step(block, params)
-        return total
+        return self.e_step_many([(family, params)], label)[0]
+
+    def e_step_many(self, models: Sequence[Model], label: str = "") -> list[Stats]:
+        self.e_step_calls += 1  # data passes
+        total = sum_e_steps(models, self.blocks)
+        if total is None:
+            raise ValueError("the blocks hold no rows")
+        return list(total.items)

@@ -43,6 +43,7 @@ from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_blo
 from em_spark.engine.partition_tasks import (
     PAYLOAD_SCHEMA,
     PROBLEM_FIELDS,
+    Model,
     assemble_partition,
     sum_e_steps,
     to_payloads,
@@ -51,7 +52,7 @@ from em_spark.engine.reduce import ordered_tree_reduce
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE, SummaryFacts
 from em_spark.engine.validation import DataValidationError, check_loaded
 from em_spark.models.base import Block, EMFamily, Params
-from em_spark.stats import Stats
+from em_spark.stats import Stats, StatsTuple
 
 __all__ = [
     "SparkBlockSource",
@@ -252,17 +253,17 @@ def _add(a: Any, b: Any) -> Any:
 
 
 class _ParamsRef:
-    """Parameters for the executors: inside the task closure when small, else a broadcast."""
+    """The models' parameters for the executors: inside the task closure when small, else a broadcast."""
 
     INLINE_BYTES = 1 << 20  # a broadcast costs a file round trip per task; small params ride along
 
-    def __init__(self, sc: Any, params: Params) -> None:
-        size = sum(np.asarray(v).nbytes for v in params.values())
-        self._inline = params if size <= self.INLINE_BYTES else None
-        self._broadcast: Any = None if self._inline is not None else sc.broadcast(params)
+    def __init__(self, sc: Any, models: Sequence[Model]) -> None:
+        size = sum(np.asarray(v).nbytes for _, params in models for v in params.values())
+        self._inline = list(models) if size <= self.INLINE_BYTES else None
+        self._broadcast: Any = None if self._inline is not None else sc.broadcast(list(models))
 
     @property
-    def value(self) -> Params:
+    def value(self) -> list[Model]:
         return self._inline if self._inline is not None else self._broadcast.value
 
     def release(self) -> None:
@@ -270,9 +271,7 @@ class _ParamsRef:
             self._broadcast.destroy()
 
 
-def _e_step_local(
-    family: EMFamily, params_ref: _ParamsRef
-) -> Callable[[int, Iterator[LocalPartition]], Iterator[tuple[int, Any]]]:
+def _e_step_local(models_ref: _ParamsRef) -> Callable[[int, Iterator[LocalPartition]], Iterator[tuple[int, Any]]]:
     """Iteration task on a handle: the blocks come from the executor-local file."""
 
     def e_step(index: int, handles: Iterator[LocalPartition]) -> Iterator[tuple[int, Any]]:
@@ -280,7 +279,7 @@ def _e_step_local(
         if any(blocks is None for blocks in found):
             yield index, MISSING
             return
-        total = sum_e_steps(family, params_ref.value, (b for blocks in found if blocks is not None for b in blocks))
+        total = sum_e_steps(models_ref.value, (b for blocks in found if blocks is not None for b in blocks))
         if total is not None:
             yield index, total
 
@@ -288,12 +287,12 @@ def _e_step_local(
 
 
 def _e_step_spark(
-    family: EMFamily, params_ref: _ParamsRef
-) -> Callable[[int, Iterator[tuple[Block, RowProblems]]], Iterator[tuple[int, Stats]]]:
+    models_ref: _ParamsRef,
+) -> Callable[[int, Iterator[tuple[Block, RowProblems]]], Iterator[tuple[int, StatsTuple]]]:
     """Fallback iteration task on the Spark-managed blocks (same blocks, same order)."""
 
-    def e_step(index: int, items: Iterator[tuple[Block, RowProblems]]) -> Iterator[tuple[int, Stats]]:
-        total = sum_e_steps(family, params_ref.value, (block for block, _ in items))
+    def e_step(index: int, items: Iterator[tuple[Block, RowProblems]]) -> Iterator[tuple[int, StatsTuple]]:
+        total = sum_e_steps(models_ref.value, (block for block, _ in items))
         if total is not None:
             yield index, total
 
@@ -331,11 +330,15 @@ class SparkBlockSource(SummaryFacts):
 
     def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
         """Sufficient statistics of all the data under ``params``: one Spark job."""
+        return self.e_step_many([(family, params)], label)[0]
+
+    def e_step_many(self, models: Sequence[Model], label: str = "") -> list[Stats]:
+        """Sufficient statistics of all the data under each ``(family, params)``: one Spark job for all."""
         sc = self.handles.context
-        params_ref = _ParamsRef(sc, params)
+        models_ref = _ParamsRef(sc, models)
         try:
             sc.setJobDescription(label or "em_spark E-step")
-            per_partition = self.handles.mapPartitionsWithIndex(_e_step_local(family, params_ref))
+            per_partition = self.handles.mapPartitionsWithIndex(_e_step_local(models_ref))
             total = ordered_tree_reduce(per_partition, _add, self.aggregation_depth)
             if total is MISSING:
                 # A task ran where its partition's file is not (lost locality or executor).
@@ -343,14 +346,14 @@ class SparkBlockSource(SummaryFacts):
                 # result is identical, only slower.
                 self.fallbacks += 1
                 log.warning("%s: a local block file was missing; computing this iteration from Spark's copy", label)
-                per_partition = self.blocks.mapPartitionsWithIndex(_e_step_spark(family, params_ref))
-                total = ordered_tree_reduce(per_partition, Stats.__add__, self.aggregation_depth)
+                per_partition = self.blocks.mapPartitionsWithIndex(_e_step_spark(models_ref))
+                total = ordered_tree_reduce(per_partition, StatsTuple.__add__, self.aggregation_depth)
         finally:
             sc.setJobDescription(None)
-            params_ref.release()
+            models_ref.release()
         if total is None:
             raise DataValidationError("the cached input has no rows left; was it unpersisted?")
-        return total
+        return list(total.items)
 
     def close(self) -> None:
         """Release the cached data and (best effort) the executor-local files."""

@@ -66,3 +66,35 @@ def test_the_dataframe_transport_gives_the_rdd_transports_statistics_bit_for_bit
     finally:
         rdd.close()
         frame.close()
+
+
+@pytest.mark.parametrize("transport", ["rdd", "dataframe"])
+def test_one_job_computes_the_statistics_of_several_models_bit_for_bit(spark, transport):
+    # Restarts and select candidates share each data pass: one Spark job for all the models,
+    # each model's statistics exactly those of a job of its own (and from Spark's copy too).
+    X, _, _ = make_blobs(3000, 3, 3, seed=8)
+    df = spark.createDataFrame([tuple(map(float, r)) for r in X], ["a", "b", "c"]).repartition(3)
+    source = load_blocks(df, ["a", "b", "c"], None, k=3, seed=0, num_partitions=5, transport=transport)
+    sc = spark.sparkContext
+    try:
+        families = [GaussianFamily(k=3), GaussianFamily(k=2, covariance_type="diag"), GaussianFamily(k=4)]
+        models = [(f, f.initialize(source.sample, np.random.default_rng(i))) for i, f in enumerate(families)]
+        alone = [source.e_step(family, params) for family, params in models]
+        group = f"shared-pass-{transport}"
+        sc.setJobGroup(group, "one E-step job for three models")
+        shared = source.e_step_many(models)
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        assert len(sc.statusTracker().getJobIdsForGroup(group)) == 1
+        if transport == "rdd":
+            shutil.rmtree(os.path.join(SparkFiles.getRootDirectory(), "em_spark-blocks"))
+        else:
+            source.close_files()
+        from_copy = source.e_step_many(models)
+        assert source.fallbacks == 1
+        for a, b, c in zip(alone, shared, from_copy):
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name])
+                np.testing.assert_array_equal(a[name], c[name])
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        source.close()
