@@ -1,9 +1,11 @@
 """Model selection: fit a grid of component counts and covariance types, rank by BIC or AIC.
 
 The data is loaded, validated and cached once; every candidate is fitted on the same
-cached blocks, and its criteria come from one more E-step under its final parameters
-(so they are the log-likelihood of the fitted model, not of the parameters one M-step
-before it).
+cached blocks, all at once, sharing each data pass (:mod:`em_spark.engine.shared_passes`:
+one Spark job per round for every candidate still running), and its criteria come from one
+more shared pass under the final parameters (so they are the log-likelihood of the fitted
+model, not of the parameters one M-step before it). Each candidate's fit is exactly the fit
+it would be alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from em_spark.engine.loop import fit_em
 from em_spark.engine.settings import FitSettings
+from em_spark.engine.shared_passes import run_sharing_passes
 from em_spark.models import EMFamily, GaussianFamily
 from em_spark.models.base import ModelError
 from em_spark.models.criteria import information_criteria
@@ -37,7 +40,7 @@ class Candidate:
     nParameters: int
     numIter: int
     converged: bool
-    seconds: float
+    seconds: float  # from the start of select until this candidate's fit ended (candidates share passes)
     skipped: str | None = None  # why this grid point was not fitted (too few rows, a failed fit); metrics are NaN
 
     @classmethod
@@ -85,47 +88,81 @@ def select_models(
             assert covariance_type is not None  # the Gaussian grid names its covariance types
             return GaussianFamily(k=k, covariance_type=covariance_type, reg_covar=reg_covar, init_mode=init_mode)
 
-    candidates = []
-    for covariance_type in covariance_types:
-        for k in ks:
-            if k > summary.observations:
-                reason = f"only {summary.observations} rows"
-                log.warning("select: skipping k=%d: %s", k, reason)
-                candidates.append(Candidate.not_fitted(k, covariance_type, reason))
-                continue
-            started = time.perf_counter()
-            family = make_family(k, covariance_type)
+    grid = [(k, covariance_type) for covariance_type in covariance_types for k in ks]
+    skipped: dict[tuple[int, str | None], str] = {}
+    for k, covariance_type in grid:
+        if k > summary.observations:
+            skipped[k, covariance_type] = f"only {summary.observations} rows"
+            log.warning("select: skipping k=%d: %s", k, skipped[k, covariance_type])
+    to_fit = [point for point in grid if point not in skipped]
+    families = {point: make_family(*point) for point in to_fit}
+    started = time.perf_counter()
+
+    def fit(point: tuple[int, str | None]) -> Callable[[Any], tuple[Any, float] | str]:
+        def run(view: Any) -> tuple[Any, float] | str:
+            k, covariance_type = point
             try:
-                result = fit_em(family, source, settings)
+                result = fit_em(families[point], view, settings)
             except ModelError as exc:
-                log.warning("select: k=%d %s failed: %s", k, covariance_type or family.name, exc)
-                candidates.append(Candidate.not_fitted(k, covariance_type, f"fit failed: {exc}"))
-                continue
-            stats = source.e_step(family, result.params, f"em_spark select k={k} {covariance_type} criteria")
-            p = family.n_parameters(result.params)
-            criteria = information_criteria(stats.loglik, p, n)
-            candidate = Candidate(
-                k=k,
-                covarianceType=covariance_type,
-                avgLogLik=stats.loglik / stats.weight,
-                bic=criteria["bic"],
-                aic=criteria["aic"],
-                nParameters=p,
-                numIter=result.n_iter,
-                converged=result.converged,
-                seconds=time.perf_counter() - started,
-            )
-            log.info(
-                "select: k=%d %s avgLogLik=%.6f BIC=%.1f AIC=%.1f (%d iterations, %.1f s)",
-                k,
-                covariance_type or family.name,
-                candidate.avgLogLik,
-                candidate.bic,
-                candidate.aic,
-                candidate.numIter,
-                candidate.seconds,
-            )
-            candidates.append(candidate)
+                log.warning("select: k=%d %s failed: %s", k, covariance_type or families[point].name, exc)
+                return f"fit failed: {exc}"
+            return result, time.perf_counter() - started
+
+        return run
+
+    # Every candidate's iterations share the data passes (one Spark job per round for all
+    # the candidates still running), and so do the criteria passes under the final parameters.
+    outcomes, group = run_sharing_passes(source, [fit(point) for point in to_fit])
+    fitted = {point: outcome for point, outcome in zip(to_fit, outcomes) if not isinstance(outcome, str)}
+    for point, outcome in zip(to_fit, outcomes):
+        if isinstance(outcome, str):
+            skipped[point] = outcome
+    final = (
+        source.e_step_many(
+            [(families[point], result.params) for point, (result, _) in fitted.items()], "em_spark select criteria"
+        )
+        if fitted
+        else []
+    )
+    log.info(
+        "select: %d candidates fitted in %d shared data passes (%d E-steps), %.1f s",
+        len(fitted),
+        group.passes,
+        group.requests,
+        time.perf_counter() - started,
+    )
+    criteria_stats = dict(zip(fitted, final))
+    candidates = []
+    for point in grid:
+        k, covariance_type = point
+        if point in skipped:
+            candidates.append(Candidate.not_fitted(k, covariance_type, skipped[point]))
+            continue
+        family, (result, seconds), stats = families[point], fitted[point], criteria_stats[point]
+        p = family.n_parameters(result.params)
+        criteria = information_criteria(stats.loglik, p, n)
+        candidate = Candidate(
+            k=k,
+            covarianceType=covariance_type,
+            avgLogLik=stats.loglik / stats.weight,
+            bic=criteria["bic"],
+            aic=criteria["aic"],
+            nParameters=p,
+            numIter=result.n_iter,
+            converged=result.converged,
+            seconds=seconds,
+        )
+        log.info(
+            "select: k=%d %s avgLogLik=%.6f BIC=%.1f AIC=%.1f (%d iterations, done after %.1f s)",
+            k,
+            covariance_type or family.name,
+            candidate.avgLogLik,
+            candidate.bic,
+            candidate.aic,
+            candidate.numIter,
+            candidate.seconds,
+        )
+        candidates.append(candidate)
     return candidates
 
 

@@ -96,3 +96,63 @@ def test_bic_sample_size_is_weight_times_steps_for_weighted_sequences_and_adds_o
     )
     total_ll = candidate.avgLogLik * float(np.sum(w_seq))
     assert candidate.bic == pytest.approx(-2.0 * total_ll + candidate.nParameters * np.log(expected), rel=1e-12)
+
+
+def test_candidates_share_each_data_pass_and_each_fit_is_the_fit_it_would_be_alone():
+    from em_spark.engine.loop import fit_em
+    from em_spark.models import GaussianFamily
+
+    X, _, _ = make_blobs(3000, 2, 3, separation=3.0, seed=5)
+    ks, types = [1, 2, 3, 4], ["full", "diag"]
+    settings = FitSettings(max_iter=60, tol=1e-6, seed=3)
+    shared_source = LocalBlockSource([Block(b) for b in np.array_split(X, 3)], seed=1)
+    candidates = select_models(shared_source, ks, types, settings)
+    alone = {}
+    for covariance_type in types:
+        for k in ks:
+            source = LocalBlockSource([Block(b) for b in np.array_split(X, 3)], seed=1)
+            alone[k, covariance_type] = (
+                fit_em(GaussianFamily(k=k, covariance_type=covariance_type), source, settings),
+                source,
+            )
+    separate_passes = sum(source.e_step_calls + 1 for _, source in alone.values())  # + its criteria pass
+    for c in candidates:
+        result, source = alone[c.k, c.covarianceType]
+        assert (c.numIter, c.converged) == (result.n_iter, result.converged)
+        stats = source.e_step(GaussianFamily(k=c.k, covariance_type=c.covarianceType), result.params)
+        assert c.avgLogLik == stats.loglik / stats.weight  # bit for bit: the same fit, the same criteria
+    # one pass per round of the longest fit, plus one for every candidate's criteria
+    assert shared_source.e_step_calls == max(c.numIter for c in candidates) + 1
+    assert shared_source.e_step_calls * 2 < separate_passes
+
+
+def test_a_failing_candidate_leaves_the_others_fitting_and_an_unexpected_error_stops_select():
+    from em_spark.models import GaussianFamily
+    from em_spark.models.base import ModelError
+
+    X, _, _ = make_blobs(600, 2, 2, seed=2)
+    source = LocalBlockSource([Block(X)], seed=1)
+
+    class Failing(GaussianFamily):
+        def m_step(self, stats, params, sample, rng):
+            raise ModelError("the component collapsed")
+
+    def make(k, covariance_type):
+        return Failing(k=k) if k == 2 else GaussianFamily(k=k, covariance_type=covariance_type)
+
+    candidates = select_models(source, [1, 2, 3], ["full"], FitSettings(max_iter=20, seed=0), make_family=make)
+    assert [c.skipped for c in candidates] == [None, "fit failed: the component collapsed", None]
+    assert all(np.isfinite(c.bic) for c in candidates if c.skipped is None)
+
+    class Broken(GaussianFamily):
+        def m_step(self, stats, params, sample, rng):
+            raise RuntimeError("bug in a family")
+
+    with pytest.raises(RuntimeError, match="bug in a family"):
+        select_models(
+            source,
+            [1, 2, 3],
+            ["full"],
+            FitSettings(max_iter=20, seed=0),
+            make_family=lambda k, c: Broken(k=k) if k == 3 else GaussianFamily(k=k, covariance_type=c),
+        )
