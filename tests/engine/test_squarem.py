@@ -3,6 +3,8 @@ point, a log-likelihood that never decreases for every family, and exact resume 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -250,3 +252,31 @@ def test_resuming_with_another_acceleration_is_refused_naming_it(tmp_path):
 def test_an_unknown_acceleration_is_a_clear_error():
     with pytest.raises(ValueError, match=r"acceleration must be one of \['none', 'squarem'\], got 'fast'"):
         FitSettings(acceleration="fast")
+
+
+# ---------------------------------------------------------------------------
+# the option
+
+
+def test_every_estimator_takes_acceleration_default_none_and_passes_it_to_the_engine():
+    from em_spark.api import ESTIMATORS, GaussianMixture
+
+    for estimator in ESTIMATORS.values():
+        assert estimator().getAcceleration() == "none" == estimator().fit_settings().acceleration
+        chosen = estimator(acceleration="squarem")
+        assert chosen.fit_settings().acceleration == "squarem" == chosen.getAcceleration()
+        assert chosen.setAcceleration(None).getAcceleration() == "none"
+    with pytest.raises(ValueError, match="acceleration must be one of"):
+        GaussianMixture().setAcceleration("fast").fit_settings()
+
+
+def test_the_config_key_fit_acceleration_reaches_the_estimator_and_is_checked():
+    from em_spark.app.common import estimator_from_config
+    from em_spark.app.config import ConfigError, load_config
+
+    local = str(Path(__file__).resolve().parents[2] / "conf" / "local.yaml")
+    assert estimator_from_config(load_config(local), None).getAcceleration() == "none"
+    config = load_config(local, ["fit.acceleration=squarem"])
+    assert estimator_from_config(config, None).fit_settings().acceleration == "squarem"
+    with pytest.raises(ConfigError, match="'fit.acceleration' must be one of none, squarem; got 'fast'"):
+        load_config(local, ["fit.acceleration=fast"])
