@@ -3,6 +3,7 @@ point, a log-likelihood that never decreases for every family, and exact resume 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,37 @@ def test_every_family_runs_under_squarem_and_its_log_likelihood_never_decreases(
     plain = fit_em(family, _case(name)[1], FitSettings(max_iter=300, tol=1e-7, seed=2))
     # same start; no worse in passes than plain EM, beyond one unfinished cycle
     assert result.n_iter <= plain.n_iter + 3, (result.n_iter, plain.n_iter)
+
+
+@dataclass(frozen=True)
+class Misleading(GaussianFamily):
+    """A Gaussian mixture whose extrapolated parameters are always bad (means shifted far)."""
+
+    def from_unconstrained(self, free, params):
+        out = super().from_unconstrained(free, params)
+        return {**out, "means": out["means"] + 5.0}
+
+
+def test_a_rejected_extrapolation_costs_its_pass_and_nothing_else():
+    # every extrapolation lowers the log-likelihood, so SQUAREM must reduce to plain EM plus the
+    # wasted passes, each recording the previous value again (the history never decreases)
+    X = overlapping_gaussians()
+    fast = fit_em(
+        Misleading(k=3, covariance_type="diag"),
+        _rows(X),
+        FitSettings(max_iter=30, tol=0.0, seed=1, acceleration="squarem"),
+    )
+    history = np.asarray(fast.history)
+    assert np.all(np.diff(history) >= 0)
+    repeated = np.flatnonzero(np.diff(history) == 0)
+    assert repeated.size >= 3  # some passes were rejected extrapolations
+    accepted = [h for i, h in enumerate(fast.history) if i == 0 or h != fast.history[i - 1]]
+    plain = fit_em(
+        GaussianFamily(k=3, covariance_type="diag"), _rows(X), FitSettings(max_iter=len(accepted), tol=0.0, seed=1)
+    )
+    assert accepted == plain.history  # bit for bit: the same points were evaluated
+    for key in plain.params:
+        np.testing.assert_array_equal(fast.params[key], plain.params[key], err_msg=key)
 
 
 # ---------------------------------------------------------------------------
