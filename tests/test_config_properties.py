@@ -186,6 +186,7 @@ DOMAIN = {
     "fit.maxIter": below(1),
     "fit.tol": negative_floats(),
     "fit.nInit": below(1),
+    "fit.acceleration": not_in("none", "squarem"),
     "fit.numPartitions": st.one_of(below(1), st.integers(min_value=2**31).map(str)),
     "fit.aggregationDepth": below(1),
     "fit.initSampleSize": below(1),

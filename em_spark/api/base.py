@@ -163,6 +163,11 @@ class EMParams(ParamAccessors):
         TypeConverters.toString,
     )
     nInit = ml_param("nInit", "number of restarts; the one with the best log-likelihood is kept", TypeConverters.toInt)
+    acceleration = ml_param(
+        "acceleration",
+        "'none' (plain EM) or 'squarem' (SQUAREM-accelerated EM; an iteration is still one data pass)",
+        TypeConverters.toString,
+    )
     initialModel: Param[EMModel | Mapping[str, Any] | None] = ml_param(
         "initialModel", "a fitted model or a dict of arrays to start restart 0 from"
     )
@@ -205,6 +210,7 @@ class EMParams(ParamAccessors):
             aggregationDepth=DEFAULT_AGGREGATION_DEPTH,
             initMode=GaussianFamily.init_mode,
             nInit=FitSettings.n_init,
+            acceleration=FitSettings.acceleration,
             initialModel=None,
             checkpointDir=None,
             runId=None,
@@ -266,6 +272,14 @@ class EMParams(ParamAccessors):
     def setTol(self, value: float) -> Self:
         """Set the convergence tolerance on the average log-likelihood per sample."""
         return self._set_or_clear("tol", value)
+
+    def getAcceleration(self) -> str:
+        """Get the EM driver: 'none' (plain EM) or 'squarem' (or its default)."""
+        return self.getOrDefault(self.acceleration)
+
+    def setAcceleration(self, value: str) -> Self:
+        """Set the EM driver: 'none' (plain EM) or 'squarem' (SQUAREM-accelerated EM)."""
+        return self._set_or_clear("acceleration", value)
 
     def getSeed(self) -> int:
         """Get the random seed (or its default)."""
@@ -405,7 +419,11 @@ class EMParams(ParamAccessors):
 
 
 class EMSummary:
-    """Training summary, with pyspark.ml's names where they exist."""
+    """Training summary, with pyspark.ml's names where they exist.
+
+    ``numIter``, ``iterationSeconds`` and ``logLikelihoodHistory`` count data passes (E-steps),
+    with ``acceleration="squarem"`` as well (see engine.loop ``_Fit.iterate``).
+    """
 
     def __init__(self, model: EMModel, result: FitResult, training: DataFrame | None) -> None:
         self._model = model
@@ -515,22 +533,27 @@ class EMEstimator(Estimator, EMParams):
             label_col=label_col,
         )
 
+    def fit_settings(self) -> FitSettings:
+        """How a fit of this estimator runs EM (its params as the engine's FitSettings)."""
+        return FitSettings(
+            max_iter=self.getOrDefault("maxIter"),
+            tol=self.getOrDefault("tol"),
+            n_init=self.getOrDefault("nInit"),
+            seed=self.getOrDefault("seed"),
+            acceleration=self.getOrDefault("acceleration"),
+            run_id=self.getOrDefault("runId"),
+            checkpoint_dir=self.getOrDefault("checkpointDir"),
+            keep_checkpoints=self.getOrDefault("keepCheckpoints"),
+            s3_endpoint=self.getOrDefault("s3Endpoint"),
+        )
+
     def _fit(self, dataset: DataFrame) -> EMModel:
         family = self.family()
         original = dataset
         dataset, features = self._input(dataset)
         weight_col = self.getOrDefault("weightCol")
         label_col = self.getOrDefault("labelCol")
-        settings = FitSettings(
-            max_iter=self.getOrDefault("maxIter"),
-            tol=self.getOrDefault("tol"),
-            n_init=self.getOrDefault("nInit"),
-            seed=self.getOrDefault("seed"),
-            run_id=self.getOrDefault("runId"),
-            checkpoint_dir=self.getOrDefault("checkpointDir"),
-            keep_checkpoints=self.getOrDefault("keepCheckpoints"),
-            s3_endpoint=self.getOrDefault("s3Endpoint"),
-        )
+        settings = self.fit_settings()
         if settings.run_id:
             from em_spark.storage import validate_name
 

@@ -107,6 +107,7 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         seed: int = FitSettings.seed,
         initMode: str = CategoricalMixtureFamily.init_mode,
         nInit: int = FitSettings.n_init,
+        acceleration: str = FitSettings.acceleration,
         initialModel: EMModel | Mapping[str, Any] | None = None,
         featuresCol: str | Sequence[str] = "features",
         predictionCol: str = "prediction",

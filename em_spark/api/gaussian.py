@@ -160,6 +160,7 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         handleMissing: str = GaussianFamily.handle_missing,
         initMode: str = GaussianFamily.init_mode,
         nInit: int = FitSettings.n_init,
+        acceleration: str = FitSettings.acceleration,
         initialModel: EMModel | Mapping[str, Any] | None = None,
         featuresCol: str | Sequence[str] = "features",
         predictionCol: str = "prediction",

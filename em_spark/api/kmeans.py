@@ -53,6 +53,7 @@ class KMeans(EMEstimator):
         seed: int = FitSettings.seed,
         initMode: str = KMeansFamily.init_mode,
         nInit: int = FitSettings.n_init,
+        acceleration: str = FitSettings.acceleration,
         initialModel: EMModel | Mapping[str, Any] | None = None,
         featuresCol: str | Sequence[str] = "features",
         predictionCol: str = "prediction",

@@ -191,6 +191,7 @@ def estimator_from_config(config: JobConfig, initial_model: Any) -> EMEstimator:
         tol=config.fit.tol,
         nInit=config.fit.nInit,
         seed=config.fit.seed,
+        acceleration=config.fit.acceleration,
         numPartitions=config.fit.numPartitions,
         aggregationDepth=config.fit.aggregationDepth,
         initSampleSize=config.fit.initSampleSize,

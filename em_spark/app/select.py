@@ -28,7 +28,11 @@ def run_select(config: JobConfig) -> dict[str, Any]:
 
     spark = spark_session(config)
     settings = FitSettings(
-        max_iter=config.fit.maxIter, tol=config.fit.tol, n_init=config.fit.nInit, seed=config.fit.seed
+        max_iter=config.fit.maxIter,
+        tol=config.fit.tol,
+        n_init=config.fit.nInit,
+        seed=config.fit.seed,
+        acceleration=config.fit.acceleration,
     )
     # loaded once, as a fit of the grid's smallest k reads it (its sample bounds k-means++ for all)
     family = make_family(min(config.select.ks), covariance_types[0])

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from em_spark.engine.acceleration import backtrack, extrapolate, grown, shrunk, step_length
 from em_spark.engine.session_loss import SessionLostError
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import (
@@ -28,13 +29,15 @@ from em_spark.engine.sources import (
 )
 from em_spark.engine.state import (
     BestRestart,
+    Cycle,
     FitState,
     ResumeMismatchError,
     checkpoint_identity,
     decode_state,
     encode_state,
 )
-from em_spark.models.base import EMFamily, Params
+from em_spark.models.base import EMFamily, MStepResult, Params
+from em_spark.stats import Stats
 
 __all__ = [
     "FitResult",
@@ -253,34 +256,127 @@ class _Fit:
         return FitState(restart, 0, init, init, [], False, best)
 
     def iterate(self, state: FitState) -> FitState:
-        """One E-step over the data and one M-step on the driver, committed before it returns."""
+        """One data pass (an E-step) and what follows on the driver, committed before it returns.
+
+        Plain EM: the M-step. SQUAREM (``settings.acceleration``): see :meth:`_squarem_pass`.
+        Either way one iteration is one pass, ``history`` has one entry per pass and never
+        decreases, and ``params`` is the next point plain EM would evaluate from there.
+        """
         settings = self.settings
         started = time.perf_counter()
+        if settings.acceleration == "squarem":
+            state, avg, change = self._squarem_pass(state)
+        else:
+            stats = self._e_step(state, state.params)
+            avg = stats.loglik / stats.weight
+            change = avg - state.history[-1] if state.history else math.inf
+            state = replace(
+                state,
+                iteration=state.iteration + 1,
+                params=self._m_step(state, stats, state.params).params,
+                history=[*state.history, avg],
+                converged=abs(change) < settings.tol,
+            )
+        self._commit(state.restart * (settings.max_iter + 1) + state.iteration, state)
+        self.seconds.append(time.perf_counter() - started)
+        self._log_iteration(state, avg, change)
+        return state
+
+    def _e_step(self, state: FitState, params: Params) -> Stats:
+        """The summed statistics of the data under ``params``: the pass of iteration ``state.iteration + 1``."""
+        settings = self.settings
         label = f"em_spark run={self.run_id} restart={state.restart + 1}/{settings.n_init} iter={state.iteration + 1}"
         try:
-            stats = self.source.e_step(self.family, state.params, label)
+            return self.source.e_step(self.family, params, label)
         except SessionLostError as exc:
             raise SessionLostError(self._lost_message(state, exc)) from None
-        avg = stats.loglik / stats.weight
-        change = avg - state.history[-1] if state.history else math.inf
+
+    def _m_step(self, state: FitState, stats: Stats, params: Params) -> MStepResult:
+        """The M-step after the pass of iteration ``state.iteration + 1``; its events are logged."""
+        settings = self.settings
         step = self.family.m_step(
-            stats, state.params, self.source.sample, _rng(settings.seed, state.restart, state.iteration)
+            stats, params, self.source.sample, _rng(settings.seed, state.restart, state.iteration)
         )
         for event in step.events:
             self.logger.warning(
                 "run=%s restart=%d iter=%d: %s", self.run_id, state.restart + 1, state.iteration + 1, event
             )
+        return step
+
+    def _squarem_pass(self, state: FitState) -> tuple[FitState, float, float]:
+        """One pass of SQUAREM (``engine.acceleration``): (new state, avg log-likelihood, change).
+
+        A cycle is three passes: at θ0 (giving θ1 = M(θ0)), at θ1 (θ2 = M(θ1), then the step α),
+        at the extrapolation θ'. θ' is kept when its log-likelihood (plus ``family.log_prior``, for
+        a MAP M-step) is no lower than θ1's, the last recorded, and the cycle ends with the
+        stabilizing EM step M(θ'), the next cycle's θ0. Otherwise the pass records the last value
+        again, is not a convergence test, and the next cycle starts from θ2 (plain EM). An M-step that had
+        to repair something (a re-seeded component) ends the cycle: the next starts from its
+        result. The state committed after each pass holds the cycle, so a resume is exact.
+        """
+        family, settings = self.family, self.settings
+        cycle = state.cycle or Cycle()
+        last = state.history[-1] if state.history else -math.inf
+        if cycle.phase == 2:
+            point = extrapolate(family, (cycle.points[0], cycle.points[1], state.params), cycle.alpha)
+            assert point is not None  # (the step was chosen feasible in the pass before)
+        else:
+            point = state.params
+        stats = self._e_step(state, point)
+        avg = stats.loglik / stats.weight
+        # EM never decreases loglik + log_prior (the MAP objective; = loglik without a prior): compare that
+        gain = avg - last
+        if cycle.phase == 2:
+            gain += (family.log_prior(point) - family.log_prior(cycle.points[1])) / float(stats.weight)
+        if cycle.phase == 2 and not gain >= 0:  # (NaN: rejected as well)
+            self.logger.info(
+                "run=%s restart=%d iter=%d: extrapolation (step %.3g) lowered the objective by %.3g "
+                "per sample; falling back to the plain EM step",
+                self.run_id,
+                state.restart + 1,
+                state.iteration + 1,
+                cycle.alpha,
+                -gain,
+            )
+            state = replace(  # the next pass evaluates θ2 (params), as plain EM would
+                state,
+                iteration=state.iteration + 1,
+                history=[*state.history, last],
+                converged=False,
+                cycle=Cycle(step_max=shrunk(cycle.step_max, cycle.alpha)),
+            )
+            return state, avg, avg - last
+        step = self._m_step(state, stats, point)
+        if step.events:
+            cycle = Cycle(step_max=cycle.step_max)
+        elif cycle.phase == 2:
+            cycle = Cycle(step_max=grown(cycle.step_max, cycle.alpha))
+        elif cycle.phase == 0:
+            cycle = Cycle(1, step_max=cycle.step_max, points=(point,))
+        else:
+            points = (cycle.points[0], point, step.params)
+            cycle = self._next_step(points, step_length(family, points, cycle.step_max), cycle.step_max)
+        change = avg - last if state.history else math.inf
         state = replace(
             state,
             iteration=state.iteration + 1,
             params=step.params,
             history=[*state.history, avg],
             converged=abs(change) < settings.tol,
+            cycle=cycle,
         )
-        self._commit(state.restart * (settings.max_iter + 1) + state.iteration, state)
-        self.seconds.append(time.perf_counter() - started)
-        self._log_iteration(state, avg, change)
-        return state
+        return state, avg, change
+
+    def _next_step(self, points: tuple[Params, Params, Params], alpha: float, step_max: float) -> Cycle:
+        """The cycle that tries step ``alpha`` from ``points`` (halving past infeasible steps),
+        or a new cycle from θ2 (plain EM) when the step is −1."""
+        if alpha == -1.0:
+            return Cycle(step_max=grown(step_max, alpha))
+        while alpha < -1.0:
+            if extrapolate(self.family, points, alpha) is not None:
+                return Cycle(2, alpha, step_max, points[:2])
+            alpha = backtrack(alpha)
+        return Cycle(step_max=step_max)
 
     def _lost_message(self, state: FitState, exc: SessionLostError) -> str:
         """What a fit whose session died between iterations tells its user: what was lost, what is kept."""

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from em_spark.engine.acceleration import ACCELERATIONS
 from em_spark.storage.checkpoints import DEFAULT_KEEP_LAST
 from em_spark.storage.locks import DEFAULT_TTL_SECONDS
 
@@ -25,6 +26,8 @@ class FitSettings:
     tol: float = 1e-3
     n_init: int = 1
     seed: int = 0
+    # "squarem": SQUAREM-accelerated EM (engine.acceleration); an iteration is still one data pass
+    acceleration: str = ACCELERATIONS[0]
     run_id: str | None = None
     checkpoint_dir: str | None = None
     keep_checkpoints: int = DEFAULT_KEEP_LAST
@@ -42,6 +45,8 @@ class FitSettings:
             raise ValueError(f"nInit must be an integer >= 1, got {self.n_init!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.acceleration not in ACCELERATIONS:
+            raise ValueError(f"acceleration must be one of {list(ACCELERATIONS)}, got {self.acceleration!r}")
         if not (isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1):
             raise ValueError(f"keepCheckpoints must be an integer >= 1, got {self.keep_checkpoints!r}")
         ttl = self.lock_ttl_seconds
@@ -49,5 +54,12 @@ class FitSettings:
             raise ValueError(f"lockTtlSeconds must be a finite number > 0, got {ttl!r}")
 
     def identity(self) -> dict[str, Any]:
-        """Settings that shape the result; a resume must match them exactly."""
-        return {"maxIter": self.max_iter, "tol": float(self.tol), "nInit": self.n_init, "seed": self.seed}
+        """Settings that shape the result; a resume must match them exactly.
+
+        ``acceleration`` only when not "none", so runs checkpointed before it existed still resume.
+        """
+        identity: dict[str, Any] = {"maxIter": self.max_iter, "tol": float(self.tol), "nInit": self.n_init}
+        identity["seed"] = self.seed
+        if self.acceleration != ACCELERATIONS[0]:
+            identity["acceleration"] = self.acceleration
+        return identity

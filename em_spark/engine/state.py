@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from em_spark.engine.acceleration import STEP_MAX0
 from em_spark.engine.settings import FitSettings
 from em_spark.models.base import EMFamily, Params
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "BestRestart",
+    "Cycle",
     "FitState",
     "ResumeMismatchError",
     "checkpoint_identity",
@@ -49,6 +51,22 @@ class BestRestart:
 
 
 @dataclass
+class Cycle:
+    """Where a restart is within a SQUAREM cycle (``engine.acceleration``); see ``_Fit.iterate``.
+
+    phase 0: the next pass evaluates ``FitState.params``, the start θ0 of a new cycle.
+    phase 1: ``points`` is (θ0,); ``FitState.params`` is θ1 = M(θ0), the next pass evaluates it.
+    phase 2: ``points`` is (θ0, θ1); ``FitState.params`` is θ2 = M(θ1), the fallback; the next
+    pass evaluates the extrapolation from (θ0, θ1, θ2) with step ``alpha`` (< −1).
+    """
+
+    phase: int = 0
+    alpha: float = -1.0
+    step_max: float = STEP_MAX0  # the bound on |alpha|, adapted from cycle to cycle (engine.acceleration)
+    points: tuple[Params, ...] = ()
+
+
+@dataclass
 class FitState:
     """Everything a checkpoint holds: enough to continue as if never stopped."""
 
@@ -60,6 +78,7 @@ class FitState:
     converged: bool
     best: BestRestart | None = None
     done: bool = False
+    cycle: Cycle | None = None  # with acceleration="squarem" only
 
     def restart_finished(self, max_iter: int) -> bool:
         return self.converged or self.iteration >= max_iter
@@ -107,7 +126,7 @@ def encode_state(state: FitState, identity: dict[str, Any]) -> bytes:
     if state.best is not None:
         arrays.update({f"best.{k}": v for k, v in state.best.params.items()})
         best = {"restart": state.best.restart, "history": state.best.history, "converged": state.best.converged}
-    meta = {
+    meta: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "identity": identity,
         "restart": state.restart,
@@ -117,6 +136,16 @@ def encode_state(state: FitState, identity: dict[str, Any]) -> bytes:
         "done": state.done,
         "best": best,
     }
+    if state.cycle is not None:  # (absent without acceleration: those checkpoints keep their bytes)
+        cycle = state.cycle
+        meta["cycle"] = {
+            "phase": cycle.phase,
+            "alpha": cycle.alpha,
+            "stepMax": cycle.step_max,
+            "points": len(cycle.points),
+        }
+        for i, point in enumerate(cycle.points):
+            arrays.update({f"cycle{i}.{k}": v for k, v in point.items()})
     return pack(meta, arrays)
 
 
@@ -155,6 +184,11 @@ def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> FitSta
     if meta["best"] is not None:
         b = meta["best"]
         best = BestRestart(b["restart"], group("best"), list(b["history"]), b["converged"])
+    cycle = None
+    if meta.get("cycle") is not None:
+        c = meta["cycle"]
+        points = tuple(group(f"cycle{i}") for i in range(c["points"]))
+        cycle = Cycle(c["phase"], float(c["alpha"]), float(c["stepMax"]), points)
     return FitState(
         restart=meta["restart"],
         iteration=meta["iteration"],
@@ -164,4 +198,5 @@ def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> FitSta
         converged=meta["converged"],
         best=best,
         done=meta["done"],
+        cycle=cycle,
     )

@@ -233,6 +233,20 @@ class EMFamily(Protocol):
     def progress(self, params: Params) -> dict[str, float]:
         """A few numbers worth a glance in the per-iteration log line, e.g. ``minWeight``."""
 
+    def log_prior(self, params: Params) -> float:
+        """The log prior density (up to a constant) whose MAP estimate the M-step is; 0 for maximum
+        likelihood. EM never decreases ``loglik + log_prior``: accelerated EM's safeguard compares that."""
+
+    def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:
+        """The free parameters in coordinates where every finite value is feasible (log-weights,
+        log-variances, Cholesky factors with log diagonals: :mod:`em_spark.models.reparam`),
+        for accelerated EM's extrapolation (``em_spark.engine.acceleration``)."""
+
+    def from_unconstrained(self, free: Mapping[str, np.ndarray], params: Params) -> Params:
+        """Full parameters from :meth:`to_unconstrained` coordinates; ``params`` (a feasible point
+        of the same fit) supplies what is not free (e.g. fixed weights). Raises ModelError when
+        ``free`` maps to no usable parameters."""
+
 
 class ImputingFamily(EMFamily, Protocol):
     """A family whose ``supports_impute`` is true: it has ``impute``."""
@@ -262,6 +276,10 @@ class FamilyBase:
     def component_weights(self, params: Params) -> np.ndarray:
         """(k,) the mixing weights."""
         return params["weights"]
+
+    def log_prior(self, params: Params) -> float:
+        """0: maximum likelihood (families with a prior override this)."""
+        return 0.0
 
     def _permutation(self, order: Any) -> np.ndarray:
         """``order`` as an array, or a ModelError unless it is a permutation of 0..k-1."""

@@ -64,6 +64,7 @@ from scipy.special import gammaln
 from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Params, check_k
 from em_spark.models.kernels import log0
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
+from em_spark.models.reparam import softmax, softmax_blocks
 from em_spark.models.validation import check_parameter, check_present
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
@@ -266,6 +267,24 @@ class CategoricalMixtureFamily(FamilyBase):
         return (0 if self.fix_weights else self.k - 1) + self.k * per_component
 
     # -- protocol: parameters from the user -------------------------------------
+
+    def log_prior(self, params: Params) -> float:
+        """smoothing · Σ log θ: the Dirichlet(1 + smoothing) prior of the M-step (0 with smoothing 0)."""
+        return float(self.smoothing * np.sum(log0(params["probs"]))) if self.smoothing > 0 else 0.0
+
+    def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:
+        """Log-weights (k,) (omitted with ``fix_weights``) and log-probabilities (k, T)."""
+        free = {"log_probs": log0(params["probs"])}
+        if not self.fix_weights:
+            free["log_weights"] = log0(params["weights"])
+        return free
+
+    def from_unconstrained(self, free: Mapping[str, np.ndarray], params: Params) -> Params:
+        """Weights by softmax (or ``params``' fixed ones), probabilities by a softmax per feature."""
+        n_categories = self._n_categories(params)
+        weights = np.array(params["weights"]) if self.fix_weights else softmax(free["log_weights"])
+        probs = softmax_blocks(np.asarray(free["log_probs"]), _offsets(n_categories))
+        return {"weights": weights, "probs": probs, "n_categories": n_categories.astype(np.float64)}
 
     def params_from_public(self, arrays: Mapping[str, np.ndarray], n_features: int) -> Params:
         """Full parameters from an ``initialModel``'s ``weights``, ``probs`` and ``n_categories``.

@@ -48,10 +48,12 @@ from em_spark.models.kernels import (
     Kernel,
     chunks,
     ill_defined_covariance,
+    log0,
     normalize_log_prob,
     not_positive_definite_components,
 )
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
+from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
 from em_spark.models.seeding import kmeans_plusplus, lloyd
 from em_spark.models.validation import check_parameter, check_present
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
@@ -217,6 +219,19 @@ class GaussianFamily(FamilyBase):
         """Free parameters (as scikit-learn's ``_n_parameters``), for BIC and AIC."""
         d = int(np.shape(params["means"])[1])
         return self._kernel.n_cov_parameters(self.k, d) + self.k * d + self.k - 1
+
+    def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:
+        """Log-weights (k,), means (k, d), covariances as log-variances or log-diagonal Cholesky factors."""
+        return {
+            "log_weights": log0(params["weights"]),
+            "means": np.asarray(params["means"], dtype=np.float64),
+            "covariances": covariance_to_free(params["covariances"], self.covariance_type),
+        }
+
+    def from_unconstrained(self, free: Mapping[str, np.ndarray], params: Params) -> Params:
+        """Weights by softmax, covariances rebuilt, precisions recomputed (ModelError if not usable)."""
+        covariances = covariance_from_free(free["covariances"], self.covariance_type)
+        return self._finish(softmax(free["log_weights"]), np.array(free["means"]), covariances)
 
     # -- protocol: parameters from the user -------------------------------------
 

@@ -56,6 +56,7 @@ from em_spark.models.kernels import (
     not_positive_definite_components,
 )
 from em_spark.models.markov import MarkovChain, block_sequences, dead_state_event, dead_states
+from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
 from em_spark.models.validation import check_parameter, check_present
 from em_spark.stats import Stats
 
@@ -140,6 +141,23 @@ class GaussianHMMFamily(MarkovChain):
 
     def _relabel_emissions(self, params: Params, order: np.ndarray) -> dict[str, np.ndarray]:
         return {name: params[name][order].copy() for name in ("means", "covariances", "precisions_cholesky")}
+
+    def _emissions_to_free(self, params: Params) -> dict[str, np.ndarray]:
+        """Means (k, d) and covariances as log-variances or log-diagonal Cholesky factors."""
+        return {
+            "means": np.asarray(params["means"], dtype=np.float64),
+            "covariances": covariance_to_free(params["covariances"], self.covariance_type),
+        }
+
+    def _emissions_from_free(self, free: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Means and covariances, with their precisions' Cholesky factors (ModelError if not usable)."""
+        covariances = covariance_from_free(free["covariances"], self.covariance_type)
+        try:
+            prec_chol = self._kernel.precisions_cholesky(covariances)
+        except np.linalg.LinAlgError:
+            bad = not_positive_definite_components(covariances, self.covariance_type)
+            raise ill_defined_covariance("Gaussian HMM", bad, self.covariance_type, unit="state") from None
+        return {"means": np.array(free["means"]), "covariances": covariances, "precisions_cholesky": prec_chol}
 
     def params_from_public(self, arrays: Mapping[str, np.ndarray], n_features: int) -> Params:
         """Full parameters from an ``initialModel``'s startProb, transMat, means and covariances.
@@ -309,6 +327,18 @@ class CategoricalHMMFamily(MarkovChain):
 
     def _relabel_emissions(self, params: Params, order: np.ndarray) -> dict[str, np.ndarray]:
         return {"emissionprob": params["emissionprob"][order].copy()}
+
+    def log_prior(self, params: Params) -> float:
+        """smoothing · Σ log emissionprob: the Dirichlet(1 + smoothing) prior of the M-step (0 with smoothing 0)."""
+        return float(self.smoothing * np.sum(log0(params["emissionprob"]))) if self.smoothing > 0 else 0.0
+
+    def _emissions_to_free(self, params: Params) -> dict[str, np.ndarray]:
+        """Log emission probabilities (k, n_categories)."""
+        return {"log_emissionprob": log0(params["emissionprob"])}
+
+    def _emissions_from_free(self, free: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Emission rows by softmax."""
+        return {"emissionprob": softmax(free["log_emissionprob"], axis=1)}
 
     def params_from_public(self, arrays: Mapping[str, np.ndarray], n_features: int) -> Params:
         """Full parameters from an ``initialModel``'s startProb, transMat and emissionProb.

@@ -92,6 +92,14 @@ class KMeansFamily(FamilyBase):
 
     # -- EM -------------------------------------------------------------------
 
+    def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:
+        """The centers (k, d): already unconstrained (the weights follow from the assignments)."""
+        return {"centers": np.asarray(params["centers"], dtype=np.float64)}
+
+    def from_unconstrained(self, free: Mapping[str, np.ndarray], params: Params) -> Params:
+        """The centers; the weights of ``params`` (the E-step never reads them)."""
+        return {"centers": np.array(free["centers"]), "weights": np.array(params["weights"])}
+
     def e_step(self, block: Block, params: Params) -> Stats:
         """Hard assignment of each row to its nearest center, as additive statistics.
 

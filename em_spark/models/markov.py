@@ -34,6 +34,7 @@ import numpy as np
 
 from em_spark.models.base import DEAD_FRACTION, Block, FamilyBase, ModelError, MStepResult, Params
 from em_spark.models.kernels import log0
+from em_spark.models.reparam import softmax
 from em_spark.models.validation import check_parameter
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
@@ -473,6 +474,32 @@ class MarkovChain(FamilyBase, ABC):
     @abstractmethod
     def _relabel_emissions(self, params: Params, order: np.ndarray) -> dict[str, np.ndarray]:
         """The emission parameters with states reordered (``order`` a checked permutation)."""
+
+    @abstractmethod
+    def _emissions_to_free(self, params: Params) -> dict[str, np.ndarray]:
+        """The emission parameters in unconstrained coordinates (see ``to_unconstrained``)."""
+
+    @abstractmethod
+    def _emissions_from_free(self, free: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The emission parameters from :meth:`_emissions_to_free` coordinates (ModelError if unusable)."""
+
+    # -- unconstrained coordinates (accelerated EM) -------------------------------------
+
+    def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:
+        """Log start probabilities (k,), log transition rows (k, k), then the emissions'."""
+        return {
+            "log_startprob": log0(params["startprob"]),
+            "log_transmat": log0(params["transmat"]),
+            **self._emissions_to_free(params),
+        }
+
+    def from_unconstrained(self, free: Mapping[str, np.ndarray], params: Params) -> Params:
+        """startprob and transmat rows by softmax, then the emissions'."""
+        return {
+            "startprob": softmax(free["log_startprob"]),
+            "transmat": softmax(free["log_transmat"], axis=1),
+            **self._emissions_from_free(free),
+        }
 
     # -- the chain ------------------------------------------------------------------
 
