@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["CliResult", "process_group_members", "run_cli", "small_workspace", "snapshot"]
+__all__ = ["CliResult", "process_group_members", "run_cli", "run_cli_here", "small_workspace", "snapshot"]
 
 
 class CliResult:
@@ -48,6 +48,44 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
         timeout=timeout,
     )
     return CliResult(proc)
+
+
+#: Commands that never start Spark (they read and write the registry and runs with pyarrow).
+NO_SPARK_COMMANDS = ("registry", "report")
+
+
+def run_cli_here(*args: str, cwd: Path) -> CliResult:
+    """``em_spark.cli.main(ARGS)`` in this process, in ``cwd``, its stdout and stderr captured.
+
+    For the commands that never start Spark (:data:`NO_SPARK_COMMANDS`), where a subprocess is
+    seconds of imports for a millisecond's work; each has subprocess tests of its own. The CLI's
+    ``em_spark`` logger and the working directory are restored afterwards, and its closing
+    ``_stop_session`` is skipped: it would stop the test session's SparkSession. A parse error
+    is its exit code; any other exception propagates (where a subprocess would print a traceback).
+    """
+    import contextlib
+    import io
+    import logging
+    from unittest import mock
+
+    from em_spark import cli
+
+    assert args and args[0] in NO_SPARK_COMMANDS, f"{args[:1]} may start Spark: use run_cli"
+    out, err = io.StringIO(), io.StringIO()
+    logger = logging.getLogger("em_spark")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), mock.patch.object(cli, "_stop_session"):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exit_:  # argparse
+                code = exit_.code if isinstance(exit_.code, int) else 2
+    finally:
+        os.chdir(here)
+        logger.handlers[:], logger.level, logger.propagate = saved
+    return CliResult(subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue()))
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

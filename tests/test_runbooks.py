@@ -7,6 +7,9 @@ its ``status: running`` metrics and its lease stay behind), a night whose input 
 and one whose input has NaN rows. Each page then runs its commands in its own copy of that
 workspace, in the page's order, with the placeholders filled in for the situation it describes,
 and each command's exit code and key output are checked against what the page says it does.
+Every ``nightly`` runs in a subprocess; ``registry`` and ``report``, which never start Spark, run
+the same ``main`` in this process (tests/test_registry_cli.py and tests/test_report.py run them
+as subprocesses): a subprocess each was seconds of imports, about 30 times in this file.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from clitools import run_cli
+from clitools import NO_SPARK_COMMANDS, run_cli, run_cli_here
 
 from em_spark.app.config import load_config
 from em_spark.cli import _parser
@@ -234,7 +237,7 @@ def _report_written(ws: Path, argv: list[str]) -> None:
 
 
 def _version(ws: Path, want: int) -> None:
-    show = run_cli("registry", "show", "--registry", "registry", "--name", MODEL, cwd=ws)
+    show = run_cli_here("registry", "show", "--registry", "registry", "--name", MODEL, cwd=ws)
     assert show.code == 0 and json.loads(show.out)["version"] == want, show.out + show.err
 
 
@@ -351,7 +354,8 @@ def test_each_runbook_command_does_what_its_page_says(workspace, tmp_path, page)
             if shared and key in _RAN:
                 result, ran_in = _RAN[key]
             else:
-                result, ran_in = run_cli(*argv, cwd=ws), ws
+                run = run_cli_here if argv[0] in NO_SPARK_COMMANDS else run_cli
+                result, ran_in = run(*argv, cwd=ws), ws
                 if shared:
                     _RAN[key] = (result, ran_in)
             said = result.out + result.err

@@ -32,15 +32,22 @@ def runtime_requirements() -> list[str]:
     return [req for req in core if not re.match(r"pyspark\b", req)]
 
 
-def make_venv(dest: Path, requirements: list[str], *, editable: bool = False) -> Path:
+def make_venv(dest: Path, requirements: list[str], *, editable: bool = False, base: Path | None = None) -> Path:
     """A new virtualenv at ``dest`` with ``requirements`` (and this repo, ``--no-deps -e``, when
-    ``editable``); its python. RuntimeError with pip's output when an install fails."""
+    ``editable``); its python. RuntimeError with pip's output when an install fails.
+
+    ``base``: the python of another such virtualenv whose packages this one sees too (a ``.pth``
+    line naming its site-packages, after this one's own), so what both need is installed once.
+    Installs skip byte-compiling (``--no-compile``): pip compiling every module of numpy, scipy,
+    pandas and matplotlib took most of a venv's minutes; Python compiles what it imports."""
     subprocess.run([sys.executable, "-m", "venv", str(dest)], check=True, capture_output=True, timeout=300)
     python = dest / "bin" / "python"
+    if base is not None:
+        (_site_packages(python) / "_em_spark_tests_base.pth").write_text(f"{_site_packages(base)}\n")
     steps = [[*requirements]] + ([["--no-deps", "-e", str(REPO)]] if editable else [])
     for args in steps:
         done = subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", *args],
+            [str(python), "-m", "pip", "install", "-q", "--no-compile", *args],
             capture_output=True,
             text=True,
             timeout=PIP_SECONDS,
@@ -50,6 +57,13 @@ def make_venv(dest: Path, requirements: list[str], *, editable: bool = False) ->
                 f"pip install {' '.join(args)} into {dest} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
             )
     return python
+
+
+def _site_packages(python: Path) -> Path:
+    """The site-packages directory of the virtualenv whose python this is."""
+    code = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    done = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    return Path(done.stdout.strip())
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from connect_data import SPARK_CONF
-from environments import REPO, connect_server, make_venv, runtime_requirements
+from environments import REPO, connect_server
 
 import em_spark
 from tests.clitools import run_cli, small_workspace
@@ -31,16 +31,15 @@ HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
-def bare_url(tmp_path_factory):
+def bare_url(tmp_path_factory, runtime_python):
     """A Connect server whose executors' Python has em_spark's dependencies, not em_spark.
 
     Its workers are not reused: a reused worker keeps the modules an earlier session imported
     from its artifacts, and these tests give each session its own em_spark (or none)."""
     root = tmp_path_factory.mktemp("bare-executors")
-    python = make_venv(root / "venv", runtime_requirements())
     conf = {**SPARK_CONF, "spark.python.worker.reuse": "false"}
     # cwd outside the repository: a worker's working directory is on its sys.path
-    with connect_server(root / "server.log", str(python), root, conf) as url:
+    with connect_server(root / "server.log", str(runtime_python), root, conf) as url:
         yield url
 
 

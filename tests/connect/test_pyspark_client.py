@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from environments import make_venv, runtime_requirements
+from environments import make_venv
 
 from tests.clitools import CliResult, run_cli, small_workspace
 
@@ -39,11 +39,10 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.fixture(scope="module")
-def client_python(tmp_path_factory):
-    """The python of a fresh virtualenv: pyspark-client, em_spark's other dependencies, em_spark -e."""
-    return make_venv(
-        tmp_path_factory.mktemp("pyspark-client") / "venv", [CLIENT, *runtime_requirements()], editable=True
-    )
+def client_python(tmp_path_factory, runtime_python):
+    """The python of a fresh virtualenv: pyspark-client and em_spark -e, on top of the runtime
+    venv's packages (em_spark's other dependencies, seen through a .pth line)."""
+    return make_venv(tmp_path_factory.mktemp("pyspark-client") / "venv", [CLIENT], editable=True, base=runtime_python)
 
 
 def _train_from(python, workdir, connect_url) -> CliResult:
