@@ -3,7 +3,8 @@ dependencies only: what a Databricks runtime or spark-submit's $SPARK_HOME suppl
 
 In a fresh virtualenv with ``pip install -e <repo>`` and no extra: no PySpark distribution comes
 along, ``em_spark`` and the pure-numpy ``em_spark.models`` import and work, and what needs Spark
-(the estimators, ``em-spark train``) stops with one line naming the extra to install.
+(the estimators, ``em-spark train``) stops with one line naming the extra to install; and
+spark-submit, whose pyspark comes from $SPARK_HOME, runs a job with that interpreter.
 
 Slow: the virtualenv (numpy, pyarrow, scipy, numba, matplotlib from pip's cache) takes one to two
 minutes to build, once per session.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from clitools import CliResult, small_workspace, snapshot
@@ -113,3 +115,33 @@ def test_em_spark_train_without_pyspark_prints_one_line_naming_the_extra_and_tou
     line = CliResult(done).assert_clean_error("PySpark is needed for em-spark train", *HINTS)
     assert done.stderr.strip() == line, done.stderr  # nothing but the one line
     assert snapshot(tmp_path) == before  # no checkpoint, no model, no demo data written
+
+
+@pytest.mark.spark
+def test_spark_submit_runs_a_job_on_plain_em_spark_with_pyspark_from_spark_home(bare_python, tmp_path):
+    import pyspark
+
+    from em_spark.api import GaussianMixtureModel
+
+    spark_home = Path(pyspark.__file__).parent  # this full pyspark stands for a cluster's Spark install
+    config = small_workspace(tmp_path)
+    env = _env(bare_python)
+    env.update(
+        SPARK_HOME=str(spark_home),
+        PYSPARK_PYTHON=str(bare_python),  # driver and executors: the venv without any pyspark
+        PYSPARK_DRIVER_PYTHON=str(bare_python),
+        SPARK_LOCAL_IP="127.0.0.1",
+    )
+    submit = [str(spark_home / "bin" / "spark-submit"), "--master", "local[2]", "--conf", "spark.ui.enabled=false"]
+    done = subprocess.run(
+        [*submit, str(REPO / "jobs" / "train.py"), "--config", str(config)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "em_spark fit: run t1: gaussian, 1000 rows, 2 features, k=2" in done.stdout, done.stdout[-2000:]
+    model = GaussianMixtureModel.load((tmp_path / "models" / "t1").as_uri())
+    assert sorted(model.means[:, 0].round()) == [0.0, 5.0]  # the two blobs of small_workspace

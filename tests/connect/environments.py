@@ -25,17 +25,11 @@ PIP_SECONDS = 1200
 
 
 def runtime_requirements() -> list[str]:
-    """What an executor or a client needs besides PySpark itself: em_spark's core dependencies
-    and the rest of its ``spark`` extra (pandas), from its installed metadata (pyproject.toml)."""
+    """em_spark's runtime dependencies (its installed metadata, as pyproject.toml declares them),
+    without extras and without any PySpark distribution."""
     found = importlib.metadata.requires("em-spark") or []
-    wanted = [req.split(";", 1)[0].strip() for req in found if "extra ==" not in req or _extra(req) == "spark"]
-    return [req for req in wanted if not re.match(r"pyspark\b", req)]
-
-
-def _extra(requirement: str) -> str | None:
-    """The extra a requirement line of the metadata belongs to (``...; extra == "spark"``)."""
-    match = re.search(r"""extra\s*==\s*["']([^"']+)["']""", requirement)
-    return match.group(1) if match else None
+    core = [req for req in found if "extra ==" not in req]
+    return [req for req in core if not re.match(r"pyspark\b", req)]
 
 
 def make_venv(dest: Path, requirements: list[str], *, editable: bool = False) -> Path:
