@@ -1,7 +1,8 @@
 """em_spark: Expectation-Maximization as distributed batch jobs on Apache Spark.
 
 ``from em_spark import GaussianMixture`` gives the pyspark.ml-style API. The pure-numpy
-model families (``em_spark.models``) import without Spark, so they load lazily here.
+model families (``em_spark.models``) import without Spark, so they load lazily here; without
+PySpark (not a dependency: see pyproject's extras) that import raises one line naming the extra.
 """
 
 from __future__ import annotations

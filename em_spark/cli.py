@@ -17,6 +17,10 @@ from em_spark.app.train import run_train
 
 __all__ = ["main", "run_impute", "run_report", "run_score", "run_select", "run_train"]
 
+#: the commands that run Spark; `report`, `registry` and `slo` read files only (a saved model
+#: for `report` still needs PySpark: models are pyspark.ml classes, see em_spark.api)
+_SPARK_COMMANDS = frozenset({"train", "score", "nightly", "select", "impute"})
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="em-spark", description="Expectation-Maximization on Apache Spark.")
@@ -62,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from em_spark.engine.loop import ResumeMismatchError
-    from em_spark.engine.session import ConnectServerError, JavaNotFoundError
+    from em_spark.engine.session import ConnectServerError, JavaNotFoundError, PySparkMissingError, require_pyspark
     from em_spark.engine.session_loss import SessionLostError  # a Connect server lost mid-fit
     from em_spark.engine.validation import DataValidationError
     from em_spark.models.base import ModelError
@@ -74,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DataValidationError,
         ResumeMismatchError,
         ModelError,
+        PySparkMissingError,
         JavaNotFoundError,
         ConnectServerError,
         SessionLostError,
@@ -92,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             setup_logging()
             return run_slo(args)
+        if args.command in _SPARK_COMMANDS:
+            require_pyspark(f"em-spark {args.command}")  # before the config: nothing is read or written
         config = load_config(args.config, args.overrides)
         setup_logging(config.run.logFormat, getattr(logging, config.run.logLevel))
         if args.command == "train":
@@ -112,9 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"em-spark: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from pyspark.errors import AnalysisException
-
-        if isinstance(exc, AnalysisException):
+        if _is_analysis_error(exc):
             # Spark's message, without the JVM stack trace some versions append after it.
             first = str(exc).split("\n\tat ", 1)[0].split("\nJVM stacktrace:", 1)[0]
             print(f"em-spark: error: Spark could not read or write the data: {_one_line(first)}", file=sys.stderr)
@@ -123,6 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _stop_session()
     return 0
+
+
+def _is_analysis_error(exc: Exception) -> bool:
+    """Spark could not read or write the data (pyspark's AnalysisException, classic or Connect)."""
+    if "pyspark" not in sys.modules:  # raised before Spark was used, or there is no PySpark
+        return False
+    from pyspark.errors import AnalysisException
+
+    return isinstance(exc, AnalysisException)
 
 
 def _one_line(message: str) -> str:

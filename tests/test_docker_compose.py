@@ -220,20 +220,21 @@ def image_copies(path: Path) -> list[tuple[list[str], str]]:
 
 
 def pyspark_requirement() -> Requirement:
+    """The pyspark of pyproject's ``spark`` extra: em_spark's core dependencies have none (a
+    runtime's pyspark must never be replaced), and the image pins its own to the image's Spark."""
     text = (ROOT / "pyproject.toml").read_text()
     try:
         import tomllib
     except ImportError:  # Python 3.10
-        dependencies = re.findall(
-            r'^\s*"([^"]+)"', text.split("dependencies = [", 1)[1].split("]\n", 1)[0], re.MULTILINE
-        )
+        section = text.split("[project.optional-dependencies]", 1)[1]
+        dependencies = re.findall(r'^\s*"([^"]+)"', section.split("\nspark = [", 1)[1].split("]\n", 1)[0], re.MULTILINE)
     else:
-        dependencies = tomllib.loads(text)["project"]["dependencies"]
+        dependencies = tomllib.loads(text)["project"]["optional-dependencies"]["spark"]
     for dep in dependencies:
         requirement = Requirement(dep)
         if requirement.name == "pyspark":
             return requirement
-    raise AssertionError(f"pyproject.toml lists no pyspark dependency: {dependencies}")
+    raise AssertionError(f"pyproject.toml's `spark` extra lists no pyspark: {dependencies}")
 
 
 def pyproject_extras() -> set[str]:

@@ -19,6 +19,9 @@ def test_quickstart_holds_exactly_two_commands_and_ci_runs_the_second():
     commands = [line for line in block.splitlines() if line.strip()]
     assert len(commands) == 2
     assert "em-spark train" in commands[0]
+    # em-spark alone has no PySpark (a runtime brings its own): the first command, on a fresh
+    # machine, must install the extra that brings it
+    assert re.search(r"""pip install (-q )?["']?\.\[spark\]["']? """, commands[0]), commands[0]
     assert commands[1] in (REPO / ".ci" / "run").read_text()
 
 

@@ -1,6 +1,13 @@
-"""pyspark.ml-style estimators and models, and lookups by name for config-driven jobs."""
+"""pyspark.ml-style estimators and models, and lookups by name for config-driven jobs.
+
+They are pyspark.ml classes, so without PySpark importing this package raises the one-line
+PySparkMissingError that says what to install (the rest of em_spark imports without it)."""
 
 from typing import Any
+
+from em_spark.engine.session import require_pyspark
+
+require_pyspark("em_spark's estimators and models (em_spark.api)")
 
 from em_spark.api.base import EMEstimator, EMModel, EMSummary
 from em_spark.api.categorical import CategoricalMixture, CategoricalMixtureModel

@@ -1,4 +1,5 @@
-"""Getting a SparkSession, classic or Spark Connect, with clear messages when it cannot be had.
+"""Getting a SparkSession, classic or Spark Connect, with clear messages when it cannot be had:
+no PySpark installed (:func:`require_pyspark`), no Java, a Connect server that does not answer.
 
 A classic session runs a JVM here (Java 17+ needed); a Spark Connect session (``sc://...``, from
 ``spark.remote`` in a job config or the ``SPARK_REMOTE`` environment variable, as pyspark reads
@@ -7,6 +8,7 @@ it) is a gRPC client of a server elsewhere and needs no Java on this machine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -23,9 +25,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ConnectServerError",
     "JavaNotFoundError",
+    "PySparkMissingError",
     "check_java",
     "get_session",
     "parse_connect_url",
+    "require_pyspark",
     "submitted_conf",
     "under_spark_submit",
 ]
@@ -35,6 +39,25 @@ MIN_JAVA = 17
 MIN_CONNECT_SERVER = (4, 0)
 DEFAULT_CONNECT_PORT = 15002  # Spark Connect's default (spark.connect.grpc.binding.port)
 _CONNECT_PROBE_SECONDS = 10.0
+
+
+class PySparkMissingError(ModuleNotFoundError):
+    """PySpark is not installed: em_spark does not depend on it, so that a runtime's own pyspark
+    (Databricks, spark-submit's $SPARK_HOME/python) is never replaced by PyPI's."""
+
+
+def require_pyspark(what: str) -> None:
+    """Raise PySparkMissingError, one line naming ``what`` needs it and what to install, when no
+    ``pyspark`` package (from pyspark, pyspark-client or a Spark runtime) can be imported.
+    Looks, does not import: pyspark's own import errors (a broken install) stay pyspark's."""
+    if importlib.util.find_spec("pyspark") is None:
+        raise PySparkMissingError(
+            f"PySpark is needed for {what} and is not installed in {sys.executable}: "
+            'pip install "em-spark[spark]" for local or classic Spark, or "em-spark[connect]" for a '
+            "Spark Connect client without Java; on Databricks or under spark-submit use the runtime's "
+            "pyspark (install plain em-spark there)",
+            name="pyspark",
+        )
 
 
 class JavaNotFoundError(RuntimeError):
@@ -211,6 +234,7 @@ def get_session(
     session served by spark-submit's JVM (see ``_server_jars_missing`` for the classpath it
     needs). For a local session the driver binds to 127.0.0.1 (unless SPARK_LOCAL_IP says otherwise) and Python workers use this interpreter, so a virtualenv works.
     """
+    require_pyspark("a SparkSession")
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()

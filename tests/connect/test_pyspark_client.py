@@ -1,5 +1,5 @@
-"""The client side from a virtualenv with ``pyspark-client`` only: no JVM, no full pyspark, no
-Java on PATH. ``em-spark train`` there, against the package's server (full pyspark, its own
+"""The client side from a virtualenv of ``pip install -e ".[connect]"``: ``pyspark-client`` only, no
+JVM, no full pyspark, no Java on PATH. ``em-spark train`` there, against the package's server (full pyspark, its own
 process), fits the same model, bit for bit, as the same command from the full pyspark."""
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ import subprocess
 
 import numpy as np
 import pytest
-from environments import make_venv
+from environments import REPO, make_venv
 
 from tests.clitools import CliResult, run_cli, small_workspace
 
 pytestmark = pytest.mark.connect
 
-#: the thin Connect client (4.2.0 is the newest on PyPI when this was written; the server is 4.3)
-CLIENT = "pyspark-client>=4.1,<5"
+#: em_spark as a Connect client installs it: its `connect` extra, the thin pyspark-client (4.2.0
+#: is the newest on PyPI when this was written; the server is 4.3), and nothing else
+CLIENT = ["-e", f"{REPO}[connect]"]
 
 # Run in the child before the CLI: the claim is about that very process. From a file, not
 # ``python -c``: pyspark's Connect import takes a __main__ without __file__ for a doctest run and
@@ -40,9 +41,9 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def client_python(tmp_path_factory, runtime_python):
-    """The python of a fresh virtualenv: pyspark-client and em_spark -e, on top of the runtime
+    """The python of a fresh virtualenv: em_spark -e with its `connect` extra, on top of the runtime
     venv's packages (em_spark's other dependencies, seen through a .pth line)."""
-    return make_venv(tmp_path_factory.mktemp("pyspark-client") / "venv", [CLIENT], editable=True, base=runtime_python)
+    return make_venv(tmp_path_factory.mktemp("pyspark-client") / "venv", CLIENT, base=runtime_python)
 
 
 def _train_from(python, workdir, connect_url) -> CliResult:
