@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import versions  # bench/common.py
 
 # pyspark.ml adds MLUtils.EPSILON (the float64 machine epsilon) to every weighted density.
 # When all K densities of a row underflow, that row contributes log(K * EPSILON).
@@ -370,28 +371,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def versions() -> dict:
-    import pyarrow
-    import pyspark
-    import sklearn
-
-    import em_spark
-
-    try:
-        java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30).stderr.splitlines()[0]
-    except Exception as exc:  # informational only
-        java = f"unknown ({exc})"
-    return {
-        "python": platform.python_version(),
-        "pyspark": pyspark.__version__,
-        "numpy": np.__version__,
-        "sklearn": sklearn.__version__,
-        "pyarrow": pyarrow.__version__,
-        "em_spark": em_spark.__version__,
-        "java": java,
-    }
-
-
 def nproc() -> int:
     try:
         return int(subprocess.run(["nproc"], capture_output=True, text=True, timeout=10).stdout.strip())
@@ -460,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "cwd": os.getcwd(),
         "started": started.isoformat(timespec="seconds"),
         "host": {"nproc": nproc(), "platform": platform.platform(), "machine": platform.machine()},
-        "versions": versions(),
+        "versions": versions("sklearn"),
         "driverBlas": blas,
         "spark": {"master": args.master, "conf": conf, "driverHeapMaxBytes": jvm_max},
         "method": {

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import versions  # bench/common.py
 
 logging.getLogger("hmmlearn").setLevel(logging.ERROR)
 
@@ -557,28 +558,6 @@ def goal_lines(results: list[dict]) -> list[str]:
     return out
 
 
-def versions() -> dict:
-    import hmmlearn
-    import pyarrow
-    import pyspark
-
-    import em_spark
-
-    try:
-        java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30).stderr.splitlines()[0]
-    except Exception as exc:  # informational only
-        java = f"unknown ({exc})"
-    return {
-        "python": platform.python_version(),
-        "pyspark": pyspark.__version__,
-        "numpy": np.__version__,
-        "hmmlearn": hmmlearn.__version__,
-        "pyarrow": pyarrow.__version__,
-        "em_spark": em_spark.__version__,
-        "java": java,
-    }
-
-
 def nproc() -> int:
     try:
         return int(subprocess.run(["nproc"], capture_output=True, text=True, timeout=10).stdout.strip())
@@ -697,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in ("SPARK_LOCAL_IP", "PYSPARK_PYTHON", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
         },
         "host": {"nproc": nproc(), "platform": platform.platform(), "machine": platform.machine()},
-        "versions": versions(),
+        "versions": versions("hmmlearn"),
         "driverBlas": blas,
         "spark": {"master": args.master, "conf": conf, "driverHeapMaxBytes": jvm_max},
         "method": {

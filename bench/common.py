@@ -41,7 +41,11 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def versions() -> dict:
+def versions(*references: str) -> dict:
+    """Python, Spark, numpy, pyarrow, em_spark and Java versions, plus those of ``references``
+    (the modules a benchmark compares against, e.g. ``"sklearn"``)."""
+    import importlib
+
     import pyarrow
     import pyspark
 
@@ -57,6 +61,7 @@ def versions() -> dict:
         "numpy": np.__version__,
         "pyarrow": pyarrow.__version__,
         "em_spark": em_spark.__version__,
+        **{name: importlib.import_module(name).__version__ for name in references},
         "java": java,
         "cpus": os.cpu_count(),
     }
