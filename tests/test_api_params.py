@@ -80,3 +80,14 @@ def test_shared_accessors_are_declared_once():
         assert "getMaxIter" not in vars(klass) and "setK" not in vars(klass), klass
     getters = [k for cls in CLASSES for k in cls.__mro__ if "getRegCovar" in vars(k)]
     assert {k.__name__ for k in getters} == {"HasCovariance"}
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_every_getter_answers_on_a_fresh_instance(cls):
+    # A model is built from its family (fit, load); every param has a default or the family's
+    # value there, so no getter raises (CategoricalMixtureModel.getKind() once did: KeyError).
+    instance = _instance(cls)
+    for param in instance.params:
+        if not instance.hasDefault(param) and not instance.isSet(param):
+            pytest.fail(f"{cls.__name__}.{param.name} has neither a default nor a value")
+        getattr(instance, _accessor_names(param.name)[0])()

@@ -14,6 +14,7 @@ from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import CategoricalMixtureFamily
 from em_spark.models.base import DEFAULT_K
+from em_spark.models.base import Params as ParamArrays
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -59,6 +60,14 @@ class _CategoricalParams(HasSmoothing):
         return self._set_or_clear("nCategories", value)
 
 
+_CATEGORICAL_DEFAULTS = dict(
+    kind=CategoricalMixtureFamily.kind,
+    smoothing=CategoricalMixtureFamily.smoothing,
+    nCategories=CategoricalMixtureFamily.n_categories,
+    initMode=CategoricalMixtureFamily.init_mode,
+)
+
+
 class CategoricalMixtureModel(EMModel, _CategoricalParams):
     """A fitted categorical or count mixture.
 
@@ -70,6 +79,11 @@ class CategoricalMixtureModel(EMModel, _CategoricalParams):
     """
 
     _family: CategoricalMixtureFamily
+
+    def __init__(self, family: CategoricalMixtureFamily, params: ParamArrays, n_features: int) -> None:
+        super().__init__(family, params, n_features)
+        self._setDefault(**_CATEGORICAL_DEFAULTS)
+        self._set(kind=family.kind, smoothing=family.smoothing)
 
     @property
     def weights(self) -> np.ndarray:
@@ -124,12 +138,7 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         s3Endpoint: str | None = None,
     ) -> None:
         super().__init__()
-        self._setDefault(
-            kind=CategoricalMixtureFamily.kind,
-            smoothing=CategoricalMixtureFamily.smoothing,
-            nCategories=CategoricalMixtureFamily.n_categories,
-            initMode=CategoricalMixtureFamily.init_mode,
-        )
+        self._setDefault(**_CATEGORICAL_DEFAULTS)
         self._set_checked(**self._input_kwargs)
 
     def family(self) -> CategoricalMixtureFamily:
