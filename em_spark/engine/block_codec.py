@@ -9,12 +9,13 @@ rows with :func:`merge_blocks`, so that numpy, not per-block Python, dominates t
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
 from em_spark.models.base import Block
 
-__all__ = ["decode_block", "encode_block", "merge_blocks", "target_block_rows"]
+__all__ = ["decode_block", "encode_block", "merge_blocks", "merge_stream", "target_block_rows"]
 
 _HEADER = struct.Struct("<qqBq")  # rows, features, flags, sequences
 _HAS_WEIGHT, _HAS_LENGTHS, _HAS_LABELS = 1, 2, 4
@@ -65,17 +66,23 @@ def target_block_rows(n_features: int, budget_values: int = 1 << 20) -> int:
     return int(min(65536, max(1024, budget_values // max(n_features, 1))))
 
 
-def merge_blocks(blocks: list[Block], max_rows: int) -> list[Block]:
+def merge_blocks(blocks: Iterable[Block], max_rows: int) -> list[Block]:
     """Concatenate consecutive blocks while the result stays within ``max_rows``."""
-    out: list[Block] = []
+    return list(merge_stream(blocks, lambda _: max_rows))
+
+
+def merge_stream(blocks: Iterable[Block], max_rows: Callable[[int], int] = target_block_rows) -> Iterator[Block]:
+    """:func:`merge_blocks` as a stream: each merged block is yielded as soon as it is full, so
+    at most one merged block is held. ``max_rows(n_features)`` is asked with the first block."""
     pending: list[Block] = []
-    pending_rows = 0
+    pending_rows, limit = 0, 0
     for b in blocks:
-        if pending and pending_rows + b.n_rows > max_rows:
-            out.append(Block.concat(pending, pending[0].n_features))
+        if not pending and not limit:
+            limit = max_rows(b.n_features)
+        if pending and pending_rows + b.n_rows > limit:
+            yield Block.concat(pending, pending[0].n_features)
             pending, pending_rows = [], 0
         pending.append(b)
         pending_rows += b.n_rows
     if pending:
-        out.append(pending[0] if len(pending) == 1 else Block.concat(pending, pending[0].n_features))
-    return out
+        yield pending[0] if len(pending) == 1 else Block.concat(pending, pending[0].n_features)

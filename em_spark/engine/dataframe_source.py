@@ -31,14 +31,13 @@ import contextlib
 import logging
 import os
 import pickle
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from em_spark.engine.executor_files import read_partition, remove_partition, write_partition
+from em_spark.engine.executor_files import PartitionWriter, executor_root, read_partition, remove_partition
 from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
-from em_spark.engine.partition_tasks import PROBLEM_FIELDS, Model, assemble_partition, sum_e_steps
+from em_spark.engine.partition_tasks import PROBLEM_FIELDS, Model, PayloadStore, sum_e_steps
 from em_spark.engine.reduce import reduce_collected
 from em_spark.engine.session_loss import (
     SessionLostError,
@@ -126,13 +125,7 @@ def default_parallelism(spark: Any) -> int:
 
 def _blocks_directory(dataset_key: str) -> str:
     """Where an executor keeps a data set's block files: the Spark files root, as on classic."""
-    try:
-        from pyspark import SparkFiles
-
-        root = SparkFiles.getRootDirectory()
-    except Exception:  # noqa: BLE001 -- no Spark files root in this worker: a temporary directory serves
-        root = tempfile.gettempdir()
-    return os.path.join(root, "em_spark-blocks", dataset_key)
+    return os.path.join(executor_root(), "em_spark-blocks", dataset_key)
 
 
 def _assemble_and_spill(
@@ -149,28 +142,43 @@ def _assemble_and_spill(
 
         from em_spark.engine.block_codec import encode_block
 
-        by_part: dict[int, list] = {}
-        for batch in batches:
-            columns = batch.to_pydict()
-            problem_counts = zip(*(columns[name] for name in PROBLEM_FIELDS))
-            for dest, src, idx, payload, counts in zip(
-                columns["dest"], columns["src"], columns["idx"], columns["payload"], problem_counts
-            ):
-                by_part.setdefault(int(dest), []).append(((src, idx), (payload, RowProblems(*counts))))
+        by_part: dict[int, PayloadStore] = {}
+        scratch = executor_root()
+        try:
+            for batch in batches:
+                columns = batch.to_pydict()
+                problem_counts = zip(*(columns[name] for name in PROBLEM_FIELDS))
+                for dest, src, idx, payload, counts in zip(
+                    columns["dest"], columns["src"], columns["idx"], columns["payload"], problem_counts
+                ):
+                    store = by_part.get(int(dest))
+                    if store is None:
+                        store = by_part[int(dest)] = PayloadStore(scratch)
+                    store.add((src, idx), payload, RowProblems(*counts))
+        except BaseException:
+            for store in by_part.values():
+                store.close()
+            raise
         for part in sorted(by_part):
-            blocks, total = [], None
-            for block, problems in assemble_partition(by_part.pop(part)):
-                s = summarize_block(block, sample_size, seed, problems, sequences=sequences)
-                total = s if total is None else total + s
-                if block.n_rows:
-                    blocks.append(block)
-            handle = None
+            total = None
+            writer = None
             if use_files:
                 try:
-                    handle = write_partition(_blocks_directory(dataset_key), part, blocks)
-                except OSError:
-                    handle = None  # no local disk here: iterations read the cached blocks
-            for seq, block in enumerate(blocks):
+                    writer = PartitionWriter(_blocks_directory(dataset_key), part)
+                except OSError:  # no local disk here: iterations read the cached blocks
+                    writer = None
+            seq = 0
+            for block, problems in by_part.pop(part).assembled():  # one block held at a time
+                s = summarize_block(block, sample_size, seed, problems, sequences=sequences)
+                total = s if total is None else total + s
+                if not block.n_rows:
+                    continue
+                if writer is not None:
+                    try:
+                        writer.add(block)
+                    except OSError:  # no local disk here: iterations read the cached blocks
+                        writer.abort()
+                        writer = None
                 yield pa.RecordBatch.from_pydict(
                     {
                         "part": pa.array([part], pa.int32()),
@@ -180,6 +188,13 @@ def _assemble_and_spill(
                         "summary": pa.array([None], pa.binary()),
                     }
                 )
+                seq += 1
+            handle = None
+            if writer is not None:
+                try:
+                    handle = writer.commit()
+                except OSError:
+                    writer.abort()
             summary = total or LoadSummary(sequences=sequences)
             yield pa.RecordBatch.from_pydict(
                 {

@@ -3,7 +3,7 @@
 Why: a cached PySpark RDD is streamed from the JVM to the Python worker and unpickled on
 every task, which on 1M x 10 rows costs more than the E-step itself. Written once per
 partition during the load pass, the same rows are then read through the OS page cache
-(``np.load(mmap_mode="r")``), shared by all Python workers of the executor, with no copy.
+(``np.memmap``), shared by all Python workers of the executor, with no copy.
 
 The file is an acceleration, never the source of truth: a reader that finds it missing
 or inconsistent says so, and the engine falls back to the Spark-managed blocks.
@@ -14,14 +14,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from em_spark.models.base import Block
 
-__all__ = ["LocalPartition", "read_partition", "remove_partition", "write_partition"]
+__all__ = [
+    "LocalPartition",
+    "PartitionWriter",
+    "executor_root",
+    "read_partition",
+    "remove_partition",
+    "write_partition",
+]
 
 # path -> (signature, blocks): mappings stay open in a reused Python worker, so an
 # iteration does not even pay the page-table setup again.
@@ -51,67 +61,151 @@ def _publish(tmp_path: str, path: str) -> None:
     os.replace(tmp_path, path)  # atomic on POSIX: readers see the whole file or none
 
 
-def write_partition(directory: str, index: int, blocks: list[Block]) -> LocalPartition:
-    """Write the blocks of partition ``index`` under ``directory``; return its handle.
+def executor_root() -> str:
+    """This executor's own directory (Spark's files root), for block and scratch files; a
+    temporary directory when there is none (a worker outside Spark, a test)."""
+    try:
+        from pyspark import SparkFiles
 
-    Layout: ``part-NNNNN.x.npy`` (rows, d), optionally ``.w.npy`` (rows,) weights,
-    ``.l.npy`` (sequences,) lengths and ``.y.npy`` (rows,) labels, then ``.json`` last,
-    naming the token of this write: the json is the commit marker.
+        root = SparkFiles.getRootDirectory()
+    except Exception:  # noqa: BLE001 -- no Spark files root in this worker: a temporary directory serves
+        root = None
+    return root or tempfile.gettempdir()
+
+
+_EXTENSIONS = (".x.bin", ".w.bin", ".l.bin", ".y.bin")
+
+
+class PartitionWriter:
+    """Writes one partition's blocks to its files as they come, holding none of them.
+
+    Layout: ``part-NNNNN.x.bin`` (rows, d) raw little-endian values in the blocks' dtype,
+    optionally ``.w.bin`` (rows,) float64 weights, ``.l.bin`` (sequences,) int64 lengths and
+    ``.y.bin`` (rows,) int64 labels, then ``.json`` last (shape, dtype, block sizes and the token
+    of this write): the json is the commit marker. Raw files, not ``.npy``, because the row count
+    is known only at the end; the json says how to map them.
+
+    Why streaming: the load pass used to hold a partition several times over (its payloads,
+    the decoded blocks, the merged blocks and one concatenated copy), so a task's memory grew
+    with the data; now it holds one block.
     """
-    os.makedirs(directory, exist_ok=True)
-    d = blocks[0].n_features if blocks else 0
-    has_weight = any(b.weight is not None for b in blocks)
-    sequences = any(b.lengths is not None for b in blocks)
-    has_labels = any(b.labels is not None for b in blocks)
-    token = uuid.uuid4().hex
-    handle = LocalPartition(
-        index=index,
-        directory=directory,
-        rows=sum(b.n_rows for b in blocks),
-        n_features=d,
-        block_rows=tuple(b.n_rows for b in blocks),
-        has_weight=has_weight,
-        token=token,
-        # (the blocks of a partition of sequences all have lengths)
-        block_sequences=tuple(b.lengths.size for b in blocks if b.lengths is not None) if sequences else None,
-        has_labels=has_labels,
-    )
-    stem = handle.stem
-    X = np.concatenate([b.X for b in blocks]) if blocks else np.empty((0, d))
-    _save(f"{stem}.x.npy", np.ascontiguousarray(X, dtype=np.float64), token)
-    if has_weight:
-        _save(f"{stem}.w.npy", np.concatenate([b.weights_or_ones() for b in blocks]), token)
-    if sequences:
-        _save(f"{stem}.l.npy", np.concatenate([b.lengths for b in blocks]).astype(np.int64), token)
-    if has_labels:
-        labels = [b.labels if b.labels is not None else np.full(b.n_rows, -1, np.int64) for b in blocks]
-        _save(f"{stem}.y.npy", np.concatenate(labels).astype(np.int64), token)
-    meta = {
-        "token": token,
-        "rows": handle.rows,
-        "d": d,
-        "block_rows": list(handle.block_rows),
-        "has_weight": has_weight,
-    }
-    tmp = f"{stem}.json.{token}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f)
-    _publish(tmp, f"{stem}.json")
-    return handle
+
+    def __init__(self, directory: str, index: int) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.directory, self.index = directory, index
+        self.token = uuid.uuid4().hex
+        self.stem = os.path.join(directory, f"part-{index:05d}")
+        self._files: dict[str, Any] = {}
+        self.rows, self.n_features, self.dtype = 0, 0, "<f8"
+        self.block_rows: list[int] = []
+        self.block_sequences: list[int] = []
+        self.has_weight = self.has_labels = self.sequences = False
+
+    def _append(self, ext: str, array: np.ndarray) -> None:
+        f = self._files.get(ext)
+        if f is None:
+            f = self._files[ext] = open(f"{self.stem}{ext}.{self.token}.tmp", "wb")  # noqa: SIM115 -- closed by commit/abort
+        f.write(np.ascontiguousarray(array).tobytes())
+
+    def add(self, block: Block) -> None:
+        """Append ``block``'s rows (a block of a partition of sequences has lengths, all do)."""
+        if not block.n_rows:
+            return
+        if not self.block_rows:
+            self.n_features, self.dtype = block.n_features, block.X.dtype.newbyteorder("<").str
+            self.sequences = block.lengths is not None
+        if block.n_features != self.n_features or (block.lengths is not None) != self.sequences:
+            raise ValueError("a partition's blocks must share their features and their kind (rows or sequences)")
+        self._append(".x.bin", block.X.astype(self.dtype, copy=False))
+        # weights and labels: present in one block, present for all (ones, -1 for those before)
+        if block.weight is not None and not self.has_weight:
+            self.has_weight = True
+            self._append(".w.bin", np.ones(self.rows))
+        if self.has_weight:
+            self._append(".w.bin", block.weights_or_ones().astype("<f8", copy=False))
+        if block.labels is not None and not self.has_labels:
+            self.has_labels = True
+            self._append(".y.bin", np.full(self.rows, -1, "<i8"))
+        if self.has_labels:
+            labels = block.labels if block.labels is not None else np.full(block.n_rows, -1)
+            self._append(".y.bin", labels.astype("<i8", copy=False))
+        if block.lengths is not None:
+            self._append(".l.bin", block.lengths.astype("<i8", copy=False))
+            self.block_sequences.append(block.lengths.size)
+        self.rows += block.n_rows
+        self.block_rows.append(block.n_rows)
+
+    def commit(self) -> LocalPartition:
+        """Publish the files (the json last) and return the partition's handle."""
+        if ".x.bin" not in self._files:  # an empty partition still has its (empty) rows file
+            self._append(".x.bin", np.empty((0, self.n_features)))
+        for ext, f in list(self._files.items()):
+            f.close()
+            _publish(f"{self.stem}{ext}.{self.token}.tmp", f"{self.stem}{ext}")
+        self._files.clear()
+        meta = {
+            "token": self.token,
+            "rows": self.rows,
+            "d": self.n_features,
+            "dtype": self.dtype,
+            "block_rows": self.block_rows,
+            "has_weight": self.has_weight,
+        }
+        tmp = f"{self.stem}.json.{self.token}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(meta, f)
+        _publish(tmp, f"{self.stem}.json")
+        return LocalPartition(
+            index=self.index,
+            directory=self.directory,
+            rows=self.rows,
+            n_features=self.n_features,
+            block_rows=tuple(self.block_rows),
+            has_weight=self.has_weight,
+            token=self.token,
+            block_sequences=tuple(self.block_sequences) if self.sequences else None,
+            has_labels=self.has_labels,
+        )
+
+    def abort(self) -> None:
+        """Remove what this write left (best effort): nothing half-written stays."""
+        for ext, f in list(self._files.items()):
+            f.close()
+            with contextlib.suppress(OSError):
+                os.remove(f"{self.stem}{ext}.{self.token}.tmp")
+        self._files.clear()
 
 
-def _save(path: str, array: np.ndarray, token: str) -> None:
-    tmp = f"{path}.{token}.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    _publish(tmp, path)
+def write_partition(directory: str, index: int, blocks: Iterable[Block]) -> LocalPartition:
+    """Write the blocks of partition ``index`` under ``directory`` (streaming); return its handle."""
+    writer = PartitionWriter(directory, index)
+    try:
+        for block in blocks:
+            writer.add(block)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _map(path: str, dtype: str, shape: tuple[int, ...], mmap: bool = True) -> np.ndarray:
+    """A raw file as a read-only array of ``shape`` (a mapping unless ``mmap`` is False).
+
+    Raises ValueError when the file's size is not exactly that of ``shape``."""
+    if os.path.getsize(path) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        raise ValueError(f"{path} does not hold {shape} values of {dtype}")
+    if int(np.prod(shape)) == 0:
+        return np.empty(shape, dtype)  # an empty file cannot be mapped
+    if not mmap:
+        return np.fromfile(path, dtype=dtype).reshape(shape)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
 
 def read_partition(handle: LocalPartition) -> list[Block] | None:
     """The partition's blocks as read-only views of mapped files, or None if not here."""
     stem = handle.stem
     try:
-        signature = tuple(os.stat(f"{stem}{ext}").st_mtime_ns for ext in (".json", ".x.npy"))
+        signature = tuple(os.stat(f"{stem}{ext}").st_mtime_ns for ext in (".json", ".x.bin"))
     except FileNotFoundError:
         return None
     cached = _OPEN.get(stem)
@@ -122,10 +216,15 @@ def read_partition(handle: LocalPartition) -> list[Block] | None:
             meta = json.load(f)
         if meta["token"] != handle.token:
             return None  # written by another load of the same data set; not ours
-        X = np.load(f"{stem}.x.npy", mmap_mode="r", allow_pickle=False)
-        W = np.load(f"{stem}.w.npy", mmap_mode="r", allow_pickle=False) if handle.has_weight else None
-        L = np.load(f"{stem}.l.npy", allow_pickle=False) if handle.block_sequences is not None else None
-        Y = np.load(f"{stem}.y.npy", mmap_mode="r", allow_pickle=False) if handle.has_labels else None
+        n_rows, d = handle.rows, handle.n_features
+        if (meta["rows"], meta["d"]) != (n_rows, d):
+            return None
+        X = _map(f"{stem}.x.bin", meta.get("dtype", "<f8"), (n_rows, d))
+        W = _map(f"{stem}.w.bin", "<f8", (n_rows,)) if handle.has_weight else None
+        L = None
+        if handle.block_sequences is not None:
+            L = _map(f"{stem}.l.bin", "<i8", (sum(handle.block_sequences),), mmap=False)
+        Y = _map(f"{stem}.y.bin", "<i8", (n_rows,)) if handle.has_labels else None
     except (OSError, ValueError, KeyError):
         return None
     if (
@@ -159,7 +258,7 @@ def remove_partition(handle: LocalPartition) -> None:
     """Delete the partition's files (best effort) and forget open mappings."""
     stem = handle.stem
     _OPEN.pop(stem, None)
-    for ext in (".json", ".x.npy", ".w.npy", ".l.npy", ".y.npy"):
+    for ext in (".json", *_EXTENSIONS):
         with contextlib.suppress(FileNotFoundError):
             os.remove(f"{stem}{ext}")
     with contextlib.suppress(OSError):  # not empty yet (other partitions) or already gone

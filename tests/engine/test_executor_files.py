@@ -44,7 +44,7 @@ def test_missing_or_rewritten_files_read_as_not_here(tmp_path):
 
 def test_no_temporary_files_are_left_behind(tmp_path):
     write_partition(str(tmp_path), 1, [b for b in _blocks(True) if b.n_rows])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00001.json", "part-00001.w.npy", "part-00001.x.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00001.json", "part-00001.w.bin", "part-00001.x.bin"]
 
 
 def _sequence_blocks(weighted, labelled):
@@ -84,9 +84,9 @@ def test_sequence_blocks_round_trip_with_lengths_and_labels(tmp_path, weighted, 
                 np.testing.assert_array_equal(theirs, ours)
                 assert not theirs.flags.writeable
     names = sorted(p.name for p in tmp_path.iterdir())
-    expected = ["part-00002.json", "part-00002.l.npy", "part-00002.x.npy"]
-    expected += ["part-00002.w.npy"] if weighted else []
-    expected += ["part-00002.y.npy"] if labelled else []
+    expected = ["part-00002.json", "part-00002.l.bin", "part-00002.x.bin"]
+    expected += ["part-00002.w.bin"] if weighted else []
+    expected += ["part-00002.y.bin"] if labelled else []
     assert names == sorted(expected)  # no temporary files either
     remove_partition(handle)
     assert not tmp_path.exists()
@@ -104,14 +104,14 @@ def test_blocks_without_labels_read_back_as_unknown_next_to_labelled_ones(tmp_pa
 def test_inconsistent_lengths_or_labels_files_read_as_not_here(tmp_path):
     blocks = _sequence_blocks(False, True)
     handle = write_partition(str(tmp_path), 0, blocks)
-    np.save(tmp_path / "part-00000.l.npy", np.array([3, 1, 4, 2, 5, 4]))  # one step moved: sums differ
+    np.array([3, 1, 4, 2, 5, 4], "<i8").tofile(tmp_path / "part-00000.l.bin")  # one step moved: sums differ
     assert read_partition(handle) is None
     handle = write_partition(str(tmp_path), 0, blocks)
-    np.save(tmp_path / "part-00000.l.npy", np.array([3, 1, 3, 3, 5, 5]))  # same total, other blocks
+    np.array([3, 1, 3, 3, 5, 5], "<i8").tofile(tmp_path / "part-00000.l.bin")  # same total, other blocks
     assert read_partition(handle) is None
     handle = write_partition(str(tmp_path), 0, blocks)
-    np.save(tmp_path / "part-00000.y.npy", np.zeros(5, np.int64))  # wrong number of rows
+    np.zeros(5, "<i8").tofile(tmp_path / "part-00000.y.bin")  # wrong number of rows
     assert read_partition(handle) is None
     handle = write_partition(str(tmp_path), 0, blocks)
-    (tmp_path / "part-00000.l.npy").unlink()
+    (tmp_path / "part-00000.l.bin").unlink()
     assert read_partition(handle) is None
