@@ -139,18 +139,57 @@ def _max_length(starts: np.ndarray) -> int:
 
 @_jit
 def _frame_peak(lf: np.ndarray, frame: np.ndarray, t: int) -> float:
-    """frame[t] = exp(lf − max lf); returns the max (0, with frame[t] = 0, if every state has −inf)."""
+    """frame[t] = lf − max lf (exponentiated later by _exp_flat); returns the max (0, with frame[t] = −inf,
+    if every state has −inf)."""
     k = lf.size
     peak = lf[0]
     for j in range(1, k):
         peak = max(peak, lf[j])
     if not np.isfinite(peak):
         for j in range(k):
-            frame[t, j] = 0.0
+            frame[t, j] = -np.inf
         return 0.0
     for j in range(k):
-        frame[t, j] = np.exp(lf[j] - peak)
+        frame[t, j] = lf[j] - peak
     return peak
+
+
+# exp by Cody-Waite range reduction and a degree-13 Taylor polynomial (truncation below
+# 1e-17 relative on |r| <= ln 2 / 2): plain arithmetic, so the loop over a sequence's T k
+# values vectorizes, where numba's scalar libm exp was most of the Gaussian kernel's time.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.4426950408889634
+_EXP_FLOOR = -708.0  # below: 0 (numpy gives a subnormal there; the peak's own 1 dwarfs it)
+
+
+@_jit
+def _exp_flat(values: np.ndarray, n: int, bits: np.ndarray) -> None:
+    """values[:n] = exp(values[:n]) in place, for values <= 0 (or −inf); ``bits`` int64 scratch (>= n)."""
+    for i in range(n):
+        x = values[i]
+        xc = max(x, _EXP_FLOOR)
+        m = np.floor(xc * _INV_LN2 + 0.5)
+        r = (xc - m * _LN2_HI) - m * _LN2_LO
+        p = 1.0 / 6227020800.0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+        p = p * r + 1.0 / 720.0
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        p = p * r + 1.0
+        p = p * r + 1.0
+        bits[i] = (np.int64(m) + 1023) << 52
+        values[i] = p if x >= _EXP_FLOOR else 0.0
+    two_m = bits[:n].view(np.float64)
+    for i in range(n):
+        values[i] *= two_m[i]
 
 
 @_jit
@@ -218,6 +257,7 @@ def gaussian_full_stats(
     frame, alpha, gamma = np.empty((t_max, k)), np.empty((t_max, k)), np.empty((t_max, k))
     inv_scale, beta, bb, lf = np.empty(t_max), np.empty(k), np.empty(k), np.empty(k)
     diff, y = np.empty(d), np.empty(d)
+    flat, bits = frame.reshape(t_max * k), np.empty(t_max * k, dtype=np.int64)
     loglik = 0.0
     for s in range(starts.size - 1):
         r0 = starts[s]
@@ -236,6 +276,7 @@ def gaussian_full_stats(
                     half += v * v
                 lf[j] = log_const[j] - 0.5 * half
             peaks += _frame_peak(lf, frame, t)
+        _exp_flat(flat, T * k, bits)
         logc = _chain(frame, T, startprob, transmat, w, alpha, inv_scale, gamma, start_acc, trans_acc, beta, bb)
         if np.isnan(logc):
             return loglik, s
@@ -277,6 +318,7 @@ def gaussian_diag_stats(
     t_max = _max_length(starts)
     frame, alpha, gamma = np.empty((t_max, k)), np.empty((t_max, k)), np.empty((t_max, k))
     inv_scale, beta, bb, lf = np.empty(t_max), np.empty(k), np.empty(k), np.empty(k)
+    flat, bits = frame.reshape(t_max * k), np.empty(t_max * k, dtype=np.int64)
     loglik = 0.0
     for s in range(starts.size - 1):
         r0 = starts[s]
@@ -291,6 +333,7 @@ def gaussian_diag_stats(
                     half += half_prec[j, a] * v * v
                 lf[j] = log_const[j] - half
             peaks += _frame_peak(lf, frame, t)
+        _exp_flat(flat, T * k, bits)
         logc = _chain(frame, T, startprob, transmat, w, alpha, inv_scale, gamma, start_acc, trans_acc, beta, bb)
         if np.isnan(logc):
             return loglik, s
