@@ -24,6 +24,11 @@ per Python process, and is cached on disk when a cache directory is writable (se
 :func:`em_spark.models.gaussian_loops.cache_enabled`). The missing-value rows of
 :mod:`gaussian_missing`, the k-means initialization's hard assignments and ``score``
 keep the numpy path.
+
+The HMM E-step (:func:`hmm_gaussian_stats`, :func:`hmm_categorical_stats`, loops in
+:mod:`hmm_loops`) follows the same switch: one fused loop per sequence (forward,
+backward, posteriors, start/transition and emission statistics); a block with a sequence
+whose scaling underflows goes to the numpy path of :mod:`markov`, which is the reference.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ group at once, and each observation's are divided by their largest before the re
 scaled recursion. A sequence whose scaling factor still underflows (or is exactly 0) is
 redone in log space; one of probability exactly zero under the model gets
 log-likelihood −inf (and the E-step refuses it, with a message).
+
+With numba (``EM_SPARK_KERNEL`` not ``numpy``) ``e_step`` runs the fused per-sequence loops
+of :mod:`em_spark.models.compiled` instead; this numpy path stays the reference and takes
+any block those loops hand back (a sequence whose scaling factors underflowed).
 """
 
 from __future__ import annotations
