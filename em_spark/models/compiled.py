@@ -24,6 +24,11 @@ per Python process, and is cached on disk when a cache directory is writable (se
 :func:`em_spark.models.gaussian_loops.cache_enabled`). The missing-value rows of
 :mod:`gaussian_missing`, the k-means initialization's hard assignments and ``score``
 keep the numpy path.
+
+The HMM E-step (:func:`hmm_gaussian_stats`, :func:`hmm_categorical_stats`, loops in
+:mod:`hmm_loops`) follows the same switch: one fused loop per sequence (forward,
+backward, posteriors, start/transition and emission statistics); a block with a sequence
+whose scaling underflows goes to the numpy path of :mod:`markov`, which is the reference.
 """
 
 from __future__ import annotations
@@ -35,7 +40,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KERNEL_ENV", "KERNEL_MODES", "gaussian_stats", "use_compiled"]
+from em_spark.models.kernels import LOG_2PI
+
+__all__ = [
+    "KERNEL_ENV",
+    "KERNEL_MODES",
+    "gaussian_stats",
+    "hmm_categorical_stats",
+    "hmm_gaussian_stats",
+    "use_compiled",
+    "use_hmm_compiled",
+]
 
 KERNEL_ENV = "EM_SPARK_KERNEL"
 KERNEL_MODES = ("compiled", "numpy")
@@ -106,3 +121,109 @@ def gaussian_stats(
             X, w_arr, has_w, c_arr, has_clamp, means, half_prec, log_const, nk, sums, sq, _CHUNK_ROWS
         )
     return nk, sums, sq, float(loglik)
+
+
+# ---------------------------------------------------------------------------
+# The HMM E-step (forward-backward and statistics, fused per sequence; hmm_loops)
+
+
+@cache
+def _hmm_loops() -> Any:
+    try:
+        from em_spark.models import hmm_loops
+    except ImportError as error:
+        warnings.warn(f"numba is not importable ({error}); the HMM E-step uses the numpy kernel", stacklevel=3)
+        return None
+    return hmm_loops
+
+
+# (start (k,), trans (k, k), loglik, emission statistics by name) of a block, or None
+HMMStats = tuple[np.ndarray, np.ndarray, float, dict[str, np.ndarray]] | None
+
+
+def _sequence_args(lengths: np.ndarray, seq_weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, bool]:
+    starts = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    w = np.ascontiguousarray(seq_weight, dtype=np.float64) if seq_weight is not None else np.empty(0)
+    return starts, w, seq_weight is not None
+
+
+def hmm_gaussian_stats(
+    covariance_type: str,
+    X: np.ndarray,
+    lengths: np.ndarray,
+    seq_weight: np.ndarray | None,
+    startprob: np.ndarray,
+    transmat: np.ndarray,
+    means: np.ndarray,
+    prec_chol: np.ndarray,
+) -> HMMStats:
+    """The Gaussian HMM statistics of a block (post, sum, sq around ``means``), as ``MarkovChain.e_step``.
+
+    X (n, d) the block's sequences one after the other, ``lengths`` (n_seq,), ``seq_weight``
+    (n_seq,) or None. None when a sequence's scaling factors underflow: the numpy path
+    (with its log-space fallback) then does the block.
+    """
+    loops = _hmm_loops()
+    assert loops is not None  # callers check use_hmm_compiled() first
+    k, d = means.shape
+    starts, w, has_w = _sequence_args(lengths, seq_weight)
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    means = np.ascontiguousarray(means, dtype=np.float64)
+    start, trans, post, sums = np.zeros(k), np.zeros((k, k)), np.zeros(k), np.zeros((k, d))
+    chain = (np.ascontiguousarray(startprob, dtype=np.float64), np.ascontiguousarray(transmat, dtype=np.float64))
+    if covariance_type == "full":
+        log_const = np.log(np.diagonal(prec_chol, axis1=-2, axis2=-1)).sum(axis=-1) - 0.5 * d * LOG_2PI
+        sq = np.zeros((k, d, d))
+        loglik, bad = loops.gaussian_full_stats(
+            X, starts, w, has_w, *chain, means, np.ascontiguousarray(prec_chol, dtype=np.float64), log_const,
+            start, trans, post, sums, sq,
+        )  # fmt: skip
+        upper = np.triu(sq)
+        sq = upper + np.swapaxes(np.triu(sq, 1), 1, 2)
+    elif covariance_type == "diag":
+        log_const = np.log(prec_chol).sum(axis=1) - 0.5 * d * LOG_2PI
+        sq = np.zeros((k, d))
+        loglik, bad = loops.gaussian_diag_stats(
+            X, starts, w, has_w, *chain, means, np.ascontiguousarray(0.5 * np.square(prec_chol)), log_const,
+            start, trans, post, sums, sq,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"no compiled HMM kernel for covariance type {covariance_type!r}")
+    if bad >= 0:
+        return None
+    return start, trans, float(loglik), {"post": post, "sum": sums, "sq": sq}
+
+
+def hmm_categorical_stats(
+    symbols: np.ndarray,
+    lengths: np.ndarray,
+    seq_weight: np.ndarray | None,
+    startprob: np.ndarray,
+    transmat: np.ndarray,
+    emissionprob: np.ndarray,
+) -> HMMStats:
+    """The categorical HMM statistics of a block (counts (k, C)); symbols (n,) ints 0..C−1. As above."""
+    loops = _hmm_loops()
+    assert loops is not None  # callers check use_hmm_compiled() first
+    k, c = emissionprob.shape
+    starts, w, has_w = _sequence_args(lengths, seq_weight)
+    # each symbol's emission probabilities divided by their largest (as the numpy path's frame)
+    peak = emissionprob.max(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        emit_scaled = np.where(peak > 0, emissionprob / np.where(peak > 0, peak, 1.0), 0.0)
+        log_peak = np.where(peak > 0, np.log(np.where(peak > 0, peak, 1.0)), 0.0)
+    start, trans, counts = np.zeros(k), np.zeros((k, k)), np.zeros((k, c))
+    loglik, bad = loops.categorical_stats(
+        np.ascontiguousarray(symbols, dtype=np.int64), starts, w, has_w,
+        np.ascontiguousarray(startprob, dtype=np.float64), np.ascontiguousarray(transmat, dtype=np.float64),
+        np.ascontiguousarray(emit_scaled.T), log_peak, start, trans, counts,
+    )  # fmt: skip
+    if bad >= 0:
+        return None
+    return start, trans, float(loglik), {"counts": counts}
+
+
+def use_hmm_compiled() -> bool:
+    """As :func:`use_compiled`, for the HMM loops."""
+    return use_compiled() and _hmm_loops() is not None

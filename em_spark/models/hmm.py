@@ -45,6 +45,7 @@ from typing import ClassVar
 import numpy as np
 
 from em_spark.models.base import Block, ModelError, Params, check_k
+from em_spark.models.compiled import HMMStats, hmm_categorical_stats, hmm_gaussian_stats
 from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.kernels import (
     KERNELS,
@@ -216,6 +217,14 @@ class GaussianHMMFamily(MarkovChain):
         for start, stop, diffs, work in chunks(self._kernel, X, params["means"]):
             kernel.moments(diffs, work, wgamma[:, start:stop], sums, sq)
         return {"post": wgamma.sum(axis=1), "sum": sums, "sq": sq}
+
+    def _compiled_stats(
+        self, observations: np.ndarray, lengths: np.ndarray, seq_weight: np.ndarray | None, params: Params
+    ) -> HMMStats:
+        return hmm_gaussian_stats(
+            self.covariance_type, observations, lengths, seq_weight, params["startprob"], params["transmat"],
+            params["means"], params["precisions_cholesky"],
+        )  # fmt: skip
 
     # -- M-step -------------------------------------------------------------------
 
@@ -402,6 +411,13 @@ class CategoricalHMMFamily(MarkovChain):
         """counts (k, n_categories) of the symbols (n,) with weighted posteriors (k, n)."""
         c = params["emissionprob"].shape[1]
         return {"counts": np.stack([np.bincount(symbols, weights=wgamma[j], minlength=c) for j in range(self.k)])}
+
+    def _compiled_stats(
+        self, observations: np.ndarray, lengths: np.ndarray, seq_weight: np.ndarray | None, params: Params
+    ) -> HMMStats:
+        return hmm_categorical_stats(
+            observations, lengths, seq_weight, params["startprob"], params["transmat"], params["emissionprob"]
+        )
 
     # -- M-step -------------------------------------------------------------------
 

@@ -21,6 +21,10 @@ group at once, and each observation's are divided by their largest before the re
 scaled recursion. A sequence whose scaling factor still underflows (or is exactly 0) is
 redone in log space; one of probability exactly zero under the model gets
 log-likelihood −inf (and the E-step refuses it, with a message).
+
+With numba (``EM_SPARK_KERNEL`` not ``numpy``) ``e_step`` runs the fused per-sequence loops
+of :mod:`em_spark.models.compiled` instead; this numpy path stays the reference and takes
+any block those loops hand back (a sequence whose scaling factors underflowed).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from em_spark.models.base import DEAD_FRACTION, Block, FamilyBase, ModelError, MStepResult, Params
+from em_spark.models.compiled import HMMStats, use_hmm_compiled
 from em_spark.models.kernels import log0
 from em_spark.models.reparam import softmax
 from em_spark.models.validation import check_parameter
@@ -483,6 +488,12 @@ class MarkovChain(FamilyBase, ABC):
     def _emissions_from_free(self, free: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The emission parameters from :meth:`_emissions_to_free` coordinates (ModelError if unusable)."""
 
+    def _compiled_stats(
+        self, observations: np.ndarray, lengths: np.ndarray, seq_weight: np.ndarray | None, params: Params
+    ) -> HMMStats:
+        """(start, trans, loglik, emission statistics) by the compiled loops, or None to use the numpy path."""
+        return None
+
     # -- unconstrained coordinates (accelerated EM) -------------------------------------
 
     def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:
@@ -524,6 +535,24 @@ class MarkovChain(FamilyBase, ABC):
         An empty block gives zero statistics; a sequence of probability zero under ``params``
         (possible only with zeros in the parameters) raises a ModelError.
         """
+        if block.n_rows and use_hmm_compiled():
+            # the fused per-sequence loops (models/compiled.py); None: a sequence underflowed,
+            # and the numpy path below (the reference) takes it in log space
+            lengths, seq_weight = block_sequences(block)
+            fused = self._compiled_stats(self._observations(block, params), lengths, seq_weight, params)
+            if fused is not None:
+                start, trans, loglik, emission = fused
+                total_weight = float(lengths.size) if seq_weight is None else float(seq_weight.sum())
+                return Stats(
+                    {
+                        "start": start,
+                        "trans": trans,
+                        LOGLIK: np.float64(loglik),
+                        WEIGHT: np.float64(total_weight),
+                        COUNT: np.float64(block.n_rows),
+                        **emission,
+                    }
+                )
         total: dict[str, np.ndarray] | None = None
         for post, packing, weight, packed, _, (first, _, _) in self._posteriors(block, params):
             stats, wgamma = self._chain_stats(post, packing, weight, first)
