@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import Killed, KilledAfter
 
 from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings, ResumeMismatchError, fit_em
@@ -15,7 +16,6 @@ from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily
 from em_spark.models.base import Block
 from em_spark.storage import CheckpointStore, LeaseLostError, RunLock, RunLockedError, locks
-from fakes import Killed, KilledAfter
 
 
 @pytest.fixture(scope="module")

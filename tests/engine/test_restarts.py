@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from fakes import Killed, KilledAfter
 
 from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings, ResumeMismatchError, fit_em
@@ -14,7 +15,6 @@ from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import CategoricalMixtureFamily, GaussianFamily
 from em_spark.models.base import Block
 from em_spark.storage import CheckpointStore, pack
-from fakes import Killed, KilledAfter
 
 
 def _gaussian():
@@ -26,7 +26,9 @@ def _categorical():
     rng = np.random.default_rng(3)
     z = rng.integers(0, 3, 2000)
     codes = np.column_stack([(z + rng.integers(0, 2, 2000)) % 3, (2 * z + rng.integers(0, 3, 2000)) % 4])
-    return CategoricalMixtureFamily(k=3, n_categories=(3, 4)), [Block(b) for b in np.array_split(codes.astype(float), 3)]
+    return CategoricalMixtureFamily(k=3, n_categories=(3, 4)), [
+        Block(b) for b in np.array_split(codes.astype(float), 3)
+    ]
 
 
 CASES = {"gaussian": _gaussian, "categorical": _categorical}

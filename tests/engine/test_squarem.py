@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import Killed, KilledAfter
 
 from em_spark.app.demo_data import make_blobs, make_hmm_sequences
 from em_spark.engine.acceleration import backtrack, extrapolate, grown, shrunk, step_length
@@ -21,7 +22,6 @@ from em_spark.models import (
     KMeansFamily,
 )
 from em_spark.models.base import Block
-from fakes import Killed, KilledAfter
 
 # ---------------------------------------------------------------------------
 # data
