@@ -3,11 +3,9 @@ running, each restart exactly the one run alone, and exact resume from a kill in
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
-from fakes import Killed, KilledAfter
+from fakes import Killed, KilledAfter, one_after_another
 
 from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings, ResumeMismatchError, fit_em
@@ -38,26 +36,6 @@ def _source(blocks):
     return LocalBlockSource(blocks, sample_size=500, seed=11)
 
 
-def _one_after_another(family, blocks, settings):
-    """The textbook restarts x iterations loop, restarts one after another: (params, history) per restart."""
-    source = _source(blocks)
-    outcomes = []
-    for restart in range(settings.n_init):
-        params = family.initialize(source.sample, np.random.default_rng([settings.seed, restart]))
-        history: list[float] = []
-        for iteration in range(settings.max_iter):
-            stats = source.e_step(family, params)
-            avg = stats.loglik / stats.weight
-            change = avg - history[-1] if history else math.inf
-            rng = np.random.default_rng([settings.seed, restart, iteration])
-            params = family.m_step(stats, params, source.sample, rng).params
-            history.append(avg)
-            if abs(change) < settings.tol:
-                break
-        outcomes.append((params, history))
-    return outcomes
-
-
 def _assert_same_params(a, b):
     assert sorted(a) == sorted(b)
     for name in a:
@@ -68,7 +46,7 @@ def _assert_same_params(a, b):
 def test_restarts_side_by_side_are_the_restarts_one_after_another_bit_for_bit(case):
     family, blocks = CASES[case]()
     settings = FitSettings(max_iter=60, tol=1e-3, n_init=3, seed=2)
-    reference = _one_after_another(family, blocks, settings)
+    reference = one_after_another(family, _source(blocks), settings)
     source = _source(blocks)
     result = fit_em(family, source, settings)
     assert len(result.restarts) == 3
