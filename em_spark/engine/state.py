@@ -149,7 +149,7 @@ def encode_state(run: RunState, identity: dict[str, Any]) -> bytes:
     return pack(meta, arrays)
 
 
-def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> FitState:
+def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> RunState:
     """The state in checkpoint ``payload`` (read from ``where``).
 
     Raises :class:`ResumeMismatchError` when it has another format or was written for
