@@ -17,7 +17,7 @@ The fit:
     sources         the BlockSource protocol the loop sees, and the in-process LocalBlockSource
     reduce          the ordered tree reduce (partition order, bit-reproducible), on RDDs or collected
     loop            fit_em: restarts x iterations, convergence, checkpoint commits, resume
-    state           the checkpoint state format: FitState, its bytes, the identity a resume matches
+    state           the checkpoint state format: RunState (each restart's FitState), its bytes, the identity a resume matches
 Afterwards:
     scoring         a fitted model applied to a DataFrame
 """

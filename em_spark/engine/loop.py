@@ -5,7 +5,14 @@ under some parameters (one Spark job each for the real source) and does everythi
 else on the driver. Given the same data, family and settings, a run that is killed
 and resumed ends with bit-identical parameters to one that never stopped, because
 everything random is derived from ``(seed, restart, iteration)`` and the full state
-after every M-step is committed before the next E-step starts.
+after every round of M-steps is committed before the next E-step starts.
+
+The ``nInit`` restarts run side by side: each round is one data pass (``source.e_step_many``,
+one Spark job) for every restart still running, and a restart that converged or reached
+``maxIter`` drops out. Each restart's trajectory is exactly the one it would have alone (the
+shared pass gives each model its own statistics bit for bit), so the result is the one of
+restarts run one after another; inside ``select`` (``engine.shared_passes``) the restarts of
+every candidate join the same pass.
 """
 
 from __future__ import annotations
@@ -28,10 +35,10 @@ from em_spark.engine.sources import (
     LocalBlockSource,  # noqa: F401  re-export: tests/golden/make_golden.py (main) imports it from here
 )
 from em_spark.engine.state import (
-    BestRestart,
     Cycle,
     FitState,
     ResumeMismatchError,
+    RunState,
     checkpoint_identity,
     decode_state,
     encode_state,
@@ -42,6 +49,7 @@ from em_spark.stats import Stats
 __all__ = [
     "FitResult",
     "FitSettings",
+    "RestartOutcome",
     "ResumeMismatchError",  # raised by fit_em (defined with the checkpoint format in engine.state)
     "fit_em",
     "new_run_id",
@@ -49,6 +57,15 @@ __all__ = [
 ]
 
 log = logging.getLogger("em_spark")
+
+
+@dataclass(frozen=True)
+class RestartOutcome:
+    """Where one restart ended."""
+
+    params: Params
+    history: list[float]
+    converged: bool
 
 
 @dataclass
@@ -66,6 +83,7 @@ class FitResult:
     iteration_seconds: list[float] = field(default_factory=list)
     data_fingerprint: str = ""
     observation_weight: float | None = None  # BIC's sample size (models.criteria); None: unknown (older model file)
+    restarts: list[RestartOutcome] = field(default_factory=list)  # every restart, in restart order
 
     @property
     def average_log_likelihood(self) -> float:
@@ -164,17 +182,16 @@ def _fit_em(
 ) -> FitResult:
     """The fit itself; ``lock``, when given, is held and guards every checkpoint commit.
 
-    The restarts x iterations loop of scikit-learn's ``BaseMixture.fit_predict``, written
-    over a :class:`~em_spark.engine.state.FitState` so that it can start from a checkpoint
-    anywhere in it: mid-restart, between restarts, or already done.
+    The restarts x iterations loop of scikit-learn's ``BaseMixture.fit_predict`` with the
+    restarts side by side, so that each iteration is one data pass for all of them; written
+    over a :class:`~em_spark.engine.state.RunState` so that it can start from a checkpoint
+    after any round, or already done.
     """
     fit = _Fit(family, source, settings, initial_params, data_identity, lock)
-    state = fit.start_or_resume()
-    while not state.done:  # restarts
-        while not state.restart_finished(settings.max_iter):  # iterations
-            state = fit.iterate(state)
-        state = fit.finish_restart(state)
-    return fit.result(state)
+    run = fit.start_or_resume()
+    while running := run.running(settings.max_iter):  # iterations, each one pass for every restart still running
+        run = fit.iterate(run, running)
+    return fit.result(fit.finish(run))
 
 
 class _Fit:
@@ -212,27 +229,27 @@ class _Fit:
         )
         return _LeasedCheckpoints(store, lock) if lock is not None else store
 
-    def _commit(self, sequence: int, state: FitState) -> None:
+    def _commit(self, sequence: int, run: RunState) -> None:
         if self.store is not None:
-            self.store.commit(sequence, encode_state(state, self.identity))
+            self.store.commit(sequence, encode_state(run, self.identity))
 
-    def start_or_resume(self) -> FitState:
-        """The latest checkpoint's state when the run has one; else restart 0, iteration 0."""
+    def start_or_resume(self) -> RunState:
+        """The latest checkpoint's state when the run has one; else every restart at iteration 0."""
         settings, run_id = self.settings, self.run_id
         latest = self.store.latest() if self.store is not None else None
         if latest is not None:
-            state = decode_state(latest.payload, self.identity, latest.uri)
+            run = decode_state(latest.payload, self.identity, latest.uri)
             self.logger.info(
-                "run=%s resuming from %s: restart %d/%d, iteration %d%s",
+                "run=%s resuming from %s: %d of %d restarts still running, iteration %d%s",
                 run_id,
                 latest.uri,
-                state.restart + 1,
+                len(run.running(settings.max_iter)),
                 settings.n_init,
-                state.iteration,
-                " (already finished)" if state.done else "",
+                max(s.iteration for s in run.restarts),
+                " (already finished)" if run.done else "",
             )
-            return state
-        state = self._fresh_restart(0, None)
+            return run
+        run = RunState([self._fresh_restart(restart) for restart in range(settings.n_init)])
         self.logger.info(
             "run=%s starting: %s k=%d, %d features, maxIter=%d, tol=%g, nInit=%d, seed=%d%s",
             run_id,
@@ -245,51 +262,76 @@ class _Fit:
             settings.seed,
             f", checkpoints in {settings.checkpoint_dir}" if self.store is not None else "",
         )
-        return state
+        return run
 
-    def _fresh_restart(self, restart: int, best: BestRestart | None) -> FitState:
+    def _fresh_restart(self, restart: int) -> FitState:
         """Restart ``restart`` before its first E-step: the initialModel for restart 0, else seeded."""
         if restart == 0 and self.initial_params is not None:
             init = {k: np.array(v, dtype=np.float64) for k, v in self.initial_params.items()}
         else:
             init = self.family.initialize(self.source.sample, _rng(self.settings.seed, restart))
-        return FitState(restart, 0, init, init, [], False, best)
+        return FitState(restart, 0, init, init, [], False)
 
-    def iterate(self, state: FitState) -> FitState:
-        """One data pass (an E-step) and what follows on the driver, committed before it returns.
+    def iterate(self, run: RunState, running: list[FitState]) -> RunState:
+        """One data pass for the ``running`` restarts and each one's step on the driver, committed
+        (as checkpoint number ``iteration``: the running restarts are in step) before it returns.
 
-        Plain EM: the M-step. SQUAREM (``settings.acceleration``): see :meth:`_squarem_pass`.
+        Plain EM: the M-step. SQUAREM (``settings.acceleration``): see :meth:`_squarem_step`.
         Either way one iteration is one pass, ``history`` has one entry per pass and never
         decreases, and ``params`` is the next point plain EM would evaluate from there.
         """
-        settings = self.settings
         started = time.perf_counter()
-        if settings.acceleration == "squarem":
-            state, avg, change = self._squarem_pass(state)
-        else:
-            stats = self._e_step(state, state.params)
-            avg = stats.loglik / stats.weight
-            change = avg - state.history[-1] if state.history else math.inf
-            state = replace(
-                state,
-                iteration=state.iteration + 1,
-                params=self._m_step(state, stats, state.params).params,
-                history=[*state.history, avg],
-                converged=abs(change) < settings.tol,
-            )
-        self._commit(state.restart * (settings.max_iter + 1) + state.iteration, state)
+        points = [self._point(state) for state in running]
+        stats = self._e_steps(running, points)
+        steps = {
+            state.restart: self._step(state, point, s) for state, point, s in zip(running, points, stats, strict=True)
+        }
+        restarts = [steps[state.restart][0] if state.restart in steps else state for state in run.restarts]
+        run = replace(run, restarts=restarts)
+        self._commit(running[0].iteration + 1, run)
         self.seconds.append(time.perf_counter() - started)
-        self._log_iteration(state, avg, change)
-        return state
+        for state, avg, change in steps.values():
+            self._log_iteration(state, avg, change)
+            if state.restart_finished(self.settings.max_iter):
+                self._log_restart(state)
+        return run
 
-    def _e_step(self, state: FitState, params: Params) -> Stats:
-        """The summed statistics of the data under ``params``: the pass of iteration ``state.iteration + 1``."""
+    def _point(self, state: FitState) -> Params:
+        """The parameters ``state``'s next pass evaluates: its params, or SQUAREM's extrapolation."""
+        cycle = state.cycle
+        if self.settings.acceleration != "squarem" or cycle is None or cycle.phase != 2:
+            return state.params
+        point = extrapolate(self.family, (cycle.points[0], cycle.points[1], state.params), cycle.alpha)
+        assert point is not None  # (the step was chosen feasible in the pass before)
+        return point
+
+    def _step(self, state: FitState, point: Params, stats: Stats) -> tuple[FitState, float, float]:
+        """``state`` after the pass at ``point`` gave ``stats``: (new state, avg log-likelihood, change)."""
+        if self.settings.acceleration == "squarem":
+            return self._squarem_step(state, point, stats)
+        avg = stats.loglik / stats.weight
+        change = avg - state.history[-1] if state.history else math.inf
+        state = replace(
+            state,
+            iteration=state.iteration + 1,
+            params=self._m_step(state, stats, point).params,
+            history=[*state.history, avg],
+            converged=abs(change) < self.settings.tol,
+        )
+        return state, avg, change
+
+    def _e_steps(self, running: list[FitState], points: list[Params]) -> list[Stats]:
+        """The summed statistics of the data under each of ``points``, from one pass (iteration
+        ``running[0].iteration + 1`` of the running restarts)."""
         settings = self.settings
-        label = f"em_spark run={self.run_id} restart={state.restart + 1}/{settings.n_init} iter={state.iteration + 1}"
+        which = ",".join(str(state.restart + 1) for state in running)
+        label = f"em_spark run={self.run_id} restart={which}/{settings.n_init} iter={running[0].iteration + 1}"
         try:
-            return self.source.e_step(self.family, params, label)
+            if len(points) == 1:  # (a source's plain E-step: what fakes and older sources implement)
+                return [self.source.e_step(self.family, points[0], label)]
+            return self.source.e_step_many([(self.family, point) for point in points], label)
         except SessionLostError as exc:
-            raise SessionLostError(self._lost_message(state, exc)) from None
+            raise SessionLostError(self._lost_message(running, exc)) from None
 
     def _m_step(self, state: FitState, stats: Stats, params: Params) -> MStepResult:
         """The M-step after the pass of iteration ``state.iteration + 1``; its events are logged."""
@@ -303,8 +345,9 @@ class _Fit:
             )
         return step
 
-    def _squarem_pass(self, state: FitState) -> tuple[FitState, float, float]:
-        """One pass of SQUAREM (``engine.acceleration``): (new state, avg log-likelihood, change).
+    def _squarem_step(self, state: FitState, point: Params, stats: Stats) -> tuple[FitState, float, float]:
+        """One pass of SQUAREM (``engine.acceleration``) at ``point`` (:meth:`_point`), which gave
+        ``stats``: (new state, avg log-likelihood, change).
 
         A cycle is three passes: at θ0 (giving θ1 = M(θ0)), at θ1 (θ2 = M(θ1), then the step α),
         at the extrapolation θ'. θ' is kept when its log-likelihood (plus ``family.log_prior``, for
@@ -317,12 +360,6 @@ class _Fit:
         family, settings = self.family, self.settings
         cycle = state.cycle or Cycle()
         last = state.history[-1] if state.history else -math.inf
-        if cycle.phase == 2:
-            point = extrapolate(family, (cycle.points[0], cycle.points[1], state.params), cycle.alpha)
-            assert point is not None  # (the step was chosen feasible in the pass before)
-        else:
-            point = state.params
-        stats = self._e_step(state, point)
         avg = stats.loglik / stats.weight
         # EM never decreases loglik + log_prior (the MAP objective; = loglik without a prior): compare that
         gain = avg - last
@@ -378,20 +415,17 @@ class _Fit:
             alpha = backtrack(alpha)
         return Cycle(step_max=step_max)
 
-    def _lost_message(self, state: FitState, exc: SessionLostError) -> str:
+    def _lost_message(self, running: list[FitState], exc: SessionLostError) -> str:
         """What a fit whose session died between iterations tells its user: what was lost, what is kept."""
         settings = self.settings
-        where = f"iteration {state.iteration + 1} (restart {state.restart + 1}/{settings.n_init})"
+        iteration = running[0].iteration
+        which = ", ".join(str(state.restart + 1) for state in running)
+        where = f"iteration {iteration + 1} (restart{'s' if len(running) > 1 else ''} {which}/{settings.n_init})"
         if self.store is None:
             kept = "no checkpoints are kept (no checkpointDir), so a re-run starts over"
-        elif state.iteration > 0:
+        elif iteration > 0:
             kept = (
-                f"the checkpoints up to iteration {state.iteration} are kept in {settings.checkpoint_dir}; "
-                "run the same command again (with the server up) to resume from there"
-            )
-        elif state.restart > 0:
-            kept = (
-                f"the checkpoints of the restarts before are kept in {settings.checkpoint_dir}; "
+                f"the checkpoints up to iteration {iteration} are kept in {settings.checkpoint_dir}; "
                 "run the same command again (with the server up) to resume from there"
             )
         else:
@@ -470,28 +504,21 @@ class _Fit:
             },
         )
 
-    def finish_restart(self, state: FitState) -> FitState:
-        """Keep the better of this restart and the best so far; then the next restart, or done.
+    def finish(self, run: RunState) -> RunState:
+        """The done state, committed (after every iteration's sequence number), so a re-run of a
+        finished run returns its result without an E-step."""
+        if not run.done:
+            run = replace(run, done=True)
+            self._commit(self.settings.max_iter + 1, run)
+        return run
 
-        The done state is committed (after every iteration's sequence number), so a re-run
-        of a finished run returns its result without an E-step.
-        """
-        settings = self.settings
-        self._log_restart(state)
-        best = state.best
-        # scikit-learn keeps the restart with the highest final lower bound.
-        if best is None or state.history[-1] > best.history[-1]:
-            best = BestRestart(state.restart, state.params, state.history, state.converged)
-        if state.restart + 1 < settings.n_init:
-            return self._fresh_restart(state.restart + 1, best)
-        state = replace(state, best=best, done=True)
-        self._commit(settings.n_init * (settings.max_iter + 1), state)
-        return state
-
-    def result(self, state: FitState) -> FitResult:
-        """The best restart of a done state."""
-        best = state.best
-        assert best is not None  # a done state has one
+    def result(self, run: RunState) -> FitResult:
+        """The best restart of a done state: scikit-learn keeps the highest final lower bound
+        (the first of equals, as restarts one after another would)."""
+        best = run.restarts[0]
+        for state in run.restarts[1:]:
+            if state.history[-1] > best.history[-1]:
+                best = state
         return FitResult(
             params=best.params,
             history=best.history,
@@ -504,4 +531,5 @@ class _Fit:
             iteration_seconds=self.seconds,
             data_fingerprint=self.source.fingerprint,
             observation_weight=float(self.source.summary.observation_weight),
+            restarts=[RestartOutcome(s.params, s.history, s.converged) for s in run.restarts],
         )

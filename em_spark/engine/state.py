@@ -1,7 +1,8 @@
 """The checkpoint state of a fit: what one checkpoint holds, its bytes, and the run's identity.
 
-The EM loop commits a :class:`FitState` after every M-step, so a killed run resumes as if
-it had never stopped. This module owns that format (``CHECKPOINT_FORMAT``): the state as
+The EM loop runs the ``nInit`` restarts side by side, one data pass per round for all of them,
+and commits a :class:`RunState` (every restart's own :class:`FitState`) after the round's
+M-steps, so a killed run resumes as if it had never stopped. This module owns that format (``CHECKPOINT_FORMAT``): the state as
 a value, :func:`encode_state` / :func:`decode_state` to and from the bytes of one checkpoint
 (``em_spark.storage.pack``: JSON metadata plus arrays, no pickle), and
 :func:`checkpoint_identity`, the facts a resume must match. Changing anything here changes
@@ -23,31 +24,23 @@ from em_spark.models.base import EMFamily, Params
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "BestRestart",
     "Cycle",
     "FitState",
     "ResumeMismatchError",
+    "RunState",
     "checkpoint_identity",
     "decode_state",
     "encode_state",
     "params_digest",
 ]
 
-CHECKPOINT_FORMAT = 1
+#: 2: every restart's state in each checkpoint (restarts share passes). 1 (restarts one after
+#: another, the best so far) is refused with a message: it cannot be continued side by side.
+CHECKPOINT_FORMAT = 2
 
 
 class ResumeMismatchError(ValueError):
     """A run id's checkpoints were written for other data or another configuration."""
-
-
-@dataclass
-class BestRestart:
-    """The best finished restart so far (scikit-learn keeps the highest final lower bound)."""
-
-    restart: int
-    params: Params
-    history: list[float]
-    converged: bool
 
 
 @dataclass
@@ -68,7 +61,7 @@ class Cycle:
 
 @dataclass
 class FitState:
-    """Everything a checkpoint holds: enough to continue as if never stopped."""
+    """One restart's state: enough to continue it as if never stopped."""
 
     restart: int
     iteration: int  # M-steps done in this restart
@@ -76,12 +69,22 @@ class FitState:
     initial_params: Params
     history: list[float]
     converged: bool
-    best: BestRestart | None = None
-    done: bool = False
     cycle: Cycle | None = None  # with acceleration="squarem" only
 
     def restart_finished(self, max_iter: int) -> bool:
         return self.converged or self.iteration >= max_iter
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint holds: every restart's state, in restart order, and whether the fit is done."""
+
+    restarts: list[FitState]
+    done: bool = False
+
+    def running(self, max_iter: int) -> list[FitState]:
+        """The restarts that take part in the next data pass."""
+        return [] if self.done else [s for s in self.restarts if not s.restart_finished(max_iter)]
 
 
 def params_digest(params: Mapping[str, np.ndarray] | None) -> str | None:
@@ -115,41 +118,38 @@ def checkpoint_identity(
     }
 
 
-def encode_state(state: FitState, identity: dict[str, Any]) -> bytes:
-    """The bytes of one checkpoint."""
+def encode_state(run: RunState, identity: dict[str, Any]) -> bytes:
+    """The bytes of one checkpoint: each restart's arrays under ``r<restart>.``, its facts in ``restarts``."""
     from em_spark.storage import pack
 
     arrays: dict[str, np.ndarray] = {}
-    for prefix, params in (("params", state.params), ("init", state.initial_params)):
-        arrays.update({f"{prefix}.{k}": v for k, v in params.items()})
-    best = None
-    if state.best is not None:
-        arrays.update({f"best.{k}": v for k, v in state.best.params.items()})
-        best = {"restart": state.best.restart, "history": state.best.history, "converged": state.best.converged}
-    meta: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "identity": identity,
-        "restart": state.restart,
-        "iteration": state.iteration,
-        "history": state.history,
-        "converged": state.converged,
-        "done": state.done,
-        "best": best,
-    }
-    if state.cycle is not None:  # (absent without acceleration: those checkpoints keep their bytes)
-        cycle = state.cycle
-        meta["cycle"] = {
-            "phase": cycle.phase,
-            "alpha": cycle.alpha,
-            "stepMax": cycle.step_max,
-            "points": len(cycle.points),
+    restarts = []
+    for state in run.restarts:
+        tag = f"r{state.restart}"
+        for prefix, params in (("params", state.params), ("init", state.initial_params)):
+            arrays.update({f"{tag}.{prefix}.{k}": v for k, v in params.items()})
+        entry: dict[str, Any] = {
+            "restart": state.restart,
+            "iteration": state.iteration,
+            "history": state.history,
+            "converged": state.converged,
         }
-        for i, point in enumerate(cycle.points):
-            arrays.update({f"cycle{i}.{k}": v for k, v in point.items()})
+        if state.cycle is not None:  # (absent without acceleration)
+            cycle = state.cycle
+            entry["cycle"] = {
+                "phase": cycle.phase,
+                "alpha": cycle.alpha,
+                "stepMax": cycle.step_max,
+                "points": len(cycle.points),
+            }
+            for i, point in enumerate(cycle.points):
+                arrays.update({f"{tag}.cycle{i}.{k}": v for k, v in point.items()})
+        restarts.append(entry)
+    meta: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "identity": identity, "restarts": restarts, "done": run.done}
     return pack(meta, arrays)
 
 
-def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> FitState:
+def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> RunState:
     """The state in checkpoint ``payload`` (read from ``where``).
 
     Raises :class:`ResumeMismatchError` when it has another format or was written for
@@ -158,6 +158,12 @@ def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> FitSta
     from em_spark.storage import unpack
 
     meta, arrays = unpack(payload)
+    if meta.get("format") == 1:
+        raise ResumeMismatchError(
+            f"checkpoint {where} has format 1 (restarts one after another, from an em_spark before restarts "
+            f"shared their data passes); this em_spark writes format {CHECKPOINT_FORMAT} and cannot continue "
+            "it exactly. Finish the run with the em_spark that started it, or use a new runId."
+        )
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ResumeMismatchError(
             f"checkpoint {where} has format {meta.get('format')!r}; this em_spark writes format "
@@ -180,23 +186,21 @@ def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> FitSta
     def group(prefix: str) -> Params:
         return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
 
-    best = None
-    if meta["best"] is not None:
-        b = meta["best"]
-        best = BestRestart(b["restart"], group("best"), list(b["history"]), b["converged"])
-    cycle = None
-    if meta.get("cycle") is not None:
-        c = meta["cycle"]
-        points = tuple(group(f"cycle{i}") for i in range(c["points"]))
-        cycle = Cycle(c["phase"], float(c["alpha"]), float(c["stepMax"]), points)
-    return FitState(
-        restart=meta["restart"],
-        iteration=meta["iteration"],
-        params=group("params"),
-        initial_params=group("init"),
-        history=list(meta["history"]),
-        converged=meta["converged"],
-        best=best,
-        done=meta["done"],
-        cycle=cycle,
-    )
+    def restart(entry: dict[str, Any]) -> FitState:
+        tag = f"r{entry['restart']}"
+        cycle = None
+        if entry.get("cycle") is not None:
+            c = entry["cycle"]
+            points = tuple(group(f"{tag}.cycle{i}") for i in range(c["points"]))
+            cycle = Cycle(c["phase"], float(c["alpha"]), float(c["stepMax"]), points)
+        return FitState(
+            restart=entry["restart"],
+            iteration=entry["iteration"],
+            params=group(f"{tag}.params"),
+            initial_params=group(f"{tag}.init"),
+            history=list(entry["history"]),
+            converged=entry["converged"],
+            cycle=cycle,
+        )
+
+    return RunState([restart(entry) for entry in meta["restarts"]], done=meta["done"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import Killed, KilledAfter
 
 from em_spark.app.demo_data import make_blobs
 from em_spark.engine.loop import FitSettings, ResumeMismatchError, fit_em
@@ -25,24 +26,6 @@ def blobs():
 
 def _source(X, n_blocks=4):
     return LocalBlockSource([Block(b) for b in np.array_split(X, n_blocks)], sample_size=500, seed=11)
-
-
-class Killed(RuntimeError):
-    pass
-
-
-class KilledAfter(LocalBlockSource):
-    """A source whose E-step 'crashes the driver' after a number of successful calls."""
-
-    def __init__(self, blocks, calls, **kw):
-        super().__init__(blocks, **kw)
-        self.calls_left = calls
-
-    def e_step(self, family, params, label=""):
-        if self.calls_left == 0:
-            raise Killed("driver killed")
-        self.calls_left -= 1
-        return super().e_step(family, params, label)
 
 
 def test_tol_zero_runs_exactly_max_iter_and_loglik_never_decreases(blobs):
@@ -85,7 +68,7 @@ def test_best_of_n_init_is_kept(blobs):
     assert 0 <= result.restart < 3
 
 
-@pytest.mark.parametrize("killed_after", [1, 4, 9, 13])
+@pytest.mark.parametrize("killed_after", [1, 4, 7])
 def test_killed_run_resumes_and_ends_exactly_like_an_uninterrupted_one(blobs, tmp_path, killed_after):
     X, _ = blobs
     family = GaussianFamily(k=3, covariance_type="diag")
@@ -97,7 +80,7 @@ def test_killed_run_resumes_and_ends_exactly_like_an_uninterrupted_one(blobs, tm
         fit_em(family, KilledAfter(blocks, killed_after, sample_size=500, seed=11), settings)
     source = _source(X)
     resumed = fit_em(family, source, settings)
-    assert source.e_step_calls == 16 - killed_after  # only the missing iterations were run
+    assert source.e_step_calls == 8 - killed_after  # only the missing rounds were run (both restarts in each)
     assert resumed.n_iter == reference.n_iter and resumed.restart == reference.restart
     assert resumed.history == reference.history
     for name in reference.params:

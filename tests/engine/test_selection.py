@@ -156,3 +156,25 @@ def test_a_failing_candidate_leaves_the_others_fitting_and_an_unexpected_error_s
             FitSettings(max_iter=20, seed=0),
             make_family=lambda k, c: Broken(k=k) if k == 3 else GaussianFamily(k=k, covariance_type=c),
         )
+
+
+def test_squarem_candidates_with_restarts_share_the_passes_and_each_fit_is_the_fit_it_would_be_alone():
+    # SQUAREM's passes (θ0, θ1, the extrapolation) and every restart of every candidate join one pass per round.
+    from em_spark.engine.loop import fit_em
+    from em_spark.models import GaussianFamily
+
+    X, _, _ = make_blobs(2000, 2, 3, separation=2.5, seed=6)
+    ks, types = [2, 3, 4], ["full", "diag"]
+    settings = FitSettings(max_iter=40, tol=1e-6, seed=3, n_init=2, acceleration="squarem")
+    shared_source = LocalBlockSource([Block(b) for b in np.array_split(X, 3)], seed=1)
+    candidates = select_models(shared_source, ks, types, settings)
+    separate_passes = 0
+    for c in candidates:
+        source = LocalBlockSource([Block(b) for b in np.array_split(X, 3)], seed=1)
+        family = GaussianFamily(k=c.k, covariance_type=c.covarianceType)
+        result = fit_em(family, source, settings)
+        separate_passes += source.e_step_calls + 1  # + its criteria pass
+        assert (c.numIter, c.converged) == (result.n_iter, result.converged)
+        stats = source.e_step(family, result.params)
+        assert c.avgLogLik == stats.loglik / stats.weight  # bit for bit
+    assert shared_source.e_step_calls * 3 < separate_passes

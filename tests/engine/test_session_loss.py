@@ -10,6 +10,7 @@ import types
 
 import numpy as np
 import pytest
+from fakes import KilledAfter
 from grpc import StatusCode
 from pyspark.errors import PySparkAssertionError
 from pyspark.errors.exceptions.connect import SparkConnectException, SparkConnectGrpcException
@@ -83,18 +84,10 @@ def test_a_client_of_a_dead_server_gives_up_after_the_bounded_retries_with_an_er
         client.close()  # (its exit hook then sends nothing)
 
 
-class LostAfter(LocalBlockSource):
-    """A source whose server goes away after ``calls`` E-steps (as DataFrameBlockSource raises)."""
-
-    def __init__(self, blocks, calls, **kw):
-        super().__init__(blocks, **kw)
-        self.calls_left = calls
-
-    def e_step(self, family, params, label=""):
-        if self.calls_left == 0:
-            raise SessionLostError("lost the Spark Connect server at sc://127.0.0.1:1, which held the cached data")
-        self.calls_left -= 1
-        return super().e_step(family, params, label)
+def LostAfter(blocks, passes, **kw):
+    """A source whose server goes away after ``passes`` data passes."""
+    lost = SessionLostError("lost the Spark Connect server at sc://127.0.0.1:1, which held the cached data")
+    return KilledAfter(blocks, passes, error=lost, **kw)
 
 
 def test_a_lost_server_stops_the_fit_naming_the_iteration_and_the_kept_checkpoints(tmp_path):

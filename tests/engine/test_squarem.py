@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import Killed, KilledAfter
 
 from em_spark.app.demo_data import make_blobs, make_hmm_sequences
 from em_spark.engine.acceleration import backtrack, extrapolate, grown, shrunk, step_length
@@ -247,35 +248,17 @@ def test_a_rejected_extrapolation_costs_its_pass_and_nothing_else():
 # checkpoints
 
 
-class Killed(RuntimeError):
-    pass
-
-
-class KilledAfter(LocalBlockSource):
-    """A source whose E-step 'crashes the driver' after a number of successful calls."""
-
-    def __init__(self, source: LocalBlockSource, calls: int) -> None:
-        super().__init__(source.blocks, sample_size=500, seed=11)
-        self.calls_left = calls
-
-    def e_step(self, family, params, label=""):
-        if self.calls_left == 0:
-            raise Killed("driver killed")
-        self.calls_left -= 1
-        return super().e_step(family, params, label)
-
-
-@pytest.mark.parametrize("killed_after", [1, 2, 3, 4, 5, 7, 11, 16])
+@pytest.mark.parametrize("killed_after", [1, 2, 3, 4, 5, 7, 8])
 def test_a_run_killed_at_any_pass_of_a_cycle_resumes_bit_identically(tmp_path, killed_after):
     family, source = _case("gaussian-full")
     kw = dict(max_iter=9, tol=0.0, n_init=2, seed=4, acceleration="squarem")
     reference = fit_em(family, source, FitSettings(**kw))
     settings = FitSettings(**kw, run_id="sq", checkpoint_dir=str(tmp_path))
     with pytest.raises(Killed):
-        fit_em(family, KilledAfter(source, killed_after), settings)
+        fit_em(family, KilledAfter(source.blocks, killed_after, sample_size=500, seed=11), settings)
     again = LocalBlockSource(source.blocks, sample_size=500, seed=11)
     resumed = fit_em(family, again, settings)
-    assert again.e_step_calls == 18 - killed_after  # only the missing passes were run
+    assert again.e_step_calls == 9 - killed_after  # only the missing passes were run (both restarts in each)
     assert resumed.history == reference.history and resumed.restart == reference.restart
     for key in reference.params:
         np.testing.assert_array_equal(resumed.params[key], reference.params[key], err_msg=key)

@@ -98,3 +98,33 @@ def test_one_job_computes_the_statistics_of_several_models_bit_for_bit(spark, tr
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
         source.close()
+
+
+def test_the_restarts_of_a_fit_share_one_job_per_round_on_the_dataframe_source(spark):
+    # nInit=3 on the Connect path's source: one Spark job per iteration for every restart still
+    # running, each restart bit for bit the restart run alone (the textbook loop, one after another).
+    from fakes import one_after_another
+
+    from em_spark.engine.loop import FitSettings, fit_em
+
+    X, _, _ = make_blobs(3000, 2, 3, separation=2.0, seed=4)
+    df = spark.createDataFrame([tuple(map(float, r)) for r in X], ["a", "b"]).repartition(3)
+    source = load_blocks(df, ["a", "b"], None, k=3, seed=0, num_partitions=4, transport="dataframe")
+    sc = spark.sparkContext
+    family = GaussianFamily(k=3, init_mode="random")
+    settings = FitSettings(max_iter=30, tol=1e-3, n_init=3, seed=5)
+    try:
+        reference = one_after_another(family, source, settings)
+        sc.setJobGroup("restarts", "a fit with nInit=3")
+        result = fit_em(family, source, settings)
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        rounds = max(len(history) for _, history in reference)
+        assert len(sc.statusTracker().getJobIdsForGroup("restarts")) == rounds
+        assert rounds < sum(len(history) for _, history in reference)  # fewer jobs than restarts one after another
+        for outcome, (params, history) in zip(result.restarts, reference):
+            assert outcome.history == history
+            for name in params:
+                np.testing.assert_array_equal(outcome.params[name], params[name])
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        source.close()
