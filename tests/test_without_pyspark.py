@@ -58,6 +58,15 @@ reference = logsumexp([np.log(w) + multivariate_normal(m, c).logpdf(X) for w, m,
 assert np.isclose(stats[LOGLIK], reference, rtol=1e-12, atol=0), (stats[LOGLIK], reference)
 print("e-step", float(stats[LOGLIK]), float(reference))
 
+# hasattr and getattr with a default answer, as for any missing attribute (the message stays)
+assert hasattr(em_spark, "GaussianMixture") is False and getattr(em_spark, "KMeans", None) is None
+try:
+    em_spark.GaussianMixture
+except AttributeError as exc:
+    assert "PySpark is needed" in str(exc) and exc.name == "GaussianMixture", exc
+else:
+    raise AssertionError("em_spark.GaussianMixture without pyspark")
+
 try:
     from em_spark import GaussianMixture
 except ImportError as exc:

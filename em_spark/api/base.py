@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from em_spark.engine.dataframe_source import DataFrameBlockSource
 from em_spark.engine.executor_check import check_executors
+from em_spark.engine.job_tags import tagged_jobs
 from em_spark.engine.loop import FitResult, fit_em, run_lock
 from em_spark.engine.scoring import score_frame
 from em_spark.engine.settings import FitSettings
@@ -566,41 +567,44 @@ class EMEstimator(Estimator, EMParams):
             # A second run of a running id stops here, before it pays for a load. fit_em takes the
             # lease itself after the load, so a run refused for bad data leaves nothing behind.
             run_lock(settings).ensure_free()
-        source = self._load(dataset, features, family, f"em_spark run={settings.run_id}" if settings.run_id else "")
-        summary = source.summary
-        extra = ""
-        if summary.sequences:
-            extra += f" ({summary.observations} steps)"
-        if label_col:
-            extra += f", {summary.labelled_rows} labelled"
-        if summary.missing_entries:
-            extra += f", {summary.missing_entries} missing entries modelled"
-        log.info(
-            "run=%s loaded and validated %d %s x %d features%s (%d blocks in %d partitions) in %.1f s",
-            settings.run_id or "-",
-            summary.rows,
-            "sequences" if summary.sequences else "rows",
-            source.n_features,
-            extra,
-            summary.blocks,
-            source.num_partitions,
-            time.perf_counter() - started,
-        )
-        try:
-            initial = self._initial_params(family, source.n_features)
-            result = fit_em(
-                family,
-                source,
-                settings,
-                initial,
-                data_identity={
-                    "features": features,
-                    "weightCol": weight_col,
-                    **({"labelCol": label_col} if label_col else {}),
-                },
+        # every job of this fit (the load, each iteration) carries the run's tag: findable, and
+        # stopped on the server by a Ctrl-C here (engine/job_tags.py)
+        with tagged_jobs(dataset.sparkSession, settings.run_id):
+            source = self._load(dataset, features, family, f"em_spark run={settings.run_id}" if settings.run_id else "")
+            summary = source.summary
+            extra = ""
+            if summary.sequences:
+                extra += f" ({summary.observations} steps)"
+            if label_col:
+                extra += f", {summary.labelled_rows} labelled"
+            if summary.missing_entries:
+                extra += f", {summary.missing_entries} missing entries modelled"
+            log.info(
+                "run=%s loaded and validated %d %s x %d features%s (%d blocks in %d partitions) in %.1f s",
+                settings.run_id or "-",
+                summary.rows,
+                "sequences" if summary.sequences else "rows",
+                source.n_features,
+                extra,
+                summary.blocks,
+                source.num_partitions,
+                time.perf_counter() - started,
             )
-        finally:
-            source.close()
+            try:
+                initial = self._initial_params(family, source.n_features)
+                result = fit_em(
+                    family,
+                    source,
+                    settings,
+                    initial,
+                    data_identity={
+                        "features": features,
+                        "weightCol": weight_col,
+                        **({"labelCol": label_col} if label_col else {}),
+                    },
+                )
+            finally:
+                source.close()
         model = self._model_class(family, result.params, source.n_features)
         model._set(**{p.name: v for p, v in self.extractParamMap().items() if model.hasParam(p.name)})
         model._summary = EMSummary(model, result, original)

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from em_spark.engine.arrow_input import FEATURES_FIELD, InputSpec, convert_arrow
 from em_spark.engine.dataframe_source import check_closure_size, is_connect
+from em_spark.engine.executor_check import check_executors
 from em_spark.engine.spark_source import input_array
 from em_spark.models.base import Block, EMFamily, ImputingFamily, Params
 
@@ -102,6 +103,10 @@ def _arrow_udf(
 ) -> Callable[..., Column]:
     from pyspark.sql.functions import arrow_udf
 
+    # Every scoring entry point (transform, bic/aic, impute, the score and impute commands) builds
+    # its UDF here, eagerly: executors that cannot import em_spark are one clear error now, before
+    # a job or any output, not a worker traceback from the write (once per session, cached).
+    check_executors(df.sparkSession)
     # Classic: a broadcast (fetched once per executor). Spark Connect has no broadcasts:
     # the parameters travel in the function's closure, inside the plan the client sends.
     if is_connect(df):

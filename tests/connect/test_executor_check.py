@@ -23,6 +23,7 @@ from connect_data import SPARK_CONF
 from environments import REPO, connect_server
 
 import em_spark
+from em_spark import GaussianMixture, GaussianMixtureModel
 from tests.clitools import run_cli, small_workspace
 
 pytestmark = pytest.mark.connect
@@ -87,9 +88,33 @@ def _artifact_client(url: str, archive: Path, *fit: str) -> dict:
     return json.loads(lines[0][len("RESULT ") :])
 
 
-def test_train_on_executors_without_em_spark_is_one_clear_error_before_anything_is_written(bare_url, tmp_path):
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# Every command that runs em_spark code on the executors: the set of paths it may write is empty.
+_COMMANDS = {
+    "train": [],
+    "score": ["--set", "score.outputPath=scored/t1"],
+    "impute": ["--set", "impute.outputPath=imputed/t1"],
+    "select": ["--set", "select.ks=[1, 2]", "--set", "select.outputPath=select.json"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(_COMMANDS))
+def test_a_command_on_executors_without_em_spark_is_one_clear_error_before_anything_is_written(
+    bare_url, connect, tmp_path, command
+):
     config = small_workspace(tmp_path)
-    done = run_cli("train", "--config", str(config), "--set", f"spark.remote={bare_url}", cwd=tmp_path)
+    if command in ("score", "impute"):  # a model to apply, fitted where em_spark is installed
+        from em_spark import GaussianMixture
+
+        df = connect.read.parquet(str(tmp_path / "d" / "ok"))
+        GaussianMixture(k=2, featuresCol=["x0", "x1"], maxIter=3, seed=3).fit(df).save(str(tmp_path / "models" / "t1"))
+    before = _snapshot(tmp_path)
+    done = run_cli(
+        command, "--config", str(config), "--set", f"spark.remote={bare_url}", *_COMMANDS[command], cwd=tmp_path
+    )
     done.assert_clean_error(
         "cannot import em_spark",
         "No module named 'em_spark'",
@@ -98,8 +123,57 @@ def test_train_on_executors_without_em_spark_is_one_clear_error_before_anything_
         "addArtifacts(",
     )
     assert "Traceback" not in done.err
-    # no checkpoint directory, lease, model or output: only what the test itself wrote
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "small.yaml"]
+    # no checkpoint directory, lease, model, output or report: only what the test itself wrote
+    assert _snapshot(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["d", "small.yaml", *(["models"] if command in ("score", "impute") else [])]
+    )
+
+
+@pytest.fixture(scope="module")
+def bare(bare_url):
+    """A client session of this process on the bare server (the package's own stays as it is)."""
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.builder.remote(bare_url).create()
+    yield session
+    session.stop()
+
+
+_API_CALLS = {
+    "fit": lambda model, df: GaussianMixture(k=2, featuresCol=["x0", "x1"], maxIter=3).fit(df),
+    "transform": lambda model, df: model.transform(df),
+    "bic": lambda model, df: model.bic(df),
+    "aic": lambda model, df: model.aic(df),
+    "impute": lambda model, df: model.impute(df),
+    "load_source": lambda model, df: GaussianMixture(k=2, featuresCol=["x0", "x1"]).load_source(df),
+}
+
+
+@pytest.mark.parametrize("call", sorted(_API_CALLS))
+def test_every_api_entry_point_on_executors_without_em_spark_raises_the_check_before_any_job(bare, call, tmp_path):
+    """transform and impute are lazy and build their UDF at once: the check fails the call
+    itself, so nothing is ever written from the returned DataFrame."""
+    from em_spark.engine.executor_check import ExecutorImportError
+
+    small_workspace(tmp_path)
+    model = GaussianMixtureModel(
+        GaussianMixture(k=2).family(),
+        GaussianMixture(k=2)
+        .family()
+        .params_from_public(
+            {
+                "weights": np.array([0.5, 0.5]),
+                "means": np.array([[0.0, 0.0], [5.0, 5.0]]),
+                "covariances": np.stack([np.eye(2)] * 2),
+            },
+            2,
+        ),
+        2,
+    ).setFeaturesCol(["x0", "x1"])
+    df = bare.read.parquet(str(tmp_path / "d" / "ok"))
+    with pytest.raises(ExecutorImportError, match="cannot import em_spark.*addArtifacts"):
+        _API_CALLS[call](model, df)
 
 
 def test_the_readmes_add_artifacts_recipe_is_the_fix_and_fits_as_with_an_installed_em_spark(
