@@ -54,7 +54,7 @@ def _publish(tmp_path: str, path: str) -> None:
 def write_partition(directory: str, index: int, blocks: list[Block]) -> LocalPartition:
     """Write the blocks of partition ``index`` under ``directory``; return its handle.
 
-    Layout: ``part-NNNNN.x.npy`` (rows, d), optionally ``.w.npy`` (rows,) weights,
+    Layout: ``part-NNNNN.x.npy`` (rows, d) float64 or float32 as the blocks are, optionally ``.w.npy`` (rows,) weights,
     ``.l.npy`` (sequences,) lengths and ``.y.npy`` (rows,) labels, then ``.json`` last,
     naming the token of this write: the json is the commit marker.
     """
@@ -78,7 +78,8 @@ def write_partition(directory: str, index: int, blocks: list[Block]) -> LocalPar
     )
     stem = handle.stem
     X = np.concatenate([b.X for b in blocks]) if blocks else np.empty((0, d))
-    _save(f"{stem}.x.npy", np.ascontiguousarray(X, dtype=np.float64), token)
+    # X keeps the blocks' dtype (float32 blocks: half the file and half the page cache).
+    _save(f"{stem}.x.npy", np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64), token)
     if has_weight:
         _save(f"{stem}.w.npy", np.concatenate([b.weights_or_ones() for b in blocks]), token)
     if sequences:
