@@ -224,9 +224,10 @@ def _convert_sequences(
     seq_of_obs = np.repeat(np.flatnonzero(~null_seq), seq_len[~null_seq])
     ragged_seq = np.bincount(seq_of_obs[obs_ragged], minlength=n) > 0
     bad_seq = np.bincount(seq_of_obs[~obs_good], minlength=n) > 0
-    overflow_seq = np.bincount(seq_of_obs[obs_overflow], minlength=n) > 0
     empty_seq = null_seq | (seq_len == 0)
-    nonfinite_seq = bad_seq & ~ragged_seq & ~overflow_seq
+    # one reason per sequence: non-finite (bad in any precision) before a float32 overflow
+    nonfinite_seq = (np.bincount(seq_of_obs[~obs_good & ~obs_overflow], minlength=n) > 0) & ~ragged_seq
+    overflow_seq = (np.bincount(seq_of_obs[obs_overflow], minlength=n) > 0) & ~ragged_seq & ~nonfinite_seq
     weight, bad_weight_seq = _weights(batch, n)
     shape_ok = ~(empty_seq | bad_seq)
     good = shape_ok & ~bad_weight_seq
@@ -242,7 +243,7 @@ def _convert_sequences(
         null_rows=int(empty_seq.sum()),
         ragged_rows=int((ragged_seq & ~empty_seq).sum()),
         nonfinite_rows=int((nonfinite_seq & ~empty_seq).sum()),
-        overflow_rows=int((overflow_seq & ~ragged_seq & ~empty_seq).sum()),
+        overflow_rows=int((overflow_seq & ~empty_seq).sum()),
         bad_weight_rows=int((bad_weight_seq & shape_ok).sum()),
     )
     return block, good, problems, d
