@@ -22,10 +22,10 @@ from em_spark.engine.load_summary import RowProblems
 from em_spark.models.base import Block
 
 __all__ = [
+    "DTYPES",
     "FEATURES_FIELD",
     "LABEL_FIELD",
     "WEIGHT_FIELD",
-    "DTYPES",
     "InputSpec",
     "block_from_arrow",
     "convert_arrow",

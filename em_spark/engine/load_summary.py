@@ -103,7 +103,11 @@ class LoadSummary:
             return Block(np.empty((0, d)), lengths=np.empty(0, np.int64) if self.sequences else None)
         labels = None if s.labels is None or not (s.labels >= 0).any() else np.ascontiguousarray(s.labels)
         # float64 on the driver whatever the blocks' dtype: initialization runs on exact widened values
-        return Block(np.ascontiguousarray(s.X, dtype=np.float64), lengths=s.lengths.copy() if self.sequences else None, labels=labels)
+        return Block(
+            np.ascontiguousarray(s.X, dtype=np.float64),
+            lengths=s.lengths.copy() if self.sequences else None,
+            labels=labels,
+        )
 
     def with_problems(self, problems: RowProblems) -> LoadSummary:
         return replace(self, problems=self.problems + problems)

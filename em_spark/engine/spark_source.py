@@ -420,9 +420,7 @@ def load_blocks(
     labels = _label_expr(df, label_col)
     if labels is not None:
         columns.append(labels.alias(LABEL_FIELD))
-    spec = InputSpec(
-        sequences=sequences, allow_missing=allow_missing, k=k if labels is not None else None, dtype=dtype
-    )
+    spec = InputSpec(sequences=sequences, allow_missing=allow_missing, k=k if labels is not None else None, dtype=dtype)
     selected = df.select(*columns)
     n_target = int(num_partitions or default_parallelism(df.sparkSession))
     if n_target < 1:

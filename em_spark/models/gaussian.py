@@ -365,7 +365,13 @@ class GaussianFamily(FamilyBase):
 
         stats = self._accumulate(X[complete], rows_of(w, complete), *kernel_args, clamp=rows_of(labels, complete))
         loglik = self._missing_model(params).accumulate(
-            X[gappy].astype(np.float64), missing[gappy], rows_of(w, gappy), rows_of(labels, gappy), stats["sum"], stats["sq"], stats["nk"]
+            X[gappy].astype(np.float64),
+            missing[gappy],
+            rows_of(w, gappy),
+            rows_of(labels, gappy),
+            stats["sum"],
+            stats["sq"],
+            stats["nk"],
         )
         stats[LOGLIK] = np.float64(stats[LOGLIK] + loglik)
         stats[WEIGHT] = np.float64(X.shape[0] if w is None else w.sum())

@@ -115,7 +115,9 @@ def _assert_float64_stats_agree(family, params, block32):
     assert set(got) == set(want)
     for name in want:
         assert np.asarray(got[name]).dtype == np.float64, name
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12 * np.abs(want[name]).max(), err_msg=name)
+        np.testing.assert_allclose(
+            got[name], want[name], rtol=1e-12, atol=1e-12 * np.abs(want[name]).max(), err_msg=name
+        )
 
 
 @pytest.mark.parametrize("kernel", ["compiled", "numpy"])
