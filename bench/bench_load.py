@@ -1,7 +1,7 @@
 """Where the fixed cost of a fit goes: the load pass stage by stage, against pyspark.ml's fixed cost.
 
     python bench/bench_load.py [--rows 1000000 4000000] [--features 10] [--k 5] \
-        [--out bench/results/load_latest]
+        [--dtype float64|float32] [--no-reference] [--out bench/results/load_latest]
 
 One plain ``SparkSession.builder.master("local[2]")`` session (its ``spark.local.dir`` in a fresh
 temporary directory, so Spark's disk can be measured), and for each N a cached DataFrame of a
@@ -91,7 +91,7 @@ def run_size(spark, rows: int, args: argparse.Namespace, tmp: str, local_dir: st
     df = spark.read.parquet(path).cache()
     df.count()
     out: dict = {"rows": rows}
-    spec = InputSpec(sequences=False, allow_missing=False, k=None)
+    spec = InputSpec(sequences=False, allow_missing=False, k=None, dtype=args.dtype)
     payloads = df.select(feature_array(df, features).alias(FEATURES_FIELD)).mapInArrow(
         to_payloads(spec), PAYLOAD_SCHEMA
     )
@@ -115,7 +115,7 @@ def run_size(spark, rows: int, args: argparse.Namespace, tmp: str, local_dir: st
     dealt.unpersist()
 
     log("load")
-    out["load"], source = _timed(lambda: load_blocks(df, features, None, k=args.k, seed=1))
+    out["load"], source = _timed(lambda: load_blocks(df, features, None, k=args.k, seed=1, dtype=args.dtype))
     out["blockFilesBytesPerRow"] = _du(os.path.join(SparkFiles.getRootDirectory(), "em_spark-blocks")) / rows
     out["sparkDiskOnlyBytesPerRow"] = spark_disk / rows
     family = GaussianFamily(k=args.k)
@@ -124,11 +124,18 @@ def run_size(spark, rows: int, args: argparse.Namespace, tmp: str, local_dir: st
     source.close()
 
     log("em_spark fit, maxIter=1")
-    seconds, model = _timed(lambda: GaussianMixture(k=args.k, maxIter=1, tol=0.0, featuresCol=features, seed=1).fit(df))
+    seconds, model = _timed(
+        lambda: GaussianMixture(k=args.k, maxIter=1, tol=0.0, featuresCol=features, seed=1, dtype=args.dtype).fit(df)
+    )
     out["em_spark fixed"] = seconds - model.summary.iterationSeconds[0]
     out["em_spark iteration"] = model.summary.iterationSeconds[0]
     out["workerPeakRssMiB"] = _worker_peak_rss_mib(spark)
 
+    if args.no_reference:
+        out["pyspark.ml fixed"] = out["pyspark.ml iteration"] = float("nan")
+        df.unpersist()
+        shutil.rmtree(path, ignore_errors=True)
+        return out
     assembled = VectorAssembler(inputCols=features, outputCol="features").transform(df).select("features").cache()
     assembled.count()
     MLGaussianMixture(k=args.k, maxIter=1, seed=1).fit(assembled)  # warm-up: the JVM's JIT
@@ -170,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
     p.add_argument("--features", type=int, default=10)
     p.add_argument("--k", type=int, default=5)
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="em_spark's block dtype")
+    p.add_argument("--no-reference", action="store_true", help="skip the pyspark.ml fits (em_spark's columns only)")
     p.add_argument("--out", default=str(HERE / "results" / "load_latest"), help="writes OUT.json and OUT.md")
     args = p.parse_args(argv)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -196,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         spark.stop()
     facts["loadAfter"] = os.getloadavg()
     text = (
-        f"Fixed cost of a fit, stage by stage: {args.features} features, K={args.k}, full covariance, local[2]; "
+        f"Fixed cost of a fit, stage by stage: {args.features} features, K={args.k}, full covariance, local[2], "
+        f"dtype={args.dtype}; "
         "each stage column includes the ones before it up to `load`\n\n"
         + table(results)
         + "\n\n"

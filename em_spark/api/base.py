@@ -20,6 +20,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from em_spark.engine.arrow_input import DTYPES, InputSpec
 from em_spark.engine.dataframe_source import DataFrameBlockSource
 from em_spark.engine.executor_check import check_executors
 from em_spark.engine.job_tags import tagged_jobs
@@ -63,6 +64,15 @@ def _features(value: Any) -> str | list[str]:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return list(value)
     raise TypeError(f"featuresCol must be a column name or a list of numeric column names, got {value!r}")
+
+
+def _dtype(value: Any) -> str:
+    if value not in DTYPES:
+        raise ValueError(
+            f"dtype must be one of {list(DTYPES)}, got {value!r}; 'float32' halves executor memory and "
+            "disk (statistics stay float64), 'float64' is the default"
+        )
+    return str(value)
 
 
 def optional_string(value: Any) -> str | None:
@@ -185,6 +195,12 @@ class EMParams(ParamAccessors):
     initSampleSize = ml_param(
         "initSampleSize", "rows sampled (without replacement) for initialization", TypeConverters.toInt
     )
+    dtype = ml_param(
+        "dtype",
+        "storage precision of the cached blocks: 'float64' or 'float32' (half the executor memory and disk; "
+        "rows validated in float64, statistics accumulated in float64)",
+        _dtype,
+    )
     #: the keyword arguments of the call, set by pyspark's ``keyword_only`` (as pyspark.ml declares it)
     _input_kwargs: dict[str, Any]
 
@@ -219,6 +235,7 @@ class EMParams(ParamAccessors):
             numPartitions=None,
             initSampleSize=DEFAULT_SAMPLE_SIZE,
             s3Endpoint=None,
+            dtype=InputSpec.dtype,
         )
 
     def _set_checked(self, **kwargs: Any) -> None:
@@ -410,6 +427,14 @@ class EMParams(ParamAccessors):
         """Set the number of rows sampled for initialization."""
         return self._set_or_clear("initSampleSize", value)
 
+    def getDtype(self) -> str:
+        """Get the storage precision of the cached blocks (or its default)."""
+        return self.getOrDefault(self.dtype)
+
+    def setDtype(self, value: str) -> Self:
+        """Set the storage precision of the cached blocks: 'float64' or 'float32'."""
+        return self._set_or_clear("dtype", value)
+
     def getS3Endpoint(self) -> str | None:
         """Get the endpoint URL of an S3-compatible store (or its default)."""
         return self.getOrDefault(self.s3Endpoint)
@@ -501,7 +526,7 @@ class EMEstimator(Estimator, EMParams):
         self, dataset: DataFrame, family: EMFamily | None = None, label: str = ""
     ) -> SparkBlockSource | DataFrameBlockSource:
         """Load and validate ``dataset`` once, as :meth:`fit` reads it (featuresCol, weightCol,
-        labelCol, initSampleSize, numPartitions, aggregationDepth, seed): the cached blocks that
+        labelCol, initSampleSize, numPartitions, aggregationDepth, seed, dtype): the cached blocks that
         any number of fits with ``engine.loop.fit_em`` can pass over (``em-spark select`` fits a
         grid on one). ``family`` (default ``self.family()``) decides how rows are read: sequences,
         missing values, labels. The caller closes it (``source.close()``) to release the cache."""
@@ -532,6 +557,7 @@ class EMEstimator(Estimator, EMParams):
             sequences=family.sequential,
             allow_missing=family.models_missing,
             label_col=label_col,
+            dtype=self.getOrDefault("dtype"),
         )
 
     def fit_settings(self) -> FitSettings:
@@ -554,6 +580,7 @@ class EMEstimator(Estimator, EMParams):
         dataset, features = self._input(dataset)
         weight_col = self.getOrDefault("weightCol")
         label_col = self.getOrDefault("labelCol")
+        dtype = self.getOrDefault("dtype")
         settings = self.fit_settings()
         if settings.run_id:
             from em_spark.storage import validate_name
@@ -601,6 +628,9 @@ class EMEstimator(Estimator, EMParams):
                         "features": features,
                         "weightCol": weight_col,
                         **({"labelCol": label_col} if label_col else {}),
+                        # a resume in another precision would mix statistics of differently rounded
+                        # data (named only when not the default, so older checkpoints still resume)
+                        **({"dtype": dtype} if dtype != InputSpec.dtype else {}),
                     },
                 )
             finally:

@@ -10,6 +10,7 @@ from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 
 from em_spark.api.base import EMEstimator, EMModel, HasSmoothing, ml_param
+from em_spark.engine.arrow_input import InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import CategoricalMixtureFamily
@@ -136,6 +137,7 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
+        dtype: str = InputSpec.dtype,
     ) -> None:
         super().__init__()
         self._setDefault(**_CATEGORICAL_DEFAULTS)

@@ -11,6 +11,7 @@ from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
 from em_spark.api.base import EMEstimator, EMModel, HasCovariance, ml_param
+from em_spark.engine.arrow_input import InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import GaussianFamily
@@ -175,6 +176,7 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
+        dtype: str = InputSpec.dtype,
     ) -> None:
         super().__init__()
         self._setDefault(**_GAUSSIAN_DEFAULTS)

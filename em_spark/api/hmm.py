@@ -25,6 +25,7 @@ from em_spark.api.base import (
     ml_param,
     optional_string,
 )
+from em_spark.engine.arrow_input import InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.engine.spark_source import group_sequences
@@ -224,6 +225,7 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
+        dtype: str = InputSpec.dtype,
     ) -> None:
         super().__init__()
         self._setDefault(**_GAUSSIAN_HMM_DEFAULTS)
@@ -275,6 +277,7 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
+        dtype: str = InputSpec.dtype,
     ) -> None:
         super().__init__()
         self._setDefault(**_CATEGORICAL_HMM_DEFAULTS)

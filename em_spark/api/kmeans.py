@@ -9,6 +9,7 @@ import numpy as np
 from pyspark import keyword_only
 
 from em_spark.api.base import EMEstimator, EMModel
+from em_spark.engine.arrow_input import InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import KMeansFamily
@@ -67,6 +68,7 @@ class KMeans(EMEstimator):
         numPartitions: int | None = None,
         initSampleSize: int = DEFAULT_SAMPLE_SIZE,
         s3Endpoint: str | None = None,
+        dtype: str = InputSpec.dtype,
     ) -> None:
         super().__init__()
         self._setDefault(maxIter=MAX_ITER, tol=TOL)

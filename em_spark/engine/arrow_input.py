@@ -22,6 +22,7 @@ from em_spark.engine.load_summary import RowProblems
 from em_spark.models.base import Block
 
 __all__ = [
+    "DTYPES",
     "FEATURES_FIELD",
     "LABEL_FIELD",
     "WEIGHT_FIELD",
@@ -34,6 +35,10 @@ FEATURES_FIELD = "__em_x"  # array<double> (a row) or array<array<double>> (a se
 WEIGHT_FIELD = "__em_w"  # double, the sample weight of a row or sequence (absent: unit weights)
 LABEL_FIELD = "__em_y"  # long, a known component (null or negative: unknown)
 
+#: the storage dtypes of a block's X; float64 is the default, float32 halves memory and disk
+DTYPES = ("float64", "float32")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -42,11 +47,19 @@ class InputSpec:
     sequences : each row holds one sequence (a list of feature vectors, or of numbers)
     allow_missing : NaN or null entries inside a vector are kept (as NaN) to be modelled
     k : components, to refuse labels that are not component ids (None: no label column)
+    dtype : "float64" or "float32", the dtype of the blocks' X. Rows are validated in float64;
+        with float32, a finite value beyond float32's range is a bad row (``overflow_rows``),
+        never an infinity inside a block.
     """
 
     sequences: bool = False
     allow_missing: bool = False
     k: int | None = None
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
 
 def block_from_arrow(batch: pa.RecordBatch | pa.Table, spec: InputSpec = InputSpec()) -> tuple[Block, RowProblems, int]:
@@ -62,12 +75,25 @@ def block_from_arrow(batch: pa.RecordBatch | pa.Table, spec: InputSpec = InputSp
     return block, problems, d
 
 
-def _vectors(
-    x: pa.Array, expected_features: int | None, allow_missing: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """The rows of a list<double> array as an (n_good, d) matrix, and why the others failed.
+def _bad_entries(flat: np.ndarray, allow_missing: bool, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(non-finite, overflowing) masks of float64 entries: a null entry converts to NaN, so one
+    test covers both; when missing values are modelled, NaN and null are kept and only
+    infinities are refused. ``overflowing``: finite, but beyond float32's range (dtype float32)."""
+    nonfinite = np.isinf(flat) if allow_missing else ~np.isfinite(flat)
+    if dtype == "float32":
+        with np.errstate(invalid="ignore"):
+            overflow = np.abs(flat) > _FLOAT32_MAX  # (NaN compares False; infinities are non-finite already)
+        return nonfinite, overflow & ~nonfinite
+    return nonfinite, np.zeros(flat.shape, bool)
 
-    Returns (X of the good rows, good, null_row, ragged_row, nonfinite_row, d), masks of shape (n,).
+
+def _vectors(
+    x: pa.Array, expected_features: int | None, allow_missing: bool, dtype: str = "float64"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The rows of a list<double> array as an (n_good, d) matrix of ``dtype``, and why the others failed.
+
+    Returns (X of the good rows, good, null_row, ragged_row, nonfinite_row, overflow_row, d), masks
+    of shape (n,).
     """
     n = len(x)
     lengths = pc.list_value_length(x).to_numpy(zero_copy_only=False)  # NaN where null
@@ -82,18 +108,21 @@ def _vectors(
 
     values = x.flatten()  # the entries of all non-null vectors, in row order
     flat = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-    # A null entry inside a vector converts to NaN, so one test covers both; when missing
-    # values are modelled, NaN and null are kept and only infinities are refused.
-    bad_entry = np.isinf(flat) if allow_missing else ~np.isfinite(flat)
-    nonfinite_row = np.zeros(n, bool)
+    bad_entry, overflow_entry = _bad_entries(flat, allow_missing, dtype)
     kept_lengths = lengths[~null_row]
     starts = np.concatenate([[0], np.cumsum(kept_lengths)[:-1]]).astype(np.int64)
-    if bad_entry.any():
-        row_of_entry = np.repeat(np.arange(kept_lengths.size), kept_lengths)
-        bad_per_kept = np.bincount(row_of_entry[bad_entry], minlength=kept_lengths.size)
-        nonfinite_row[~null_row] = bad_per_kept > 0
-        nonfinite_row &= ~ragged_row
-    good = ~(null_row | ragged_row | nonfinite_row)
+
+    def rows_with(entries: np.ndarray) -> np.ndarray:
+        rows = np.zeros(n, bool)
+        if entries.any():
+            row_of_entry = np.repeat(np.arange(kept_lengths.size), kept_lengths)
+            rows[~null_row] = np.bincount(row_of_entry[entries], minlength=kept_lengths.size) > 0
+            rows &= ~ragged_row
+        return rows
+
+    nonfinite_row = rows_with(bad_entry)
+    overflow_row = rows_with(overflow_entry) & ~nonfinite_row
+    good = ~(null_row | ragged_row | nonfinite_row | overflow_row)
     if d <= 0:
         X = np.empty((0, max(d, 0)))
     elif not (null_row.any() or ragged_row.any()):
@@ -102,7 +131,7 @@ def _vectors(
         # Row-wise offsets of the non-null rows, then gather the good ones.
         good_kept = good[~null_row]
         X = flat[starts[good_kept][:, None] + np.arange(d)[None, :]]
-    return np.ascontiguousarray(X, dtype=np.float64), good, null_row, ragged_row, nonfinite_row, d
+    return np.ascontiguousarray(X, dtype=dtype), good, null_row, ragged_row, nonfinite_row, overflow_row, d
 
 
 def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
@@ -139,7 +168,9 @@ def convert_arrow(
         return _convert_sequences(batch, expected_features, spec)
     x = _column(batch, FEATURES_FIELD)
     n = len(x)
-    X, good, null_row, ragged_row, nonfinite_row, d = _vectors(x, expected_features, spec.allow_missing)
+    X, good, null_row, ragged_row, nonfinite_row, overflow_row, d = _vectors(
+        x, expected_features, spec.allow_missing, spec.dtype
+    )
     weight, bad_weight_row = _weights(batch, n)
     labels, bad_label_row = _labels(batch, n, spec.k)
     vector_ok = good
@@ -155,6 +186,7 @@ def convert_arrow(
         null_rows=int(null_row.sum()),
         ragged_rows=int(ragged_row.sum()),
         nonfinite_rows=int(nonfinite_row.sum()),
+        overflow_rows=int(overflow_row.sum()),
         bad_weight_rows=int((bad_weight_row & vector_ok).sum()),
         bad_label_rows=int((bad_label_row & vector_ok & ~bad_weight_row).sum()),
     )
@@ -177,20 +209,25 @@ def _convert_sequences(
     seq_len = np.where(null_seq, 0, seq_len).astype(np.int64)
     observations = seqs.flatten()  # the steps of all non-null sequences, in order
     if pa.types.is_list(observations.type) or pa.types.is_large_list(observations.type):
-        X_obs, obs_good, _, obs_ragged, _, d = _vectors(observations, expected_features, spec.allow_missing)
+        X_obs, obs_good, _, obs_ragged, _, obs_overflow, d = _vectors(
+            observations, expected_features, spec.allow_missing, spec.dtype
+        )
     else:  # one number per step: a 1-feature sequence
         values = observations.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
         d = 1 if expected_features is None else int(expected_features)
         obs_ragged = np.full(values.size, d != 1)
-        finite = np.isinf(values) if spec.allow_missing else ~np.isfinite(values)
-        obs_good = ~finite & ~obs_ragged
+        nonfinite, obs_overflow = _bad_entries(values, spec.allow_missing, spec.dtype)
+        obs_good = ~nonfinite & ~obs_overflow & ~obs_ragged
         X_obs = values[obs_good].reshape(-1, 1) if d == 1 else np.empty((0, max(d, 0)))
+        X_obs = X_obs.astype(spec.dtype, copy=False)
     # Per sequence: any ragged (or null) step, any non-finite step.
     seq_of_obs = np.repeat(np.flatnonzero(~null_seq), seq_len[~null_seq])
     ragged_seq = np.bincount(seq_of_obs[obs_ragged], minlength=n) > 0
     bad_seq = np.bincount(seq_of_obs[~obs_good], minlength=n) > 0
     empty_seq = null_seq | (seq_len == 0)
-    nonfinite_seq = bad_seq & ~ragged_seq
+    # one reason per sequence: non-finite (bad in any precision) before a float32 overflow
+    nonfinite_seq = (np.bincount(seq_of_obs[~obs_good & ~obs_overflow], minlength=n) > 0) & ~ragged_seq
+    overflow_seq = (np.bincount(seq_of_obs[obs_overflow], minlength=n) > 0) & ~ragged_seq & ~nonfinite_seq
     weight, bad_weight_seq = _weights(batch, n)
     shape_ok = ~(empty_seq | bad_seq)
     good = shape_ok & ~bad_weight_seq
@@ -206,6 +243,7 @@ def _convert_sequences(
         null_rows=int(empty_seq.sum()),
         ragged_rows=int((ragged_seq & ~empty_seq).sum()),
         nonfinite_rows=int((nonfinite_seq & ~empty_seq).sum()),
+        overflow_rows=int((overflow_seq & ~empty_seq).sum()),
         bad_weight_rows=int((bad_weight_seq & shape_ok).sum()),
     )
     return block, good, problems, d

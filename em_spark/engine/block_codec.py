@@ -18,19 +18,22 @@ from em_spark.models.base import Block
 __all__ = ["decode_block", "encode_block", "merge_blocks", "merge_stream", "target_block_rows"]
 
 _HEADER = struct.Struct("<qqBq")  # rows, features, flags, sequences
-_HAS_WEIGHT, _HAS_LENGTHS, _HAS_LABELS = 1, 2, 4
+_HAS_WEIGHT, _HAS_LENGTHS, _HAS_LABELS, _X_FLOAT32 = 1, 2, 4, 8  # (payloads without _X_FLOAT32: X is <f8)
 
 
 def encode_block(block: Block) -> bytes:
-    """A block as raw little-endian bytes (no pickle): X, then weight, lengths, labels if present."""
+    """A block as raw little-endian bytes (no pickle): X (float32 kept as <f4, else <f8), then
+    weight, lengths, labels if present."""
     n, d = block.X.shape
     flags = (
         (_HAS_WEIGHT if block.weight is not None else 0)
         | (_HAS_LENGTHS if block.lengths is not None else 0)
         | (_HAS_LABELS if block.labels is not None else 0)
+        | (_X_FLOAT32 if block.X.dtype == np.float32 else 0)
     )
     n_seq = 0 if block.lengths is None else block.lengths.size
-    parts = [_HEADER.pack(n, d, flags, n_seq), block.X.astype("<f8", copy=False).tobytes()]
+    x_dtype = "<f4" if flags & _X_FLOAT32 else "<f8"
+    parts = [_HEADER.pack(n, d, flags, n_seq), block.X.astype(x_dtype, copy=False).tobytes()]
     if block.weight is not None:
         parts.append(block.weight.astype("<f8", copy=False).tobytes())
     if block.lengths is not None:
@@ -47,10 +50,10 @@ def decode_block(data: bytes) -> Block:
     def take(dtype: str, count: int) -> np.ndarray:
         nonlocal off
         out = np.frombuffer(data, dtype=dtype, count=count, offset=off).copy()
-        off += 8 * count
+        off += out.itemsize * count
         return out
 
-    X = take("<f8", n * d).reshape(n, d)
+    X = take("<f4" if flags & _X_FLOAT32 else "<f8", n * d).reshape(n, d)
     weight = take("<f8", n) if flags & _HAS_WEIGHT else None
     lengths = take("<i8", n_seq) if flags & _HAS_LENGTHS else None
     labels = take("<i8", n) if flags & _HAS_LABELS else None

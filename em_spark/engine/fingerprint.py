@@ -42,7 +42,9 @@ def row_hashes(block: Block) -> np.ndarray:
     if block.n_rows == 0:
         return np.empty(0, np.uint64)
     with np.errstate(over="ignore"):
-        bits = np.ascontiguousarray(block.X).view(np.uint64)
+        # The bits of the float64 values: a float32 block hashes its (exactly widened) values,
+        # so its fingerprint is that of the float32-rounded data.
+        bits = np.ascontiguousarray(block.X, dtype=np.float64).view(np.uint64)
         h = splitmix64(bits * _column_multipliers(block.n_features)).sum(axis=1, dtype=np.uint64)
         h = h + np.uint64(block.n_features)
         if block.weight is not None:

@@ -31,6 +31,7 @@ class RowProblems:
     nonfinite_rows: int = 0  # NaN, +-inf or a null entry inside the vector (NaN/null allowed when modelled)
     bad_weight_rows: int = 0  # weight null, negative, NaN or infinite
     bad_label_rows: int = 0  # label >= k (not a component id)
+    overflow_rows: int = 0  # a finite feature value beyond float32's range, when blocks are float32
 
     def __add__(self, other: RowProblems) -> RowProblems:
         return RowProblems(*(a + b for a, b in zip(astuple(self), astuple(other))))
@@ -101,7 +102,12 @@ class LoadSummary:
         if s is None:
             return Block(np.empty((0, d)), lengths=np.empty(0, np.int64) if self.sequences else None)
         labels = None if s.labels is None or not (s.labels >= 0).any() else np.ascontiguousarray(s.labels)
-        return Block(np.ascontiguousarray(s.X), lengths=s.lengths.copy() if self.sequences else None, labels=labels)
+        # float64 on the driver whatever the blocks' dtype: initialization runs on exact widened values
+        return Block(
+            np.ascontiguousarray(s.X, dtype=np.float64),
+            lengths=s.lengths.copy() if self.sequences else None,
+            labels=labels,
+        )
 
     def with_problems(self, problems: RowProblems) -> LoadSummary:
         return replace(self, problems=self.problems + problems)

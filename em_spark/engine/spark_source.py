@@ -385,12 +385,14 @@ def load_blocks(
     allow_missing: bool = False,
     label_col: str | None = None,
     transport: str = "auto",
+    dtype: str = InputSpec.dtype,
 ) -> SparkBlockSource | DataFrameBlockSource:
     """Read, validate and cache the input; raise DataValidationError before any fitting.
 
     ``sequences``: one sequence per row (a family's ``sequential``); ``allow_missing``: NaN
     and null entries are kept as NaN (a family's ``models_missing``); ``label_col``: known
-    components for semi-supervised EM (integer, null or -1 for unknown).
+    components for semi-supervised EM (integer, null or -1 for unknown). ``dtype``: the
+    blocks' X, "float64" or "float32" (see :class:`~em_spark.engine.arrow_input.InputSpec`).
 
     ``num_partitions`` defaults to the default parallelism (the total executor cores): one
     task per core per iteration. Each further wave of tasks costs 25-50 ms of Python-task
@@ -423,7 +425,7 @@ def load_blocks(
     labels = _label_expr(df, label_col)
     if labels is not None:
         columns.append(labels.alias(LABEL_FIELD))
-    spec = InputSpec(sequences=sequences, allow_missing=allow_missing, k=k if labels is not None else None)
+    spec = InputSpec(sequences=sequences, allow_missing=allow_missing, k=k if labels is not None else None, dtype=dtype)
     selected = df.select(*columns)
     n_target = int(num_partitions or default_parallelism(df.sparkSession))
     if n_target < 1:

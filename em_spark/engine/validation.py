@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from em_spark.engine.load_summary import LoadSummary
 
 __all__ = ["DataValidationError", "check_loaded"]
@@ -54,6 +56,11 @@ def check_loaded(
                     else ", or model missing values (handleMissing='model' for a Gaussian mixture)"
                 )
             )
+    if dropped.overflow_rows:
+        problems.append(
+            f"{dropped.overflow_rows} {unit} have a feature value in {features} that overflows float32 "
+            f"(|x| > {float(np.finfo(np.float32).max):.3g}); use dtype='float64' or rescale the features"
+        )
     if dropped.bad_weight_rows:
         problems.append(
             f"{dropped.bad_weight_rows} {unit} have a null, negative, NaN or infinite weight in weightCol "

@@ -66,7 +66,12 @@ class Block:
 
     Attributes
     ----------
-    X : ndarray of shape (n_rows, n_features), float64, finite
+    X : ndarray of shape (n_rows, n_features), float64 or float32, finite (NaN where missing
+        values are modelled). float32 (the load's ``dtype="float32"``) is a storage precision
+        only: it halves memory and disk, but every family widens each value to float64 before
+        any arithmetic (the Gaussian kernels chunk by chunk, the others per block), so the
+        statistics are float64 and equal those of the float32-rounded data computed in
+        float64. Truly float32 arithmetic would lose ~7 digits in sums over millions of rows.
     weight : ndarray of shape (n_rows,), float64, non-negative, or None for unit weights
         (for sequences: one weight per observation; families use the first of each sequence)
     lengths : ndarray of shape (n_sequences,), int64, or None

@@ -11,7 +11,9 @@ innermost loops run along rows and vectorize) in cache and touch each value a fe
   the upper triangle of Σ w r (x − μ_k)(x − μ_k)ᵀ, mirrored at the end;
 * diag and spherical (spherical as diag with equal variances): elementwise.
 
-Numerics as the numpy path: float64 throughout, the same log-sum-exp, the same
+Numerics as the numpy path: float64 throughout (float32 rows, see ``dtype`` in
+:class:`~em_spark.engine.arrow_input.InputSpec`, are widened value by value into the float64
+chunk), the same log-sum-exp, the same
 semi-supervised clamping. The loops are compiled with ``reassoc`` and ``contract`` only
 (sums may be reordered into vector lanes and use FMA; no assumption that values are
 finite, so a dead component's log weight of −inf works as in numpy), so results agree
@@ -97,7 +99,9 @@ def gaussian_stats(
     """
     loops = _loops()
     assert loops is not None  # callers check use_compiled() first
-    X = np.ascontiguousarray(X, dtype=np.float64)
+    # float32 rows stay float32 (numba compiles a float32 specialization): each value is widened
+    # to float64 as a chunk is transposed, so all arithmetic and accumulators are float64.
+    X = np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64)
     k, d = means.shape
     has_w, has_clamp = w is not None, clamp is not None
     w_arr = np.ascontiguousarray(w, dtype=np.float64) if w is not None else np.empty(0)

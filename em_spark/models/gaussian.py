@@ -348,7 +348,9 @@ class GaussianFamily(FamilyBase):
         Stats with nk (k,), sum (k, d), sq (k, d, d) or (k, d), loglik, weight, count ()
         """
         d = self._check_block(block, params)
-        X = np.asarray(block.X, dtype=np.float64)
+        # float32 rows are not widened as a whole: both kernels widen them chunk by chunk into
+        # float64 scratch, so the arithmetic and the Stats are float64 (see Block).
+        X = block.X if block.X.dtype == np.float32 else np.asarray(block.X, dtype=np.float64)
         w = None if block.weight is None else np.asarray(block.weight, dtype=np.float64)
         labels = check_labels(block.labels, self.k)
         missing = self._missing_entries(X)
@@ -363,7 +365,13 @@ class GaussianFamily(FamilyBase):
 
         stats = self._accumulate(X[complete], rows_of(w, complete), *kernel_args, clamp=rows_of(labels, complete))
         loglik = self._missing_model(params).accumulate(
-            X[gappy], missing[gappy], rows_of(w, gappy), rows_of(labels, gappy), stats["sum"], stats["sq"], stats["nk"]
+            X[gappy].astype(np.float64),
+            missing[gappy],
+            rows_of(w, gappy),
+            rows_of(labels, gappy),
+            stats["sum"],
+            stats["sq"],
+            stats["nk"],
         )
         stats[LOGLIK] = np.float64(stats[LOGLIK] + loglik)
         stats[WEIGHT] = np.float64(X.shape[0] if w is None else w.sum())
