@@ -1,7 +1,11 @@
 """Time per EM iteration: em_spark vs pyspark.ml vs scikit-learn (full-covariance Gaussian mixtures).
 
     python bench/bench_gmm.py --case 1m10 --case 200k50 [--master local[2]] [--iters 10] \
-        [--out bench/results/latest.md]
+        [--engines em_spark,pyspark.ml,scikit-learn] [--out bench/results/latest.md]
+
+The estimators run in a plain ``SparkSession.builder.master(...).getOrCreate()`` session, as a
+user builds it (only the UI is off and the driver heap set); the machine's DGEMM GFLOP/s, load
+average and versions are printed with the table.
 
 Every engine is fitted twice with ``tol=0``: ``maxIter = A`` and ``maxIter = B = A + iters``.
 The time per iteration is ``(t_B - t_A) / (n_B - n_A)`` where ``n`` is the number of
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import versions  # bench/common.py
+from common import machine_facts, machine_lines, versions  # bench/common.py
 
 # pyspark.ml adds MLUtils.EPSILON (the float64 machine epsilon) to every weighted density.
 # When all K densities of a row underflow, that row contributes log(K * EPSILON).
@@ -41,6 +45,7 @@ FLOOR_MARGIN = 0.01
 # make_blobs builds an (n, d, d) temporary; above this size rows are drawn in chunks instead.
 MAX_BLOBS_TEMP_BYTES = 1 << 30
 REG_COVAR = 1e-6  # scikit-learn's and em_spark's default; pyspark.ml has none
+ENGINES = ("em_spark", "pyspark.ml", "scikit-learn")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class Case:
 CASES = {
     "small": Case("small", 20_000, 5, 3, 6.0),
     "1m10": Case("1m10", 1_000_000, 10, 5, 6.0),
+    "4m10": Case("4m10", 4_000_000, 10, 5, 6.0),
+    "8m10": Case("8m10", 8_000_000, 10, 5, 6.0),
     # make_blobs draws means with scale `separation` per coordinate: in 50 dimensions the
     # components are tens of standard deviations apart. pyspark.ml's linear-space densities
     # underflow here (PLATFORM.md, "Known failure of the anchor").
@@ -258,12 +265,16 @@ def run_case(spark, case: Case, args) -> dict:
     log(f"case {case.name}: {case.rows:,} rows x {case.features} features, K={case.k}, separation={case.separation}")
     X, how = generate(case)
     tmp = tempfile.mkdtemp(prefix=f"bench_gmm_{case.name}_", dir=args.tmpdir)
+    engines: dict[str, dict] = {}
     try:
         write_parquet(X, tmp)
         init = initial_params(X, case.k, args.seed)
 
-        log("scikit-learn (one process, same numpy data)")
-        sk = measure("scikit-learn", lambda m, X=X: fit_sklearn(X, case, m, init, args.seed), a, b, args.repeats)
+        if "scikit-learn" in args.engines:
+            log("scikit-learn (one process, same numpy data)")
+            engines["scikit-learn"] = measure(
+                "scikit-learn", lambda m, X=X: fit_sklearn(X, case, m, init, args.seed), a, b, args.repeats
+            )
         del X  # the Spark engines read the Parquet copy; nothing big stays on the driver
         gc.collect()
 
@@ -281,29 +292,41 @@ def run_case(spark, case: Case, args) -> dict:
         assert count == case.rows, (count, case.rows)
         log(f"cached DataFrame: {count:,} rows, {df.rdd.getNumPartitions()} partitions ({cache_seconds:.1f} s)")
         try:
-            log("em_spark")
-            em = measure(
-                "em_spark", lambda m: fit_em_spark(df, case, m, init, args.seed, args.em_partitions), a, b, args.repeats
-            )
-            log("pyspark.ml")
-            ml = measure("pyspark.ml", lambda m: fit_pyspark_ml(df, case, m, args.seed), a, b, args.repeats)
+            if "em_spark" in args.engines:
+                log("em_spark")
+                engines["em_spark"] = measure(
+                    "em_spark",
+                    lambda m: fit_em_spark(df, case, m, init, args.seed, args.em_partitions),
+                    a,
+                    b,
+                    args.repeats,
+                )
+            if "pyspark.ml" in args.engines:
+                log("pyspark.ml")
+                engines["pyspark.ml"] = measure(
+                    "pyspark.ml", lambda m: fit_pyspark_ml(df, case, m, args.seed), a, b, args.repeats
+                )
         finally:
             df.unpersist()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    floor = math.log(case.k * SPARK_EPSILON)
-    ml["logLikFloor"] = floor
-    ml["degenerate"] = bool(ml["avgLogLik"] - floor < FLOOR_MARGIN or ml["nB"] < b)
-    ml["nearFloor"] = bool(ml["avgLogLik"] - floor < FLOOR_MARGIN)
-    em_it = em["extra"]["iterationSeconds"]
-    em["medianIterationSeconds"] = statistics.median(em_it) if em_it else None
-    em["diffVsSklearn"] = {
-        "avgLogLik": abs(em["avgLogLik"] - sk["avgLogLik"]),
-        "means": float(np.max(np.abs(em["extra"]["means"] - sk["extra"]["means"]))),
-        "weights": float(np.max(np.abs(em["extra"]["weights"] - sk["extra"]["weights"]))),
-    }
-    for r in (sk, em, ml):
+    ml, em, sk = (engines.get(name) for name in ("pyspark.ml", "em_spark", "scikit-learn"))
+    if ml is not None:
+        floor = math.log(case.k * SPARK_EPSILON)
+        ml["logLikFloor"] = floor
+        ml["degenerate"] = bool(ml["avgLogLik"] - floor < FLOOR_MARGIN or ml["nB"] < b)
+        ml["nearFloor"] = bool(ml["avgLogLik"] - floor < FLOOR_MARGIN)
+    if em is not None:
+        em_it = em["extra"]["iterationSeconds"]
+        em["medianIterationSeconds"] = statistics.median(em_it) if em_it else None
+        if sk is not None:
+            em["diffVsSklearn"] = {
+                "avgLogLik": abs(em["avgLogLik"] - sk["avgLogLik"]),
+                "means": float(np.max(np.abs(em["extra"]["means"] - sk["extra"]["means"]))),
+                "weights": float(np.max(np.abs(em["extra"]["weights"] - sk["extra"]["weights"]))),
+            }
+    for r in engines.values():
         r["extra"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r["extra"].items()}
     return {
         "case": case.name,
@@ -316,7 +339,7 @@ def run_case(spark, case: Case, args) -> dict:
         "partitions": args.partitions,
         "cacheSeconds": cache_seconds,
         "initialParams": {k: v.tolist() for k, v in init.items()},
-        "engines": [em, ml, sk],
+        "engines": [r for r in (em, ml, sk) if r is not None],
     }
 
 
@@ -335,15 +358,18 @@ def table(results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for res in results:
-        em, ml, sk = res["engines"]
-        base = ml["secondsPerIteration"] if not ml["degenerate"] else None
-        for r in (em, ml, sk):
+        by_name = {r["engine"]: r for r in res["engines"]}
+        ml = by_name.get("pyspark.ml")
+        base = ml["secondsPerIteration"] if ml is not None and not ml["degenerate"] else None
+        for r in res["engines"]:
+            em = by_name.get("em_spark")
+            sk = by_name.get("scikit-learn")
             per = r["secondsPerIteration"]
             speed = "1.00x" if r is ml and base else (f"{base / per:.2f}x" if base and per else "n/a")
             notes = [f"fits: {r['nA']} it {r['tA']:.2f} s, {r['nB']} it {r['tB']:.2f} s"]
             if r["fixedSeconds"] is not None:
                 notes.append(f"fixed ≈ {r['fixedSeconds']:.1f} s")
-            if r is em:
+            if r is em and "diffVsSklearn" in r:
                 d = r["diffVsSklearn"]
                 notes.append(
                     f"same init as sklearn; avg loglik differs by {d['avgLogLik']:.1e}, means by up to {d['means']:.1e}"
@@ -398,17 +424,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the shared initial model and of pyspark.ml's init")
     p.add_argument("--driver-memory", default="6g")
+    p.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help=f"comma-separated subset of {','.join(ENGINES)} (default: all; e.g. leave scikit-learn out at 8M rows)",
+    )
     p.add_argument("--tmpdir", default=None, help="where the temporary Parquet copy goes (default: system temp)")
     p.add_argument("--out", default="bench/results/latest.md")
     args = p.parse_args(argv)
     cases = [CASES[c] for c in (args.case or ["small"])]
     if args.iters < 1 or args.base < 1 or args.repeats < 1:
         p.error("--iters, --base and --repeats must be >= 1")
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = sorted(set(args.engines) - set(ENGINES))
+    if unknown or not args.engines:
+        p.error(f"--engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
 
-    from em_spark.engine.session import get_session
+    facts = machine_facts()
+    from pyspark.sql import SparkSession
 
+    # a plain session, as a user builds it: whatever em_spark needs for speed it sets up itself
     conf = {"spark.ui.enabled": "false", "spark.driver.memory": args.driver_memory}
-    spark = get_session("em_spark-bench", args.master, conf)
+    builder = SparkSession.builder.master(args.master).appName("em_spark-bench")
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     sc = spark.sparkContext
     jvm_max = int(sc._jvm.java.lang.Runtime.getRuntime().maxMemory())
@@ -423,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_case(spark, case, args))
     finally:
         spark.stop()
+    facts["loadAfter"] = os.getloadavg()
 
     command = " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv])
     try:
@@ -451,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             "sparkEpsilon": SPARK_EPSILON,
             "floorMargin": FLOOR_MARGIN,
         },
+        "machine": facts,
         "results": results,
     }
     v = info["versions"]
@@ -467,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(after one untimed warm-up fit; min of {args.repeats} repeat(s)); s/iteration = (t_B - t_A) / (n_B - n_A)",
         "- em_spark and scikit-learn start from the same initial model; pyspark.ml cannot take one and starts "
         "from its own random initialization, so its log-likelihood is not comparable point for point",
+        *("- " + line for line in machine_lines(facts).splitlines()[:2]),
         "",
     ]
     for res in results:

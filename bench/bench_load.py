@@ -9,7 +9,7 @@ temporary directory, so Spark's disk can be measured), and for each N a cached D
 as its own Spark action over that DataFrame, each adding one step of ``load_blocks``:
 
     arrow      Arrow batches -> validated, encoded numpy blocks (``to_payloads``, mapInArrow)
-    + deal     + the deal over partitions (a shuffle), assembling and Spark's DISK_ONLY copy
+    + deal     + the deal over partitions (a shuffle) and assembling (streaming, not persisted)
     load       the whole ``load_blocks``: + summary (counts, fingerprint, sample) and the
                executor-local block files
     init       ``family.initialize`` on the driver's sample (k-means++ and Lloyd)
@@ -17,8 +17,8 @@ as its own Spark action over that DataFrame, each adding one step of ``load_bloc
     pyspark.ml fixed ``pyspark.ml GaussianMixture(maxIter=1)`` minus one iteration (the difference
                of maxIter=3 and 1, over two), after an untimed warm-up fit
 
-Also: disk per row (the block files, and under spark.local.dir Spark's DISK_ONLY copy with the
-deal's shuffle files) and the peak RSS of the Python workers after a fit (reused workers report their peak so far). Printed
+Also: disk per row (the block files, and what the load adds under spark.local.dir: the deal's
+shuffle files, which are also the fallback copy) and the peak RSS of the Python workers over the load and one iteration (the peak is reset per size). Printed
 with the machine's DGEMM GFLOP/s, load average and versions; quote ratios from one run.
 """
 
@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -56,11 +55,24 @@ def _du(path: str) -> int:
     return total
 
 
-def _worker_peak_rss_mib(spark) -> list[float]:
-    def peak(_):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def _worker_memory_mib(spark, reset: bool = False) -> list[dict]:
+    """Each Python worker's peak RSS since the last reset (VmHWM), and its anonymous and
+    file-backed RSS now (RssFile: the memory-mapped block files, shared page cache). ``reset``
+    restarts the peak (Linux ``clear_refs``), so a size's figure is not an earlier size's."""
 
-    return sorted(spark.sparkContext.parallelize(range(2), 2).map(peak).collect())
+    def memory(_):
+        fields = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "RssAnon", "RssFile"):
+                    fields[key] = int(value.split()[0]) / 1024  # kB
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        return fields
+
+    return spark.sparkContext.parallelize(range(2), 2).map(memory).collect()
 
 
 def make_data(spark, rows: int, d: int, k: int, path: str) -> None:
@@ -72,7 +84,7 @@ def make_data(spark, rows: int, d: int, k: int, path: str) -> None:
 
 
 def run_size(spark, rows: int, args: argparse.Namespace, tmp: str, local_dir: str) -> dict:
-    from pyspark import SparkFiles, StorageLevel
+    from pyspark import SparkFiles
     from pyspark.ml.clustering import GaussianMixture as MLGaussianMixture
     from pyspark.ml.feature import VectorAssembler
     from pyspark.sql import functions as F
@@ -91,6 +103,7 @@ def run_size(spark, rows: int, args: argparse.Namespace, tmp: str, local_dir: st
     df = spark.read.parquet(path).cache()
     df.count()
     out: dict = {"rows": rows}
+    _worker_memory_mib(spark, reset=True)
     spec = InputSpec(sequences=False, allow_missing=False, k=None, dtype=args.dtype)
     payloads = df.select(feature_array(df, features).alias(FEATURES_FIELD)).mapInArrow(
         to_payloads(spec), PAYLOAD_SCHEMA
@@ -105,19 +118,18 @@ def run_size(spark, rows: int, args: argparse.Namespace, tmp: str, local_dir: st
             lambda r: ((r.src, r.idx), (bytes(r.payload), RowProblems(**{n: r[n] for n in PROBLEM_FIELDS})))
         )
         blocks = rdd.partitionBy(n_target, partitionFunc=lambda key: key[0] * 7919 + key[1])
-        blocks = blocks.mapPartitions(assemble_partition).persist(StorageLevel.DISK_ONLY)
+        blocks = blocks.mapPartitions(assemble_partition)  # as load_blocks: assembled, not persisted
         blocks.count()
         return blocks
 
     log("+ deal")
-    out["+ deal"], dealt = _timed(deal)
-    spark_disk = _du(local_dir)
-    dealt.unpersist()
+    out["+ deal"], _ = _timed(deal)
 
     log("load")
+    disk_before = _du(local_dir)
     out["load"], source = _timed(lambda: load_blocks(df, features, None, k=args.k, seed=1, dtype=args.dtype))
     out["blockFilesBytesPerRow"] = _du(os.path.join(SparkFiles.getRootDirectory(), "em_spark-blocks")) / rows
-    out["sparkDiskOnlyBytesPerRow"] = spark_disk / rows
+    out["sparkDiskOnlyBytesPerRow"] = (_du(local_dir) - disk_before) / rows  # what the load added: the deal's shuffle
     family = GaussianFamily(k=args.k)
     log("init")
     out["init"], _ = _timed(lambda: family.initialize(source.sample, np.random.default_rng(1)))
@@ -129,7 +141,7 @@ def run_size(spark, rows: int, args: argparse.Namespace, tmp: str, local_dir: st
     )
     out["em_spark fixed"] = seconds - model.summary.iterationSeconds[0]
     out["em_spark iteration"] = model.summary.iterationSeconds[0]
-    out["workerPeakRssMiB"] = _worker_peak_rss_mib(spark)
+    out["workerMemoryMiB"] = _worker_memory_mib(spark)
 
     if args.no_reference:
         out["pyspark.ml fixed"] = out["pyspark.ml iteration"] = float("nan")
@@ -157,8 +169,9 @@ STAGES = ["arrow", "+ deal", "load", "init", "em_spark fixed", "pyspark.ml fixed
 def table(results: list[dict]) -> str:
     lines = [
         "| rows | " + " | ".join(f"{s} s" for s in STAGES) + " | em_spark / pyspark.ml fixed | block files B/row "
-        "| Spark local dir B/row (DISK_ONLY copy + shuffle files) | Python worker peak RSS MiB |",
-        "|---" * (len(STAGES) + 5) + "|",
+        "| Spark local dir B/row (the deal's shuffle files) | Python worker peak RSS MiB "
+        "(load + 1 iteration) | of which mapped block files MiB |",
+        "|---" * (len(STAGES) + 6) + "|",
     ]
     for r in results:
         ratio = r["em_spark fixed"] / r["pyspark.ml fixed"] if r["pyspark.ml fixed"] > 0 else float("nan")
@@ -166,7 +179,9 @@ def table(results: list[dict]) -> str:
             f"| {r['rows']:,} | "
             + " | ".join(f"{r[s]:.2f}" for s in STAGES)
             + f" | {ratio:.2f} | {r['blockFilesBytesPerRow']:.0f} | {r['sparkDiskOnlyBytesPerRow']:.0f} | "
-            + ", ".join(f"{x:.0f}" for x in r["workerPeakRssMiB"])
+            + ", ".join(f"{m['VmHWM']:.0f}" for m in r["workerMemoryMiB"])
+            + " | "
+            + ", ".join(f"{m['RssFile']:.0f}" for m in r["workerMemoryMiB"])
             + " |"
         )
     return "\n".join(lines)
@@ -179,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="em_spark's block dtype")
     p.add_argument("--no-reference", action="store_true", help="skip the pyspark.ml fits (em_spark's columns only)")
+    p.add_argument("--driver-memory", default="6g", help="the local driver's heap (caching 8M rows needs more than 1g)")
     p.add_argument("--out", default=str(HERE / "results" / "load_latest"), help="writes OUT.json and OUT.md")
     args = p.parse_args(argv)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -194,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             SparkSession.builder.master("local[2]")
             .appName("bench_load")
             .config("spark.local.dir", local_dir)
+            .config("spark.driver.memory", args.driver_memory)
+            .config("spark.ui.showConsoleProgress", "false")
             .getOrCreate()
         )
         spark.sparkContext.setLogLevel("ERROR")
