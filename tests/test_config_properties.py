@@ -187,6 +187,7 @@ DOMAIN = {
     "fit.tol": negative_floats(),
     "fit.nInit": below(1),
     "fit.acceleration": not_in("none", "squarem"),
+    "fit.dtype": not_in("float64", "float32"),
     "fit.numPartitions": st.one_of(below(1), st.integers(min_value=2**31).map(str)),
     "fit.aggregationDepth": below(1),
     "fit.initSampleSize": below(1),

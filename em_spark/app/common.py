@@ -192,6 +192,7 @@ def estimator_from_config(config: JobConfig, initial_model: Any) -> EMEstimator:
         nInit=config.fit.nInit,
         seed=config.fit.seed,
         acceleration=config.fit.acceleration,
+        dtype=config.fit.dtype,
         numPartitions=config.fit.numPartitions,
         aggregationDepth=config.fit.aggregationDepth,
         initSampleSize=config.fit.initSampleSize,

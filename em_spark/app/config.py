@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast, get_type_hints
 import yaml
 
 from em_spark.engine.acceleration import ACCELERATIONS
+from em_spark.engine.arrow_input import DTYPES, InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import FAMILIES as _MODEL_FAMILIES
@@ -142,6 +143,7 @@ class FitSection:
     nInit: int = FitSettings.n_init
     seed: int = FitSettings.seed
     acceleration: str = FitSettings.acceleration  # none | squarem (SQUAREM-accelerated EM)
+    dtype: str = InputSpec.dtype  # float64 | float32 (blocks stored in float32, statistics in float64)
     numPartitions: int | None = None
     aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH
     initSampleSize: int = DEFAULT_SAMPLE_SIZE
@@ -647,6 +649,8 @@ def _check(c: JobConfig) -> None:
         raise bad("model.covarianceType", f"must be one of full, diag, spherical, tied; got {c.model.covarianceType!r}")
     if c.fit.acceleration not in ACCELERATIONS:
         raise bad("fit.acceleration", f"must be one of {', '.join(ACCELERATIONS)}; got {c.fit.acceleration!r}")
+    if c.fit.dtype not in DTYPES:
+        raise bad("fit.dtype", f"must be one of {', '.join(DTYPES)}; got {c.fit.dtype!r}")
     if c.model.initMode not in ("k-means++", "random"):
         raise bad("model.initMode", f"must be 'k-means++' or 'random', got {c.model.initMode!r}")
     if c.model.family not in FAMILIES:
