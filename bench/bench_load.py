@@ -128,8 +128,11 @@ def run_size(spark, rows: int, args: argparse.Namespace, tmp: str, local_dir: st
     log("load")
     disk_before = _du(local_dir)
     out["load"], source = _timed(lambda: load_blocks(df, features, None, k=args.k, seed=1, dtype=args.dtype))
-    out["blockFilesBytesPerRow"] = _du(os.path.join(SparkFiles.getRootDirectory(), "em_spark-blocks")) / rows
-    out["sparkDiskOnlyBytesPerRow"] = (_du(local_dir) - disk_before) / rows  # what the load added: the deal's shuffle
+    block_files = _du(os.path.join(SparkFiles.getRootDirectory(), "em_spark-blocks"))
+    out["blockFilesBytesPerRow"] = block_files / rows
+    # what the load added under spark.local.dir besides the block files (Spark's files root, which
+    # holds them, is inside it in local mode): the deal's shuffle files
+    out["sparkDiskOnlyBytesPerRow"] = (_du(local_dir) - disk_before - block_files) / rows
     family = GaussianFamily(k=args.k)
     log("init")
     out["init"], _ = _timed(lambda: family.initialize(source.sample, np.random.default_rng(1)))

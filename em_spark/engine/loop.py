@@ -239,11 +239,12 @@ class _Fit:
         latest = self.store.latest() if self.store is not None else None
         if latest is not None:
             run = decode_state(latest.payload, self.identity, latest.uri)
+            running = run.running(settings.max_iter)
             self.logger.info(
-                "run=%s resuming from %s: %d of %d restarts still running, iteration %d%s",
+                "run=%s resuming from %s: restart %s/%d, iteration %d%s",
                 run_id,
                 latest.uri,
-                len(run.running(settings.max_iter)),
+                ",".join(str(s.restart + 1) for s in running) or "-",  # the ones still running
                 settings.n_init,
                 max(s.iteration for s in run.restarts),
                 " (already finished)" if run.done else "",
