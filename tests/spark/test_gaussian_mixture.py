@@ -191,19 +191,20 @@ def test_killed_fit_resumes_with_the_same_run_id_and_ends_exactly_as_uninterrupt
     params = dict(k=3, maxIter=9, tol=0.0, seed=4, nInit=2, checkpointDir=(tmp_path / "ck").as_uri())
     reference = GaussianMixture(runId="reference", **params).fit(df)
 
-    real_e_step = spark_source.SparkBlockSource.e_step
+    # Both restarts run side by side: each data pass is one e_step_many (e_step goes through it).
+    real_e_step_many = spark_source.SparkBlockSource.e_step_many
     calls = {"n": 0}
 
-    def dying_e_step(self, family, p, label=""):
-        if calls["n"] == 11:
+    def dying(self, models, label=""):
+        if calls["n"] == 5:  # a pass in the middle of the run
             raise KeyboardInterrupt("driver killed")
         calls["n"] += 1
-        return real_e_step(self, family, p, label)
+        return real_e_step_many(self, models, label)
 
-    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step", dying_e_step)
+    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step_many", dying)
     with pytest.raises(KeyboardInterrupt):
         GaussianMixture(runId="nightly-1", **params).fit(df)
-    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step", real_e_step)
+    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step_many", real_e_step_many)
     resumed = GaussianMixture(runId="nightly-1", **params).fit(df)
     assert resumed.summary.numIter == reference.summary.numIter
     np.testing.assert_allclose(resumed.means, reference.means, rtol=1e-9)

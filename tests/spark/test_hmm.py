@@ -286,19 +286,20 @@ def test_killed_fit_resumes_with_the_same_run_id_and_ends_exactly_as_uninterrupt
     )
     reference = GaussianHMM(runId="reference", **params).fit(df)
 
-    real_e_step = spark_source.SparkBlockSource.e_step
+    # Both restarts run side by side: each data pass is one e_step_many (e_step goes through it).
+    real_e_step_many = spark_source.SparkBlockSource.e_step_many
     calls = {"n": 0}
 
-    def dying_e_step(self, family, p, label=""):
-        if calls["n"] == 7:  # in the second restart
+    def dying(self, models, label=""):
+        if calls["n"] == 3:  # a pass in the middle of the run
             raise KeyboardInterrupt("driver killed")
         calls["n"] += 1
-        return real_e_step(self, family, p, label)
+        return real_e_step_many(self, models, label)
 
-    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step", dying_e_step)
+    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step_many", dying)
     with pytest.raises(KeyboardInterrupt):
         GaussianHMM(runId="hmm-1", **params).fit(df)
-    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step", real_e_step)
+    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step_many", real_e_step_many)
     resumed = GaussianHMM(runId="hmm-1", **params).fit(df)
     assert resumed.summary.numIter == reference.summary.numIter
     assert resumed.summary.bestRestart == reference.summary.bestRestart
