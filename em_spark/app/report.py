@@ -449,7 +449,7 @@ def render(
         _plot_seconds(axes["seconds"], metrics, seconds)
         if 0 in seconds:
             notes.append(
-                "seconds: every iteration the fit ran, restarts one after another (per restart in metrics.json)"
+                "seconds: every data pass the fit ran, each shared by all restarts still running (per restart in metrics.json)"
             )
     if scatter and points is not None:  # (scatter is set only with points)
         colors = "each row's most likely component" if lengths is None else "each step's state on its Viterbi path"
