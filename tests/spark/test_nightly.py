@@ -78,19 +78,19 @@ def test_nights_promote_keep_and_report(spark, tmp_path):
 
 def test_killed_night_resumes_and_registers_once(spark, tmp_path, monkeypatch):
     _night(tmp_path, "2026-11-20")
-    real = spark_source.SparkBlockSource.e_step
+    real = spark_source.SparkBlockSource.e_step_many
     calls = {"n": 0}
 
     def dying(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == 2:  # the restarts share each pass: this is the second one
             raise KeyboardInterrupt("driver killed")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step", dying)
+    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step_many", dying)
     with pytest.raises(KeyboardInterrupt):
         run_nightly(_config(tmp_path, "2026-11-20"))
-    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step", real)
+    monkeypatch.setattr(spark_source.SparkBlockSource, "e_step_many", real)
     report = run_nightly(_config(tmp_path, "2026-11-20"))
     assert report["decision"] == "promoted"
     assert [v.version for v in ModelRegistry((tmp_path / "registry").as_uri()).versions("demo-gmm")] == [1]
