@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from em_spark.app.common import estimator_from_config, read_input, resolve_local, spark_session
@@ -16,6 +17,7 @@ __all__ = ["run_select"]
 
 def run_select(config: JobConfig) -> dict[str, Any]:
     """Fit the configured grid once over cached data; print the table, write the JSON report."""
+    from em_spark.engine.job_tags import tagged_jobs
     from em_spark.engine.selection import format_table, select_models, to_json
     from em_spark.engine.settings import FitSettings
 
@@ -36,11 +38,14 @@ def run_select(config: JobConfig) -> dict[str, Any]:
     )
     # loaded once, as a fit of the grid's smallest k reads it (its sample bounds k-means++ for all)
     family = make_family(min(config.select.ks), covariance_types[0])
-    source = base.load_source(read_input(spark, config), family, label="em_spark select")
-    try:
-        candidates = select_models(source, config.select.ks, covariance_types, settings, make_family=make_family)
-    finally:
-        source.close()
+    # every job of the grid carries one tag (the candidates' threads inherit it): a Ctrl-C stops them
+    with tagged_jobs(spark, config.run.id and f"{config.run.id}-select") as tag:
+        logging.getLogger("em_spark").info("select: the grid's Spark jobs carry the tag %s", tag)
+        source = base.load_source(read_input(spark, config), family, label="em_spark select")
+        try:
+            candidates = select_models(source, config.select.ks, covariance_types, settings, make_family=make_family)
+        finally:
+            source.close()
     criterion = config.select.criterion
     try:
         table = format_table(candidates, criterion)

@@ -6,20 +6,23 @@ them (``spark.interruptTag``): without it the server goes on running the iterati
 client that has gone. On a classic session the SparkContext's job tags do the same
 (``addJobTag`` / ``cancelJobsWithTag``), for RDD and DataFrame jobs alike. The tag is removed
 afterwards, on error too: tags are per thread and would otherwise mark the next run's jobs.
+Threads a fit starts for its work (``select``'s candidates, engine/shared_passes.py) inherit
+the tags through :func:`tag_carrying_thread`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from em_spark.engine.dataframe_source import is_connect
 
-__all__ = ["run_tag", "tagged_jobs"]
+__all__ = ["run_tag", "tag_carrying_thread", "tagged_jobs"]
 
 log = logging.getLogger("em_spark")
 
@@ -57,3 +60,19 @@ def tagged_jobs(spark: Any, run_id: str | None) -> Iterator[str]:
         else:
             sc.removeJobTag(tag)
             sc.setInterruptOnCancel(False)
+
+
+def tag_carrying_thread(target: Callable[..., Any], args: tuple[Any, ...], name: str) -> threading.Thread:
+    """A thread whose Spark jobs carry the calling thread's job tags (not started).
+
+    pyspark's InheritableThread copies them: on a classic session the JVM thread's local
+    properties, which hold the SparkContext job tags; on Connect the active session's tags.
+    Without a Spark session (local sources) it is a plain thread.
+    """
+    from pyspark.sql import SparkSession
+    from pyspark.util import InheritableThread
+
+    session = SparkSession.getActiveSession()
+    if session is None:
+        return threading.Thread(target=target, args=args, name=name, daemon=True)
+    return InheritableThread(target, session=session, args=args, name=name, daemon=True)

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from em_spark.engine.job_tags import tag_carrying_thread
 from em_spark.engine.partition_tasks import Model
 from em_spark.engine.sources import BlockSource
 from em_spark.models.base import EMFamily, Params
@@ -155,7 +156,8 @@ def run_sharing_passes(source: BlockSource, fits: Sequence[Callable[[Any], T]]) 
             group.leave(view)
 
     threads = [
-        threading.Thread(target=run, args=(fit, view, outcome), name=f"em_spark-fit-{i}", daemon=True)
+        # the passes run in these threads: their jobs must carry the caller's run tag (engine/job_tags.py)
+        tag_carrying_thread(run, (fit, view, outcome), name=f"em_spark-fit-{i}")
         for i, (fit, view, outcome) in enumerate(zip(fits, views, outcomes))
     ]
     for thread in threads:

@@ -75,12 +75,22 @@ def test_impute_on_connect(connect, datasets):
 
 
 def test_a_killed_fit_resumes_exactly_on_connect(connect, datasets, tmp_path, monkeypatch):
+    """Every job of a fit carries its run's tag; a Ctrl-C (KeyboardInterrupt) in the client asks
+    the server to interrupt that tag's operations, removes the tag, and the checkpoints resume."""
     params = dict(nInit=2, maxIter=6, checkpointDir=(tmp_path / "ck").as_uri())
     Source = dataframe_source.DataFrameBlockSource
     real_many = Source.e_step_many  # (e_step goes through it)
-    calls = {"n": 0, "die_at": None}
+    calls: dict = {"n": 0, "die_at": None, "tags": []}
+    session_type = type(connect)
+    real_interrupt = session_type.interruptTag
+    interrupted: list[str] = []
+
+    def interrupt(self, tag):
+        interrupted.append(tag)
+        return real_interrupt(self, tag)  # the real call to the server
 
     def pass_started():  # one data pass: both restarts' E-steps share it while both run
+        calls["tags"].append(set(connect.getTags()))  # a copy: getTags() is the live set removeTag empties
         if calls["n"] == calls["die_at"]:
             raise KeyboardInterrupt("client killed")
         calls["n"] += 1
@@ -89,13 +99,19 @@ def test_a_killed_fit_resumes_exactly_on_connect(connect, datasets, tmp_path, mo
         pass_started()
         return real_many(self, models, label)
 
+    monkeypatch.setattr(session_type, "interruptTag", interrupt)
     monkeypatch.setattr(Source, "e_step_many", many)
     reference, _ = _fit(connect, datasets, "gaussian", runId="reference", **params)
     passes = calls["n"]
     assert passes >= 3
-    calls.update(n=0, die_at=passes - 2)  # killed before the last two passes
+    assert all(tags == {"em_spark-reference"} for tags in calls["tags"]), calls["tags"]
+    assert connect.getTags() == set() and interrupted == []
+    calls.update(n=0, die_at=passes - 2, tags=[])  # killed before the last two passes
     with pytest.raises(KeyboardInterrupt):
         _fit(connect, datasets, "gaussian", runId="connect-1", **params)
+    assert len(calls["tags"]) == passes - 1 and all(tags == {"em_spark-connect-1"} for tags in calls["tags"])
+    assert interrupted == ["em_spark-connect-1"]
+    assert connect.getTags() == set()  # removed: the next run's jobs do not carry it
     calls.update(n=0, die_at=None)
     resumed, _ = _fit(connect, datasets, "gaussian", runId="connect-1", **params)
     _assert_same_model(resumed, reference)
@@ -131,6 +147,33 @@ def test_lost_block_files_fall_back_to_the_cached_blocks_with_identical_statisti
         assert fast.count == 6000
     finally:
         source.close()
+
+
+def test_the_candidates_of_select_send_their_passes_with_the_tag_on_connect(connect, datasets, monkeypatch):
+    # select's candidates run in threads (engine/shared_passes.py) and a Connect session's tags
+    # are per thread: each candidate thread inherits them (job_tags.tag_carrying_thread)
+    from em_spark.engine.job_tags import tagged_jobs
+    from em_spark.engine.loop import FitSettings
+    from em_spark.engine.selection import select_models
+
+    Source = dataframe_source.DataFrameBlockSource
+    real_many = Source.e_step_many
+    seen: list[set[str]] = []
+
+    def many(self, models, label=""):
+        seen.append(set(connect.getTags()))  # a copy: getTags() is the live set removeTag empties
+        return real_many(self, models, label)
+
+    monkeypatch.setattr(Source, "e_step_many", many)
+    source = load_blocks(connect.read.parquet(datasets["rows"]), ["a", "b", "c"], None, k=3, seed=0, num_partitions=3)
+    try:
+        with tagged_jobs(connect, "grid-on-connect"):
+            candidates = select_models(source, [1, 2, 3], ["diag"], FitSettings(max_iter=3, seed=0))
+    finally:
+        source.close()
+    assert len(candidates) == 3
+    assert seen and all(tags == {"em_spark-grid-on-connect"} for tags in seen), seen
+    assert connect.getTags() == set()
 
 
 def test_the_rdd_transport_on_connect_is_a_clear_error(connect, datasets):
