@@ -71,7 +71,16 @@ CONNECT_MESSAGE_LIMIT = 128 * 1024 * 1024
 _PLAN_HEADROOM = 8 * 1024 * 1024  # the pickled functions, the family and the rest of the plan
 
 _BLOCKS_SCHEMA = "part int, seq int, payload binary, handle binary, summary binary"
-_STATS_SCHEMA = "part int, stats binary, missing boolean"
+
+
+def _stats_schema() -> Any:
+    """``part int, stats binary, missing boolean`` as a StructType: a DDL string would be parsed by
+    the server on every iteration (on Connect one more round trip per job)."""
+    from pyspark.sql.types import BinaryType, BooleanType, IntegerType, StructField, StructType
+
+    return StructType(
+        [StructField("part", IntegerType()), StructField("stats", BinaryType()), StructField("missing", BooleanType())]
+    )
 
 
 def is_connect(obj: Any) -> bool:
@@ -284,7 +293,9 @@ class DataFrameBlockSource(SummaryFacts):
         """Build the iteration's DataFrame (``job()``; on Connect that is already a call to the
         server) and collect its per-partition rows; SessionLostError when the server is gone."""
         try:
-            rows = job().collect()
+            # toArrow, not collect: on Connect collect asks the server for a conf first (one more
+            # round trip per iteration) and builds Row objects this never needs
+            table = job().toArrow()
         except Exception as exc:
             if not is_session_lost(exc):
                 raise
@@ -295,8 +306,10 @@ class DataFrameBlockSource(SummaryFacts):
             )
             close_lost_session(spark)
             raise self.lost from None
+        columns = table.to_pydict()
         return [
-            (int(r["part"]), None if r["stats"] is None else pickle.loads(r["stats"]), bool(r["missing"])) for r in rows
+            (int(part), None if stats is None else pickle.loads(stats), bool(missing))
+            for part, stats, missing in zip(columns["part"], columns["stats"], columns["missing"], strict=True)
         ]
 
     def e_step(self, family: EMFamily, params: Params, label: str = "") -> Stats:
@@ -314,7 +327,7 @@ class DataFrameBlockSource(SummaryFacts):
         results = None
         if self.use_files:
             try:
-                results = self._collect(lambda: self.handles.mapInArrow(_e_step_files(models), _STATS_SCHEMA))
+                results = self._collect(lambda: self.handles.mapInArrow(_e_step_files(models), _stats_schema()))
             except SessionLostError:
                 raise
             except Exception as exc:  # noqa: BLE001 -- e.g. the handles' executor is gone; the cached blocks remain
@@ -335,7 +348,7 @@ class DataFrameBlockSource(SummaryFacts):
                 self.use_files = False  # the tasks would land on the same executors again
         if results is None:
             payloads = self.blocks.where("seq >= 0").select("part", "seq", "payload")
-            results = self._collect(lambda: payloads.mapInArrow(_e_step_payloads(models), _STATS_SCHEMA))
+            results = self._collect(lambda: payloads.mapInArrow(_e_step_payloads(models), _stats_schema()))
         pairs = [(part, stats) for part, stats, _ in results if stats is not None]
         total = reduce_collected(pairs, StatsTuple.__add__, self.num_partitions, self.aggregation_depth)
         if total is None:
