@@ -84,6 +84,10 @@ class FitResult:
     data_fingerprint: str = ""
     observation_weight: float | None = None  # BIC's sample size (models.criteria); None: unknown (older model file)
     restarts: list[RestartOutcome] = field(default_factory=list)  # every restart, in restart order
+    optimizer: str = "batch"  # "online": stepwise EM (engine.online); history is then one entry per step
+    stopped_by: str = ""  # online: "heldOut" (converged on the held-out set) or "maxIter"
+    held_out_history: list[float] = field(default_factory=list)  # online: held-out avgLogLik, once an epoch
+    epochs: float | None = None  # online: data passes' worth of rows the steps read (steps x miniBatchFraction)
 
     @property
     def average_log_likelihood(self) -> float:
@@ -188,6 +192,10 @@ def _fit_em(
     after any round, or already done.
     """
     fit = _Fit(family, source, settings, initial_params, data_identity, lock)
+    if settings.optimizer == "online":
+        from em_spark.engine.online import fit_online
+
+        return fit_online(family, source, settings, initial_params, fit.identity, fit.store)
     run = fit.start_or_resume()
     while running := run.running(settings.max_iter):  # iterations, each one pass for every restart still running
         run = fit.iterate(run, running)

@@ -29,6 +29,7 @@ __all__ = [
     "FitState",
     "ResumeMismatchError",
     "RunState",
+    "check_identity",
     "checkpoint_identity",
     "continued",
     "decode_state",
@@ -173,26 +174,17 @@ def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> RunSta
             f"shared their data passes); this em_spark writes format {CHECKPOINT_FORMAT} and cannot continue "
             "it exactly. Finish the run with the em_spark that started it, or use a new runId."
         )
+    if meta.get("format") == "online-1":  # (engine.online's ONLINE_FORMAT)
+        raise ResumeMismatchError(
+            f"cannot resume from {where}: it holds a checkpoint of online EM (optimizer='online'), and this "
+            "run uses batch EM. Use a new runId, or the optimizer that started the run."
+        )
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ResumeMismatchError(
             f"checkpoint {where} has format {meta.get('format')!r}; this em_spark writes format "
             f"{CHECKPOINT_FORMAT}. Use a new runId."
         )
-    stored = meta["identity"]
-    old_budget, new_budget = _budget(stored), _budget(identity)
-    if _without_budget(stored) != _without_budget(identity) or not _may_continue(old_budget, new_budget):
-        keys = sorted(set(stored) | set(identity))
-        diffs = [
-            f"{k}: checkpoint has {stored.get(k)!r}, this run has {identity.get(k)!r}"
-            for k in keys
-            if stored.get(k) != identity.get(k)
-        ]
-        raise ResumeMismatchError(
-            f"cannot resume from {where}: it was written for different data or settings ("
-            + "; ".join(diffs)
-            + "). Resuming would mix two fits. Use a new runId, or restore the original data and config"
-            " (a run continues under a larger maxIter or a smaller tol only, everything else unchanged)."
-        )
+    old_budget, new_budget = check_identity(meta["identity"], identity, where)
 
     def group(prefix: str) -> Params:
         return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
@@ -218,6 +210,29 @@ def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> RunSta
     if old_budget == new_budget:
         return run
     return replace(continued(run, new_budget["maxIter"], new_budget["tol"]), continued_from=old_budget)
+
+
+def check_identity(
+    stored: dict[str, Any], identity: dict[str, Any], where: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (checkpoint's, this run's) ``{maxIter, tol}`` when a run written for ``stored`` may go on
+    as ``identity``: the same in all but a larger maxIter or a smaller tol. Else
+    :class:`ResumeMismatchError`, naming each difference."""
+    old_budget, new_budget = _budget(stored), _budget(identity)
+    if _without_budget(stored) != _without_budget(identity) or not _may_continue(old_budget, new_budget):
+        keys = sorted(set(stored) | set(identity))
+        diffs = [
+            f"{k}: checkpoint has {stored.get(k)!r}, this run has {identity.get(k)!r}"
+            for k in keys
+            if stored.get(k) != identity.get(k)
+        ]
+        raise ResumeMismatchError(
+            f"cannot resume from {where}: it was written for different data or settings ("
+            + "; ".join(diffs)
+            + "). Resuming would mix two fits. Use a new runId, or restore the original data and config"
+            " (a run continues under a larger maxIter or a smaller tol only, everything else unchanged)."
+        )
+    return old_budget, new_budget
 
 
 def continued(run: RunState, max_iter: int, tol: float) -> RunState:
