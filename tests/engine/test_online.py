@@ -269,3 +269,10 @@ def test_an_online_run_continues_under_a_larger_max_iter_but_not_as_batch_em(blo
 def test_bad_online_settings_are_a_clear_error_naming_the_key_and_range(key, value, message):
     with pytest.raises(ValueError, match=message):
         FitSettings(**{"optimizer": "online", key: value})
+
+
+def test_select_refuses_online_settings_with_the_way_out(blobs):
+    from em_spark.engine.selection import select_models
+
+    with pytest.raises(ValueError, match=r"select fits its candidates with batch EM; optimizer='online'"):
+        select_models(_rows(blobs), [2, 3], ["full"], _online(max_iter=5))
