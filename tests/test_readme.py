@@ -110,6 +110,7 @@ def test_every_python_example_in_the_readme_is_run_by_a_test():
         "handleMissing=",
         "labelCol=",
         "spark.addArtifacts(",  # tests/connect/test_executor_check.py
+        'optimizer="online"',
     ]
     assert len(examples) == len(markers), "a new README example needs a test that runs it"
     for marker in markers:
