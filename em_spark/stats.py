@@ -8,6 +8,7 @@ with a tree reduce, and it is tested directly for every model family.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -70,6 +71,15 @@ class Stats(Mapping[str, np.ndarray]):
                 raise ValueError(f"cannot add statistics: field {k!r} has shape {v.shape} vs {w.shape}")
             out[k] = v + w
         return Stats(out)
+
+    def scaled(self, factor: float) -> Stats:
+        """Every array times ``factor`` (a finite float >= 0): the statistics of the data weighted
+        by ``factor``. Stepwise EM (``engine.online``) scales a mini-batch's statistics to the
+        full data and blends ``s.scaled(1 - rho) + s_hat.scaled(rho)``."""
+        factor = float(factor)
+        if not (math.isfinite(factor) and factor >= 0):
+            raise ValueError(f"statistics can only be scaled by a finite number >= 0, got {factor!r}")
+        return Stats({k: v * factor for k, v in self.arrays.items()})
 
     def allclose(self, other: Stats, rtol: float = 1e-10, atol: float = 1e-12) -> bool:
         """True when both have the same fields and every array agrees within tolerance."""

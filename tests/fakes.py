@@ -26,10 +26,18 @@ class KilledAfter(LocalBlockSource):
         self.error = error if error is not None else Killed("driver killed")
 
     def e_step_many(self, models, label=""):
+        self._pass()
+        return super().e_step_many(models, label)
+
+    def e_step_subset(self, models, subset, label=""):
+        """Online EM's pass (one mini-batch step for every restart): killed on the same count."""
+        self._pass()
+        return super().e_step_subset(models, subset, label)
+
+    def _pass(self):
         if self.passes_left == 0:
             raise self.error
         self.passes_left -= 1
-        return super().e_step_many(models, label)
 
 
 def one_after_another(family, source, settings):

@@ -110,6 +110,7 @@ def test_every_python_example_in_the_readme_is_run_by_a_test():
         "handleMissing=",
         "labelCol=",
         "spark.addArtifacts(",  # tests/connect/test_executor_check.py
+        'optimizer="online"',
     ]
     assert len(examples) == len(markers), "a new README example needs a test that runs it"
     for marker in markers:
@@ -127,3 +128,27 @@ def test_how_it_works_names_every_module_of_the_package():
     assert not missing, f"README 'How it works' does not name: {missing}"
     folders = sorted(p.name for p in package.iterdir() if p.is_dir() and p.name != "__pycache__")
     assert all(f"  {name}/" in tree for name in folders), folders
+
+
+@pytest.mark.spark
+def test_online_em_example_runs_as_written_and_lands_near_batch_em(spark):
+    import numpy as np
+
+    from em_spark import GaussianMixture
+
+    namespace = _run(_example('optimizer="online"'))
+    online, rows = namespace["online"], namespace["rows"]
+    summary = online.summary
+    assert summary.optimizer == "online" and summary.stoppedBy in ("heldOut", "maxIter")
+    assert summary.epochs == pytest.approx(summary.numIter * 0.1)
+    assert summary.heldOutLogLikelihoodHistory
+    batch = GaussianMixture(k=3, featuresCol=["a", "b"], maxIter=200, tol=1e-8, seed=7).fit(rows)
+
+    def avg(model):  # the average log-likelihood of all rows
+        return model.transform(rows).agg({"logLikelihood": "avg"}).first()[0]
+
+    # within 0.01 nats per row (the target) after ~2 epochs; the means (components 3-4
+    # apart, overlapping) within 0.3 of batch EM's
+    assert abs(avg(online) - avg(batch)) < 0.01
+    order = np.argsort(batch.means[:, 0])
+    np.testing.assert_allclose(online.means[np.argsort(online.means[:, 0])], batch.means[order], atol=0.3)

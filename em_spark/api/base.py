@@ -179,6 +179,25 @@ class EMParams(ParamAccessors):
         "'none' (plain EM) or 'squarem' (SQUAREM-accelerated EM; an iteration is still one data pass)",
         TypeConverters.toString,
     )
+    optimizer = ml_param(
+        "optimizer",
+        "'batch' (every iteration a pass over all the data) or 'online' (stepwise EM: every iteration a "
+        "step on a mini-batch of miniBatchFraction of the data; maxIter counts steps)",
+        TypeConverters.toString,
+    )
+    miniBatchFraction = ml_param(
+        "miniBatchFraction", "online: the share of the data each step reads, in (0, 1]", TypeConverters.toFloat
+    )
+    learningOffset = ml_param(
+        "learningOffset",
+        "online: tau (>= 0) in the step size rho_t = (t + tau)^-kappa; larger damps the early steps",
+        TypeConverters.toFloat,
+    )
+    learningDecay = ml_param(
+        "learningDecay",
+        "online: kappa in (0.5, 1], the exponential decay rate of the step size rho_t = (t + tau)^-kappa",
+        TypeConverters.toFloat,
+    )
     initialModel: Param[EMModel | Mapping[str, Any] | None] = ml_param(
         "initialModel", "a fitted model or a dict of arrays to start restart 0 from"
     )
@@ -228,6 +247,10 @@ class EMParams(ParamAccessors):
             initMode=GaussianFamily.init_mode,
             nInit=FitSettings.n_init,
             acceleration=FitSettings.acceleration,
+            optimizer=FitSettings.optimizer,
+            miniBatchFraction=FitSettings.mini_batch_fraction,
+            learningOffset=FitSettings.learning_offset,
+            learningDecay=FitSettings.learning_decay,
             initialModel=None,
             checkpointDir=None,
             runId=None,
@@ -298,6 +321,38 @@ class EMParams(ParamAccessors):
     def setAcceleration(self, value: str) -> Self:
         """Set the EM driver: 'none' (plain EM) or 'squarem' (SQUAREM-accelerated EM)."""
         return self._set_or_clear("acceleration", value)
+
+    def getOptimizer(self) -> str:
+        """Get the optimizer: 'batch' or 'online' (stepwise EM) (or its default)."""
+        return self.getOrDefault(self.optimizer)
+
+    def setOptimizer(self, value: str) -> Self:
+        """Set the optimizer: 'batch' or 'online' (stepwise EM on mini-batches)."""
+        return self._set_or_clear("optimizer", value)
+
+    def getMiniBatchFraction(self) -> float:
+        """Get the share of the data each online step reads (or its default)."""
+        return self.getOrDefault(self.miniBatchFraction)
+
+    def setMiniBatchFraction(self, value: float) -> Self:
+        """Set the share of the data each online step reads, in (0, 1]."""
+        return self._set_or_clear("miniBatchFraction", value)
+
+    def getLearningOffset(self) -> float:
+        """Get tau of the online step size (t + tau)^-kappa (or its default)."""
+        return self.getOrDefault(self.learningOffset)
+
+    def setLearningOffset(self, value: float) -> Self:
+        """Set tau (>= 0) of the online step size (t + tau)^-kappa."""
+        return self._set_or_clear("learningOffset", value)
+
+    def getLearningDecay(self) -> float:
+        """Get kappa of the online step size (t + tau)^-kappa (or its default)."""
+        return self.getOrDefault(self.learningDecay)
+
+    def setLearningDecay(self, value: float) -> Self:
+        """Set kappa, in (0.5, 1], of the online step size (t + tau)^-kappa."""
+        return self._set_or_clear("learningDecay", value)
 
     def getSeed(self) -> int:
         """Get the random seed (or its default)."""
@@ -468,6 +523,12 @@ class EMSummary:
         self.dataFingerprint = result.data_fingerprint
         # total weight of the observations (steps, for sequence models): BIC's sample size
         self.observationWeight = result.observation_weight
+        # online EM (optimizer="online"): numIter counts steps, logLikelihoodHistory holds each step's
+        # mini-batch estimate; stoppedBy says whether the held-out set ("heldOut") or maxIter ended it
+        self.optimizer = result.optimizer
+        self.stoppedBy = result.stopped_by or ("tol" if result.converged else "maxIter")
+        self.heldOutLogLikelihoodHistory = list(result.held_out_history)
+        self.epochs = result.epochs if result.epochs is not None else float(result.n_iter)
 
     @property
     def predictions(self) -> DataFrame:
@@ -498,6 +559,10 @@ class EMSummary:
             "iterationSeconds": self.iterationSeconds,
             "dataFingerprint": self.dataFingerprint,
             "observationWeight": self.observationWeight,
+            "optimizer": self.optimizer,
+            "stoppedBy": self.stoppedBy,
+            "heldOutLogLikelihoodHistory": self.heldOutLogLikelihoodHistory,
+            "epochs": self.epochs,
         }
 
 
@@ -568,6 +633,10 @@ class EMEstimator(Estimator, EMParams):
             n_init=self.getOrDefault("nInit"),
             seed=self.getOrDefault("seed"),
             acceleration=self.getOrDefault("acceleration"),
+            optimizer=self.getOrDefault("optimizer"),
+            mini_batch_fraction=self.getOrDefault("miniBatchFraction"),
+            learning_offset=self.getOrDefault("learningOffset"),
+            learning_decay=self.getOrDefault("learningDecay"),
             run_id=self.getOrDefault("runId"),
             checkpoint_dir=self.getOrDefault("checkpointDir"),
             keep_checkpoints=self.getOrDefault("keepCheckpoints"),
@@ -829,6 +898,10 @@ class EMModel(Model, EMParams):
                 observation_weight=summary.get(
                     "observationWeight", None if family.sequential else summary["totalWeight"]
                 ),
+                optimizer=summary.get("optimizer", "batch"),  # (files written before online EM: batch)
+                stopped_by=summary.get("stoppedBy", ""),
+                held_out_history=summary.get("heldOutLogLikelihoodHistory", []),
+                epochs=summary.get("epochs"),
             )
             model._summary = EMSummary(model, result, None)
         return model

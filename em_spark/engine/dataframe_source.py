@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import pickle
 import uuid
@@ -37,6 +38,7 @@ from typing import Any
 
 from em_spark.engine.executor_files import PartitionWriter, executor_root, read_partition, remove_partition
 from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
+from em_spark.engine.minibatch import Subset, SubsetStats, sum_subset_e_steps
 from em_spark.engine.partition_tasks import PROBLEM_FIELDS, Model, PayloadStore, sum_e_steps
 from em_spark.engine.reduce import reduce_collected
 from em_spark.engine.session_loss import (
@@ -218,7 +220,7 @@ def _assemble_and_spill(
     return run
 
 
-def _stats_batch(part: int, total: StatsTuple | None, missing: bool = False) -> Any:
+def _stats_batch(part: int, total: StatsTuple | SubsetStats | None, missing: bool = False) -> Any:
     import pyarrow as pa
 
     return pa.RecordBatch.from_pydict(
@@ -230,8 +232,9 @@ def _stats_batch(part: int, total: StatsTuple | None, missing: bool = False) -> 
     )
 
 
-def _e_step_files(models: Sequence[Model]) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    """Iteration task over the cached handles: each partition's blocks from its executor-local file."""
+def _e_step_files(models: Sequence[Model], subset: Subset | None = None) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """Iteration task over the cached handles: each partition's blocks from its executor-local file
+    (with ``subset``: only its chosen slices, for stepwise EM)."""
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         for batch in list(batches):  # consume the input first: the worker is then reused
@@ -240,23 +243,31 @@ def _e_step_files(models: Sequence[Model]) -> Callable[[Iterator[Any]], Iterator
                 blocks = read_partition(pickle.loads(handle)) if handle is not None else None
                 if blocks is None:
                     yield _stats_batch(part, None, missing=True)
-                else:
+                elif subset is None:
                     yield _stats_batch(part, sum_e_steps(models, blocks))
+                else:
+                    yield _stats_batch(part, sum_subset_e_steps(models, enumerate(blocks), part, subset))
 
     return run
 
 
-def _e_step_payloads(models: Sequence[Model]) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def _e_step_payloads(models: Sequence[Model], subset: Subset | None = None) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """Iteration task over the cached blocks themselves (no file, or a file missing)."""
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         from em_spark.engine.block_codec import decode_block
 
-        per_part: dict[int, list[tuple[int, StatsTuple]]] = {}
+        per_part: dict[int, list[tuple[int, Any]]] = {}
         for batch in batches:
             columns = batch.to_pydict()
             for part, seq, payload in zip(columns["part"], columns["seq"], columns["payload"]):
-                s = sum_e_steps(models, [decode_block(payload)])
+                block = decode_block(payload)
+                # (seq is the block's index in its partition, as in the file's block list)
+                s = (
+                    sum_e_steps(models, [block])
+                    if subset is None
+                    else sum_subset_e_steps(models, [(seq, block)], part, subset)
+                )
                 if s is not None:
                     per_part.setdefault(part, []).append((seq, s))
         for part in sorted(per_part):
@@ -319,6 +330,18 @@ class DataFrameBlockSource(SummaryFacts):
     def e_step_many(self, models: Sequence[Model], label: str = "") -> list[Stats]:
         """Sufficient statistics of all the data under each ``(family, params)``: one Spark job for all
         (two after a lost file)."""
+        total = self._pass(models, None, label)
+        if total is None:
+            raise DataValidationError("the cached input has no rows left; was it unpersisted?")
+        return list(total.items)
+
+    def e_step_subset(self, models: Sequence[Model], subset: Subset, label: str = "") -> SubsetStats:
+        """The statistics of ``subset``'s slices under each model (stepwise EM): one Spark job
+        (two after a lost file)."""
+        return self._pass(models, subset, label) or SubsetStats()
+
+    def _pass(self, models: Sequence[Model], subset: Subset | None, label: str) -> Any:
+        """One job over the cached data (of all rows, or of ``subset``), reduced in partition order."""
         if is_connect(self.handles):
             # every model's parameters ride in the one plan
             check_closure_size(
@@ -327,7 +350,7 @@ class DataFrameBlockSource(SummaryFacts):
         results = None
         if self.use_files:
             try:
-                results = self._collect(lambda: self.handles.mapInArrow(_e_step_files(models), _stats_schema()))
+                results = self._collect(lambda: self.handles.mapInArrow(_e_step_files(models, subset), _stats_schema()))
             except SessionLostError:
                 raise
             except Exception as exc:  # noqa: BLE001 -- e.g. the handles' executor is gone; the cached blocks remain
@@ -348,12 +371,9 @@ class DataFrameBlockSource(SummaryFacts):
                 self.use_files = False  # the tasks would land on the same executors again
         if results is None:
             payloads = self.blocks.where("seq >= 0").select("part", "seq", "payload")
-            results = self._collect(lambda: payloads.mapInArrow(_e_step_payloads(models), _stats_schema()))
+            results = self._collect(lambda: payloads.mapInArrow(_e_step_payloads(models, subset), _stats_schema()))
         pairs = [(part, stats) for part, stats, _ in results if stats is not None]
-        total = reduce_collected(pairs, StatsTuple.__add__, self.num_partitions, self.aggregation_depth)
-        if total is None:
-            raise DataValidationError("the cached input has no rows left; was it unpersisted?")
-        return list(total.items)
+        return reduce_collected(pairs, operator.add, self.num_partitions, self.aggregation_depth)
 
     def close_files(self) -> None:
         """Remove the executor-local files (best effort); iterations then read the cached blocks."""

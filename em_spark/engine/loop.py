@@ -84,6 +84,10 @@ class FitResult:
     data_fingerprint: str = ""
     observation_weight: float | None = None  # BIC's sample size (models.criteria); None: unknown (older model file)
     restarts: list[RestartOutcome] = field(default_factory=list)  # every restart, in restart order
+    optimizer: str = "batch"  # "online": stepwise EM (engine.online); history is then one entry per step
+    stopped_by: str = ""  # online: "heldOut" (converged on the held-out set) or "maxIter"
+    held_out_history: list[float] = field(default_factory=list)  # online: held-out avgLogLik, once an epoch
+    epochs: float | None = None  # online: data passes' worth of rows the steps read (steps x miniBatchFraction)
 
     @property
     def average_log_likelihood(self) -> float:
@@ -188,6 +192,10 @@ def _fit_em(
     after any round, or already done.
     """
     fit = _Fit(family, source, settings, initial_params, data_identity, lock)
+    if settings.optimizer == "online":
+        from em_spark.engine.online import fit_online
+
+        return fit_online(family, source, settings, initial_params, fit.identity, fit.store)
     run = fit.start_or_resume()
     while running := run.running(settings.max_iter):  # iterations, each one pass for every restart still running
         run = fit.iterate(run, running)
@@ -211,6 +219,7 @@ class _Fit:
         self.logger = logging.LoggerAdapter(log, {"run_id": self.run_id})
         self.identity = checkpoint_identity(family, settings, source.fingerprint, data_identity, initial_params)
         self.store = self._checkpoints(lock)
+        self.sequence = -1  # the last checkpoint committed or resumed from (sequences only increase)
         self.seconds: list[float] = []  # per iteration run by this process (not those before a resume)
 
     def _checkpoints(self, lock: Any) -> Any:
@@ -230,8 +239,11 @@ class _Fit:
         return _LeasedCheckpoints(store, lock) if lock is not None else store
 
     def _commit(self, sequence: int, run: RunState) -> None:
+        """Commit ``run`` as checkpoint ``sequence``, or after the last one when a continued run
+        (larger maxIter, smaller tol) has already used that number."""
         if self.store is not None:
-            self.store.commit(sequence, encode_state(run, self.identity))
+            self.sequence = max(sequence, self.sequence + 1)
+            self.store.commit(self.sequence, encode_state(run, self.identity))
 
     def start_or_resume(self) -> RunState:
         """The latest checkpoint's state when the run has one; else every restart at iteration 0."""
@@ -239,7 +251,17 @@ class _Fit:
         latest = self.store.latest() if self.store is not None else None
         if latest is not None:
             run = decode_state(latest.payload, self.identity, latest.uri)
+            self.sequence = latest.sequence
             running = run.running(settings.max_iter)
+            if run.continued_from is not None:
+                self.logger.info(
+                    "run=%s continuing under maxIter=%d, tol=%g (its checkpoints had maxIter=%d, tol=%g)",
+                    run_id,
+                    settings.max_iter,
+                    settings.tol,
+                    run.continued_from["maxIter"],
+                    run.continued_from["tol"],
+                )
             self.logger.info(
                 "run=%s resuming from %s: restart %s/%d, iteration %d%s",
                 run_id,

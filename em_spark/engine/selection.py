@@ -80,6 +80,12 @@ def select_models(
     give ``covariance_types=[None]`` for a family without them. BIC's sample size is
     ``LoadSummary.observation_weight`` (:mod:`em_spark.models.criteria`).
     """
+    if settings.optimizer != "batch":
+        # the candidates share batch EM's full passes; a mini-batch step has no place in that round
+        raise ValueError(
+            f"select fits its candidates with batch EM; optimizer={settings.optimizer!r} is not supported "
+            "here. Select with the default optimizer, then fit the chosen model online."
+        )
     summary = source.summary
     n = summary.observation_weight
     if make_family is None:

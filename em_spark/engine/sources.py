@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from em_spark.engine.load_summary import LoadSummary, summarize_block
+from em_spark.engine.minibatch import Subset, SubsetStats, sum_subset_e_steps
 from em_spark.engine.partition_tasks import Model, sum_e_steps
 from em_spark.models.base import Block, EMFamily, Params
 from em_spark.stats import Stats
@@ -44,6 +45,10 @@ class BlockSource(Protocol):
     def e_step_many(self, models: Sequence[Model], label: str = "") -> list[Stats]:
         """``[e_step(family, params) for family, params in models]``, bit for bit, from one pass over
         the rows (one Spark job for all the models: restarts or candidates that share the data)."""
+
+    def e_step_subset(self, models: Sequence[Model], subset: Subset, label: str = "") -> SubsetStats:
+        """The statistics of ``subset``'s slices (``engine.minibatch``) under each model: one pass
+        (one Spark job) that reads only the chosen slices' rows, for stepwise EM."""
 
 
 class SummaryFacts:
@@ -94,3 +99,7 @@ class LocalBlockSource:
         if total is None:
             raise ValueError("the blocks hold no rows")
         return list(total.items)
+
+    def e_step_subset(self, models: Sequence[Model], subset: Subset, label: str = "") -> SubsetStats:
+        self.e_step_calls += 1  # (one pass, over part of the rows)
+        return sum_subset_e_steps(models, enumerate(self.blocks), 0, subset)  # one partition

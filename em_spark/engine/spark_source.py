@@ -10,6 +10,7 @@ emitting one statistics value, an ordered tree reduce, done.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,6 +42,7 @@ from em_spark.engine.executor_files import (
     remove_partition,
 )
 from em_spark.engine.load_summary import LoadSummary, RowProblems, summarize_block
+from em_spark.engine.minibatch import Subset, SubsetStats, sum_subset_e_steps
 from em_spark.engine.partition_tasks import (
     PAYLOAD_SCHEMA,
     PROBLEM_FIELDS,
@@ -53,7 +55,7 @@ from em_spark.engine.reduce import ordered_tree_reduce
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE, SummaryFacts
 from em_spark.engine.validation import DataValidationError, check_loaded
 from em_spark.models.base import Block, EMFamily, Params
-from em_spark.stats import Stats, StatsTuple
+from em_spark.stats import Stats
 
 __all__ = [
     "SparkBlockSource",
@@ -275,7 +277,16 @@ class _ParamsRef:
             self._broadcast.destroy()
 
 
-def _e_step_local(models_ref: _ParamsRef) -> Callable[[int, Iterator[LocalPartition]], Iterator[tuple[int, Any]]]:
+def _sum(models: Sequence[Model], blocks: Iterable[Block], index: int, subset: Subset | None) -> Any:
+    """A partition's statistics: of all its blocks, or of ``subset``'s slices of them (stepwise EM)."""
+    if subset is None:
+        return sum_e_steps(models, blocks)
+    return sum_subset_e_steps(models, enumerate(blocks), index, subset)
+
+
+def _e_step_local(
+    models_ref: _ParamsRef, subset: Subset | None = None
+) -> Callable[[int, Iterator[LocalPartition]], Iterator[tuple[int, Any]]]:
     """Iteration task on a handle: the blocks come from the executor-local file."""
 
     def e_step(index: int, handles: Iterator[LocalPartition]) -> Iterator[tuple[int, Any]]:
@@ -283,7 +294,7 @@ def _e_step_local(models_ref: _ParamsRef) -> Callable[[int, Iterator[LocalPartit
         if any(blocks is None for blocks in found):
             yield index, MISSING
             return
-        total = sum_e_steps(models_ref.value, (b for blocks in found if blocks is not None for b in blocks))
+        total = _sum(models_ref.value, (b for blocks in found if blocks is not None for b in blocks), index, subset)
         if total is not None:
             yield index, total
 
@@ -291,12 +302,12 @@ def _e_step_local(models_ref: _ParamsRef) -> Callable[[int, Iterator[LocalPartit
 
 
 def _e_step_spark(
-    models_ref: _ParamsRef,
-) -> Callable[[int, Iterator[tuple[Block, RowProblems]]], Iterator[tuple[int, StatsTuple]]]:
+    models_ref: _ParamsRef, subset: Subset | None = None
+) -> Callable[[int, Iterator[tuple[Block, RowProblems]]], Iterator[tuple[int, Any]]]:
     """Fallback iteration task on the Spark-managed blocks (same blocks, same order)."""
 
-    def e_step(index: int, items: Iterator[tuple[Block, RowProblems]]) -> Iterator[tuple[int, StatsTuple]]:
-        total = sum_e_steps(models_ref.value, (block for block, _ in items))
+    def e_step(index: int, items: Iterator[tuple[Block, RowProblems]]) -> Iterator[tuple[int, Any]]:
+        total = _sum(models_ref.value, (block for block, _ in items), index, subset)
         if total is not None:
             yield index, total
 
@@ -339,11 +350,22 @@ class SparkBlockSource(SummaryFacts):
 
     def e_step_many(self, models: Sequence[Model], label: str = "") -> list[Stats]:
         """Sufficient statistics of all the data under each ``(family, params)``: one Spark job for all."""
+        total = self._pass(models, None, label)
+        if total is None:
+            raise DataValidationError("the cached input has no rows left; was it unpersisted?")
+        return list(total.items)
+
+    def e_step_subset(self, models: Sequence[Model], subset: Subset, label: str = "") -> SubsetStats:
+        """The statistics of ``subset``'s slices under each model (stepwise EM): one Spark job."""
+        return self._pass(models, subset, label) or SubsetStats()
+
+    def _pass(self, models: Sequence[Model], subset: Subset | None, label: str) -> Any:
+        """One job: every partition's statistics (of all rows, or of ``subset``), reduced in order."""
         sc = self.handles.context
         models_ref = _ParamsRef(sc, models)
         try:
             sc.setJobDescription(label or "em_spark E-step")
-            per_partition = self.handles.mapPartitionsWithIndex(_e_step_local(models_ref))
+            per_partition = self.handles.mapPartitionsWithIndex(_e_step_local(models_ref, subset))
             total = ordered_tree_reduce(per_partition, _add, self.aggregation_depth)
             if total is MISSING:
                 # A task ran where its partition's file is not (lost locality or executor).
@@ -351,14 +373,12 @@ class SparkBlockSource(SummaryFacts):
                 # result is identical, only slower.
                 self.fallbacks += 1
                 log.warning("%s: a local block file was missing; computing this iteration from Spark's copy", label)
-                per_partition = self.blocks.mapPartitionsWithIndex(_e_step_spark(models_ref))
-                total = ordered_tree_reduce(per_partition, StatsTuple.__add__, self.aggregation_depth)
+                per_partition = self.blocks.mapPartitionsWithIndex(_e_step_spark(models_ref, subset))
+                total = ordered_tree_reduce(per_partition, operator.add, self.aggregation_depth)
         finally:
             sc.setJobDescription(None)
             models_ref.release()
-        if total is None:
-            raise DataValidationError("the cached input has no rows left; was it unpersisted?")
-        return list(total.items)
+        return total
 
     def close(self) -> None:
         """Release the cached data and (best effort) the executor-local files."""

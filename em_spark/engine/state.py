@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,12 +23,15 @@ from em_spark.engine.settings import FitSettings
 from em_spark.models.base import EMFamily, Params
 
 __all__ = [
+    "BUDGET_KEYS",
     "CHECKPOINT_FORMAT",
     "Cycle",
     "FitState",
     "ResumeMismatchError",
     "RunState",
+    "check_identity",
     "checkpoint_identity",
+    "continued",
     "decode_state",
     "encode_state",
     "params_digest",
@@ -37,6 +40,11 @@ __all__ = [
 #: 2: every restart's state in each checkpoint (restarts share passes). 1 (restarts one after
 #: another, the best so far) is refused with a message: it cannot be continued side by side.
 CHECKPOINT_FORMAT = 2
+
+
+#: the settings a re-run may change to continue a run (``maxIter`` only up, ``tol`` only down):
+#: neither shapes an iteration, so a run stopped under the old ones is a prefix of the longer run.
+BUDGET_KEYS = ("maxIter", "tol")
 
 
 class ResumeMismatchError(ValueError):
@@ -81,6 +89,8 @@ class RunState:
 
     restarts: list[FitState]
     done: bool = False
+    # The checkpoint's {maxIter, tol} when this run continues it under a larger budget (not stored).
+    continued_from: dict[str, Any] | None = None
 
     def running(self, max_iter: int) -> list[FitState]:
         """The restarts that take part in the next data pass."""
@@ -164,24 +174,17 @@ def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> RunSta
             f"shared their data passes); this em_spark writes format {CHECKPOINT_FORMAT} and cannot continue "
             "it exactly. Finish the run with the em_spark that started it, or use a new runId."
         )
+    if meta.get("format") == "online-1":  # (engine.online's ONLINE_FORMAT)
+        raise ResumeMismatchError(
+            f"cannot resume from {where}: it holds a checkpoint of online EM (optimizer='online'), and this "
+            "run uses batch EM. Use a new runId, or the optimizer that started the run."
+        )
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ResumeMismatchError(
             f"checkpoint {where} has format {meta.get('format')!r}; this em_spark writes format "
             f"{CHECKPOINT_FORMAT}. Use a new runId."
         )
-    stored = meta["identity"]
-    if stored != identity:
-        keys = sorted(set(stored) | set(identity))
-        diffs = [
-            f"{k}: checkpoint has {stored.get(k)!r}, this run has {identity.get(k)!r}"
-            for k in keys
-            if stored.get(k) != identity.get(k)
-        ]
-        raise ResumeMismatchError(
-            f"cannot resume from {where}: it was written for different data or settings ("
-            + "; ".join(diffs)
-            + "). Resuming would mix two fits. Use a new runId, or restore the original data and config."
-        )
+    old_budget, new_budget = check_identity(meta["identity"], identity, where)
 
     def group(prefix: str) -> Params:
         return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
@@ -203,4 +206,65 @@ def decode_state(payload: bytes, identity: dict[str, Any], where: str) -> RunSta
             cycle=cycle,
         )
 
-    return RunState([restart(entry) for entry in meta["restarts"]], done=meta["done"])
+    run = RunState([restart(entry) for entry in meta["restarts"]], done=meta["done"])
+    if old_budget == new_budget:
+        return run
+    return replace(continued(run, new_budget["maxIter"], new_budget["tol"]), continued_from=old_budget)
+
+
+def check_identity(
+    stored: dict[str, Any], identity: dict[str, Any], where: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (checkpoint's, this run's) ``{maxIter, tol}`` when a run written for ``stored`` may go on
+    as ``identity``: the same in all but a larger maxIter or a smaller tol. Else
+    :class:`ResumeMismatchError`, naming each difference."""
+    old_budget, new_budget = _budget(stored), _budget(identity)
+    if _without_budget(stored) != _without_budget(identity) or not _may_continue(old_budget, new_budget):
+        keys = sorted(set(stored) | set(identity))
+        diffs = [
+            f"{k}: checkpoint has {stored.get(k)!r}, this run has {identity.get(k)!r}"
+            for k in keys
+            if stored.get(k) != identity.get(k)
+        ]
+        raise ResumeMismatchError(
+            f"cannot resume from {where}: it was written for different data or settings ("
+            + "; ".join(diffs)
+            + "). Resuming would mix two fits. Use a new runId, or restore the original data and config"
+            " (a run continues under a larger maxIter or a smaller tol only, everything else unchanged)."
+        )
+    return old_budget, new_budget
+
+
+def continued(run: RunState, max_iter: int, tol: float) -> RunState:
+    """``run`` (stopped under a smaller ``maxIter`` or a larger ``tol``) as it stands under ``max_iter``
+    and ``tol``: what one uninterrupted run under those settings would hold at that point.
+
+    A restart that converged under the old tol is re-judged on its last change (it stays converged
+    only when that change is below ``tol`` too); one that did not converge stays so (its change was
+    at least the old tol, or it was a SQUAREM fall-back pass, which is never a convergence test). The
+    run is done only when it was and no restart runs on under the new settings.
+    """
+    restarts = []
+    for state in run.restarts:
+        converged = state.converged and len(state.history) > 1 and abs(state.history[-1] - state.history[-2]) < tol
+        restarts.append(replace(state, converged=converged))
+    reopened = RunState(restarts)
+    return replace(reopened, done=run.done and not reopened.running(max_iter))
+
+
+def _budget(identity: Mapping[str, Any]) -> dict[str, Any]:
+    settings = identity.get("settings", {})
+    return {k: settings.get(k) for k in BUDGET_KEYS}
+
+
+def _without_budget(identity: Mapping[str, Any]) -> dict[str, Any]:
+    settings = {k: v for k, v in identity.get("settings", {}).items() if k not in BUDGET_KEYS}
+    return {**identity, "settings": settings}
+
+
+def _may_continue(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """A run continues under ``new`` when it never stops earlier than under ``old``: maxIter up, tol down."""
+    try:
+        return bool(new["maxIter"] >= old["maxIter"] and new["tol"] <= old["tol"])
+    except TypeError:  # (a key missing on one side)
+        return False

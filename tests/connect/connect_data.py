@@ -41,6 +41,13 @@ FITS = {
         dict(k=2, featuresCol="x", handleMissing="model", seed=6, maxIter=10, tol=0.0),
         "missing",
     ),
+    # online EM: each step's slices are chosen from (partition, block, slice), which both sessions
+    # share, so the mini-batches and the fit are the same bit for bit
+    "online": (
+        "GaussianMixture",
+        dict(k=3, featuresCol=["a", "b", "c"], seed=1, optimizer="online", miniBatchFraction=0.5, maxIter=12, tol=0.0),
+        "rows",
+    ),
 }
 
 

@@ -120,3 +120,25 @@ def test_information_criteria_are_scikit_learns():
     assert information_criteria(-100.0, 5, 50.0) == {"bic": bic(-100.0, 5, 50.0), "aic": 210.0}
     with pytest.raises(ValueError, match="positive number of samples"):
         bic(-1.0, 1, 0.0)
+
+
+def test_every_familys_statistics_scale_as_the_statistics_of_reweighted_data(fitted):
+    """Stats.scaled(c), as stepwise EM scales a mini-batch to the full data: the statistics of the
+    same rows with every weight times c (the row count aside: it stands for c times the rows)."""
+    from em_spark.stats import COUNT
+
+    family, params = fitted
+    block = SAMPLES[family.name]
+    stats = family.e_step(block, params)
+    doubled = stats.scaled(2.0)
+    assert doubled.keys() == stats.keys()
+    for name in stats:  # exactly the sum of two copies: x * 2 == x + x in floating point
+        np.testing.assert_array_equal(doubled[name], (stats + stats)[name])
+    c = 0.37
+    reweighted = family.e_step(Block(block.X, np.full(block.n_rows, c), lengths=block.lengths), params)
+    for name in stats:
+        expected = stats[name] * c if name != COUNT else stats[name]
+        np.testing.assert_allclose(reweighted[name], expected, rtol=1e-12, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(stats.scaled(c)[COUNT], stats[COUNT] * c)
+    with pytest.raises(ValueError, match=r"scaled by a finite number >= 0, got -1.0"):
+        stats.scaled(-1)

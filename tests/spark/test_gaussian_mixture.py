@@ -13,7 +13,7 @@ from pyspark.sql import types as T
 from em_spark import GaussianMixture, GaussianMixtureModel
 from em_spark.app.demo_data import make_blobs
 from em_spark.engine import spark_source
-from em_spark.engine.loop import FitSettings, fit_em
+from em_spark.engine.loop import FitSettings, ResumeMismatchError, fit_em
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.engine.validation import DataValidationError
 from em_spark.models import GaussianFamily
@@ -210,6 +210,21 @@ def test_killed_fit_resumes_with_the_same_run_id_and_ends_exactly_as_uninterrupt
     np.testing.assert_allclose(resumed.means, reference.means, rtol=1e-9)
     np.testing.assert_allclose(resumed.covariances, reference.covariances, rtol=1e-9)
     assert resumed.summary.logLikelihoodHistory == reference.summary.logLikelihoodHistory
+
+
+def test_a_finished_run_continues_under_a_larger_max_iter_and_ends_as_one_longer_run(spark, tmp_path):
+    X, _, _ = make_blobs(3000, 2, 3, separation=1.5, seed=6)
+    df = _frame(spark, X).cache()
+    params = dict(k=3, tol=0.0, seed=4, nInit=2, checkpointDir=(tmp_path / "ck").as_uri())
+    reference = GaussianMixture(runId="reference", maxIter=8, **params).fit(df)
+    short = GaussianMixture(runId="nightly", maxIter=4, **params).fit(df)
+    assert short.summary.numIter == 4
+    longer = GaussianMixture(runId="nightly", maxIter=8, **params).fit(df)
+    assert longer.summary.logLikelihoodHistory == reference.summary.logLikelihoodHistory
+    np.testing.assert_array_equal(longer.means, reference.means)
+    np.testing.assert_array_equal(longer.covariances, reference.covariances)
+    with pytest.raises(ResumeMismatchError, match="'k': 3.*'k': 2"):
+        GaussianMixture(runId="nightly", maxIter=8, **{**params, "k": 2}).fit(df)
 
 
 def test_bad_input_fails_before_iteration_one_and_writes_no_checkpoint(spark, tmp_path):
