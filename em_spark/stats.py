@@ -71,6 +71,15 @@ class Stats(Mapping[str, np.ndarray]):
             out[k] = v + w
         return Stats(out)
 
+    def scaled(self, factor: float) -> Stats:
+        """Every array times ``factor``: the statistics of the same rows with their weights scaled
+        (a forgetting factor, or a sample blown up to the full data). ``count`` scales too: it is
+        then the effective number of rows behind the statistics."""
+        factor = float(factor)
+        if not np.isfinite(factor) or factor < 0:
+            raise ValueError(f"statistics can be scaled by a finite factor >= 0 only, got {factor!r}")
+        return Stats({k: v * factor for k, v in self.arrays.items()})
+
     def allclose(self, other: Stats, rtol: float = 1e-10, atol: float = 1e-12) -> bool:
         """True when both have the same fields and every array agrees within tolerance."""
         return self.arrays.keys() == other.arrays.keys() and all(
