@@ -769,7 +769,7 @@ class EMModel(Model, EMParams):
         from dataclasses import replace
 
         decay = decay_factor(halfLife)  # bad input is refused before anything is read or stored
-        stored = self._require_statistics()
+        stored = self.require_statistics()
         family = self._family
         settings = replace(
             self.fit_settings(),
@@ -833,7 +833,8 @@ class EMModel(Model, EMParams):
                 "features; give the columns it was fitted on"
             )
 
-    def _require_statistics(self) -> Stats:
+    def require_statistics(self) -> Stats:
+        """:attr:`statistics`, or a ValueError that says why there are none and what to do."""
         if self._statistics is None:
             raise ValueError(
                 "this model stores no sufficient statistics, so update() has nothing to start from: it was "
