@@ -489,17 +489,18 @@ class EMParams(ParamAccessors):
 STATISTICS_PREFIX = "statistics/"
 
 
-def model_statistics(family: EMFamily, recorder: RecordingSource, result: FitResult) -> Stats | None:
+def model_statistics(family: EMFamily, recorder: RecordingSource, result: FitResult) -> Stats:
     """The winning restart's last E-step statistics, moved into the frame of its final parameters
-    (``family.move_stats``), or None when this process ran none of its passes (a finished run re-run)."""
+    (``family.move_stats``). When this process ran none of its passes (a finished run re-run, or
+    one resumed after the winner stopped), one more pass takes them under the final parameters;
+    call it before the source is closed."""
     last = recorder.last_e_step([r.history for r in result.restarts], result.restart)
     if last is None:
-        log.warning(
-            "run=%s: the fit's last E-step ran in an earlier process, so this model stores no sufficient "
-            "statistics; model.update() needs them (refit under a new runId to store them)",
+        log.info(
+            "run=%s: the fit's last pass ran in an earlier process; one more pass takes the model's statistics",
             result.run_id or "-",
         )
-        return None
+        return recorder.e_step(family, result.params)  # (under the final parameters: their frame already)
     params, stats = last
     return family.move_stats(stats, params, result.params)
 
@@ -655,12 +656,13 @@ class EMEstimator(Estimator, EMParams):
                         **({"dtype": dtype} if dtype != InputSpec.dtype else {}),
                     },
                 )
+                statistics = model_statistics(family, recorder, result)
             finally:
                 source.close()
         model = self._model_class(family, result.params, source.n_features)
         model._set(**{p.name: v for p, v in self.extractParamMap().items() if model.hasParam(p.name)})
         model._summary = EMSummary(model, result, original)
-        model._statistics = model_statistics(family, recorder, result)
+        model._statistics = statistics
         return model
 
 
@@ -722,7 +724,7 @@ class EMModel(Model, EMParams):
     def statistics(self) -> Stats | None:
         """The sufficient statistics behind the model (the fit's last E-step, in the frame of these
         parameters), with ``weight`` and ``count`` the (effective) total weight and rows behind them;
-        None for a model saved before they were stored, or whose fit's last pass ran elsewhere."""
+        None for a model saved before they were stored."""
         return self._statistics
 
     def with_params(self, params: ParamArrays) -> EMModel:
@@ -810,6 +812,7 @@ class EMModel(Model, EMParams):
                         "update": {"decay": decay, "statistics": stats_digest(stored)},
                     },
                 )
+                statistics = model_statistics(family, recorder, result)
             finally:
                 source.close()
         result = replace(result, total_weight=decay * stored.weight + result.total_weight)
@@ -817,7 +820,7 @@ class EMModel(Model, EMParams):
         model._set(**{p.name: v for p, v in self.extractParamMap().items() if model.hasParam(p.name)})
         model._set(maxIter=settings.max_iter, tol=settings.tol)
         model._summary = EMSummary(model, result, dataset)
-        model._statistics = model_statistics(family, recorder, result)
+        model._statistics = statistics
         return model
 
     def check_features(self, dataset: DataFrame, features: Any = None) -> None:
@@ -838,7 +841,7 @@ class EMModel(Model, EMParams):
         if self._statistics is None:
             raise ValueError(
                 "this model stores no sufficient statistics, so update() has nothing to start from: it was "
-                "saved by an older em_spark, or its fit's last pass ran in an earlier process; fit it again "
+                "saved by an older em_spark; fit it again "
                 "(a full retrain; with the nightly job, nightly.mode: full for one night) and update that model"
             )
         return self._statistics

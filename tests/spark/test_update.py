@@ -133,3 +133,18 @@ def test_a_model_saved_without_statistics_is_refused_with_the_fix(spark, small_m
             runId="r",
         )
     assert not (tmp_path / "c").exists()
+
+
+def test_a_finished_run_fitted_again_still_stores_statistics(spark, tmp_path):
+    # the re-run returns the checkpointed result without an E-step; one more pass takes the
+    # statistics under the final parameters (the model of a night re-run after a kill has them too)
+    df = _frame(spark, _rows(np.random.default_rng(9), 800))
+    estimator = GaussianMixture(
+        k=3, seed=1, featuresCol=["x0", "x1"], tol=1e-10, checkpointDir=f"file://{tmp_path}/c", runId="twice"
+    )
+    first = estimator.fit(df)
+    again = estimator.fit(df)
+    assert again.summary.numIter == first.summary.numIter
+    assert again.statistics is not None and again.statistics.count == 800
+    # converged: the statistics under the final parameters and those of the last E-step agree closely
+    assert again.statistics.allclose(first.statistics, rtol=1e-6, atol=1e-6)
