@@ -73,9 +73,10 @@ class Stats(Mapping[str, np.ndarray]):
         return Stats(out)
 
     def scaled(self, factor: float) -> Stats:
-        """Every array times ``factor`` (a finite float >= 0): the statistics of the data weighted
-        by ``factor``. Stepwise EM (``engine.online``) scales a mini-batch's statistics to the
-        full data and blends ``s.scaled(1 - rho) + s_hat.scaled(rho)``."""
+        """Every array times ``factor`` (a finite float >= 0): the statistics of the same rows with
+        their weights scaled. ``count`` scales too: it is then the effective number of rows behind
+        them. Stepwise EM (``engine.online``) blends ``s.scaled(1 - rho) + s_hat.scaled(rho)``; an
+        update (``engine.incremental``) weighs stored statistics by a forgetting factor."""
         factor = float(factor)
         if not (math.isfinite(factor) and factor >= 0):
             raise ValueError(f"statistics can only be scaled by a finite number >= 0, got {factor!r}")

@@ -233,6 +233,8 @@ DOMAIN = {
     ),
     "nightly.driftThreshold": negative_floats(),
     "nightly.freshRestarts": below(0),
+    "nightly.mode": not_in("full", "incremental"),
+    "nightly.halfLife": st.one_of(negative_floats(), st.sampled_from(["0", "0.0"])),
     "select.ks": st.sampled_from(["[]", "[0]", "[2, -1]", "[2, 2]", "[3, 1, 3]"]),
     "select.covarianceTypes": st.one_of(
         st.sampled_from(["[]", "[full, full]", "['']"]),

@@ -100,6 +100,16 @@ def test_semi_supervised_example_names_components_after_their_labels(spark):
     assert accuracy > 0.8, accuracy
 
 
+@pytest.mark.spark
+def test_streaming_example_updates_nightly_and_per_micro_batch(spark):
+    namespace = _run(_example("StreamingUpdate("))
+    decay = 0.5 ** (1 / 7)
+    assert namespace["nightly"].statistics.count == pytest.approx(decay * 2000 + 500)
+    updater = namespace["updater"]
+    assert updater.lastBatchId == 0  # one micro-batch: the 500 rows written to incoming
+    assert updater.model.statistics.count == pytest.approx(0.5 ** (1 / 24) * (decay * 2000 + 500) + 500)
+
+
 def test_every_python_example_in_the_readme_is_run_by_a_test():
     examples = _fenced("python")
     markers = [
@@ -111,6 +121,7 @@ def test_every_python_example_in_the_readme_is_run_by_a_test():
         "labelCol=",
         "spark.addArtifacts(",  # tests/connect/test_executor_check.py
         'optimizer="online"',
+        "StreamingUpdate(",
     ]
     assert len(examples) == len(markers), "a new README example needs a test that runs it"
     for marker in markers:

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from em_spark.engine.arrow_input import DTYPES, InputSpec
 from em_spark.engine.dataframe_source import DataFrameBlockSource
 from em_spark.engine.executor_check import check_executors
+from em_spark.engine.incremental import DecayedSource, RecordingSource, decay_factor, stats_digest
 from em_spark.engine.job_tags import tagged_jobs
 from em_spark.engine.loop import FitResult, fit_em, run_lock
 from em_spark.engine.scoring import score_frame
@@ -34,6 +35,7 @@ from em_spark.models.base import DEFAULT_K, EMFamily
 from em_spark.models.base import Params as ParamArrays
 from em_spark.models.criteria import information_criteria
 from em_spark.models.gaussian import GaussianFamily
+from em_spark.stats import Stats
 from em_spark.storage.names import MODEL_FILE
 
 if TYPE_CHECKING:
@@ -285,6 +287,49 @@ class EMParams(ParamAccessors):
         """(data, features column(s)) as the engine reads them; sequence models group long format here."""
         return dataset, self.getOrDefault("featuresCol")
 
+    def _load(
+        self, data: DataFrame, features: Any, family: EMFamily, label: str
+    ) -> SparkBlockSource | DataFrameBlockSource:
+        label_col = self.getOrDefault("labelCol")
+        if label_col and not family.supports_labels:
+            raise ValueError(
+                f"labelCol is set but the {family.name!r} family does not take labels; "
+                "semi-supervised EM works with GaussianMixture and CategoricalMixture"
+            )
+        return load_blocks(
+            data,
+            features,
+            self.getOrDefault("weightCol"),
+            k=family.k,
+            seed=self.getOrDefault("seed"),
+            sample_size=self.getOrDefault("initSampleSize"),
+            num_partitions=self.getOrDefault("numPartitions"),
+            aggregation_depth=self.getOrDefault("aggregationDepth"),
+            label=label,
+            sequences=family.sequential,
+            allow_missing=family.models_missing,
+            label_col=label_col,
+            dtype=self.getOrDefault("dtype"),
+        )
+
+    def fit_settings(self) -> FitSettings:
+        """How a fit of this estimator runs EM (its params as the engine's FitSettings)."""
+        return FitSettings(
+            max_iter=self.getOrDefault("maxIter"),
+            tol=self.getOrDefault("tol"),
+            n_init=self.getOrDefault("nInit"),
+            seed=self.getOrDefault("seed"),
+            acceleration=self.getOrDefault("acceleration"),
+            optimizer=self.getOrDefault("optimizer"),
+            mini_batch_fraction=self.getOrDefault("miniBatchFraction"),
+            learning_offset=self.getOrDefault("learningOffset"),
+            learning_decay=self.getOrDefault("learningDecay"),
+            run_id=self.getOrDefault("runId"),
+            checkpoint_dir=self.getOrDefault("checkpointDir"),
+            keep_checkpoints=self.getOrDefault("keepCheckpoints"),
+            s3_endpoint=self.getOrDefault("s3Endpoint"),
+        )
+
     def setParams(self, **kwargs: Any) -> Self:
         """Set params by name (pyspark.ml's setParams); None means "use the default"."""
         self._set_checked(**kwargs)
@@ -499,6 +544,26 @@ class EMParams(ParamAccessors):
         return self._set_or_clear("s3Endpoint", value)
 
 
+#: prefix of the stored statistics' arrays in a saved model (its parameters have no "/")
+STATISTICS_PREFIX = "statistics/"
+
+
+def model_statistics(family: EMFamily, recorder: RecordingSource, result: FitResult) -> Stats:
+    """The winning restart's last E-step statistics, moved into the frame of its final parameters
+    (``family.move_stats``). When this process ran none of its passes (a finished run re-run, or
+    one resumed after the winner stopped), one more pass takes them under the final parameters;
+    call it before the source is closed."""
+    last = recorder.last_e_step([r.history for r in result.restarts], result.restart)
+    if last is None:
+        log.info(
+            "run=%s: the fit's last pass ran in an earlier process; one more pass takes the model's statistics",
+            result.run_id or "-",
+        )
+        return recorder.e_step(family, result.params)  # (under the final parameters: their frame already)
+    params, stats = last
+    return family.move_stats(stats, params, result.params)
+
+
 class EMSummary:
     """Training summary, with pyspark.ml's names where they exist.
 
@@ -600,49 +665,6 @@ class EMEstimator(Estimator, EMParams):
         check_executors(data.sparkSession)
         return self._load(data, features, family, label)
 
-    def _load(
-        self, data: DataFrame, features: Any, family: EMFamily, label: str
-    ) -> SparkBlockSource | DataFrameBlockSource:
-        label_col = self.getOrDefault("labelCol")
-        if label_col and not family.supports_labels:
-            raise ValueError(
-                f"labelCol is set but the {family.name!r} family does not take labels; "
-                "semi-supervised EM works with GaussianMixture and CategoricalMixture"
-            )
-        return load_blocks(
-            data,
-            features,
-            self.getOrDefault("weightCol"),
-            k=family.k,
-            seed=self.getOrDefault("seed"),
-            sample_size=self.getOrDefault("initSampleSize"),
-            num_partitions=self.getOrDefault("numPartitions"),
-            aggregation_depth=self.getOrDefault("aggregationDepth"),
-            label=label,
-            sequences=family.sequential,
-            allow_missing=family.models_missing,
-            label_col=label_col,
-            dtype=self.getOrDefault("dtype"),
-        )
-
-    def fit_settings(self) -> FitSettings:
-        """How a fit of this estimator runs EM (its params as the engine's FitSettings)."""
-        return FitSettings(
-            max_iter=self.getOrDefault("maxIter"),
-            tol=self.getOrDefault("tol"),
-            n_init=self.getOrDefault("nInit"),
-            seed=self.getOrDefault("seed"),
-            acceleration=self.getOrDefault("acceleration"),
-            optimizer=self.getOrDefault("optimizer"),
-            mini_batch_fraction=self.getOrDefault("miniBatchFraction"),
-            learning_offset=self.getOrDefault("learningOffset"),
-            learning_decay=self.getOrDefault("learningDecay"),
-            run_id=self.getOrDefault("runId"),
-            checkpoint_dir=self.getOrDefault("checkpointDir"),
-            keep_checkpoints=self.getOrDefault("keepCheckpoints"),
-            s3_endpoint=self.getOrDefault("s3Endpoint"),
-        )
-
     def _fit(self, dataset: DataFrame) -> EMModel:
         family = self.family()
         original = dataset
@@ -686,11 +708,12 @@ class EMEstimator(Estimator, EMParams):
                 source.num_partitions,
                 time.perf_counter() - started,
             )
+            recorder = RecordingSource(source)  # keeps each pass's statistics: the model stores the last
             try:
                 initial = self._initial_params(family, source.n_features)
                 result = fit_em(
                     family,
-                    source,
+                    recorder,
                     settings,
                     initial,
                     data_identity={
@@ -702,11 +725,13 @@ class EMEstimator(Estimator, EMParams):
                         **({"dtype": dtype} if dtype != InputSpec.dtype else {}),
                     },
                 )
+                statistics = model_statistics(family, recorder, result)
             finally:
                 source.close()
         model = self._model_class(family, result.params, source.n_features)
         model._set(**{p.name: v for p, v in self.extractParamMap().items() if model.hasParam(p.name)})
         model._summary = EMSummary(model, result, original)
+        model._statistics = statistics
         return model
 
 
@@ -730,6 +755,8 @@ class EMModel(Model, EMParams):
         self._arrays = {k: np.asarray(v) for k, v in params.items()}
         self._n_features = int(n_features)
         self._summary: EMSummary | None = None
+        # the sufficient statistics of the data behind the model, in its parameters' frame (update())
+        self._statistics: Stats | None = None
         self._set(k=family.k)
 
     # -- parameters ---------------------------------------------------------
@@ -762,11 +789,132 @@ class EMModel(Model, EMParams):
             )
         return self._summary
 
+    @property
+    def statistics(self) -> Stats | None:
+        """The sufficient statistics behind the model (the fit's last E-step, in the frame of these
+        parameters), with ``weight`` and ``count`` the (effective) total weight and rows behind them;
+        None for a model saved before they were stored."""
+        return self._statistics
+
     def with_params(self, params: ParamArrays) -> EMModel:
-        """The same model (params, summary) with other parameter arrays, e.g. relabeled components."""
+        """The same model (params, summary) with other parameter arrays; its statistics, which
+        belong to the old arrays, are dropped (see :meth:`relabeled`)."""
         other = self.copy()
         other._arrays = {k: np.asarray(v) for k, v in params.items()}
+        other._statistics = None
         return other
+
+    def relabeled(self, order: Any) -> EMModel:
+        """The same model with components reordered (new component j is old ``order[j]``),
+        parameters and stored statistics alike."""
+        other = self.with_params(self._family.relabel(self._arrays, order))
+        if self._statistics is not None:
+            other._statistics = self._family.relabel_stats(self._statistics, order)
+        return other
+
+    # -- incremental update -------------------------------------------------
+    def update(
+        self,
+        dataset: DataFrame,
+        halfLife: float,
+        *,
+        maxIter: int | None = None,
+        tol: float | None = None,
+        runId: str | None = None,
+        checkpointDir: str | None = None,
+    ) -> EMModel:
+        """A new model from this one and ``dataset`` only, forgetting old data with ``halfLife``.
+
+        EM runs on ``dataset``'s rows, starting from this model's parameters; every iteration's
+        statistics are ``decay * self.statistics + E-step(dataset | current parameters)`` with
+        ``decay = 0.5 ** (1 / halfLife)`` (pyspark.mllib StreamingKMeans' ``halfLife`` in
+        batches: data ``halfLife`` updates old counts half; ``float('inf')`` never forgets). A
+        pass costs ``dataset``'s rows, not the history's. The new model stores its own statistics
+        (their ``weight`` and ``count`` are the effective totals behind it). ``maxIter`` and
+        ``tol`` default to this model's; with ``runId`` and ``checkpointDir`` the update is
+        checkpointed and a killed one resumes (it must be given the same model and halfLife).
+
+        The summary's ``numRows`` are ``dataset``'s rows; ``totalWeight`` and the log-likelihoods
+        are those of the weighted objective (old statistics included).
+        """
+        from dataclasses import replace
+
+        decay = decay_factor(halfLife)  # bad input is refused before anything is read or stored
+        stored = self.require_statistics()
+        family = self._family
+        settings = replace(
+            self.fit_settings(),
+            n_init=1,  # the model continues: no fresh restarts
+            optimizer="batch",  # tonight's rows are few next to the history: full passes over them
+            max_iter=self.getOrDefault("maxIter") if maxIter is None else maxIter,
+            tol=self.getOrDefault("tol") if tol is None else tol,
+            run_id=runId,
+            checkpoint_dir=checkpointDir,
+        )
+        if runId:
+            from em_spark.storage import validate_name
+
+            validate_name(runId, "run id")
+        data, features = self._input(dataset)
+        self.check_features(data, features)
+        check_executors(data.sparkSession)
+        if settings.checkpoint_dir and settings.run_id:
+            run_lock(settings).ensure_free()
+        weight_col = self.getOrDefault("weightCol")
+        with tagged_jobs(data.sparkSession, settings.run_id):
+            source = self._load(data, features, family, f"em_spark update={settings.run_id or '-'}")
+            try:
+                if source.n_features != self._n_features:
+                    raise DataValidationError(
+                        f"{describe_features(features)} hold {source.n_features} features but the model was fitted "
+                        f"on {self._n_features}; update it with data of the same features (or fit a new model)"
+                    )
+                recorder = RecordingSource(DecayedSource(source, stored, self._arrays, decay))
+                result = fit_em(
+                    family,
+                    recorder,
+                    settings,
+                    self._arrays,
+                    data_identity={
+                        "features": features,
+                        "weightCol": weight_col,
+                        # a resume must continue the same update: same starting model, same forgetting
+                        "update": {"decay": decay, "statistics": stats_digest(stored)},
+                    },
+                )
+                statistics = model_statistics(family, recorder, result)
+            finally:
+                source.close()
+        result = replace(result, total_weight=decay * stored.weight + result.total_weight)
+        model = type(self)(family, result.params, self._n_features)
+        model._set(**{p.name: v for p, v in self.extractParamMap().items() if model.hasParam(p.name)})
+        model._set(maxIter=settings.max_iter, tol=settings.tol)
+        model._summary = EMSummary(model, result, dataset)
+        model._statistics = statistics
+        return model
+
+    def check_features(self, dataset: DataFrame, features: Any = None) -> None:
+        """A DataValidationError naming the column when ``dataset`` (batch or streaming) lacks this
+        model's feature columns, or has another number of them, before anything is read."""
+        from em_spark.engine.spark_source import feature_array, sequence_array
+
+        features = self.getOrDefault("featuresCol") if features is None else features
+        (sequence_array if self._family.sequential else feature_array)(dataset, features)  # the load's validator
+        if not isinstance(features, str) and len(features) != self._n_features:
+            raise DataValidationError(
+                f"featuresCol names {len(features)} columns {list(features)} but the model has {self._n_features} "
+                "features; give the columns it was fitted on"
+            )
+
+    def require_statistics(self) -> Stats:
+        """:attr:`statistics`, or a ValueError that says why there are none and what to do."""
+        if self._statistics is None:
+            raise ValueError(
+                "this model stores no sufficient statistics, so update() has nothing to start from: it was "
+                "saved by an older em_spark; fit it again "
+                "(a full retrain; with the nightly job, nightly.mode: full for one night) and update that model"
+            )
+        return self._statistics
 
     # -- scoring ------------------------------------------------------------
     def _transform(self, dataset: DataFrame) -> DataFrame:
@@ -853,8 +1001,12 @@ class EMModel(Model, EMParams):
             "numFeatures": self._n_features,
             "params": {p.name: v for p, v in self.extractParamMap().items() if p.name in keep},
             "summary": self._summary.as_dict() if self._summary is not None else None,
+            "statistics": None if self._statistics is None else sorted(self._statistics),
         }
-        return pack(json.loads(json.dumps(meta)), self._arrays)
+        arrays = dict(self._arrays)
+        if self._statistics is not None:
+            arrays.update({STATISTICS_PREFIX + name: value for name, value in self._statistics.items()})
+        return pack(json.loads(json.dumps(meta)), arrays)
 
     def save(self, path: str, overwrite: bool = False) -> None:
         """Write the model under ``path`` (any pyarrow.fs URI) as one checksummed file, no pickle."""
@@ -879,7 +1031,16 @@ class EMModel(Model, EMParams):
         family_config = dict(meta["family"])
         family_cls = FAMILIES[family_config.pop("name")]
         family = family_cls(**family_config)
+        stored = {
+            name[len(STATISTICS_PREFIX) :]: arrays.pop(name)
+            for name in list(arrays)
+            if name.startswith(STATISTICS_PREFIX)
+        }
         model = cls(family, arrays, meta["numFeatures"])
+        if meta.get("statistics") is not None:
+            if sorted(stored) != sorted(meta["statistics"]):
+                raise ValueError(f"{where} lists statistics {meta['statistics']} but holds {sorted(stored)}")
+            model._statistics = Stats(stored)
         model._set(**{k: v for k, v in meta["params"].items() if v is not None})
         if meta.get("summary"):
             summary = meta["summary"]

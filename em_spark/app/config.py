@@ -192,6 +192,10 @@ class NightlySection:
     promotionTolerance: float = 0.01  # promote unless holdout avg log-likelihood is worse by more (nats)
     freshRestarts: int = 2  # restarts from initMode besides the warm start from production
     force: bool = False  # retrain even without drift
+    # full: refit tonight's data from production (and fresh restarts); incremental: model.update()
+    # production with tonight's rows only, forgetting older data with halfLife (NIGHTLY_MODES)
+    mode: str = "full"
+    halfLife: float = 7.0  # incremental: nights after which a night's data counts half (> 0)
 
 
 @dataclass
@@ -608,7 +612,11 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "nightly.holdoutFraction": (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)"),
     "nightly.driftThreshold": (lambda v: v >= 0, ">= 0 (nats per row)"),
     "nightly.freshRestarts": (lambda v: v >= 0, ">= 0"),
+    "nightly.halfLife": (lambda v: v > 0, "> 0 (nights after which a night's data counts half)"),
 }
+
+#: how the nightly job fits tonight's candidate (nightly.mode)
+NIGHTLY_MODES = ("full", "incremental")
 
 
 def _leaves(section: object, prefix: str = "") -> Iterator[tuple[str, Any, bool]]:
@@ -651,6 +659,12 @@ def _check(c: JobConfig) -> None:
         raise bad("fit.acceleration", f"must be one of {', '.join(ACCELERATIONS)}; got {c.fit.acceleration!r}")
     if c.fit.dtype not in DTYPES:
         raise bad("fit.dtype", f"must be one of {', '.join(DTYPES)}; got {c.fit.dtype!r}")
+    if c.nightly.mode not in NIGHTLY_MODES:
+        raise bad(
+            "nightly.mode",
+            f"must be one of {', '.join(NIGHTLY_MODES)} (incremental: update production with tonight's rows "
+            f"only); got {c.nightly.mode!r}",
+        )
     if c.model.initMode not in ("k-means++", "random"):
         raise bad("model.initMode", f"must be 'k-means++' or 'random', got {c.model.initMode!r}")
     if c.model.family not in FAMILIES:

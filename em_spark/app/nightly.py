@@ -316,6 +316,7 @@ def _retrain(
         from em_spark.app import metrics
 
         checkpoint_dir, metrics_path = config.run.checkpointDir, resolve_local(config.run.metricsPath)
+        incremental = config.nightly.mode == "incremental" and production is not None
         with metrics.IterationRecorder(
             run_id,
             lambda rid: metrics.metrics_uri(rid, checkpoint_dir, metrics_path),
@@ -328,13 +329,25 @@ def _retrain(
                 from em_spark.app.tracking import estimator_params
 
                 tracker.set_params(estimator_params(estimator))
-            model = estimator.fit(train)
+            if incremental:
+                assert production is not None  # (incremental needs the model it updates)
+                # tonight's rows only: production's stored statistics stand for the nights before
+                model = production.update(
+                    train,
+                    halfLife=config.nightly.halfLife,
+                    maxIter=config.fit.maxIter,
+                    tol=config.fit.tol,
+                    runId=run_id,
+                    checkpointDir=checkpoint_dir,
+                )
+            else:
+                model = estimator.fit(train)
         timings["fit"] = time.perf_counter() - t
         mapping, fitted = None, model
         if production is not None:
             family = model.family
             order, distance = match_components(family, production.arrays, model.arrays)
-            model = model.with_params(family.relabel(model.arrays, order))
+            model = model.relabeled(order)  # parameters and stored statistics in production's ids
             drift = {**(drift or {}), **component_drift(family, production.arrays, model.arrays)}
         # The night's fit is a run like any other: its metrics file (and push) as for train, with
         # the drift from production (per component in production's ids) when there is one.
@@ -379,12 +392,18 @@ def _retrain(
             data_fingerprint=model.summary.dataFingerprint,
             run_id=run_id,
             metrics=model_metrics,
-            extra={"componentMapping": mapping, "warmStartFrom": production_version},
+            extra={
+                "componentMapping": mapping,
+                "warmStartFrom": production_version,
+                "mode": "incremental" if incremental else "full",
+                **({"halfLife": config.nightly.halfLife} if incremental else {}),
+            },
         )
         timings["evaluate+register"] = time.perf_counter() - t
 
     new_holdout = version.metrics["holdoutAvgLogLik"]
     out: dict[str, Any] = {
+        "fitMode": version.extra.get("mode", "full"),  # incremental: production updated with tonight's rows
         "newVersion": version.version,
         "metrics": {"new": version.metrics},
         "componentMapping": mapping,

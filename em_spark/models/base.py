@@ -219,6 +219,14 @@ class EMFamily(Protocol):
         and ``rng`` are there to re-seed a component that lost all its mass.
         """
 
+    def move_stats(self, stats: Stats, old: Params, new: Params) -> Stats:
+        """``stats``, taken by an E-step under ``old``, laid out as an E-step under ``new`` lays
+        them out (the same responsibilities; only a frame such as the Gaussian's per-component
+        shift moves), so that they add to statistics taken under ``new``. Exact."""
+
+    def relabel_stats(self, stats: Stats, order: np.ndarray) -> Stats:
+        """Statistics with components reordered as :meth:`relabel` reorders the parameters."""
+
     def score(self, block: Block, params: Params) -> dict[str, np.ndarray]:
         """Per-row outputs: ``log_resp`` (n, k) log-responsibilities and ``loglik`` (n,)."""
 
@@ -285,6 +293,19 @@ class FamilyBase:
     def log_prior(self, params: Params) -> float:
         """0: maximum likelihood (families with a prior override this)."""
         return 0.0
+
+    def move_stats(self, stats: Stats, old: Params, new: Params) -> Stats:
+        """``stats`` unchanged: counts and responsibilities do not depend on a frame (families
+        whose statistics are taken around the parameters, e.g. the Gaussian's means, override it)."""
+        return stats
+
+    def relabel_stats(self, stats: Stats, order: np.ndarray) -> Stats:
+        """Every per-component array (first axis of length k) in ``order``; totals unchanged.
+        Families with other per-component axes (an HMM's transition counts) override it."""
+        order = self._permutation(order)
+        return Stats(
+            {name: value[order] if value.ndim and value.shape[0] == self.k else value for name, value in stats.items()}
+        )
 
     def _permutation(self, order: Any) -> np.ndarray:
         """``order`` as an array, or a ModelError unless it is a permutation of 0..k-1."""

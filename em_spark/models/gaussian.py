@@ -51,6 +51,7 @@ from em_spark.models.kernels import (
     log0,
     normalize_log_prob,
     not_positive_definite_components,
+    shifted_moments,
 )
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
@@ -210,6 +211,11 @@ class GaussianFamily(FamilyBase):
             )
             out[name] = value[order].copy() if per_component else value.copy()
         return out
+
+    def move_stats(self, stats: Stats, old: Params, new: Params) -> Stats:
+        """``sum`` and ``sq`` moved from ``old``'s means to ``new``'s (the shift; see the module docstring)."""
+        sums, sq = shifted_moments(stats["nk"], stats["sum"], stats["sq"], old["means"], new["means"])
+        return Stats({**stats, "sum": sums, "sq": sq})
 
     def progress(self, params: Params) -> dict[str, float]:
         """The smallest component weight: a component heading for collapse shows here first."""

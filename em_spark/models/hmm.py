@@ -55,6 +55,7 @@ from em_spark.models.kernels import (
     ill_defined_covariance,
     log0,
     not_positive_definite_components,
+    shifted_moments,
 )
 from em_spark.models.markov import MarkovChain, block_sequences, dead_state_event, dead_states
 from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
@@ -207,6 +208,11 @@ class GaussianHMMFamily(MarkovChain):
             half_maha = kernel.half_mahalanobis(diffs, work, prepared)
             np.subtract(log_const[:, None], half_maha, out=out[:, start:stop])
         return out
+
+    def move_stats(self, stats: Stats, old: Params, new: Params) -> Stats:
+        """The emissions' ``sum`` and ``sq`` moved from ``old``'s means to ``new``'s (the chain's counts stay)."""
+        sums, sq = shifted_moments(stats["post"], stats["sum"], stats["sq"], old["means"], new["means"])
+        return Stats({**stats, "sum": sums, "sq": sq})
 
     def _emission_stats(self, X: np.ndarray, wgamma: np.ndarray, params: Params) -> dict[str, np.ndarray]:
         """post (k,), sum (k, d), sq (k, d, d) | (k, d) of observations X (n, d) with weighted posteriors (k, n)."""

@@ -36,6 +36,7 @@ __all__ = [
     "log0",
     "normalize_log_prob",
     "not_positive_definite_components",
+    "shifted_moments",
 ]
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
@@ -201,6 +202,25 @@ def _moments_vector(diffs: np.ndarray, work: np.ndarray, wr: np.ndarray, sums: n
     # batched gemv: Σ w r (x − μ_k) and Σ w r (x − μ_k)²
     sums += np.matmul(diffs, wr[:, :, None])[:, :, 0]
     sq += np.matmul(work, wr[:, :, None])[:, :, 0]
+
+
+def shifted_moments(
+    nk: np.ndarray, sums: np.ndarray, sq: np.ndarray, old: np.ndarray, new: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sum, sq) of the same weighted rows taken around ``new`` (k, d) instead of ``old`` (k, d).
+
+    With c = old − new: Σ w r (x − new) = sum + nk c and Σ w r (x − new)(x − new)ᵀ = sq + sum cᵀ
+    + c sumᵀ + nk c cᵀ (the diagonal only for ``sq`` of shape (k, d)). Exact algebra: the
+    responsibilities are those of the E-step that took them, only the origin moves.
+    """
+    c = np.asarray(old, dtype=np.float64) - np.asarray(new, dtype=np.float64)
+    moved_sums = sums + nk[:, None] * c
+    if sq.ndim == 3:
+        cross = sums[:, :, None] * c[:, None, :]
+        moved_sq = sq + cross + np.swapaxes(cross, 1, 2) + nk[:, None, None] * c[:, :, None] * c[:, None, :]
+    else:
+        moved_sq = sq + 2.0 * c * sums + nk[:, None] * np.square(c)
+    return moved_sums, moved_sq
 
 
 def _covariance_full(nk: np.ndarray, delta: np.ndarray, sq: np.ndarray, reg: float) -> np.ndarray:

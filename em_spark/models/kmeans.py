@@ -90,6 +90,11 @@ class KMeansFamily(FamilyBase):
         order = self._permutation(order)
         return {name: value[order].copy() for name, value in params.items()}
 
+    def move_stats(self, stats: Stats, old: Params, new: Params) -> Stats:
+        """``sum`` moved from ``old``'s centers to ``new``'s (sums are taken around each row's center)."""
+        moved = stats["sum"] + stats["nk"][:, None] * (old["centers"] - new["centers"])
+        return Stats({**stats, "sum": moved})
+
     # -- EM -------------------------------------------------------------------
 
     def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:

@@ -654,6 +654,13 @@ class MarkovChain(FamilyBase, ABC):
         out.update(self._relabel_emissions(params, order))
         return out
 
+    def relabel_stats(self, stats: Stats, order: np.ndarray) -> Stats:
+        """Statistics with states reordered as :meth:`relabel` does: ``trans`` along both axes,
+        every other per-state array along its first."""
+        order = self._permutation(order)
+        moved = FamilyBase.relabel_stats(self, stats, order)
+        return Stats({**moved, "trans": np.asarray(stats["trans"])[np.ix_(order, order)]})
+
     def _chain_from_public(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """startprob and transmat from an ``initialModel``'s startProb and transMat: non-negative,
         summing to 1 (per row) within 1e-6, then renormalized."""

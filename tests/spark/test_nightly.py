@@ -135,3 +135,42 @@ def test_a_hidden_markov_model_retrains_nightly_with_states_matched_to_productio
 
     new, old = (model_from_bytes(registry.load_bytes("demo-hmm", v)) for v in (2, 1))
     np.testing.assert_allclose(new.means, old.means + 1.0, atol=0.4)
+
+
+def test_an_incremental_night_updates_production_with_tonights_rows_only(spark, tmp_path):
+    import dataclasses
+
+    from em_spark.api import model_from_bytes
+    from em_spark.app.common import read_input
+    from em_spark.app.nightly import holdout_mask
+
+    registry = ModelRegistry((tmp_path / "registry").as_uri())
+    incremental = {"nightly.mode": "incremental", "nightly.halfLife": 2.0}
+    _night(tmp_path, "2026-11-20")
+    first = run_nightly(_config(tmp_path, "2026-11-20", **incremental))  # no production yet: a full fit
+    assert first["decision"] == "promoted" and first["fitMode"] == "full"
+    v1 = model_from_bytes(registry.load_bytes("demo-gmm", 1))
+    assert v1.statistics is not None and v1.statistics.count == first["rows"]["train"]
+
+    _night(tmp_path, "2026-11-21", shift=1.5, seed=3, rows=3000)  # the world moved: drift, retrain
+    config = _config(tmp_path, "2026-11-21", **incremental)
+    moved = run_nightly(config)
+    assert moved["fitMode"] == "incremental" and moved["newVersion"] == 2 and moved["decision"] == "promoted"
+    v2 = model_from_bytes(registry.load_bytes("demo-gmm", 2))
+    decay = 0.5 ** (1 / 2.0)
+    # the statistics behind v2: v1's, decayed, plus tonight's training rows (no earlier night re-read)
+    assert v2.statistics.count == pytest.approx(decay * first["rows"]["train"] + moved["rows"]["train"], rel=1e-12)
+    assert registry.get("demo-gmm", 2).extra["mode"] == "incremental"
+    # it is exactly production updated with tonight's training rows (ids kept: the update continues v1)
+    night = dataclasses.replace(
+        config, input=dataclasses.replace(config.input, path=config.nightly.inputPath.replace("{date}", "2026-11-21"))
+    )
+    data = read_input(spark, night)
+    train = data.where(~holdout_mask(data, config.input.features, config.nightly.holdoutFraction))
+    v1.setParams(featuresCol=config.input.features)
+    direct = v1.update(train, halfLife=2.0, maxIter=config.fit.maxIter, tol=config.fit.tol)
+    assert [m["fromFitted"] for m in moved["componentMapping"]] == [0, 1, 2]
+    for name, value in direct.public_params().items():
+        np.testing.assert_allclose(v2.public_params()[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
+    # history still counts: each mean moved part of the way (tonight's share of the weight), not all of it
+    assert all(0.2 < m["meanShift"] / (1.5 * np.sqrt(2)) < 0.9 for m in moved["componentMapping"]), moved
