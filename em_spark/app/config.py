@@ -23,7 +23,7 @@ import yaml
 
 from em_spark.engine.acceleration import ACCELERATIONS
 from em_spark.engine.arrow_input import DTYPES, InputSpec
-from em_spark.engine.settings import FitSettings
+from em_spark.engine.settings import OPTIMIZERS, FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import FAMILIES as _MODEL_FAMILIES
 from em_spark.models import CategoricalMixtureFamily, GaussianFamily
@@ -143,6 +143,10 @@ class FitSection:
     nInit: int = FitSettings.n_init
     seed: int = FitSettings.seed
     acceleration: str = FitSettings.acceleration  # none | squarem (SQUAREM-accelerated EM)
+    optimizer: str = FitSettings.optimizer  # batch | online (stepwise EM on mini-batches)
+    miniBatchFraction: float = FitSettings.mini_batch_fraction  # online: the share each step reads
+    learningOffset: float = FitSettings.learning_offset  # online: tau in rho_t = (t + tau) ** -kappa
+    learningDecay: float = FitSettings.learning_decay  # online: kappa
     dtype: str = InputSpec.dtype  # float64 | float32 (blocks stored in float32, statistics in float64)
     numPartitions: int | None = None
     aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH
@@ -599,6 +603,9 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "fit.maxIter": (lambda v: v >= 1, ">= 1"),
     "fit.tol": (lambda v: v >= 0, ">= 0"),
     "fit.nInit": (lambda v: v >= 1, ">= 1"),
+    "fit.miniBatchFraction": (lambda v: 0 < v <= 1, "in (0, 1] (the share of the data each online step reads)"),
+    "fit.learningOffset": (lambda v: v >= 0, ">= 0 (tau)"),
+    "fit.learningDecay": (lambda v: 0.5 < v <= 1, "in (0.5, 1] (kappa)"),
     "fit.numPartitions": (lambda v: 1 <= v <= 2**31 - 1, "between 1 and 2147483647, or null for one per core"),
     "fit.aggregationDepth": (lambda v: v >= 1, ">= 1 (the depth of the tree reduce)"),
     "fit.initSampleSize": (lambda v: v >= 1, ">= 1 (rows sampled for initialization)"),
@@ -657,6 +664,12 @@ def _check(c: JobConfig) -> None:
         raise bad("model.covarianceType", f"must be one of full, diag, spherical, tied; got {c.model.covarianceType!r}")
     if c.fit.acceleration not in ACCELERATIONS:
         raise bad("fit.acceleration", f"must be one of {', '.join(ACCELERATIONS)}; got {c.fit.acceleration!r}")
+    if c.fit.optimizer not in OPTIMIZERS:
+        raise bad("fit.optimizer", f"must be one of {', '.join(OPTIMIZERS)}; got {c.fit.optimizer!r}")
+    if c.fit.optimizer == "online" and c.fit.acceleration != ACCELERATIONS[0]:
+        raise bad(
+            "fit.acceleration", f"must be {ACCELERATIONS[0]} with fit.optimizer: online; got {c.fit.acceleration!r}"
+        )
     if c.fit.dtype not in DTYPES:
         raise bad("fit.dtype", f"must be one of {', '.join(DTYPES)}; got {c.fit.dtype!r}")
     if c.nightly.mode not in NIGHTLY_MODES:

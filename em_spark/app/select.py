@@ -21,6 +21,11 @@ def run_select(config: JobConfig) -> dict[str, Any]:
     from em_spark.engine.selection import format_table, select_models, to_json
     from em_spark.engine.settings import FitSettings
 
+    if config.fit.optimizer != "batch":  # refused before Spark starts or any data is read
+        raise ConfigError(
+            f"select fits its candidates with batch EM, but fit.optimizer is {config.fit.optimizer!r} "
+            f"(in {config.source}); select with fit.optimizer: batch, then train the chosen model online"
+        )
     base = estimator_from_config(config, None)
     covariance_types = config.select.covarianceTypes if base.hasParam("covarianceType") else [None]
 
@@ -35,6 +40,7 @@ def run_select(config: JobConfig) -> dict[str, Any]:
         n_init=config.fit.nInit,
         seed=config.fit.seed,
         acceleration=config.fit.acceleration,
+        optimizer=config.fit.optimizer,  # (online: refused by select_models with the way out)
     )
     # loaded once, as a fit of the grid's smallest k reads it (its sample bounds k-means++ for all)
     family = make_family(min(config.select.ks), covariance_types[0])

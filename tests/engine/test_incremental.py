@@ -151,7 +151,7 @@ def test_scaled_statistics_scale_every_array_and_refuse_a_negative_factor():
     stats = Stats({"nk": [1.0, 3.0], "loglik": -4.0, "weight": 4.0, "count": 4.0})
     half = stats.scaled(0.5)
     assert half["nk"].tolist() == [0.5, 1.5] and (half.loglik, half.weight, half.count) == (-2.0, 2.0, 2.0)
-    with pytest.raises(ValueError, match="factor >= 0"):
+    with pytest.raises(ValueError, match="scaled by a finite number >= 0"):
         stats.scaled(-1.0)
 
 

@@ -178,3 +178,22 @@ def test_squarem_candidates_with_restarts_share_the_passes_and_each_fit_is_the_f
         stats = source.e_step(family, result.params)
         assert c.avgLogLik == stats.loglik / stats.weight  # bit for bit
     assert shared_source.e_step_calls * 3 < separate_passes
+
+
+def test_select_refuses_the_online_optimizer_before_spark_starts_and_train_takes_it():
+    from em_spark.app.common import estimator_from_config
+    from em_spark.app.select import run_select
+
+    config = load_config("conf/local.yaml", ["fit.optimizer=online"])
+    with pytest.raises(ConfigError, match="select fits its candidates with batch EM, but fit.optimizer is 'online'"):
+        run_select(config)  # (no Spark session exists in this JVM-free test: the check comes first)
+    online = load_config(
+        "conf/local.yaml", ["fit.optimizer=online", "fit.miniBatchFraction=0.2", "fit.learningDecay=0.7"]
+    )
+    estimator = estimator_from_config(online, None)
+    settings = estimator.fit_settings()
+    assert (settings.optimizer, settings.mini_batch_fraction, settings.learning_decay) == ("online", 0.2, 0.7)
+    with pytest.raises(ConfigError, match=r"fit.learningDecay.*in \(0.5, 1\]"):
+        load_config("conf/local.yaml", ["fit.learningDecay=0.5"])
+    with pytest.raises(ConfigError, match="fit.acceleration"):
+        load_config("conf/local.yaml", ["fit.optimizer=online", "fit.acceleration=squarem"])
