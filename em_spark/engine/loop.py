@@ -22,12 +22,14 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from em_spark.engine.acceleration import backtrack, extrapolate, grown, shrunk, step_length
+from em_spark.engine.results import FitResult, RestartOutcome
+from em_spark.engine.results import restart_rng as _rng
 from em_spark.engine.session_loss import SessionLostError
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import (
@@ -59,52 +61,8 @@ __all__ = [
 log = logging.getLogger("em_spark")
 
 
-@dataclass(frozen=True)
-class RestartOutcome:
-    """Where one restart ended."""
-
-    params: Params
-    history: list[float]
-    converged: bool
-
-
-@dataclass
-class FitResult:
-    """The best restart's outcome."""
-
-    params: Params
-    history: list[float]  # average log-likelihood per sample, one per iteration
-    n_iter: int
-    converged: bool
-    restart: int  # which restart won (0-based)
-    total_weight: float
-    n_rows: int
-    run_id: str
-    iteration_seconds: list[float] = field(default_factory=list)
-    data_fingerprint: str = ""
-    observation_weight: float | None = None  # BIC's sample size (models.criteria); None: unknown (older model file)
-    restarts: list[RestartOutcome] = field(default_factory=list)  # every restart, in restart order
-    optimizer: str = "batch"  # "online": stepwise EM (engine.online); history is then one entry per step
-    stopped_by: str = ""  # online: "heldOut" (converged on the held-out set) or "maxIter"
-    held_out_history: list[float] = field(default_factory=list)  # online: held-out avgLogLik, once an epoch
-    epochs: float | None = None  # online: data passes' worth of rows the steps read (steps x miniBatchFraction)
-
-    @property
-    def average_log_likelihood(self) -> float:
-        return self.history[-1]
-
-    @property
-    def log_likelihood(self) -> float:
-        """Total (weighted) log-likelihood, as pyspark.ml reports it."""
-        return self.history[-1] * self.total_weight
-
-
 def new_run_id() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
-
-
-def _rng(seed: int, *path: int) -> np.random.Generator:
-    return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, *path])
 
 
 # ---------------------------------------------------------------------------

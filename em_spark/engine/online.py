@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from em_spark.engine.minibatch import Subset, SubsetStats
+from em_spark.engine.results import FitResult, RestartOutcome, restart_rng
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import BlockSource
 from em_spark.engine.state import ResumeMismatchError, check_identity
@@ -87,7 +88,7 @@ def fit_online(
     store: Any,
 ) -> Any:
     """Fit ``family`` to ``source`` with stepwise EM; resume from ``store`` (a CheckpointStore or
-    None) when it has a checkpoint written for ``identity``. Returns an ``engine.loop.FitResult``."""
+    None) when it has a checkpoint written for ``identity``. Returns an ``engine.results.FitResult``."""
     fit = _OnlineFit(family, source, settings, initial_params, identity, store)
     run = fit.start_or_resume()
     while running := run.running(settings.max_iter):
@@ -147,7 +148,7 @@ class _OnlineFit:
             s_hat = batch.scaled(self.total_weight / batch.weight)  # as if the whole data looked like it
             rho = step_size(t, settings.learning_offset, settings.learning_decay)
             stats = s_hat if stats is None else stats.scaled(1.0 - rho) + s_hat.scaled(rho)
-            rng = np.random.default_rng([settings.seed & 0xFFFFFFFFFFFFFFFF, state.restart, state.step])
+            rng = restart_rng(settings.seed, state.restart, state.step)
             step = self.family.m_step(stats, params, self.source.sample, rng)
             for event in step.events:
                 self.logger.warning("run=%s restart=%d step=%d: %s", self.run_id, state.restart + 1, t, event)
@@ -177,14 +178,13 @@ class _OnlineFit:
                 " (already finished)" if run.done else "",
             )
             return run
-        from em_spark.engine.loop import _rng  # (one derivation of the restarts' seeds, batch's)
 
         restarts = []
         for restart in range(settings.n_init):
             if restart == 0 and self.initial_params is not None:
                 init = {k: np.array(v, dtype=np.float64) for k, v in self.initial_params.items()}
             else:
-                init = self.family.initialize(self.source.sample, _rng(settings.seed, restart))
+                init = self.family.initialize(self.source.sample, restart_rng(settings.seed, restart))
             restarts.append(OnlineState(restart, 0, init, init, None, [], [], False))
         self.logger.info(
             "run=%s starting online EM: %s k=%d, maxIter=%d steps, miniBatchFraction=%g (%d steps an epoch), "
@@ -246,7 +246,6 @@ class _OnlineFit:
     def result(self, run: OnlineRun) -> Any:
         """The best restart: the highest last held-out average log-likelihood (with a held-out
         set), else the highest last mini-batch estimate; the first of equals."""
-        from em_spark.engine.loop import FitResult, RestartOutcome
 
         def score(state: OnlineState) -> float:
             values = state.held_out or state.history
