@@ -1,6 +1,7 @@
 """Two `em-spark train` commands with the same run id at once: one fits, the other stops clearly."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,12 @@ from em_spark.app.demo_data import write_blobs
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+def _driver_tracebacks(stderr: str) -> list[str]:
+    """The tracebacks in ``stderr`` with a frame outside pyspark (pyspark's worker daemon excluded)."""
+    blocks = stderr.split("Traceback (most recent call last):")[1:]
+    return [b for b in blocks if any("pyspark" not in path for path in re.findall(r'File "([^"]+)"', b))]
 
 
 def test_two_trains_with_one_run_id_at_once_exactly_one_proceeds(tmp_path):
@@ -47,7 +54,9 @@ def test_two_trains_with_one_run_id_at_once_exactly_one_proceeds(tmp_path):
     loser_err = outputs[codes.index(2)][1]
     assert "em-spark: error: run twice is already running (owner host " in loser_err
     assert f" pid {winner.pid}, since " in loser_err and "wait for it, or use another run id" in loser_err
-    assert "Traceback" not in loser_err, loser_err[-4000:]
+    # no traceback of the driver's own: a Python worker the loser's SparkContext cut off on its way
+    # out may print pyspark's daemon BrokenPipeError (all its frames in pyspark), which is not ours
+    assert not _driver_tracebacks(loser_err), loser_err[-4000:]
     assert (tmp_path / "em-spark-demo" / "model-local").exists()
 
 
