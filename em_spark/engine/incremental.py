@@ -99,35 +99,52 @@ class DecayedSource(_View):
 
 
 class RecordingSource(_View):
-    """``source`` that keeps every pass's parameters and statistics, in order, for :meth:`last_e_step`."""
+    """``source`` that keeps the passes :meth:`last_e_step` can ask for: their parameters and statistics.
+
+    Restarts run in step and a stopped restart leaves the schedule, so a pass holds the restarts
+    still running and pass sizes only shrink. A restart's last pass is therefore the last pass of
+    its size: only that one is kept per size, so the driver holds at most nInit passes' statistics
+    however many iterations run.
+    """
 
     def __init__(self, source: BlockSource) -> None:
         super().__init__(source)
-        self.passes: list[list[tuple[Params, Stats]]] = []
+        self.passes_seen = 0
+        self.kept: list[tuple[int, list[tuple[Params, Stats]]]] = []  # (0-based pass index, entries)
 
     def e_step_many(self, models: Sequence[Model], label: str = "") -> list[Stats]:
         if len(models) == 1:  # (a source's plain E-step, as the loop calls it for one model)
             results = [self._source.e_step(models[0][0], models[0][1], label)]
         else:
             results = self._source.e_step_many(models, label)
-        self.passes.append([(params, s) for (_, params), s in zip(models, results, strict=True)])
+        entries = [(params, s) for (_, params), s in zip(models, results, strict=True)]
+        if self.kept and len(self.kept[-1][1]) == len(entries):
+            self.kept[-1] = (self.passes_seen, entries)  # the earlier pass of this size is no one's last
+        else:
+            self.kept.append((self.passes_seen, entries))
+        self.passes_seen += 1
         return results
+
+    @property
+    def last_pass(self) -> list[tuple[Params, Stats]]:
+        """(parameters, statistics) of every model in the most recent pass."""
+        return self.kept[-1][1]
 
     def last_e_step(self, histories: Sequence[Sequence[float]], winner: int) -> tuple[Params, Stats] | None:
         """(parameters, statistics) of restart ``winner``'s last pass, or None when this process did not run it.
 
         ``histories`` are every restart's history (one entry per pass, restarts in step: the
         loop's contract). Pass i (1-based) held the restarts whose history has at least i
-        entries, in restart order; the passes seen here are the last ``len(self.passes)``.
+        entries, in restart order; the passes seen here are the last ``passes_seen``.
         """
         lengths = [len(h) for h in histories]
         last = lengths[winner]
-        first_seen = max(lengths) - len(self.passes) + 1  # iteration of the first pass recorded here
+        first_seen = max(lengths) - self.passes_seen + 1  # iteration of the first pass seen here
         index = last - first_seen
         if last == 0 or index < 0:
             return None  # resumed after the winner's last pass (or a finished run: no pass at all)
-        position = sum(1 for r in range(winner) if lengths[r] >= last)
-        recorded = self.passes[index]
-        if len(recorded) != sum(1 for n in lengths if n >= last):
+        recorded = next((entries for at, entries in self.kept if at == index), None)
+        if recorded is None or len(recorded) != sum(1 for n in lengths if n >= last):
             return None  # (not the loop's schedule: never guess)
+        position = sum(1 for r in range(winner) if lengths[r] >= last)
         return recorded[position]

@@ -188,6 +188,23 @@ def test_stored_statistics_give_back_the_winning_restarts_parameters(n_init):
     assert stats.count == 2000 and stats.loglik / stats.weight == result.history[-1]
 
 
+@pytest.mark.parametrize("n_init", [1, 3])
+def test_the_recorder_keeps_at_most_one_pass_per_restart_and_still_finds_each_restarts_last(n_init):
+    rng = np.random.default_rng(4)
+    family = GaussianFamily(k=3, covariance_type="diag")
+    blocks = [Block(rng.normal(size=(300, 2)))]  # no cluster structure: EM crawls, restarts stop apart
+    settings = FitSettings(max_iter=40, tol=1e-4, seed=2, n_init=n_init)
+    result, _, recorder = _fit_recorded(family, blocks, settings)
+    histories = [r.history for r in result.restarts]
+    assert recorder.passes_seen == max(len(h) for h in histories) > 3
+    assert len({len(h) for h in histories}) == n_init  # (with 3 restarts: three stopping points)
+    assert len(recorder.kept) == n_init
+    for restart, history in enumerate(histories):
+        params, stats = recorder.last_e_step(histories, restart)
+        # the statistics of a restart's last pass: their log-likelihood is its last history entry
+        assert stats.loglik / stats.weight == history[-1]
+
+
 def test_a_resumed_run_that_ran_none_of_the_winners_passes_stores_nothing():
     source = RecordingSource(LocalBlockSource([Block(np.zeros((3, 1)))]))
     assert source.last_e_step([[1.0, 2.0]], 0) is None  # no pass recorded in this process
@@ -238,7 +255,7 @@ def test_several_update_steps_equal_scikit_learns_m_step_on_frozen_and_current_r
     yesterday, tonight = _yesterday_and_tonight("rows", rng)
     family, reg = GaussianFamily(k=3, covariance_type=covariance_type), 1e-6
     base, stored, recorder = _fit_recorded(family, [Block(yesterday)], FitSettings(max_iter=15, tol=0.0, seed=1))
-    frozen_at = recorder.passes[-1][0][0]  # the parameters of yesterday's last E-step
+    frozen_at = recorder.last_pass[0][0]  # the parameters of yesterday's last E-step
     decay, steps = decay_factor(2), 6
     update = fit_em(
         family,
