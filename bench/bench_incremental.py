@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_gmm import write_parquet  # noqa: E402  (bench/bench_gmm.py)
 from common import log, machine_facts, machine_lines  # noqa: E402
 
 
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=10)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--driver-memory", default="6g")
     args = parser.parse_args()
     nights = args.nights or [1, 7, 30]
 
@@ -49,13 +53,19 @@ def main() -> None:
     from em_spark.app.demo_data import make_blobs
 
     facts = machine_facts()
-    spark = SparkSession.builder.master(args.master).config("spark.ui.enabled", "false").getOrCreate()
+    builder = SparkSession.builder.master(args.master).config("spark.ui.enabled", "false")
+    spark = builder.config("spark.driver.memory", args.driver_memory).getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    scratch = tempfile.mkdtemp(prefix="bench_incremental_")
+    columns = [f"x{j}" for j in range(args.features)]
 
     def frame(rows: int, seed: int):
+        # through Parquet, as a user's data arrives: a 6M-row Python list would fill the driver's heap
         X, _, _ = make_blobs(rows, args.features, args.k, separation=4.0, seed=seed)
-        df = spark.createDataFrame([(row.tolist(),) for row in X], ["x"])
-        return df.select(array_to_vector(F.col("x")).alias("features")).cache()
+        directory = os.path.join(scratch, f"night-{seed}-{rows}")
+        os.makedirs(directory)
+        df = spark.read.parquet(write_parquet(X, directory))
+        return df.select(array_to_vector(F.array(*columns)).alias("features")).cache()
 
     tonight = frame(args.tonight, 0)
     tonight.count()
@@ -88,6 +98,7 @@ def main() -> None:
     )
     print(machine_lines(facts))
     spark.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
