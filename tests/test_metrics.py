@@ -24,6 +24,7 @@ from em_spark.app import metrics
 from em_spark.app.common import JsonFormatter as _JsonFormatter
 from em_spark.app.config import ConfigError, load_config
 from em_spark.app.demo_data import make_blobs
+from em_spark.engine import minibatch
 from em_spark.engine.loop import FitSettings, fit_em
 from em_spark.engine.sources import LocalBlockSource
 from em_spark.models import GaussianFamily
@@ -325,6 +326,30 @@ def test_metrics_are_pushed_to_the_pushgateway(X, em_logger, pushgateway):
     assert samples["em_spark_posterior_entropy"][0][1] == pytest.approx(doc["posterior"]["entropy"])
     assert samples["em_spark_seconds_per_iteration"][0][1] == pytest.approx(doc["secondsPerIteration"])
     assert "em_spark_posterior_stability_ari_min" not in samples  # one restart: nothing to compare
+
+
+def test_the_metrics_say_what_stopped_the_fit_batch_or_online(X, em_logger, monkeypatch):
+    """Issue 14: the log line and the metrics say whether tol, the held-out set or maxIter ended it."""
+    monkeypatch.setattr(minibatch, "SLICE_ROWS", 50)  # 30 slices of X, so a mini-batch holds several
+    family = GaussianFamily(k=3)
+    capped = fit_em(family, LabelledSource(X), FitSettings(max_iter=3, tol=0.0))
+    converged = fit_em(family, LabelledSource(X), FitSettings(max_iter=200, tol=1e-3))
+    online = fit_em(
+        family,
+        LabelledSource(X),
+        FitSettings(optimizer="online", mini_batch_fraction=0.25, max_iter=400, tol=1e-3, seed=2),
+    )
+    assert online.stopped_by == "heldOut", "the data must let the online fit converge on its held-out set"
+    for result, reason in [(capped, "maxIter"), (converged, "tol"), (online, "heldOut")]:
+        doc = metrics.build_metrics("stop-1", [], _model(family, result))
+        assert doc["stoppedBy"] == reason
+        samples = parse_exposition(metrics.prometheus_text(doc))
+        assert samples["em_spark_stopped_by"] == [({"family": "gaussian", "reason": reason}, 1.0)]
+    doc = metrics.build_metrics("stop-1", [], _model(family, online))
+    assert doc["epochs"] == pytest.approx(online.n_iter * 0.25)
+    assert doc["heldOutAverageLogLikelihood"] == pytest.approx(online.held_out_history[-1])
+    held_out = parse_exposition(metrics.prometheus_text(doc))["em_spark_held_out_avg_log_likelihood"]
+    assert held_out[0][1] == pytest.approx(online.held_out_history[-1])
 
 
 @pytest.mark.parametrize("failure", ["refused", "http-500"])

@@ -312,6 +312,9 @@ def build_metrics(
         totalWeight=float(s.totalWeight),
         iterations=int(s.numIter),
         converged=bool(s.converged),
+        stoppedBy=str(getattr(s, "stoppedBy", "") or ("tol" if s.converged else "maxIter")),
+        epochs=float(getattr(s, "epochs", s.numIter)),
+        heldOutAverageLogLikelihood=_last_or_none(getattr(s, "heldOutLogLikelihoodHistory", [])),
         bestRestart=best,
         restarts=max([r["restart"] for r in records], default=best),
         logLikelihood=float(s.logLikelihood),
@@ -332,6 +335,10 @@ def build_metrics(
     if drift is not None:
         doc["drift"] = drift
     return doc
+
+
+def _last_or_none(values: list[float]) -> float | None:
+    return float(values[-1]) if values else None
 
 
 def _posterior(restarts: list[dict[str, Any]], best: int) -> dict[str, Any]:
@@ -467,6 +474,21 @@ def run_registry(metrics: dict[str, Any], now: float | None = None) -> Collector
     converged = metrics.get("converged")
     g.set("em_spark_iterations", "EM iterations of the best restart", metrics.get("iterations"))
     g.set("em_spark_converged", "1 if the best restart converged", None if converged is None else int(converged))
+    if metrics.get("stoppedBy"):
+        # one series per run, labelled by what ended it: tol (batch), heldOut (online, converged on
+        # the held-out set) or maxIter, so an alert can tell a budget stop from convergence
+        g.set(
+            "em_spark_stopped_by",
+            "1, labelled by what ended the best restart: tol, heldOut (online EM's held-out set) or maxIter",
+            1,
+            reason=str(metrics["stoppedBy"]),
+        )
+    g.set("em_spark_epochs", "data passes' worth of rows the best restart read", metrics.get("epochs"))
+    g.set(
+        "em_spark_held_out_avg_log_likelihood",
+        "online EM: the held-out set's last average log-likelihood per row",
+        metrics.get("heldOutAverageLogLikelihood"),
+    )
     g.set("em_spark_components", "number of components (k)", metrics.get("k"))
     g.set("em_spark_restarts", "restarts fitted", metrics.get("restarts"))
     g.set("em_spark_rows", "rows (sequences) fitted", metrics.get("rows"))
