@@ -23,6 +23,8 @@ __all__ = [
     "GaussianMixtureModel",
     "KMeans",
     "KMeansModel",
+    "PoissonMixture",
+    "PoissonMixtureModel",
     "__version__",
 ]
 _API = frozenset(__all__) - {"__version__"}

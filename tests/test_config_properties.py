@@ -166,7 +166,7 @@ DOMAIN = {
         negative_floats(), st.floats(min_value=1, allow_nan=False, allow_infinity=False).map(repr)
     ),
     "input.generate.steps": below(0),
-    "model.family": not_in("gaussian", "kmeans", "categorical", "gaussian_hmm", "categorical_hmm"),
+    "model.family": not_in("gaussian", "kmeans", "categorical", "poisson", "gaussian_hmm", "categorical_hmm"),
     "model.k": below(1),
     "model.covarianceType": not_in("full", "diag", "spherical", "tied"),
     "model.regCovar": negative_floats(),

@@ -62,6 +62,18 @@ def test_categorical_mixture_example_recovers_the_two_coins(spark):
 
 
 @pytest.mark.spark
+def test_poisson_mixture_example_recovers_the_rates(spark):
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    namespace = _run(_example("PoissonMixture("))
+    pm, truth = namespace["pm"], namespace["truth"]
+    fitted = {"weights": pm.weights, "rates": pm.rates}
+    _, order = linear_sum_assignment(pm._family.component_distances(truth, fitted))
+    np.testing.assert_allclose(pm.rates[order], truth["rates"], rtol=0.1, atol=0.2)
+
+
+@pytest.mark.spark
 def test_hidden_markov_model_example_decodes_the_states(spark):
     import numpy as np
 
@@ -116,6 +128,7 @@ def test_every_python_example_in_the_readme_is_run_by_a_test():
         "GaussianMixture(k=3, covarianceType",
         "KMeans(",
         "CategoricalMixture(",
+        "PoissonMixture(",
         "GaussianHMM(",
         "handleMissing=",
         "labelCol=",

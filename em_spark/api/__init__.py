@@ -14,6 +14,7 @@ from em_spark.api.categorical import CategoricalMixture, CategoricalMixtureModel
 from em_spark.api.gaussian import GaussianMixture, GaussianMixtureModel
 from em_spark.api.hmm import CategoricalHMM, CategoricalHMMModel, GaussianHMM, GaussianHMMModel
 from em_spark.api.kmeans import KMeans, KMeansModel
+from em_spark.api.poisson import PoissonMixture, PoissonMixtureModel
 from em_spark.models import (
     FAMILIES,
     CategoricalHMMFamily,
@@ -22,6 +23,7 @@ from em_spark.models import (
     GaussianFamily,
     GaussianHMMFamily,
     KMeansFamily,
+    PoissonMixtureFamily,
 )
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
     "GaussianMixtureModel",
     "KMeans",
     "KMeansModel",
+    "PoissonMixture",
+    "PoissonMixtureModel",
     "load_model",
     "model_from_bytes",
 ]
@@ -47,6 +51,7 @@ _ESTIMATOR_OF: dict[type[EMFamily], type[EMEstimator]] = {
     GaussianFamily: GaussianMixture,
     KMeansFamily: KMeans,
     CategoricalMixtureFamily: CategoricalMixture,
+    PoissonMixtureFamily: PoissonMixture,
     GaussianHMMFamily: GaussianHMM,
     CategoricalHMMFamily: CategoricalHMM,
 }

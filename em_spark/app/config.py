@@ -120,7 +120,7 @@ class InputSection:
 class ModelSection:
     """The model; keys a family does not take must stay at their defaults (else an error says so)."""
 
-    family: str = "gaussian"  # gaussian | kmeans | categorical | gaussian_hmm | categorical_hmm
+    family: str = "gaussian"  # gaussian | kmeans | categorical | poisson | gaussian_hmm | categorical_hmm
     # defaults: the families' own (the Gaussian family's where families differ)
     k: int = DEFAULT_K
     covarianceType: str = GaussianFamily.covariance_type  # gaussian: full|diag|spherical|tied; gaussian_hmm: full|diag
@@ -131,7 +131,9 @@ class ModelSection:
         GaussianFamily.handle_missing
     )  # gaussian: "model" fits rows with missing (null/NaN) entries exactly
     kind: str = CategoricalMixtureFamily.kind  # categorical: "categorical" codes or "multinomial" count vectors
-    smoothing: float | None = None  # categorical, categorical_hmm: Dirichlet pseudo-count (default: the family's)
+    smoothing: float | None = (
+        None  # categorical(_hmm): Dirichlet pseudo-count; poisson: Gamma prior (default: the family's)
+    )
     nCategories: Any = None  # categorical(_hmm): categories per feature (default: inferred)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["make_blobs", "make_hmm_sequences", "write_blobs", "write_sequences"]
+__all__ = ["make_blobs", "make_hmm_sequences", "make_poisson_counts", "write_blobs", "write_sequences"]
 
 
 def make_blobs(
@@ -32,6 +32,25 @@ def make_blobs(
     z = rng.standard_normal((rows, features))
     X = means[labels] + np.einsum("nij,nj->ni", chol[labels], z)
     return X, labels, {"weights": weights, "means": means, "covariances": covariances}
+
+
+def make_poisson_counts(
+    rows: int, features: int, components: int, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Counts from a mixture of ``components`` products of Poisson distributions, with rates
+    between 0.5 and 20 drawn log-uniformly (events per user per day, say).
+
+    Returns
+    -------
+    X : ndarray (rows, features) of integer counts as float64; labels : ndarray (rows,);
+    truth : dict of weights (components,) and rates (components, features)
+    """
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(components, 5.0))
+    rates = np.exp(rng.uniform(np.log(0.5), np.log(20.0), size=(components, features)))
+    labels = rng.choice(components, size=rows, p=weights)
+    X = rng.poisson(rates[labels]).astype(np.float64)
+    return X, labels, {"weights": weights, "rates": rates}
 
 
 def write_blobs(

@@ -5,6 +5,7 @@ from em_spark.models.categorical import CategoricalMixtureFamily
 from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.hmm import CategoricalHMMFamily, GaussianHMMFamily
 from em_spark.models.kmeans import KMeansFamily
+from em_spark.models.poisson import PoissonMixtureFamily
 
 __all__ = [
     "FAMILIES",
@@ -17,10 +18,18 @@ __all__ = [
     "KMeansFamily",
     "MStepResult",
     "ModelError",
+    "PoissonMixtureFamily",
 ]
 
 #: family name (as stored with checkpoints and models) -> family class
 FAMILIES = {
     family.name: family
-    for family in (GaussianFamily, KMeansFamily, CategoricalMixtureFamily, GaussianHMMFamily, CategoricalHMMFamily)
+    for family in (
+        GaussianFamily,
+        KMeansFamily,
+        CategoricalMixtureFamily,
+        PoissonMixtureFamily,
+        GaussianHMMFamily,
+        CategoricalHMMFamily,
+    )
 }

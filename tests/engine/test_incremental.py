@@ -16,6 +16,7 @@ import pytest
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
 
+from em_spark.app.demo_data import make_poisson_counts
 from em_spark.engine.incremental import DecayedSource, RecordingSource, decay_factor
 from em_spark.engine.loop import fit_em
 from em_spark.engine.settings import FitSettings
@@ -27,6 +28,7 @@ from em_spark.models import (
     GaussianFamily,
     GaussianHMMFamily,
     KMeansFamily,
+    PoissonMixtureFamily,
 )
 from em_spark.models.kernels import shifted_moments
 from em_spark.stats import Stats
@@ -99,6 +101,7 @@ FAMILIES = {
     "gaussian tied": (GaussianFamily(k=3, covariance_type="tied"), "rows"),
     "kmeans": (KMeansFamily(k=3), "rows"),
     "categorical": (CategoricalMixtureFamily(k=2, n_categories=(3, 4)), "codes"),
+    "poisson": (PoissonMixtureFamily(k=3), "counts"),
     "gaussian hmm": (GaussianHMMFamily(k=2), "sequences"),
     "categorical hmm": (CategoricalHMMFamily(2, n_categories=3), "code sequences"),
 }
@@ -109,6 +112,8 @@ def _block(kind, rng):
         return Block(_blobs(rng, 300)[0] + 100.0)  # far from the origin: the frame matters
     if kind == "codes":
         return Block(_codes(rng, 300))
+    if kind == "counts":
+        return Block(make_poisson_counts(300, 3, 3, seed=int(rng.integers(1 << 30)))[0])
     if kind == "sequences":
         return Block(_blobs(rng, 300, d=2)[0] + 50.0, lengths=np.full(30, 10))
     return Block(_codes(rng, 300)[:, :1], lengths=np.full(30, 10))

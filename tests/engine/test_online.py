@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fakes import Killed, KilledAfter
 
-from em_spark.app.demo_data import make_blobs, make_hmm_sequences
+from em_spark.app.demo_data import make_blobs, make_hmm_sequences, make_poisson_counts
 from em_spark.engine import minibatch
 from em_spark.engine.loop import FitSettings, ResumeMismatchError, fit_em
 from em_spark.engine.minibatch import Subset, slices
@@ -20,6 +20,7 @@ from em_spark.models import (
     GaussianFamily,
     GaussianHMMFamily,
     KMeansFamily,
+    PoissonMixtureFamily,
 )
 from em_spark.models.base import Block
 
@@ -164,6 +165,7 @@ def _family_cases():
         "gaussian-diag": (lambda: GaussianFamily(k=3, covariance_type="diag"), lambda: _rows(X), 1),
         "kmeans": (lambda: KMeansFamily(k=3), lambda: _rows(X), 1),
         "categorical": (lambda: CategoricalMixtureFamily(3, (4,) * 6), lambda: _rows(codes), 1),
+        "poisson": (lambda: PoissonMixtureFamily(3), lambda: _rows(make_poisson_counts(6000, 4, 3, seed=6)[0]), 1),
         "gaussian_hmm": (lambda: GaussianHMMFamily(3), lambda: _sequences(H), 50),
         "categorical_hmm": (lambda: CategoricalHMMFamily(3, n_categories=4), lambda: _sequences(symbols), 50),
     }

@@ -20,6 +20,7 @@ from em_spark.models import (
     GaussianFamily,
     GaussianHMMFamily,
     KMeansFamily,
+    PoissonMixtureFamily,
 )
 from em_spark.models.base import Block
 
@@ -43,6 +44,14 @@ def _sequences(X: np.ndarray, n_blocks: int = 3) -> LocalBlockSource:
 def overlapping_gaussians() -> np.ndarray:
     X, _, _ = make_blobs(4000, 4, 3, separation=1.0, seed=3)
     return X
+
+
+def overlapping_counts() -> np.ndarray:
+    """Three Poisson components whose rates are close (1.5-2.5x apart): plain EM needs many passes."""
+    rng = np.random.default_rng(8)
+    rates = np.array([[2.0, 3.0, 1.0], [3.0, 2.0, 1.5], [2.5, 2.5, 2.5]])
+    z = rng.choice(3, size=3000, p=[0.4, 0.35, 0.25])
+    return rng.poisson(rates[z]).astype(np.float64)
 
 
 def overlapping_categorical() -> np.ndarray:
@@ -85,6 +94,8 @@ def _case(name: str) -> tuple[object, LocalBlockSource]:
     if name == "categorical":
         # smoothing 0: maximum likelihood, so the log-likelihood itself is what EM never decreases
         return CategoricalMixtureFamily(3, (4,) * 6, smoothing=0.0), _rows(overlapping_categorical())
+    if name == "poisson":
+        return PoissonMixtureFamily(3, smoothing=0.0), _rows(overlapping_counts())
     if name.startswith("gaussian_hmm-"):
         X, _, _ = make_hmm_sequences(40, 50, 2, 3, separation=1.5, seed=4)
         return GaussianHMMFamily(3, covariance_type=name.split("-")[1]), _sequences(X)
@@ -100,6 +111,7 @@ FAMILY_CASES = [
     "gaussian-missing",
     "kmeans",
     "categorical",
+    "poisson",
     "gaussian_hmm-full",
     "gaussian_hmm-diag",
     "categorical_hmm",
