@@ -1,13 +1,30 @@
-"""Synthetic demo data written with pyarrow (no Spark): Gaussian blobs (optionally with
-missing entries) and sequences from a Gaussian hidden Markov model."""
+"""Demo data (no Spark): synthetic Gaussian blobs (optionally with missing entries), sequences
+from a Gaussian hidden Markov model and Poisson counts, written with pyarrow; and real English
+text as word counts, from the corpora that ship inside gensim's wheel (``load_text_corpus``)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["make_blobs", "make_hmm_sequences", "make_poisson_counts", "write_blobs", "write_sequences"]
+__all__ = [
+    "TEXT_CORPORA",
+    "TextCorpus",
+    "load_text_corpus",
+    "make_blobs",
+    "make_hmm_sequences",
+    "make_poisson_counts",
+    "write_blobs",
+    "write_sequences",
+]
+
+#: real text inside gensim's wheel (gensim/test/test_data): the Lee background corpus (300 news
+#: articles from the Australian Broadcasting Corporation) and 250 stemmed English Wikipedia articles
+TEXT_CORPORA = {"lee": "lee_background.cor", "wiki": "head500.noblanks.cor"}
 
 
 def make_blobs(
@@ -126,3 +143,67 @@ def _write(uri: str, table: pa.Table, s3_endpoint: str | None) -> None:
     tmp = f"{path}/.part-0.parquet.tmp"
     pq.write_table(table, tmp, filesystem=fs)
     fs.move(tmp, f"{path}/part-0.parquet")
+
+
+@dataclass(frozen=True)
+class TextCorpus:
+    """Word counts of a corpus split into training and held-out documents.
+
+    train : scipy.sparse.csr_array (n_train, V) of counts; held_out : csr_array (n_held_out, V),
+    counted over the training vocabulary (words unseen in training dropped, then empty documents);
+    vocabulary : the V words, column j is ``vocabulary[j]``
+    """
+
+    train: Any
+    held_out: Any
+    vocabulary: list[str]
+
+
+def load_text_corpus(
+    name: str = "lee", held_out_fraction: float = 0.2, min_docs: int = 2, max_doc_fraction: float = 0.5, seed: int = 0
+) -> TextCorpus:
+    """A real English corpus from gensim's wheel (``TEXT_CORPORA``) as word counts.
+
+    Each line is a document, tokenized by gensim's ``simple_preprocess`` (lower case, 2-15
+    letters) without gensim's English stop words. The vocabulary is the words of the training
+    documents that appear in at least ``min_docs`` of them and in at most ``max_doc_fraction``;
+    a seeded permutation picks the held-out documents. Needs gensim (a test dependency)."""
+    from importlib import resources
+
+    import scipy.sparse as sp
+
+    try:
+        from gensim.parsing.preprocessing import STOPWORDS
+        from gensim.utils import simple_preprocess
+    except ImportError:
+        raise ImportError("load_text_corpus reads the corpora inside gensim's wheel: pip install gensim") from None
+    if name not in TEXT_CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; choose one of {sorted(TEXT_CORPORA)}")
+    text = resources.files("gensim").joinpath("test", "test_data", TEXT_CORPORA[name]).read_text(encoding="utf-8")
+    docs = [[w for w in simple_preprocess(line) if w not in STOPWORDS] for line in text.splitlines() if line.strip()]
+    order = np.random.default_rng(seed).permutation(len(docs))
+    n_held_out = round(held_out_fraction * len(docs))
+    train_docs = [docs[i] for i in sorted(order[n_held_out:])]
+    held_docs = [docs[i] for i in sorted(order[:n_held_out])]
+    doc_freq: dict[str, int] = {}
+    for doc in train_docs:
+        for word in set(doc):
+            doc_freq[word] = doc_freq.get(word, 0) + 1
+    limit = max_doc_fraction * len(train_docs)
+    vocabulary = sorted(w for w, f in doc_freq.items() if min_docs <= f <= limit)
+    column = {w: j for j, w in enumerate(vocabulary)}
+
+    def counts(documents: list[list[str]]) -> Any:
+        rows, cols = [], []
+        for i, doc in enumerate(documents):
+            ids = [column[w] for w in doc if w in column]
+            rows += [i] * len(ids)
+            cols += ids
+        shape = (len(documents), len(vocabulary))
+        matrix = sp.csr_array(
+            (np.ones(len(rows)), (np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64))), shape=shape
+        )
+        matrix.sum_duplicates()
+        return matrix[np.flatnonzero(matrix.sum(axis=1) > 0)]
+
+    return TextCorpus(counts(train_docs), counts(held_docs), vocabulary)
