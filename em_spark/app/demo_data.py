@@ -179,7 +179,13 @@ def load_text_corpus(
         raise ImportError("load_text_corpus reads the corpora inside gensim's wheel: pip install gensim") from None
     if name not in TEXT_CORPORA:
         raise ValueError(f"unknown corpus {name!r}; choose one of {sorted(TEXT_CORPORA)}")
-    text = resources.files("gensim").joinpath("test", "test_data", TEXT_CORPORA[name]).read_text(encoding="utf-8")
+    text = (
+        resources.files("gensim")
+        .joinpath("test")
+        .joinpath("test_data")
+        .joinpath(TEXT_CORPORA[name])
+        .read_text(encoding="utf-8")
+    )
     docs = [[w for w in simple_preprocess(line) if w not in STOPWORDS] for line in text.splitlines() if line.strip()]
     order = np.random.default_rng(seed).permutation(len(docs))
     n_held_out = round(held_out_fraction * len(docs))
