@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--driver-memory", default="6g")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "incremental_latest.md"))
     args = parser.parse_args()
     nights = args.nights or [1, 7, 30]
 
@@ -92,11 +94,16 @@ def main() -> None:
         everything.unpersist()
         history.unpersist()
     facts["loadAfter"] = os.getloadavg()
-    print("\n".join(lines))
-    print(
-        f"\n{args.tonight} rows a night x {args.features} features, K={args.k}, {args.iters} passes each, {args.master}"
-    )
-    print(machine_lines(facts))
+    command = "python bench/bench_incremental.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    report = [f"# A night's cost: full retrain against model.update ({stamp})", "", f"`{command}`", "", *lines]
+    report += [
+        "",
+        f"{args.tonight} rows a night x {args.features} features, K={args.k}, {args.iters} passes each, {args.master}",
+        machine_lines(facts),
+    ]
+    print("\n".join(report))
+    Path(args.out).write_text("\n".join(report) + "\n")
     spark.stop()
     shutil.rmtree(scratch, ignore_errors=True)
 
