@@ -38,6 +38,8 @@ def test_gaussian_mixture_example_runs_as_written(spark):
     model, same = namespace["model"], namespace["same"]
     assert model.summary.numIter >= 1 and same.means.shape == (3, 2)
     assert {"prediction", "probability", "logLikelihood"} <= set(namespace["scored"].columns)
+    drawn = namespace["drawn"]
+    assert drawn.columns == ["features", "component"] and drawn.count() == 1000
 
 
 @pytest.mark.spark

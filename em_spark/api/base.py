@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import numpy as np
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from em_spark.engine.arrow_input import DTYPES, InputSpec
@@ -915,6 +915,41 @@ class EMModel(Model, EMParams):
                 "(a full retrain; with the nightly job, nightly.mode: full for one night) and update that model"
             )
         return self._statistics
+
+    # -- sampling -----------------------------------------------------------
+    def sample(
+        self,
+        n: int,
+        seed: int | None = None,
+        *,
+        length: int | None = None,
+        trials: Any = None,
+        spark: SparkSession | None = None,
+    ) -> DataFrame:
+        """``n`` rows drawn from the model with their ``component`` (sequence models: ``n``
+        sequences of ``length`` steps with ``id`` and their ``states``), as scikit-learn's and
+        hmmlearn's ``sample``, drawn in Spark tasks: a DataFrame whose feature columns are named
+        as this model reads them, so ``estimator.fit(model.sample(n))`` fits it back.
+
+        The rows are a function of ``seed`` (default: the model's), ``n`` and ``length`` only.
+        ``trials``: a multinomial mixture's row totals (one, or ``n``), which it conditions on.
+        ``spark``: the session (default: the active one, classic or Connect). k-means has no
+        spread to draw from and says so."""
+        from em_spark.engine.draws import draw_frame
+
+        session = spark or SparkSession.getActiveSession()
+        if session is None:
+            raise ValueError("sample() draws in Spark tasks: create a SparkSession first, or pass spark=")
+        return draw_frame(
+            session,
+            self._family,
+            self._arrays,
+            n,
+            self.getOrDefault("seed") if seed is None else int(seed),
+            self.getOrDefault("featuresCol"),
+            length=length,
+            trials=trials,
+        )
 
     # -- scoring ------------------------------------------------------------
     def _transform(self, dataset: DataFrame) -> DataFrame:

@@ -21,12 +21,14 @@ from em_spark.stats import WEIGHT, Stats
 __all__ = [
     "DEAD_FRACTION",
     "Block",
+    "Draws",
     "EMFamily",
     "FamilyBase",
     "ImputingFamily",
     "MStepResult",
     "ModelError",
     "Params",
+    "check_count",
     "check_k",
     "family_config",
 ]
@@ -51,6 +53,13 @@ def family_config(family: Any) -> dict[str, Any]:
     """
     values = {f.name: getattr(family, f.name) for f in fields(family)}
     return {"name": family.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
+
+
+def check_count(n: Any, what: str) -> int:
+    """``n`` as a non-negative int, or a ModelError naming ``what``."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ModelError(f"{what} must be a non-negative integer, got {n!r}")
+    return int(n)
 
 
 def check_k(k: Any, what: str = "components") -> int:
@@ -137,6 +146,22 @@ class Block:
         if any(b.labels is not None for b in blocks):
             labels = np.concatenate([b.labels if b.labels is not None else np.full(b.n_rows, -1) for b in blocks])
         return Block(X, weight, lengths, labels)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Rows (or whole sequences) drawn from a model by :meth:`EMFamily.draw`.
+
+    Attributes
+    ----------
+    X : ndarray (n_rows, n_features), float64: the rows, or the steps of consecutive sequences
+    components : ndarray (n_rows,), int64: the component of each row (the hidden state of each step)
+    lengths : ndarray (n_sequences,), int64, for sequence families (None for rows)
+    """
+
+    X: np.ndarray
+    components: np.ndarray
+    lengths: np.ndarray | None = None
 
 
 @dataclass
@@ -260,6 +285,14 @@ class EMFamily(Protocol):
         of the same fit) supplies what is not free (e.g. fixed weights). Raises ModelError when
         ``free`` maps to no usable parameters."""
 
+    def draw(
+        self, params: Params, n: int, rng: np.random.Generator, length: int | None = None, trials: Any = None
+    ) -> Draws:
+        """``n`` rows drawn from the model with their components (sequence families: ``n``
+        sequences of ``length`` steps with their state paths). ``trials``: the row totals of
+        count vectors that the model conditions on (a multinomial mixture), one int or (n,).
+        A ModelError names an argument the family does not take or a model that cannot draw."""
+
 
 class ImputingFamily(EMFamily, Protocol):
     """A family whose ``supports_impute`` is true: it has ``impute``."""
@@ -306,6 +339,28 @@ class FamilyBase:
         return Stats(
             {name: value[order] if value.ndim and value.shape[0] == self.k else value for name, value in stats.items()}
         )
+
+    def draw(
+        self, params: Params, n: int, rng: np.random.Generator, length: int | None = None, trials: Any = None
+    ) -> Draws:
+        """A mixture's draw: each row's component from the mixing weights, then its row from
+        that component (:meth:`_draw_rows`, the family's). Sequence families override this."""
+        n = check_count(n, "n (the number of rows to draw)")
+        if length is not None:
+            raise ModelError(f"length applies to sequence families (HMMs); a {self.name} mixture draws rows")
+        weights = np.asarray(self.component_weights(params), dtype=np.float64)
+        components = rng.choice(self.k, size=n, p=weights / weights.sum()).astype(np.int64)
+        return Draws(self._draw_rows(params, components, rng, trials), components)
+
+    def _draw_rows(self, params: Params, components: np.ndarray, rng: np.random.Generator, trials: Any) -> np.ndarray:
+        """(n, d) one row from each row's component (n,). Mixture families implement it."""
+        raise ModelError(f"the {self.name} family cannot draw rows")
+
+    @staticmethod
+    def _no_trials(trials: Any, what: str) -> None:
+        """The error of ``trials`` given to a family whose rows are not count vectors of a fixed total."""
+        if trials is not None:
+            raise ModelError(f"trials applies to multinomial count rows; {what} draws its rows without it")
 
     def _permutation(self, order: Any) -> np.ndarray:
         """``order`` as an array, or a ModelError unless it is a permutation of 0..k-1."""

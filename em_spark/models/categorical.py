@@ -489,6 +489,32 @@ class CategoricalMixtureFamily(FamilyBase):
             counts[:, offsets[f] : offsets[f + 1]] = tally.reshape(int(c), k).T
         return counts
 
+    def _draw_rows(self, params: Params, components: np.ndarray, rng: np.random.Generator, trials: Any) -> np.ndarray:
+        """Kind "categorical": each feature's code from its component's distribution (inverse CDF of one
+        uniform per entry). "multinomial": ``trials`` counts spread over the categories."""
+        probs = np.asarray(params["probs"], dtype=np.float64)
+        n = components.size
+        if self.kind == "multinomial":
+            if trials is None:
+                raise ModelError(
+                    "a multinomial mixture models each row's counts given the row's total: pass trials= "
+                    "(one total for every row, or one per row), e.g. the totals of the rows it was fitted on"
+                )
+            totals = np.broadcast_to(np.asarray(trials), (n,))
+            if not np.issubdtype(totals.dtype, np.integer) and not np.all(totals == np.round(totals)):
+                raise ModelError(f"trials must be non-negative integers (row totals), got {trials!r}")
+            if np.any(totals < 0):
+                raise ModelError(f"trials must be non-negative integers (row totals), got {trials!r}")
+            return rng.multinomial(totals.astype(np.int64), probs[components]).astype(np.float64)
+        self._no_trials(trials, "a categorical mixture of codes")
+        offsets = _offsets(self._n_categories(params))
+        uniform = rng.random((n, offsets.size - 1))
+        X = np.empty((n, offsets.size - 1))
+        for f, (a, b) in enumerate(pairwise(offsets)):
+            cumulative = np.cumsum(probs[:, a:b], axis=1)[components]  # (n, c_f)
+            X[:, f] = np.minimum((uniform[:, f, None] >= cumulative).sum(axis=1), b - a - 1)
+        return X
+
     def score(self, block: Block, params: Params) -> dict[str, np.ndarray]:
         """Per-row ``log_resp`` (n, k) and ``loglik`` (n,) (unweighted).
 

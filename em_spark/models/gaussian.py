@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -180,6 +180,23 @@ class GaussianFamily(FamilyBase):
         if self.covariance_type == "diag":
             return np.einsum("ki,ij->kij", cov, np.eye(d))
         return cov[:, None, None] * np.eye(d)
+
+    def rows_of_components(self, params: Params, components: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(n, d) a Gaussian row drawn from each row's component (n,): mean + L z, L the
+        covariance's Cholesky factor, z standard normal (also a Gaussian HMM's emissions)."""
+        means = np.asarray(params["means"], dtype=np.float64)
+        factors = np.linalg.cholesky(self.full_covariances(params))
+        z = rng.standard_normal((components.size, means.shape[1]))
+        X = np.empty_like(z)
+        for j in range(means.shape[0]):
+            mine = components == j
+            X[mine] = means[j] + z[mine] @ factors[j].T
+        return X
+
+    def _draw_rows(self, params: Params, components: np.ndarray, rng: np.random.Generator, trials: Any) -> np.ndarray:
+        """Complete rows (also with ``handle_missing="model"``: the model is of complete rows)."""
+        self._no_trials(trials, "a Gaussian mixture")
+        return self.rows_of_components(params, components, rng)
 
     def component_distances(self, params_a: Params, params_b: Params) -> np.ndarray:
         """(k, k) Bhattacharyya distances between the components of two fitted models.

@@ -129,6 +129,10 @@ class GaussianHMMFamily(MarkovChain):
             "covariances": np.array(params["covariances"], dtype=np.float64),
         }
 
+    def _draw_emissions(self, params: Params, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A Gaussian observation from each step's state, as the Gaussian mixture draws rows."""
+        return self._mixture.rows_of_components(params, states, rng)
+
     def _emission_n_parameters(self, params: Params) -> int:
         d = int(np.shape(params["means"])[1])
         return self.k * d + self._kernel.n_cov_parameters(self.k, d)
@@ -328,6 +332,13 @@ class CategoricalHMMFamily(MarkovChain):
             "transMat": np.array(params["transmat"], dtype=np.float64),
             "emissionProb": np.array(params["emissionprob"], dtype=np.float64),
         }
+
+    def _draw_emissions(self, params: Params, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(n_steps, 1) a symbol from each step's state's emission distribution (inverse CDF)."""
+        cumulative = np.cumsum(np.asarray(params["emissionprob"], dtype=np.float64), axis=1)
+        last = cumulative.shape[1] - 1
+        symbols = np.minimum((rng.random(states.size)[:, None] >= cumulative[states]).sum(axis=1), last)
+        return symbols.astype(np.float64)[:, None]
 
     def _emission_n_parameters(self, params: Params) -> int:
         c = int(np.shape(params["emissionprob"])[1])

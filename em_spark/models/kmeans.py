@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -62,6 +62,14 @@ class KMeansFamily(FamilyBase):
             raise ModelError(f"initMode must be one of {list(INIT_MODES)}, got {self.init_mode!r}")
 
     # -- parameters -----------------------------------------------------------
+
+    def _draw_rows(self, params: Params, components: np.ndarray, rng: np.random.Generator, trials: Any) -> np.ndarray:
+        """Refused: k-means is the zero-variance limit of a Gaussian mixture, so its draws would be
+        its centers."""
+        raise ModelError(
+            "k-means has no spread around its centers (it is the zero-variance limit of a Gaussian mixture), so "
+            "there is nothing to draw; fit GaussianMixture(covarianceType='spherical') to draw rows"
+        )
 
     def public_params(self, params: Params) -> dict[str, np.ndarray]:
         """``centers`` (k, d) and ``weights`` (k,), the share of weight in each cluster."""

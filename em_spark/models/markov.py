@@ -32,11 +32,11 @@ from __future__ import annotations
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from em_spark.models.base import DEAD_FRACTION, Block, FamilyBase, ModelError, MStepResult, Params
+from em_spark.models.base import DEAD_FRACTION, Block, Draws, FamilyBase, ModelError, MStepResult, Params, check_count
 from em_spark.models.compiled import HMMStats, use_hmm_compiled
 from em_spark.models.kernels import log0
 from em_spark.models.reparam import softmax
@@ -488,6 +488,10 @@ class MarkovChain(FamilyBase, ABC):
     def _emissions_from_free(self, free: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The emission parameters from :meth:`_emissions_to_free` coordinates (ModelError if unusable)."""
 
+    @abstractmethod
+    def _draw_emissions(self, params: Params, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(n_steps, d) one observation drawn from each step's state (n_steps,)."""
+
     def _compiled_stats(
         self, observations: np.ndarray, lengths: np.ndarray, seq_weight: np.ndarray | None, params: Params
     ) -> HMMStats:
@@ -639,6 +643,30 @@ class MarkovChain(FamilyBase, ABC):
         emissions = self._initialize_emissions(sample, rng)
         k = self.k
         return {"startprob": np.full(k, 1.0 / k), "transmat": np.full((k, k), 1.0 / k), **emissions}
+
+    def draw(
+        self, params: Params, n: int, rng: np.random.Generator, length: int | None = None, trials: Any = None
+    ) -> Draws:
+        """``n`` sequences of ``length`` steps: each state path from startprob and transmat (one
+        uniform per step, inverse CDF, all sequences at once), then each step's observation from
+        its state (the emission model's :meth:`_draw_emissions`)."""
+        n = check_count(n, "n (the number of sequences to draw)")
+        if length is None:
+            raise ModelError("an HMM draws whole sequences: pass length= (the number of steps of each)")
+        length = check_count(length, "length (the steps of each sequence)")
+        if length < 1:
+            raise ModelError(f"length (the steps of each sequence) must be at least 1, got {length}")
+        self._no_trials(trials, "an HMM")
+        start = np.cumsum(np.asarray(params["startprob"], dtype=np.float64))
+        trans = np.cumsum(np.asarray(params["transmat"], dtype=np.float64), axis=1)
+        uniform = rng.random((n, length))
+        paths = np.empty((n, length), dtype=np.int64)
+        last = self.k - 1  # rounding may leave a cumulative sum a hair below 1
+        paths[:, 0] = np.minimum((uniform[:, 0, None] >= start).sum(axis=1), last)
+        for t in range(1, length):
+            paths[:, t] = np.minimum((uniform[:, t, None] >= trans[paths[:, t - 1]]).sum(axis=1), last)
+        states = paths.reshape(-1)
+        return Draws(self._draw_emissions(params, states, rng), states, np.full(n, length, dtype=np.int64))
 
     def n_parameters(self, params: Params) -> int:
         """Free parameters (hmmlearn's ``_get_n_fit_scalars_per_param`` summed), for BIC and AIC."""

@@ -240,6 +240,11 @@ class PoissonMixtureFamily(FamilyBase):
             log_resp[impossible] = log0(params["weights"])
         return {"log_resp": log_resp, "loglik": loglik}
 
+    def _draw_rows(self, params: Params, components: np.ndarray, rng: np.random.Generator, trials: Any) -> np.ndarray:
+        """(n, d) independent Poisson counts at each row's component's rates."""
+        self._no_trials(trials, "a Poisson mixture")
+        return rng.poisson(np.asarray(params["rates"], dtype=np.float64)[components]).astype(np.float64)
+
     # -- protocol: M-step ----------------------------------------------------------
 
     def m_step(self, stats: Stats, params: Params, sample: Block, rng: np.random.Generator) -> MStepResult:

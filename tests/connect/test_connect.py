@@ -193,3 +193,20 @@ def test_gaussians_cluster_sizes_and_predictions_on_connect(connect, datasets):
     predicted = [r["prediction"] for r in model.summary.predictions.select("prediction").collect()]
     assert len(predicted) == df.count()
     assert model.summary.clusterSizes == [predicted.count(i) for i in range(k)]
+
+
+@pytest.mark.parametrize("name", ["gaussian", "categorical", "gaussian_hmm"])
+def test_sample_on_connect_draws_the_rows_the_seed_promises(connect, datasets, name):
+    """model.sample uses DataFrame APIs only: on Connect, task p draws with default_rng([seed, p]) as
+    on a classic session (tests/spark/test_sample.py), so both transports give the same rows."""
+    model, _ = _fit(connect, datasets, name, maxIter=2)
+    length = 6 if model.family.sequential else None
+    rows = model.sample(50, seed=9, length=length).collect()
+    drawn = model.family.draw(model.arrays, 50, np.random.default_rng([9, 0]), length=length)
+    if model.family.sequential:
+        np.testing.assert_array_equal(np.concatenate([np.array(r.seq) for r in rows]), drawn.X)
+        np.testing.assert_array_equal(np.concatenate([r.states for r in rows]), drawn.components)
+    else:
+        columns = model.getOrDefault("featuresCol")
+        np.testing.assert_array_equal(np.array([[r[c] for c in columns] for r in rows]), drawn.X)
+        np.testing.assert_array_equal([r.component for r in rows], drawn.components)

@@ -54,6 +54,22 @@ def test_component_weights_are_a_distribution_over_the_components(fitted):
         assert public[name].shape[0] == family.k, name
 
 
+def test_every_family_draws_rows_its_own_score_accepts_or_refuses_clearly(fitted):
+    """What model.sample() builds on: a family's draws are data it can score (k-means alone refuses)."""
+    family, params = fitted
+    length = 7 if family.sequential else None
+    if family.name == "kmeans":
+        with pytest.raises(ModelError, match="k-means has no spread"):
+            family.draw(params, 10, np.random.default_rng(0), length=length)
+        return
+    drawn = family.draw(params, 10, np.random.default_rng(0), length=length)
+    rows = 70 if family.sequential else 10
+    assert drawn.X.shape[0] == drawn.components.shape[0] == rows
+    assert drawn.components.min() >= 0 and drawn.components.max() < family.k
+    scored = family.score(Block(drawn.X, lengths=drawn.lengths), params)
+    assert np.all(np.isfinite(scored["loglik"]))
+
+
 def test_relabel_permutes_component_weights_and_distances_find_the_permutation(fitted):
     family, params = fitted
     order = np.array([2, 0, 1])
