@@ -91,7 +91,9 @@ class _SequenceParams(ParamAccessors):
 
 
 class _GaussianHMMParams(_SequenceParams, HasCovariance):
-    covarianceType = ml_param("covarianceType", "'full' or 'diag'", TypeConverters.toString)
+    covarianceType = ml_param(
+        "covarianceType", "'full', 'diag', 'tied' or 'spherical' (as hmmlearn's)", TypeConverters.toString
+    )
     regCovar = ml_param("regCovar", "added to every covariance diagonal in the M-step", TypeConverters.toFloat)
 
 

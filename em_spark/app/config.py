@@ -687,7 +687,8 @@ def _check(c: JobConfig) -> None:
     if c.model.family == "gaussian_hmm" and c.model.covarianceType not in HMM_COVARIANCE_TYPES:
         raise bad(
             "model.covarianceType",
-            f"must be 'full' or 'diag' for model.family 'gaussian_hmm', got {c.model.covarianceType!r}",
+            f"must be one of {', '.join(HMM_COVARIANCE_TYPES)} for model.family 'gaussian_hmm', "
+            f"got {c.model.covarianceType!r}",
         )
     if c.model.handleMissing not in ("error", "model"):
         raise bad("model.handleMissing", f"must be 'error' or 'model', got {c.model.handleMissing!r}")

@@ -176,6 +176,12 @@ def hmm_gaussian_stats(
     means = np.ascontiguousarray(means, dtype=np.float64)
     start, trans, post, sums = np.zeros(k), np.zeros((k, k)), np.zeros(k), np.zeros((k, d))
     chain = (np.ascontiguousarray(startprob, dtype=np.float64), np.ascontiguousarray(transmat, dtype=np.float64))
+    # tied is full with one factor for every state, spherical diag with one precision for every
+    # dimension: the same loops, and the statistics have the full / diag shapes those kernels sum
+    if covariance_type == "tied":
+        covariance_type, prec_chol = "full", np.broadcast_to(prec_chol, (k, d, d))
+    elif covariance_type == "spherical":
+        covariance_type, prec_chol = "diag", np.broadcast_to(np.asarray(prec_chol)[:, None], (k, d))
     if covariance_type == "full":
         log_const = np.log(np.diagonal(prec_chol, axis1=-2, axis2=-1)).sum(axis=-1) - 0.5 * d * LOG_2PI
         sq = np.zeros((k, d, d))

@@ -9,8 +9,8 @@ Parameters are a plain dict of float64 arrays::
 
     startprob            (k,)      P(first state)
     transmat             (k, k)    P(next state j | state i), rows sum to 1
-    gaussian_hmm:   means (k, d), covariances full (k, d, d) | diag (k, d),
-                    precisions_cholesky (same shape; see ``em_spark.models.gaussian``)
+    gaussian_hmm:   means (k, d), covariances full (k, d, d) | diag (k, d) | tied (d, d) |
+                    spherical (k,), precisions_cholesky (same shape; see ``em_spark.models.gaussian``)
     categorical_hmm: emissionprob (k, n_categories), rows sum to 1
 
 Users see them as ``startProb``, ``transMat``, ``means``, ``covariances`` /
@@ -23,7 +23,7 @@ weight of sequence ``s`` (the weight of its first observation; 1 without weights
     trans   (k, k)    Σ_s w_s Σ_t ξ_st             expected transition counts
     post    (k,)      Σ_s w_s Σ_t γ_st             gaussian_hmm: state occupancy
     sum     (k, d)    Σ w γ (x − μ_k)              gaussian_hmm, around the current means
-    sq      (k, d, d) Σ w γ (x − μ_k)(x − μ_k)ᵀ     full; (k, d) squares for diag
+    sq      (k, d, d) Σ w γ (x − μ_k)(x − μ_k)ᵀ     full and tied; (k, d) squares for diag and spherical
     counts  (k, C)    Σ w γ [x = c]                categorical_hmm
     loglik  ()        Σ_s w_s log p(sequence s)
     weight  ()        Σ_s w_s                      (the number of sequences without weights)
@@ -64,7 +64,7 @@ from em_spark.stats import Stats
 
 __all__ = ["HMM_COVARIANCE_TYPES", "CategoricalHMMFamily", "GaussianHMMFamily"]
 
-HMM_COVARIANCE_TYPES = ("full", "diag")
+HMM_COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,10 @@ class GaussianHMMFamily(MarkovChain):
     ----------
     k : int
         Number of hidden states.
-    covariance_type : {"full", "diag"}
+    covariance_type : {"full", "diag", "tied", "spherical"}
+        As hmmlearn's: one matrix per state, one vector of variances per state, one matrix
+        shared by every state (pooled over the states' occupancies), or one variance per state
+        (the mean of its per-dimension variances). The kernels are the ``gaussian`` family's.
     reg_covar : float
         Non-negative value added to every covariance diagonal in the M-step (scikit-learn's
         ``reg_covar``, as the ``gaussian`` family). This is *not* hmmlearn's ``min_covar``:
@@ -146,6 +149,11 @@ class GaussianHMMFamily(MarkovChain):
         return self._mixture.component_distances(params_a, params_b)
 
     def _relabel_emissions(self, params: Params, order: np.ndarray) -> dict[str, np.ndarray]:
+        if self.covariance_type == "tied":  # one covariance for every state: nothing to reorder
+            return {
+                "means": params["means"][order].copy(),
+                **{n: params[n].copy() for n in ("covariances", "precisions_cholesky")},
+            }
         return {name: params[name][order].copy() for name in ("means", "covariances", "precisions_cholesky")}
 
     def _emissions_to_free(self, params: Params) -> dict[str, np.ndarray]:
@@ -181,7 +189,7 @@ class GaussianHMMFamily(MarkovChain):
             "covariances",
             shape=self._kernel.cov_shape(k, d),
             what=what,
-            positive_definite="matrices" if kind == "full" else "variances",
+            positive_definite="matrices" if kind in ("full", "tied") else "variances",
             unit="state",
         )
         return {
@@ -205,7 +213,8 @@ class GaussianHMMFamily(MarkovChain):
         d = X.shape[1]
         kernel = self._kernel
         prec_chol = params["precisions_cholesky"]
-        log_const = kernel.log_det(prec_chol, d) - 0.5 * d * LOG_2PI
+        # (k,); tied's log-determinant is one number, shared by every state
+        log_const = np.broadcast_to(kernel.log_det(prec_chol, d) - 0.5 * d * LOG_2PI, (self.k,))
         prepared = kernel.prepare(prec_chol)
         out = np.empty((self.k, X.shape[0]))
         for start, stop, diffs, work in chunks(self._kernel, X, params["means"]):
@@ -252,7 +261,8 @@ class GaussianHMMFamily(MarkovChain):
         covariances = self._kernel.covariance(nk, delta, np.asarray(stats["sq"]), self.reg_covar)
         for j in dead:
             means[j] = params["means"][j]
-            covariances[j] = params["covariances"][j]
+            if self.covariance_type != "tied":  # a dead state adds nothing to the pooled (tied) covariance
+                covariances[j] = params["covariances"][j]
             events.append(dead_state_event(int(j), float(occupancy[j] / occupancy.sum())))
         try:
             prec_chol = self._kernel.precisions_cholesky(covariances)

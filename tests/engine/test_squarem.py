@@ -114,6 +114,8 @@ FAMILY_CASES = [
     "poisson",
     "gaussian_hmm-full",
     "gaussian_hmm-diag",
+    "gaussian_hmm-tied",
+    "gaussian_hmm-spherical",
     "categorical_hmm",
 ]
 

@@ -56,7 +56,7 @@ def chain(rng: np.random.Generator, k: int) -> dict[str, np.ndarray]:
     return {"startprob": rng.dirichlet(np.ones(k)), "transmat": transmat / transmat.sum(axis=1, keepdims=True)}
 
 
-@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "tied", "spherical"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize(("d", "k"), [(2, 3), (5, 4), (1, 2)])
 def test_compiled_gaussian_hmm_e_step_matches_the_numpy_path(covariance_type, weighted, d, k, monkeypatch):

@@ -23,7 +23,7 @@ from em_spark.models import Block, EMFamily, ModelError, MStepResult
 from em_spark.models.hmm import CategoricalHMMFamily, GaussianHMMFamily
 from em_spark.stats import Stats, sum_stats
 
-COV_TYPES = ["full", "diag"]
+COV_TYPES = ["full", "diag", "tied", "spherical"]
 
 # hmmlearn warns when a transmat row has zero sum etc.; keep its logger quiet in tests
 logging.getLogger("hmmlearn").setLevel(logging.ERROR)
@@ -90,9 +90,14 @@ def perturbed_chain(params, rng):
 
 
 def full_covariances(family, params):
-    cov = params["covariances"]
+    """(k, d, d) whatever the covariance type: what hmmlearn's ``covars_`` property returns."""
+    cov, k, d = params["covariances"], family.k, params["means"].shape[1]
     if family.covariance_type == "diag":
-        return np.einsum("ki,ij->kij", cov, np.eye(cov.shape[1]))
+        return np.einsum("ki,ij->kij", cov, np.eye(d))
+    if family.covariance_type == "tied":
+        return np.broadcast_to(cov, (k, d, d))
+    if family.covariance_type == "spherical":
+        return cov[:, None, None] * np.eye(d)
     return cov
 
 
@@ -202,7 +207,13 @@ def test_gaussian_ten_iterations_match_hmmlearn_from_the_same_initial_model(cova
     np.testing.assert_allclose(ours["startprob"], ref.startprob_, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(ours["transmat"], ref.transmat_, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(ours["means"], ref.means_, rtol=1e-6, atol=1e-10)
-    np.testing.assert_allclose(full_covariances(family, ours), ref.covars_, rtol=1e-6, atol=1e-10)
+    if covariance_type == "spherical":
+        # hmmlearn 0.3.3 keeps a spherical model's variances tiled to (k, d) after its M-step, which its
+        # covars_ property then flattens into k * d matrices: compare with the (k, d) array itself
+        np.testing.assert_allclose(np.ptp(ref._covars_, axis=1), 0.0, atol=1e-15)
+        np.testing.assert_allclose(ours["covariances"], ref._covars_[:, 0], rtol=1e-6, atol=1e-10)
+    else:
+        np.testing.assert_allclose(full_covariances(family, ours), ref.covars_, rtol=1e-6, atol=1e-10)
     # and the log-likelihood under the final parameters
     total = sum(family.score(block, ours)["loglik"])
     assert total == pytest.approx(ref.score(block.X, block.lengths), rel=1e-10)
@@ -669,7 +680,10 @@ def test_params_from_public_renormalizes_within_tolerance_and_checks_features():
     "make, message",
     [
         (lambda: GaussianHMMFamily(0), "k must be a positive integer"),
-        (lambda: GaussianHMMFamily(2, "tied"), r"covarianceType must be one of \['full', 'diag'\]"),
+        (
+            lambda: GaussianHMMFamily(2, "block"),
+            r"covarianceType must be one of \['full', 'diag', 'tied', 'spherical'\]",
+        ),
         (lambda: GaussianHMMFamily(2, reg_covar=-1.0), "regCovar"),
         (lambda: GaussianHMMFamily(2, init_mode="kmeans"), "initMode"),
         (lambda: CategoricalHMMFamily(2, n_categories=0), "nCategories"),
@@ -705,7 +719,8 @@ def test_gaussian_initialize_gives_valid_parameters_near_the_data(covariance_typ
     np.testing.assert_allclose(params["startprob"], 1 / 3)
     np.testing.assert_allclose(params["transmat"], 1 / 3)
     assert params["means"].shape == (3, 2)
-    assert params["covariances"].shape == ((3, 2, 2) if covariance_type == "full" else (3, 2))
+    expected = {"full": (3, 2, 2), "diag": (3, 2), "tied": (2, 2), "spherical": (3,)}[covariance_type]
+    assert params["covariances"].shape == expected
     for value in params.values():
         assert value.dtype == np.float64 and np.all(np.isfinite(value))
     if init_mode == "k-means++":
@@ -809,3 +824,17 @@ def test_e_step_timing_print(capsys):
             f"\n[hmm e_step, 1 thread] {n_seq} sequences x {L} steps, k=3, d=2 full: "
             f"1 block {timings[1] * 1e3:.0f} ms, 4 blocks {timings[4] * 1e3:.0f} ms"
         )
+
+
+@pytest.mark.parametrize("covariance_type", ["tied", "spherical"])
+def test_relabeling_a_tied_or_spherical_hmm_reorders_what_belongs_to_states_only(covariance_type):
+    family, block, params = gaussian_setup(covariance_type, n_seq=20)
+    order = np.array([2, 0, 1])
+    moved = family.relabel(params, order)
+    np.testing.assert_array_equal(moved["means"], params["means"][order])
+    expected = params["covariances"] if covariance_type == "tied" else params["covariances"][order]
+    np.testing.assert_array_equal(moved["covariances"], expected)
+    # the relabeled model scores every sequence the same, with the states' posteriors reordered
+    a, b = family.score(block, params), family.score(block, moved)
+    np.testing.assert_allclose(b["loglik"], a["loglik"], rtol=1e-12)
+    np.testing.assert_allclose(b["log_resp"], a["log_resp"][:, order], rtol=1e-9, atol=1e-9)

@@ -54,7 +54,12 @@ def _chain_init(rng):
 
 def _gaussian_init(cov_type, seed=0):
     rng = np.random.default_rng(seed)
-    covs = COVS * 1.5 if cov_type == "full" else np.diagonal(COVS, axis1=1, axis2=2) * 1.5
+    covs = {
+        "full": COVS * 1.5,
+        "diag": np.diagonal(COVS, axis1=1, axis2=2) * 1.5,
+        "tied": COVS.mean(axis=0) * 1.5,
+        "spherical": np.diagonal(COVS, axis1=1, axis2=2).mean(axis=1) * 1.5,
+    }[cov_type]
     return {**_chain_init(rng), "means": MEANS + rng.normal(scale=0.7, size=MEANS.shape), "covariances": covs}
 
 
@@ -79,7 +84,12 @@ def _hmmlearn_categorical(public, **kwargs):
 
 
 def _full(cov_type, covariances):
-    return covariances if cov_type == "full" else np.einsum("ki,ij->kij", covariances, np.eye(covariances.shape[1]))
+    """(3, d, d) matrices, as hmmlearn's covars_ returns them."""
+    if cov_type == "diag":
+        return np.einsum("ki,ij->kij", covariances, np.eye(covariances.shape[1]))
+    if cov_type == "tied":
+        return np.broadcast_to(covariances, (3, *covariances.shape))
+    return covariances
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +122,7 @@ def gaussian_fits(gaussian_data):
     return fitted
 
 
-@pytest.mark.parametrize("cov_type", ["full", "diag"])
+@pytest.mark.parametrize("cov_type", ["full", "diag", "tied", "spherical"])
 def test_gaussian_hmm_matches_hmmlearn_from_the_same_initial_model(gaussian_data, gaussian_fits, cov_type):
     seqs, _ = gaussian_data
     X, lengths = np.concatenate(seqs), [len(s) for s in seqs]
@@ -127,8 +137,11 @@ def test_gaussian_hmm_matches_hmmlearn_from_the_same_initial_model(gaussian_data
     np.testing.assert_allclose(model.startProb, ref.startprob_, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(model.transMat, ref.transmat_, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(model.means, ref.means_, rtol=1e-6, atol=1e-10)
-    np.testing.assert_allclose(_full(cov_type, model.covariances), ref.covars_, rtol=1e-6, atol=1e-10)
-    assert model.covariances.shape == ((3, 2, 2) if cov_type == "full" else (3, 2))
+    if cov_type == "spherical":  # hmmlearn keeps these tiled to (k, d) (tests/models/test_hmm.py)
+        np.testing.assert_allclose(model.covariances, ref._covars_[:, 0], rtol=1e-6, atol=1e-10)
+    else:
+        np.testing.assert_allclose(_full(cov_type, model.covariances), ref.covars_, rtol=1e-6, atol=1e-10)
+    assert model.covariances.shape == {"full": (3, 2, 2), "diag": (3, 2), "tied": (2, 2), "spherical": (3,)}[cov_type]
 
 
 def test_categorical_hmm_matches_hmmlearn_and_round_trips(spark, tmp_path):
