@@ -25,6 +25,8 @@ __all__ = [
     "KMeansModel",
     "PoissonMixture",
     "PoissonMixtureModel",
+    "StudentTMixture",
+    "StudentTMixtureModel",
     "__version__",
 ]
 _API = frozenset(__all__) - {"__version__"}

@@ -166,7 +166,9 @@ DOMAIN = {
         negative_floats(), st.floats(min_value=1, allow_nan=False, allow_infinity=False).map(repr)
     ),
     "input.generate.steps": below(0),
-    "model.family": not_in("gaussian", "kmeans", "categorical", "poisson", "gaussian_hmm", "categorical_hmm"),
+    "model.family": not_in(
+        "gaussian", "kmeans", "categorical", "poisson", "student_t", "gaussian_hmm", "categorical_hmm"
+    ),
     "model.k": below(1),
     "model.covarianceType": not_in("full", "diag", "spherical", "tied"),
     "model.regCovar": negative_floats(),
@@ -175,6 +177,7 @@ DOMAIN = {
     "model.handleMissing": not_in("error", "model"),
     "model.kind": not_in("categorical", "multinomial"),
     "model.smoothing": negative_floats(),
+    "model.dof": st.one_of(negative_floats(), st.sampled_from(["0", "0.0", "0.01", "1e5", "20000.5"])),
     "model.nCategories": st.one_of(
         below(1),
         words,
@@ -253,6 +256,7 @@ FREE_FORM = {
     "fit.seed": "any integer is a seed (the engine folds it into 64 bits)",
     "output.overwrite": "true and false are both meaningful",
     "nightly.force": "true and false are both meaningful",
+    "model.estimateDof": "true and false are both meaningful",
     "score.anomalyThreshold": "any finite log-likelihood is a threshold (NaN and inf come with every float key)",
     # Negative demands that a new model beat production by that much (tests/spark/test_nightly.py uses it).
     "nightly.promotionTolerance": "any finite margin in nats (NaN and inf come with every float key)",

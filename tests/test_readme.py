@@ -76,6 +76,15 @@ def test_poisson_mixture_example_recovers_the_rates(spark):
 
 
 @pytest.mark.spark
+def test_student_t_example_finds_the_clusters_despite_the_outliers(spark):
+    import numpy as np
+
+    tm = _run(_example("StudentTMixture("))["tm"]
+    means = tm.means[np.argsort(tm.means[:, 0])]
+    np.testing.assert_allclose(means, [[0.0, 0.0], [8.0, 0.0]], atol=0.15)
+
+
+@pytest.mark.spark
 def test_hidden_markov_model_example_decodes_the_states(spark):
     import numpy as np
 
@@ -131,6 +140,7 @@ def test_every_python_example_in_the_readme_is_run_by_a_test():
         "KMeans(",
         "CategoricalMixture(",
         "PoissonMixture(",
+        "StudentTMixture(",
         "GaussianHMM(",
         "handleMissing=",
         "labelCol=",

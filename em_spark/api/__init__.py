@@ -15,6 +15,7 @@ from em_spark.api.gaussian import GaussianMixture, GaussianMixtureModel
 from em_spark.api.hmm import CategoricalHMM, CategoricalHMMModel, GaussianHMM, GaussianHMMModel
 from em_spark.api.kmeans import KMeans, KMeansModel
 from em_spark.api.poisson import PoissonMixture, PoissonMixtureModel
+from em_spark.api.student_t import StudentTMixture, StudentTMixtureModel
 from em_spark.models import (
     FAMILIES,
     CategoricalHMMFamily,
@@ -24,6 +25,7 @@ from em_spark.models import (
     GaussianHMMFamily,
     KMeansFamily,
     PoissonMixtureFamily,
+    StudentTMixtureFamily,
 )
 
 __all__ = [
@@ -43,6 +45,8 @@ __all__ = [
     "KMeansModel",
     "PoissonMixture",
     "PoissonMixtureModel",
+    "StudentTMixture",
+    "StudentTMixtureModel",
     "load_model",
     "model_from_bytes",
 ]
@@ -52,6 +56,7 @@ _ESTIMATOR_OF: dict[type[EMFamily], type[EMEstimator]] = {
     KMeansFamily: KMeans,
     CategoricalMixtureFamily: CategoricalMixture,
     PoissonMixtureFamily: PoissonMixture,
+    StudentTMixtureFamily: StudentTMixture,
     GaussianHMMFamily: GaussianHMM,
     CategoricalHMMFamily: CategoricalHMM,
 }

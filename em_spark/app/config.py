@@ -26,10 +26,11 @@ from em_spark.engine.arrow_input import DTYPES, InputSpec
 from em_spark.engine.settings import OPTIMIZERS, FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import FAMILIES as _MODEL_FAMILIES
-from em_spark.models import CategoricalMixtureFamily, GaussianFamily
+from em_spark.models import CategoricalMixtureFamily, GaussianFamily, StudentTMixtureFamily
 from em_spark.models.base import DEFAULT_K
 from em_spark.models.hmm import HMM_COVARIANCE_TYPES
 from em_spark.models.kernels import COVARIANCE_TYPES
+from em_spark.models.student_t import MAX_DOF, MIN_DOF
 
 __all__ = ["DEFAULT_CONFIG", "ConfigError", "JobConfig", "load_config"]
 
@@ -120,7 +121,7 @@ class InputSection:
 class ModelSection:
     """The model; keys a family does not take must stay at their defaults (else an error says so)."""
 
-    family: str = "gaussian"  # gaussian | kmeans | categorical | poisson | gaussian_hmm | categorical_hmm
+    family: str = "gaussian"  # gaussian | kmeans | categorical | poisson | student_t | gaussian_hmm | categorical_hmm
     # defaults: the families' own (the Gaussian family's where families differ)
     k: int = DEFAULT_K
     covarianceType: str = GaussianFamily.covariance_type  # gaussian: full|diag|spherical|tied; gaussian_hmm: full|diag
@@ -135,6 +136,8 @@ class ModelSection:
         None  # categorical(_hmm): Dirichlet pseudo-count; poisson: Gamma prior (default: the family's)
     )
     nCategories: Any = None  # categorical(_hmm): categories per feature (default: inferred)
+    dof: float = StudentTMixtureFamily.dof  # student_t: degrees of freedom (initial, or fixed)
+    estimateDof: bool = StudentTMixtureFamily.estimate_dof  # student_t: estimate them per component
 
 
 @dataclass
@@ -602,6 +605,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model.k": (lambda v: v >= 1, ">= 1"),
     "model.regCovar": (lambda v: v >= 0, ">= 0"),
     "model.smoothing": (lambda v: v >= 0, ">= 0 (a pseudo-count)"),
+    "model.dof": (lambda v: MIN_DOF <= v <= MAX_DOF, f"in [{MIN_DOF}, {MAX_DOF:g}] (degrees of freedom)"),
     "fit.maxIter": (lambda v: v >= 1, ">= 1"),
     "fit.tol": (lambda v: v >= 0, ">= 0"),
     "fit.nInit": (lambda v: v >= 1, ">= 1"),

@@ -16,6 +16,7 @@ __all__ = [
     "TextCorpus",
     "load_text_corpus",
     "make_blobs",
+    "make_contaminated_blobs",
     "make_hmm_sequences",
     "make_poisson_counts",
     "write_blobs",
@@ -68,6 +69,21 @@ def make_poisson_counts(
     labels = rng.choice(components, size=rows, p=weights)
     X = rng.poisson(rates[labels]).astype(np.float64)
     return X, labels, {"weights": weights, "rates": rates}
+
+
+def make_contaminated_blobs(
+    rows: int = 3000, outlier_fraction: float = 0.05, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Three unit-variance Gaussian clusters in 2-d (means (0, 0), (8, 0), (4, 7)) whose first
+    ``outlier_fraction`` of rows are replaced by gross outliers, uniform over [-40, 50]².
+
+    Returns X (rows, 2) (the outliers first) and the true means (3, 2)."""
+    rng = np.random.default_rng(seed)
+    means = np.array([[0.0, 0.0], [8.0, 0.0], [4.0, 7.0]])
+    X = means[rng.choice(3, size=rows)] + rng.normal(size=(rows, 2))
+    outliers = int(outlier_fraction * rows)
+    X[:outliers] = rng.uniform(-40.0, 50.0, size=(outliers, 2))
+    return X, means
 
 
 def write_blobs(

@@ -6,6 +6,7 @@ from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.hmm import CategoricalHMMFamily, GaussianHMMFamily
 from em_spark.models.kmeans import KMeansFamily
 from em_spark.models.poisson import PoissonMixtureFamily
+from em_spark.models.student_t import StudentTMixtureFamily
 
 __all__ = [
     "FAMILIES",
@@ -19,6 +20,7 @@ __all__ = [
     "MStepResult",
     "ModelError",
     "PoissonMixtureFamily",
+    "StudentTMixtureFamily",
 ]
 
 #: family name (as stored with checkpoints and models) -> family class
@@ -29,6 +31,7 @@ FAMILIES = {
         KMeansFamily,
         CategoricalMixtureFamily,
         PoissonMixtureFamily,
+        StudentTMixtureFamily,
         GaussianHMMFamily,
         CategoricalHMMFamily,
     )

@@ -29,6 +29,7 @@ from em_spark.models import (
     GaussianHMMFamily,
     KMeansFamily,
     PoissonMixtureFamily,
+    StudentTMixtureFamily,
 )
 from em_spark.models.kernels import shifted_moments
 from em_spark.stats import Stats
@@ -102,6 +103,7 @@ FAMILIES = {
     "kmeans": (KMeansFamily(k=3), "rows"),
     "categorical": (CategoricalMixtureFamily(k=2, n_categories=(3, 4)), "codes"),
     "poisson": (PoissonMixtureFamily(k=3), "counts"),
+    "student t": (StudentTMixtureFamily(k=3, dof=4.0), "rows"),
     "gaussian hmm": (GaussianHMMFamily(k=2), "sequences"),
     "categorical hmm": (CategoricalHMMFamily(2, n_categories=3), "code sequences"),
 }

@@ -21,6 +21,7 @@ from em_spark.models import (
     GaussianHMMFamily,
     KMeansFamily,
     PoissonMixtureFamily,
+    StudentTMixtureFamily,
 )
 from em_spark.models.base import Block
 
@@ -165,6 +166,7 @@ def _family_cases():
         "gaussian-diag": (lambda: GaussianFamily(k=3, covariance_type="diag"), lambda: _rows(X), 1),
         "kmeans": (lambda: KMeansFamily(k=3), lambda: _rows(X), 1),
         "categorical": (lambda: CategoricalMixtureFamily(3, (4,) * 6), lambda: _rows(codes), 1),
+        "student_t": (lambda: StudentTMixtureFamily(k=3, dof=5.0), lambda: _rows(X), 1),
         "poisson": (lambda: PoissonMixtureFamily(3), lambda: _rows(make_poisson_counts(6000, 4, 3, seed=6)[0]), 1),
         "gaussian_hmm": (lambda: GaussianHMMFamily(3), lambda: _sequences(H), 50),
         "categorical_hmm": (lambda: CategoricalHMMFamily(3, n_categories=4), lambda: _sequences(symbols), 50),

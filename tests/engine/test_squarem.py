@@ -21,6 +21,7 @@ from em_spark.models import (
     GaussianHMMFamily,
     KMeansFamily,
     PoissonMixtureFamily,
+    StudentTMixtureFamily,
 )
 from em_spark.models.base import Block
 
@@ -94,6 +95,8 @@ def _case(name: str) -> tuple[object, LocalBlockSource]:
     if name == "categorical":
         # smoothing 0: maximum likelihood, so the log-likelihood itself is what EM never decreases
         return CategoricalMixtureFamily(3, (4,) * 6, smoothing=0.0), _rows(overlapping_categorical())
+    if name.startswith("student_t-"):
+        return StudentTMixtureFamily(3, covariance_type=name.split("-")[1], dof=5.0), _rows(gaussians)
     if name == "poisson":
         return PoissonMixtureFamily(3, smoothing=0.0), _rows(overlapping_counts())
     if name.startswith("gaussian_hmm-"):
@@ -112,6 +115,8 @@ FAMILY_CASES = [
     "kmeans",
     "categorical",
     "poisson",
+    "student_t-full",
+    "student_t-diag",
     "gaussian_hmm-full",
     "gaussian_hmm-diag",
     "gaussian_hmm-tied",

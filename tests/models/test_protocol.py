@@ -21,6 +21,7 @@ SAMPLES = {
     "kmeans": Block(RNG.normal(size=(60, 2))),
     "categorical": Block(RNG.integers(0, 3, size=(60, 2)).astype(np.float64)),
     "poisson": Block(RNG.poisson(3.0, size=(60, 2)).astype(np.float64)),
+    "student_t": Block(RNG.standard_t(4.0, size=(60, 2))),
     "gaussian_hmm": SEQUENCES,
     "categorical_hmm": Block(RNG.integers(0, 4, size=(60, 1)).astype(np.float64), lengths=np.array([20, 25, 15])),
 }
