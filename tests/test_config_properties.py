@@ -177,6 +177,11 @@ DOMAIN = {
     "model.handleMissing": not_in("error", "model"),
     "model.kind": not_in("categorical", "multinomial"),
     "model.smoothing": negative_floats(),
+    "model.startProbPrior": st.one_of(negative_floats(), st.sampled_from(["0", "0.0"])),
+    "model.transMatPrior": st.one_of(negative_floats(), st.sampled_from(["0", "0.0"])),
+    "model.meansWeight": negative_floats(),
+    "model.covarsPrior": negative_floats(),
+    "model.covarsWeight": negative_floats(),
     "model.dof": st.one_of(negative_floats(), st.sampled_from(["0", "0.0", "0.01", "1e5", "20000.5"])),
     "model.nCategories": st.one_of(
         below(1),
@@ -257,6 +262,7 @@ FREE_FORM = {
     "output.overwrite": "true and false are both meaningful",
     "nightly.force": "true and false are both meaningful",
     "model.estimateDof": "true and false are both meaningful",
+    "model.meansPrior": "any finite number is a prior mean (NaN and inf come with every float key)",
     "score.anomalyThreshold": "any finite log-likelihood is a threshold (NaN and inf come with every float key)",
     # Negative demands that a new model beat production by that much (tests/spark/test_nightly.py uses it).
     "nightly.promotionTolerance": "any finite margin in nats (NaN and inf come with every float key)",

@@ -90,14 +90,94 @@ class _SequenceParams(ParamAccessors):
         return group_sequences(dataset, sequence_col, time_col, features, SEQUENCE_COL), SEQUENCE_COL
 
 
-class _GaussianHMMParams(_SequenceParams, HasCovariance):
+class _ChainPriorParams(ParamAccessors):
+    """hmmlearn's Dirichlet priors on the chain (1: flat, maximum likelihood)."""
+
+    startProbPrior = ml_param(
+        "startProbPrior",
+        "Dirichlet concentration of startProb (> 0; 1 is flat, hmmlearn's startprob_prior)",
+        TypeConverters.toFloat,
+    )
+    transMatPrior = ml_param(
+        "transMatPrior",
+        "Dirichlet concentration of each transMat row (> 0; hmmlearn's transmat_prior)",
+        TypeConverters.toFloat,
+    )
+
+    def getStartProbPrior(self) -> float:
+        """Get the Dirichlet concentration of startProb (or its default)."""
+        return self.getOrDefault(self.startProbPrior)
+
+    def setStartProbPrior(self, value: float) -> Self:
+        """Set the Dirichlet concentration of startProb."""
+        return self._set_or_clear("startProbPrior", value)
+
+    def getTransMatPrior(self) -> float:
+        """Get the Dirichlet concentration of each transMat row (or its default)."""
+        return self.getOrDefault(self.transMatPrior)
+
+    def setTransMatPrior(self, value: float) -> Self:
+        """Set the Dirichlet concentration of each transMat row."""
+        return self._set_or_clear("transMatPrior", value)
+
+
+class _GaussianPriorParams(ParamAccessors):
+    """hmmlearn's prior on the emission means and covariances (defaults: none)."""
+
+    meansPrior = ml_param(
+        "meansPrior", "prior mean of every state's mean (hmmlearn's means_prior)", TypeConverters.toFloat
+    )
+    meansWeight = ml_param(
+        "meansWeight", "pseudo-observations behind meansPrior (>= 0; 0: no prior)", TypeConverters.toFloat
+    )
+    covarsPrior = ml_param(
+        "covarsPrior", "prior scatter ψ, as ψ I (>= 0; hmmlearn's covars_prior)", TypeConverters.toFloat
+    )
+    covarsWeight = ml_param(
+        "covarsWeight", "pseudo-observations behind covarsPrior (hmmlearn's covars_weight)", TypeConverters.toFloat
+    )
+
+    def getMeansPrior(self) -> float:
+        """Get the prior mean of the states' means (or its default)."""
+        return self.getOrDefault(self.meansPrior)
+
+    def setMeansPrior(self, value: float) -> Self:
+        """Set the prior mean of the states' means."""
+        return self._set_or_clear("meansPrior", value)
+
+    def getMeansWeight(self) -> float:
+        """Get the weight of the means' prior (or its default)."""
+        return self.getOrDefault(self.meansWeight)
+
+    def setMeansWeight(self, value: float) -> Self:
+        """Set the weight of the means' prior."""
+        return self._set_or_clear("meansWeight", value)
+
+    def getCovarsPrior(self) -> float:
+        """Get the covariances' prior scatter (or its default)."""
+        return self.getOrDefault(self.covarsPrior)
+
+    def setCovarsPrior(self, value: float) -> Self:
+        """Set the covariances' prior scatter."""
+        return self._set_or_clear("covarsPrior", value)
+
+    def getCovarsWeight(self) -> float:
+        """Get the weight of the covariances' prior (or its default)."""
+        return self.getOrDefault(self.covarsWeight)
+
+    def setCovarsWeight(self, value: float) -> Self:
+        """Set the weight of the covariances' prior."""
+        return self._set_or_clear("covarsWeight", value)
+
+
+class _GaussianHMMParams(_SequenceParams, _ChainPriorParams, _GaussianPriorParams, HasCovariance):
     covarianceType = ml_param(
         "covarianceType", "'full', 'diag', 'tied' or 'spherical' (as hmmlearn's)", TypeConverters.toString
     )
     regCovar = ml_param("regCovar", "added to every covariance diagonal in the M-step", TypeConverters.toFloat)
 
 
-class _CategoricalHMMParams(_SequenceParams, HasSmoothing):
+class _CategoricalHMMParams(_SequenceParams, _ChainPriorParams, HasSmoothing):
     nCategories = ml_param(
         "nCategories", "number of symbols (default: inferred from the sample as max + 1)", _optional_int
     )
@@ -115,15 +195,24 @@ class _CategoricalHMMParams(_SequenceParams, HasSmoothing):
 
 
 #: the HMM params' defaults: the families' (no long format unless asked)
+_CHAIN_PRIOR_DEFAULTS = dict(
+    startProbPrior=GaussianHMMFamily.startprob_prior, transMatPrior=GaussianHMMFamily.transmat_prior
+)
 _GAUSSIAN_HMM_DEFAULTS = dict(
     covarianceType=GaussianHMMFamily.covariance_type,
     regCovar=GaussianHMMFamily.reg_covar,
+    meansPrior=GaussianHMMFamily.means_prior,
+    meansWeight=GaussianHMMFamily.means_weight,
+    covarsPrior=GaussianHMMFamily.covars_prior,
+    covarsWeight=GaussianHMMFamily.covars_weight,
+    **_CHAIN_PRIOR_DEFAULTS,
     sequenceCol=None,
     timeCol=None,
 )
 _CATEGORICAL_HMM_DEFAULTS = dict(
     nCategories=CategoricalHMMFamily.n_categories,
     smoothing=CategoricalHMMFamily.smoothing,
+    **_CHAIN_PRIOR_DEFAULTS,
     sequenceCol=None,
     timeCol=None,
 )
@@ -161,7 +250,16 @@ class GaussianHMMModel(_GaussianHMMParams, _HMMModel):
     def __init__(self, family: GaussianHMMFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__(family, params, n_features)
         self._setDefault(**_GAUSSIAN_HMM_DEFAULTS)
-        self._set(covarianceType=family.covariance_type, regCovar=family.reg_covar)
+        self._set(
+            covarianceType=family.covariance_type,
+            regCovar=family.reg_covar,
+            startProbPrior=family.startprob_prior,
+            transMatPrior=family.transmat_prior,
+            meansPrior=family.means_prior,
+            meansWeight=family.means_weight,
+            covarsPrior=family.covars_prior,
+            covarsWeight=family.covars_weight,
+        )
 
     @property
     def means(self) -> np.ndarray:
@@ -178,7 +276,9 @@ class CategoricalHMMModel(_CategoricalHMMParams, _HMMModel):
     def __init__(self, family: CategoricalHMMFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__(family, params, n_features)
         self._setDefault(**_CATEGORICAL_HMM_DEFAULTS)
-        self._set(smoothing=family.smoothing)
+        self._set(
+            smoothing=family.smoothing, startProbPrior=family.startprob_prior, transMatPrior=family.transmat_prior
+        )
 
     @property
     def emissionProb(self) -> np.ndarray:
@@ -210,6 +310,12 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
         seed: int = FitSettings.seed,
         regCovar: float = GaussianHMMFamily.reg_covar,
         initMode: str = GaussianHMMFamily.init_mode,
+        startProbPrior: float = GaussianHMMFamily.startprob_prior,
+        transMatPrior: float = GaussianHMMFamily.transmat_prior,
+        meansPrior: float = GaussianHMMFamily.means_prior,
+        meansWeight: float = GaussianHMMFamily.means_weight,
+        covarsPrior: float = GaussianHMMFamily.covars_prior,
+        covarsWeight: float = GaussianHMMFamily.covars_weight,
         nInit: int = FitSettings.n_init,
         acceleration: str = FitSettings.acceleration,
         optimizer: str = FitSettings.optimizer,
@@ -243,6 +349,12 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
             covariance_type=self.getOrDefault("covarianceType"),
             reg_covar=self.getOrDefault("regCovar"),
             init_mode=self.getOrDefault("initMode"),
+            startprob_prior=self.getOrDefault("startProbPrior"),
+            transmat_prior=self.getOrDefault("transMatPrior"),
+            means_prior=self.getOrDefault("meansPrior"),
+            means_weight=self.getOrDefault("meansWeight"),
+            covars_prior=self.getOrDefault("covarsPrior"),
+            covars_weight=self.getOrDefault("covarsWeight"),
         )
 
 
@@ -263,6 +375,8 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
         k: int = DEFAULT_K,
         nCategories: int | None = None,
         smoothing: float = CategoricalHMMFamily.smoothing,
+        startProbPrior: float = CategoricalHMMFamily.startprob_prior,
+        transMatPrior: float = CategoricalHMMFamily.transmat_prior,
         maxIter: int = FitSettings.max_iter,
         tol: float = FitSettings.tol,
         seed: int = FitSettings.seed,
@@ -298,4 +412,6 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
             k=self.getOrDefault("k"),
             n_categories=self.getOrDefault("nCategories"),
             smoothing=self.getOrDefault("smoothing"),
+            startprob_prior=self.getOrDefault("startProbPrior"),
+            transmat_prior=self.getOrDefault("transMatPrior"),
         )

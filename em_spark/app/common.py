@@ -178,6 +178,12 @@ _FAMILY_KEYS = (
     "nCategories",
     "dof",
     "estimateDof",
+    "startProbPrior",
+    "transMatPrior",
+    "meansPrior",
+    "meansWeight",
+    "covarsPrior",
+    "covarsWeight",
 )
 
 

@@ -26,7 +26,7 @@ from em_spark.engine.arrow_input import DTYPES, InputSpec
 from em_spark.engine.settings import OPTIMIZERS, FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
 from em_spark.models import FAMILIES as _MODEL_FAMILIES
-from em_spark.models import CategoricalMixtureFamily, GaussianFamily, StudentTMixtureFamily
+from em_spark.models import CategoricalMixtureFamily, GaussianFamily, GaussianHMMFamily, StudentTMixtureFamily
 from em_spark.models.base import DEFAULT_K
 from em_spark.models.hmm import HMM_COVARIANCE_TYPES
 from em_spark.models.kernels import COVARIANCE_TYPES
@@ -136,6 +136,14 @@ class ModelSection:
         None  # categorical(_hmm): Dirichlet pseudo-count; poisson: Gamma prior (default: the family's)
     )
     nCategories: Any = None  # categorical(_hmm): categories per feature (default: inferred)
+    # HMMs (hmmlearn's priors; the defaults are none): Dirichlet concentrations of the chain ...
+    startProbPrior: float = GaussianHMMFamily.startprob_prior
+    transMatPrior: float = GaussianHMMFamily.transmat_prior
+    # ... and, gaussian_hmm, the prior on the emission means and covariances
+    meansPrior: float = GaussianHMMFamily.means_prior
+    meansWeight: float = GaussianHMMFamily.means_weight
+    covarsPrior: float = GaussianHMMFamily.covars_prior
+    covarsWeight: float = GaussianHMMFamily.covars_weight
     dof: float = StudentTMixtureFamily.dof  # student_t: degrees of freedom (initial, or fixed)
     estimateDof: bool = StudentTMixtureFamily.estimate_dof  # student_t: estimate them per component
 
@@ -605,6 +613,11 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model.k": (lambda v: v >= 1, ">= 1"),
     "model.regCovar": (lambda v: v >= 0, ">= 0"),
     "model.smoothing": (lambda v: v >= 0, ">= 0 (a pseudo-count)"),
+    "model.startProbPrior": (lambda v: v > 0, "> 0 (a Dirichlet concentration; 1 is flat)"),
+    "model.transMatPrior": (lambda v: v > 0, "> 0 (a Dirichlet concentration; 1 is flat)"),
+    "model.meansWeight": (lambda v: v >= 0, ">= 0 (pseudo-observations)"),
+    "model.covarsPrior": (lambda v: v >= 0, ">= 0"),
+    "model.covarsWeight": (lambda v: v >= 0, ">= 0 (pseudo-observations)"),
     "model.dof": (lambda v: MIN_DOF <= v <= MAX_DOF, f"in [{MIN_DOF}, {MAX_DOF:g}] (degrees of freedom)"),
     "fit.maxIter": (lambda v: v >= 1, ">= 1"),
     "fit.tol": (lambda v: v >= 0, ">= 0"),

@@ -58,6 +58,7 @@ from em_spark.models.kernels import (
     shifted_moments,
 )
 from em_spark.models.markov import MarkovChain, block_sequences, dead_state_event, dead_states
+from em_spark.models.priors import GaussianPrior
 from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
 from em_spark.models.validation import check_parameter, check_present
 from em_spark.stats import Stats
@@ -65,6 +66,16 @@ from em_spark.stats import Stats
 __all__ = ["HMM_COVARIANCE_TYPES", "CategoricalHMMFamily", "GaussianHMMFamily"]
 
 HMM_COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
+
+
+def _add_to_diagonal(covariances: np.ndarray, value: float, covariance_type: str) -> np.ndarray:
+    """Covariances (shape by type) with ``value`` added to every variance."""
+    if covariance_type in ("full", "tied"):
+        d = covariances.shape[-1]
+        covariances = covariances.copy()
+        covariances[..., np.arange(d), np.arange(d)] += value
+        return covariances
+    return covariances + value
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,12 @@ class GaussianHMMFamily(MarkovChain):
     covariance_type: str = "full"
     reg_covar: float = 1e-6
     init_mode: str = "k-means++"
+    startprob_prior: float = 1.0
+    transmat_prior: float = 1.0
+    means_prior: float = 0.0
+    means_weight: float = 0.0
+    covars_prior: float = 0.0
+    covars_weight: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "hidden states"))
@@ -111,6 +128,15 @@ class GaussianHMMFamily(MarkovChain):
             )
         # the gaussian family validates reg_covar and init_mode (same messages)
         object.__setattr__(self, "reg_covar", self._mixture.reg_covar)
+        self._check_chain_priors()
+        prior = self._prior  # validates the Gaussian prior's four numbers
+        for name in ("means_prior", "means_weight", "covars_prior", "covars_weight"):
+            object.__setattr__(self, name, getattr(prior, name))
+
+    @property
+    def _prior(self) -> GaussianPrior:
+        """hmmlearn's prior on the emission means and covariances (inactive by default)."""
+        return GaussianPrior(self.means_prior, self.means_weight, self.covars_prior, self.covars_weight)
 
     @property
     def _mixture(self) -> GaussianFamily:
@@ -135,6 +161,9 @@ class GaussianHMMFamily(MarkovChain):
     def _draw_emissions(self, params: Params, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A Gaussian observation from each step's state, as the Gaussian mixture draws rows."""
         return self._mixture.rows_of_components(params, states, rng)
+
+    def _emission_log_prior(self, params: Params) -> float:
+        return self._prior.log_prior(params["means"], params["covariances"], self.covariance_type)
 
     def _emission_n_parameters(self, params: Params) -> int:
         d = int(np.shape(params["means"])[1])
@@ -256,9 +285,16 @@ class GaussianHMMFamily(MarkovChain):
         occupancy = np.asarray(stats["post"], dtype=np.float64)
         dead = dead_states(occupancy)
         nk = np.where(np.isin(np.arange(self.k), dead), 1.0, occupancy)
-        delta = np.asarray(stats["sum"]) / nk[:, None]
-        means = params["means"] + delta
-        covariances = self._kernel.covariance(nk, delta, np.asarray(stats["sq"]), self.reg_covar)
+        prior = self._prior
+        if prior.active:  # MAP: hmmlearn's update with its prior, then reg_covar on the diagonals
+            means, covariances = prior.m_step(
+                nk, np.asarray(stats["sum"]), np.asarray(stats["sq"]), params["means"], self.covariance_type
+            )
+            covariances = _add_to_diagonal(covariances, self.reg_covar, self.covariance_type)
+        else:
+            delta = np.asarray(stats["sum"]) / nk[:, None]
+            means = params["means"] + delta
+            covariances = self._kernel.covariance(nk, delta, np.asarray(stats["sq"]), self.reg_covar)
         for j in dead:
             means[j] = params["means"][j]
             if self.covariance_type != "tied":  # a dead state adds nothing to the pooled (tied) covariance
@@ -315,6 +351,8 @@ class CategoricalHMMFamily(MarkovChain):
     k: int
     n_categories: int | None = None
     smoothing: float = 0.0
+    startprob_prior: float = 1.0
+    transmat_prior: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "hidden states"))
@@ -332,6 +370,7 @@ class CategoricalHMMFamily(MarkovChain):
         ):
             raise ModelError(f"smoothing must be a finite non-negative number (a pseudo-count), got {s!r}")
         object.__setattr__(self, "smoothing", float(s))
+        self._check_chain_priors()
 
     # -- description ------------------------------------------------------------
 
@@ -364,7 +403,7 @@ class CategoricalHMMFamily(MarkovChain):
     def _relabel_emissions(self, params: Params, order: np.ndarray) -> dict[str, np.ndarray]:
         return {"emissionprob": params["emissionprob"][order].copy()}
 
-    def log_prior(self, params: Params) -> float:
+    def _emission_log_prior(self, params: Params) -> float:
         """smoothing · Σ log emissionprob: the Dirichlet(1 + smoothing) prior of the M-step (0 with smoothing 0)."""
         return float(self.smoothing * np.sum(log0(params["emissionprob"]))) if self.smoothing > 0 else 0.0
 

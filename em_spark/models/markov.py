@@ -39,6 +39,7 @@ import numpy as np
 from em_spark.models.base import DEAD_FRACTION, Block, Draws, FamilyBase, ModelError, MStepResult, Params, check_count
 from em_spark.models.compiled import HMMStats, use_hmm_compiled
 from em_spark.models.kernels import log0
+from em_spark.models.priors import check_concentration, dirichlet_log_prior, dirichlet_map
 from em_spark.models.reparam import softmax
 from em_spark.models.validation import check_parameter
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
@@ -395,8 +396,16 @@ def viterbi(packing: Packing, log_frame: np.ndarray, startprob: np.ndarray, tran
 # The chain's M-step, and the base class of the HMM families
 
 
-def chain_m_step(stats: Stats, params: Params, events: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """New startprob and transmat (hmmlearn's M-step without priors); rows with no transitions keep theirs."""
+def chain_m_step(
+    stats: Stats, params: Params, events: list[str], startprob_prior: float = 1.0, transmat_prior: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """New startprob and transmat: hmmlearn's M-step, with its Dirichlet priors (flat at 1: maximum
+    likelihood); rows with no transitions keep theirs."""
+    if startprob_prior != 1.0 or transmat_prior != 1.0:
+        return (
+            dirichlet_map(stats["start"], startprob_prior, params["startprob"]),
+            dirichlet_map(stats["trans"], transmat_prior, params["transmat"]),
+        )
     start = np.asarray(stats["start"], dtype=np.float64)
     startprob = start / start.sum()
     trans = np.asarray(stats["trans"], dtype=np.float64)
@@ -442,6 +451,8 @@ class MarkovChain(FamilyBase, ABC):
     """
 
     k: int
+    startprob_prior: float  # Dirichlet concentrations of startProb and of each transMat row (1: flat)
+    transmat_prior: float
     sequential: ClassVar[bool] = True
     models_missing: ClassVar[bool] = False
     supports_labels: ClassVar[bool] = False
@@ -622,11 +633,17 @@ class MarkovChain(FamilyBase, ABC):
         return {"loglik": np.concatenate(loglik), "log_resp": log_resp, "viterbi": paths}
 
     def progress(self, params: Params) -> dict[str, float]:
-        """The smallest stationary state probability: a state heading for collapse shows here first."""
-        return {"minStateProb": float(np.min(stationary(params["transmat"])))}
+        """The smallest stationary state probability: a state heading for collapse shows here first.
+        With a prior, ``logPrior`` too: EM then raises avgLogLik + logPrior / sequences (the MAP
+        objective), and avgLogLik alone may fall."""
+        out = {"minStateProb": float(np.min(stationary(params["transmat"])))}
+        prior = self.log_prior(params)
+        if prior != 0.0:
+            out["logPrior"] = prior
+        return out
 
     def m_step(self, stats: Stats, params: Params, sample: Block, rng: np.random.Generator) -> MStepResult:
-        """hmmlearn's M-step (no priors): the chain's, then the emissions'.
+        """hmmlearn's M-step (with its priors when given): the chain's, then the emissions'.
 
         A state with no expected transitions out keeps its transMat row; the emission model
         says what it does with a state that lost its mass; events say so.
@@ -634,7 +651,7 @@ class MarkovChain(FamilyBase, ABC):
         if not float(stats[WEIGHT]) > 0 or not float(np.sum(stats["start"])) > 0:
             raise self._no_weight(self._what, "sequences")
         events: list[str] = []
-        startprob, transmat = chain_m_step(stats, params, events)
+        startprob, transmat = chain_m_step(stats, params, events, self.startprob_prior, self.transmat_prior)
         emissions = self._emission_m_step(stats, params, events)
         return MStepResult({"startprob": startprob, "transmat": transmat, **emissions}, events)
 
@@ -667,6 +684,23 @@ class MarkovChain(FamilyBase, ABC):
             paths[:, t] = np.minimum((uniform[:, t, None] >= trans[paths[:, t - 1]]).sum(axis=1), last)
         states = paths.reshape(-1)
         return Draws(self._draw_emissions(params, states, rng), states, np.full(n, length, dtype=np.int64))
+
+    def _check_chain_priors(self) -> None:
+        """Validate (and make floats of) the chain's Dirichlet concentrations; subclasses call it."""
+        object.__setattr__(self, "startprob_prior", check_concentration(self.startprob_prior, "startProbPrior"))
+        object.__setattr__(self, "transmat_prior", check_concentration(self.transmat_prior, "transMatPrior"))
+
+    def log_prior(self, params: Params) -> float:
+        """The chain's Dirichlet log priors plus the emission model's (0 for flat priors: maximum likelihood)."""
+        return (
+            dirichlet_log_prior(params["startprob"], self.startprob_prior)
+            + dirichlet_log_prior(params["transmat"], self.transmat_prior)
+            + self._emission_log_prior(params)
+        )
+
+    def _emission_log_prior(self, params: Params) -> float:
+        """The emission parameters' log prior (0: maximum likelihood)."""
+        return 0.0
 
     def n_parameters(self, params: Params) -> int:
         """Free parameters (hmmlearn's ``_get_n_fit_scalars_per_param`` summed), for BIC and AIC."""

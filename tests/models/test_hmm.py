@@ -838,3 +838,128 @@ def test_relabeling_a_tied_or_spherical_hmm_reorders_what_belongs_to_states_only
     a, b = family.score(block, params), family.score(block, moved)
     np.testing.assert_allclose(b["loglik"], a["loglik"], rtol=1e-12)
     np.testing.assert_allclose(b["log_resp"], a["log_resp"][:, order], rtol=1e-9, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# MAP EM: hmmlearn's priors
+
+PRIORS = dict(
+    startprob_prior=2.5, transmat_prior=3.0, means_prior=0.5, means_weight=4.0, covars_prior=0.3, covars_weight=5.0
+)
+
+
+def hmmlearn_with_priors(family, params, **kwargs):
+    """hmmlearn on our parameters with the same priors: its covars_prior as ψ I for full and tied."""
+    d = params["means"].shape[1]
+    psi = {"full": np.tile(np.eye(d), (family.k, 1, 1)), "tied": np.eye(d)}.get(family.covariance_type, 1.0)
+    model = hl.GaussianHMM(
+        n_components=family.k,
+        covariance_type=family.covariance_type,
+        init_params="",
+        params="stmc",
+        startprob_prior=PRIORS["startprob_prior"],
+        transmat_prior=PRIORS["transmat_prior"],
+        means_prior=PRIORS["means_prior"],
+        means_weight=PRIORS["means_weight"],
+        covars_prior=PRIORS["covars_prior"] * psi,
+        covars_weight=PRIORS["covars_weight"],
+        **kwargs,
+    )
+    model.startprob_, model.transmat_ = params["startprob"].copy(), params["transmat"].copy()
+    model.means_, model.covars_ = params["means"].copy(), params["covariances"].copy()
+    return model
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_map_em_with_hmmlearns_priors_matches_hmmlearn_and_never_lowers_the_log_posterior(covariance_type):
+    _, block, init = gaussian_setup(covariance_type)
+    family = GaussianHMMFamily(3, covariance_type, reg_covar=0.0, **PRIORS)
+    ours, history = fit(family, block, init, n_iter=10)
+    # tol=-inf: with a prior the log-likelihood may fall, which would stop hmmlearn's monitor at tol=0
+    ref = hmmlearn_with_priors(family, init, n_iter=10, tol=-np.inf).fit(block.X, block.lengths)
+    np.testing.assert_allclose(history, ref.monitor_.history, rtol=1e-9)
+    np.testing.assert_allclose(ours["startprob"], ref.startprob_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(ours["transmat"], ref.transmat_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(ours["means"], ref.means_, rtol=1e-6, atol=1e-10)
+    if covariance_type == "spherical":
+        np.testing.assert_allclose(ours["covariances"], ref._covars_[:, 0], rtol=1e-6, atol=1e-10)
+    else:
+        np.testing.assert_allclose(full_covariances(family, ours), ref.covars_, rtol=1e-6, atol=1e-10)
+    # the prior moved the fit: without it the parameters differ
+    plain, _ = fit(GaussianHMMFamily(3, covariance_type, reg_covar=0.0), block, init, n_iter=10)
+    assert not np.allclose(plain["means"], ours["means"], rtol=1e-4)
+    # EM for the MAP estimate: loglik + log prior never decreases (the log-likelihood alone may)
+    params, posterior = init, []
+    for _ in range(15):
+        stats = family.e_step(block, params)
+        posterior.append(float(stats.loglik) + family.log_prior(params))
+        params = family.m_step(stats, params, block, np.random.default_rng(0)).params
+    assert np.all(np.diff(posterior) >= -1e-9 * abs(posterior[0]))
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_the_gaussian_prior_is_the_one_whose_map_the_m_step_is(covariance_type):
+    """Perturbing the M-step's answer in any direction lowers E[complete loglik] + log prior."""
+    from em_spark.models.priors import GaussianPrior
+
+    family, block, params = gaussian_setup(covariance_type, n_seq=30, seed=4)
+    prior = GaussianPrior(0.5, 4.0, 0.3, 5.0)
+    stats = family.e_step(block, params)
+    nk, sums, sq = stats["post"], stats["sum"], stats["sq"]
+    means, cov = prior.m_step(nk, sums, sq, params["means"], covariance_type)
+
+    def objective(m, c):
+        full = full_covariances(family, {"means": m, "covariances": c})
+        inv = np.linalg.inv(full)
+        total = 0.0
+        for j in range(3):  # Σ γ log N(x | m_j, Σ_j), from the moments around the old means
+            shift = params["means"][j] - m[j]
+            s2 = (sq[j] if sq.ndim == 3 else np.diag(sq[j])) + np.outer(sums[j], shift) + np.outer(shift, sums[j])
+            s2 = s2 + nk[j] * np.outer(shift, shift)
+            total += -0.5 * nk[j] * np.linalg.slogdet(full[j])[1] - 0.5 * np.trace(inv[j] @ s2)
+        return total + prior.log_prior(m, c, covariance_type)
+
+    best = objective(means, cov)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        assert objective(means + 1e-3 * rng.normal(size=means.shape), cov) < best
+        scaled = cov * np.exp(1e-3 * rng.normal()) if covariance_type != "tied" else cov * (1 + 1e-3 * rng.normal())
+        assert objective(means, scaled) < best
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"startprob_prior": 0.0}, r"startProbPrior must be a finite number > 0"),
+        ({"transmat_prior": -1.0}, r"transMatPrior must be a finite number > 0"),
+        ({"means_weight": -0.1}, r"meansWeight must be a finite number >= 0 \(hmmlearn's means_weight\)"),
+        ({"covars_prior": float("nan")}, r"covarsPrior must be a finite number >= 0"),
+        ({"means_prior": float("inf")}, r"meansPrior must be a finite number"),
+    ],
+)
+def test_bad_priors_are_refused_naming_the_key(kwargs, message):
+    with pytest.raises(ModelError, match=message):
+        GaussianHMMFamily(2, **kwargs)
+    if "means" not in str(kwargs) and "covars" not in str(kwargs):
+        with pytest.raises(ModelError, match=message):
+            CategoricalHMMFamily(2, **kwargs)
+
+
+def test_the_estimators_and_the_job_config_pass_the_priors_to_the_family():
+    from em_spark.api import CategoricalHMM, GaussianHMM
+    from em_spark.app.common import estimator_from_config
+    from em_spark.app.config import load_config
+
+    family = GaussianHMM(k=2, startProbPrior=2.0, meansWeight=3.0, covarsPrior=0.1, covarsWeight=4.0).family()
+    assert (family.startprob_prior, family.means_weight, family.covars_prior, family.covars_weight) == (
+        2.0,
+        3.0,
+        0.1,
+        4.0,
+    )
+    assert CategoricalHMM(k=2, transMatPrior=5.0).family().transmat_prior == 5.0
+    config = load_config(
+        None, ["model.family=gaussian_hmm", "model.transMatPrior=3", "model.meansPrior=1.5", "model.meansWeight=2"]
+    )
+    family = estimator_from_config(config, None).family()
+    assert (family.transmat_prior, family.means_prior, family.means_weight) == (3.0, 1.5, 2.0)
