@@ -50,8 +50,16 @@ def family_config(family: Any) -> dict[str, Any]:
 
     Families are frozen dataclasses whose fields are exactly their hyperparameters, so this is
     both what a checkpoint compares on resume and what rebuilds the family when a model loads.
+    A field named in the family's ``added_fields`` (one added after checkpoints and models were
+    already written) is left out while it holds its default, so those still resume and load as
+    they are (a missing field rebuilds at its default).
     """
-    values = {f.name: getattr(family, f.name) for f in fields(family)}
+    added = getattr(family, "added_fields", ())
+    values = {
+        f.name: getattr(family, f.name)
+        for f in fields(family)
+        if not (f.name in added and getattr(family, f.name) == f.default)
+    }
     return {"name": family.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
 
 

@@ -107,6 +107,15 @@ class GaussianHMMFamily(MarkovChain):
     name: ClassVar[str] = "gaussian_hmm"
     summary_params: ClassVar[tuple[str, ...]] = ("startProb", "means")
     _what: ClassVar[str] = "a Gaussian HMM"
+    #: the priors came later: left out of config() at their defaults (checkpoints written before resume)
+    added_fields: ClassVar[tuple[str, ...]] = (
+        "startprob_prior",
+        "transmat_prior",
+        "means_prior",
+        "means_weight",
+        "covars_prior",
+        "covars_weight",
+    )
 
     k: int
     covariance_type: str = "full"
@@ -346,6 +355,7 @@ class CategoricalHMMFamily(MarkovChain):
     name: ClassVar[str] = "categorical_hmm"
     summary_params: ClassVar[tuple[str, ...]] = ("startProb",)
     _what: ClassVar[str] = "a categorical HMM"
+    added_fields: ClassVar[tuple[str, ...]] = ("startprob_prior", "transmat_prior")  # as GaussianHMMFamily's
     _impossible_hint: ClassVar[str] = ", or use smoothing > 0"
 
     k: int

@@ -963,3 +963,25 @@ def test_the_estimators_and_the_job_config_pass_the_priors_to_the_family():
     )
     family = estimator_from_config(config, None).family()
     assert (family.transmat_prior, family.means_prior, family.means_weight) == (3.0, 1.5, 2.0)
+
+
+def test_priors_at_their_defaults_leave_the_config_as_checkpoints_written_before_them_have_it():
+    """A resume compares family configs: a run checkpointed before the priors existed must still resume."""
+    assert GaussianHMMFamily(3).config() == {
+        "name": "gaussian_hmm",
+        "k": 3,
+        "covariance_type": "full",
+        "reg_covar": 1e-6,
+        "init_mode": "k-means++",
+    }
+    assert CategoricalHMMFamily(2).config() == {
+        "name": "categorical_hmm",
+        "k": 2,
+        "n_categories": None,
+        "smoothing": 0.0,
+    }
+    with_prior = GaussianHMMFamily(3, means_weight=2.0).config()
+    assert with_prior["means_weight"] == 2.0 and "covars_weight" not in with_prior
+    assert GaussianHMMFamily(**{k: v for k, v in with_prior.items() if k != "name"}) == GaussianHMMFamily(
+        3, means_weight=2.0
+    )
