@@ -177,6 +177,7 @@ DOMAIN = {
     "model.handleMissing": not_in("error", "model"),
     "model.kind": not_in("categorical", "multinomial"),
     "model.smoothing": negative_floats(),
+    "model.weightsPrior": st.one_of(negative_floats(), st.sampled_from(["0", "0.0"])),
     "model.startProbPrior": st.one_of(negative_floats(), st.sampled_from(["0", "0.0"])),
     "model.transMatPrior": st.one_of(negative_floats(), st.sampled_from(["0", "0.0"])),
     "model.meansWeight": negative_floats(),

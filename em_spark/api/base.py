@@ -48,6 +48,7 @@ __all__ = [
     "EMParams",
     "EMSummary",
     "HasCovariance",
+    "HasGaussianPrior",
     "HasSmoothing",
     "ParamAccessors",
 ]
@@ -124,6 +125,55 @@ class HasCovariance(ParamAccessors):
     def setRegCovar(self, value: float) -> Self:
         """Set the regularization added to every covariance diagonal."""
         return self._set_or_clear("regCovar", value)
+
+
+class HasGaussianPrior(ParamAccessors):
+    """hmmlearn's prior on Gaussian means and covariances (em_spark.models.priors; defaults: none)."""
+
+    meansPrior = ml_param(
+        "meansPrior", "prior mean of every state's mean (hmmlearn's means_prior)", TypeConverters.toFloat
+    )
+    meansWeight = ml_param(
+        "meansWeight", "pseudo-observations behind meansPrior (>= 0; 0: no prior)", TypeConverters.toFloat
+    )
+    covarsPrior = ml_param(
+        "covarsPrior", "prior scatter ψ, as ψ I (>= 0; hmmlearn's covars_prior)", TypeConverters.toFloat
+    )
+    covarsWeight = ml_param(
+        "covarsWeight", "pseudo-observations behind covarsPrior (hmmlearn's covars_weight)", TypeConverters.toFloat
+    )
+
+    def getMeansPrior(self) -> float:
+        """Get the prior mean of the states' means (or its default)."""
+        return self.getOrDefault(self.meansPrior)
+
+    def setMeansPrior(self, value: float) -> Self:
+        """Set the prior mean of the states' means."""
+        return self._set_or_clear("meansPrior", value)
+
+    def getMeansWeight(self) -> float:
+        """Get the weight of the means' prior (or its default)."""
+        return self.getOrDefault(self.meansWeight)
+
+    def setMeansWeight(self, value: float) -> Self:
+        """Set the weight of the means' prior."""
+        return self._set_or_clear("meansWeight", value)
+
+    def getCovarsPrior(self) -> float:
+        """Get the covariances' prior scatter (or its default)."""
+        return self.getOrDefault(self.covarsPrior)
+
+    def setCovarsPrior(self, value: float) -> Self:
+        """Set the covariances' prior scatter."""
+        return self._set_or_clear("covarsPrior", value)
+
+    def getCovarsWeight(self) -> float:
+        """Get the weight of the covariances' prior (or its default)."""
+        return self.getOrDefault(self.covarsWeight)
+
+    def setCovarsWeight(self, value: float) -> Self:
+        """Set the weight of the covariances' prior."""
+        return self._set_or_clear("covarsWeight", value)
 
 
 class HasSmoothing(ParamAccessors):

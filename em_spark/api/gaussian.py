@@ -10,7 +10,7 @@ from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
-from em_spark.api.base import EMEstimator, EMModel, HasCovariance, ml_param
+from em_spark.api.base import EMEstimator, EMModel, HasCovariance, HasGaussianPrior, ml_param
 from em_spark.engine.arrow_input import InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["GaussianMixture", "GaussianMixtureModel"]
 
 
-class _GaussianParams(HasCovariance):
+class _GaussianParams(HasGaussianPrior, HasCovariance):
     covarianceType = ml_param("covarianceType", "'full', 'diag', 'spherical' or 'tied'", TypeConverters.toString)
     regCovar = ml_param(
         "regCovar",
@@ -36,6 +36,18 @@ class _GaussianParams(HasCovariance):
         "'error': refuse null/NaN features; 'model': fit them exactly as missing values (conditional-Gaussian E-step)",
         TypeConverters.toString,
     )
+
+    weightsPrior = ml_param(
+        "weightsPrior", "Dirichlet concentration of the mixing weights (> 0; 1 is flat)", TypeConverters.toFloat
+    )
+
+    def getWeightsPrior(self) -> float:
+        """Get the Dirichlet concentration of the mixing weights (or its default)."""
+        return self.getOrDefault(self.weightsPrior)
+
+    def setWeightsPrior(self, value: float) -> Self:
+        """Set the Dirichlet concentration of the mixing weights."""
+        return self._set_or_clear("weightsPrior", value)
 
     def getHandleMissing(self) -> str:
         """Get how missing features are handled ('error' or 'model') (or its default)."""
@@ -51,6 +63,11 @@ _GAUSSIAN_DEFAULTS = dict(
     covarianceType=GaussianFamily.covariance_type,
     regCovar=GaussianFamily.reg_covar,
     handleMissing=GaussianFamily.handle_missing,
+    weightsPrior=GaussianFamily.weights_prior,
+    meansPrior=GaussianFamily.means_prior,
+    meansWeight=GaussianFamily.means_weight,
+    covarsPrior=GaussianFamily.covars_prior,
+    covarsWeight=GaussianFamily.covars_weight,
 )
 
 
@@ -70,7 +87,16 @@ class GaussianMixtureModel(EMModel, _GaussianParams):
     def __init__(self, family: GaussianFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__(family, params, n_features)
         self._setDefault(**_GAUSSIAN_DEFAULTS)
-        self._set(covarianceType=family.covariance_type, regCovar=family.reg_covar, handleMissing=family.handle_missing)
+        self._set(
+            covarianceType=family.covariance_type,
+            regCovar=family.reg_covar,
+            handleMissing=family.handle_missing,
+            weightsPrior=family.weights_prior,
+            meansPrior=family.means_prior,
+            meansWeight=family.means_weight,
+            covarsPrior=family.covars_prior,
+            covarsWeight=family.covars_weight,
+        )
 
     def impute(self, dataset: DataFrame, outputCol: str = "imputed", stdCol: str | None = None) -> DataFrame:
         """``dataset`` with missing entries filled by their conditional expectation under the mixture.
@@ -159,6 +185,11 @@ class GaussianMixture(EMEstimator, _GaussianParams):
         seed: int = FitSettings.seed,
         regCovar: float = GaussianFamily.reg_covar,
         handleMissing: str = GaussianFamily.handle_missing,
+        weightsPrior: float = GaussianFamily.weights_prior,
+        meansPrior: float = GaussianFamily.means_prior,
+        meansWeight: float = GaussianFamily.means_weight,
+        covarsPrior: float = GaussianFamily.covars_prior,
+        covarsWeight: float = GaussianFamily.covars_weight,
         initMode: str = GaussianFamily.init_mode,
         nInit: int = FitSettings.n_init,
         acceleration: str = FitSettings.acceleration,
@@ -193,4 +224,9 @@ class GaussianMixture(EMEstimator, _GaussianParams):
             reg_covar=self.getOrDefault("regCovar"),
             init_mode=self.getOrDefault("initMode"),
             handle_missing=self.getOrDefault("handleMissing"),
+            weights_prior=self.getOrDefault("weightsPrior"),
+            means_prior=self.getOrDefault("meansPrior"),
+            means_weight=self.getOrDefault("meansWeight"),
+            covars_prior=self.getOrDefault("covarsPrior"),
+            covars_weight=self.getOrDefault("covarsWeight"),
         )

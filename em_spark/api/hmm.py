@@ -20,6 +20,7 @@ from em_spark.api.base import (
     EMEstimator,
     EMModel,
     HasCovariance,
+    HasGaussianPrior,
     HasSmoothing,
     ParamAccessors,
     ml_param,
@@ -121,56 +122,7 @@ class _ChainPriorParams(ParamAccessors):
         return self._set_or_clear("transMatPrior", value)
 
 
-class _GaussianPriorParams(ParamAccessors):
-    """hmmlearn's prior on the emission means and covariances (defaults: none)."""
-
-    meansPrior = ml_param(
-        "meansPrior", "prior mean of every state's mean (hmmlearn's means_prior)", TypeConverters.toFloat
-    )
-    meansWeight = ml_param(
-        "meansWeight", "pseudo-observations behind meansPrior (>= 0; 0: no prior)", TypeConverters.toFloat
-    )
-    covarsPrior = ml_param(
-        "covarsPrior", "prior scatter ψ, as ψ I (>= 0; hmmlearn's covars_prior)", TypeConverters.toFloat
-    )
-    covarsWeight = ml_param(
-        "covarsWeight", "pseudo-observations behind covarsPrior (hmmlearn's covars_weight)", TypeConverters.toFloat
-    )
-
-    def getMeansPrior(self) -> float:
-        """Get the prior mean of the states' means (or its default)."""
-        return self.getOrDefault(self.meansPrior)
-
-    def setMeansPrior(self, value: float) -> Self:
-        """Set the prior mean of the states' means."""
-        return self._set_or_clear("meansPrior", value)
-
-    def getMeansWeight(self) -> float:
-        """Get the weight of the means' prior (or its default)."""
-        return self.getOrDefault(self.meansWeight)
-
-    def setMeansWeight(self, value: float) -> Self:
-        """Set the weight of the means' prior."""
-        return self._set_or_clear("meansWeight", value)
-
-    def getCovarsPrior(self) -> float:
-        """Get the covariances' prior scatter (or its default)."""
-        return self.getOrDefault(self.covarsPrior)
-
-    def setCovarsPrior(self, value: float) -> Self:
-        """Set the covariances' prior scatter."""
-        return self._set_or_clear("covarsPrior", value)
-
-    def getCovarsWeight(self) -> float:
-        """Get the weight of the covariances' prior (or its default)."""
-        return self.getOrDefault(self.covarsWeight)
-
-    def setCovarsWeight(self, value: float) -> Self:
-        """Set the weight of the covariances' prior."""
-        return self._set_or_clear("covarsWeight", value)
-
-
-class _GaussianHMMParams(_SequenceParams, _ChainPriorParams, _GaussianPriorParams, HasCovariance):
+class _GaussianHMMParams(_SequenceParams, _ChainPriorParams, HasGaussianPrior, HasCovariance):
     covarianceType = ml_param(
         "covarianceType", "'full', 'diag', 'tied' or 'spherical' (as hmmlearn's)", TypeConverters.toString
     )

@@ -178,6 +178,7 @@ _FAMILY_KEYS = (
     "nCategories",
     "dof",
     "estimateDof",
+    "weightsPrior",
     "startProbPrior",
     "transMatPrior",
     "meansPrior",

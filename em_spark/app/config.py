@@ -136,10 +136,11 @@ class ModelSection:
         None  # categorical(_hmm): Dirichlet pseudo-count; poisson: Gamma prior (default: the family's)
     )
     nCategories: Any = None  # categorical(_hmm): categories per feature (default: inferred)
+    weightsPrior: float = GaussianFamily.weights_prior  # gaussian: Dirichlet concentration of the weights
     # HMMs (hmmlearn's priors; the defaults are none): Dirichlet concentrations of the chain ...
     startProbPrior: float = GaussianHMMFamily.startprob_prior
     transMatPrior: float = GaussianHMMFamily.transmat_prior
-    # ... and, gaussian_hmm, the prior on the emission means and covariances
+    # ... and, gaussian and gaussian_hmm, the prior on the means and covariances
     meansPrior: float = GaussianHMMFamily.means_prior
     meansWeight: float = GaussianHMMFamily.means_weight
     covarsPrior: float = GaussianHMMFamily.covars_prior
@@ -613,6 +614,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model.k": (lambda v: v >= 1, ">= 1"),
     "model.regCovar": (lambda v: v >= 0, ">= 0"),
     "model.smoothing": (lambda v: v >= 0, ">= 0 (a pseudo-count)"),
+    "model.weightsPrior": (lambda v: v > 0, "> 0 (a Dirichlet concentration; 1 is flat)"),
     "model.startProbPrior": (lambda v: v > 0, "> 0 (a Dirichlet concentration; 1 is flat)"),
     "model.transMatPrior": (lambda v: v > 0, "> 0 (a Dirichlet concentration; 1 is flat)"),
     "model.meansWeight": (lambda v: v >= 0, ">= 0 (pseudo-observations)"),

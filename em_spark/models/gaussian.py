@@ -46,6 +46,7 @@ from em_spark.models.kernels import (
     KERNELS,
     LOG_2PI,
     Kernel,
+    add_to_variances,
     chunks,
     ill_defined_covariance,
     log0,
@@ -54,6 +55,7 @@ from em_spark.models.kernels import (
     shifted_moments,
 )
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
+from em_spark.models.priors import GaussianPrior, check_concentration, dirichlet_log_prior
 from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
 from em_spark.models.seeding import kmeans_plusplus, lloyd
 from em_spark.models.validation import check_parameter, check_present
@@ -120,6 +122,11 @@ class GaussianFamily(FamilyBase):
         "error": a NaN in the data is a :class:`ModelError`. "model": NaN entries are
         values missing at random, fitted by exact EM (see :mod:`gaussian_missing`) and
         filled in by :meth:`impute`.
+    weights_prior : float
+        Dirichlet concentration of the mixing weights (MAP: weights ∝ max(nk + α − 1, 0)); 1 is flat.
+    means_prior, means_weight, covars_prior, covars_weight : float
+        hmmlearn's conjugate prior on the means and covariances (:mod:`em_spark.models.priors`);
+        the defaults (0, 0, 0, 1) are none. With any prior EM climbs loglik + :meth:`log_prior`.
     """
 
     name: ClassVar[str] = "gaussian"
@@ -133,6 +140,19 @@ class GaussianFamily(FamilyBase):
     reg_covar: float = 1e-6
     init_mode: str = "k-means++"
     handle_missing: str = "error"
+    weights_prior: float = 1.0
+    means_prior: float = 0.0
+    means_weight: float = 0.0
+    covars_prior: float = 0.0
+    covars_weight: float = 1.0
+    #: the priors came later: left out of config() at their defaults (checkpoints written before resume)
+    added_fields: ClassVar[tuple[str, ...]] = (
+        "weights_prior",
+        "means_prior",
+        "means_weight",
+        "covars_prior",
+        "covars_weight",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "components"))
@@ -153,6 +173,21 @@ class GaussianFamily(FamilyBase):
             raise ModelError(f"initMode must be one of {list(INIT_MODES)}, got {self.init_mode!r}")
         if self.handle_missing not in HANDLE_MISSING:
             raise ModelError(f"handleMissing must be one of {list(HANDLE_MISSING)}, got {self.handle_missing!r}")
+        object.__setattr__(self, "weights_prior", check_concentration(self.weights_prior, "weightsPrior"))
+        prior = self._prior  # validates the Gaussian prior's four numbers
+        for name in ("means_prior", "means_weight", "covars_prior", "covars_weight"):
+            object.__setattr__(self, name, getattr(prior, name))
+
+    @property
+    def _prior(self) -> GaussianPrior:
+        """hmmlearn's prior on the means and covariances (inactive by default)."""
+        return GaussianPrior(self.means_prior, self.means_weight, self.covars_prior, self.covars_weight)
+
+    def log_prior(self, params: Params) -> float:
+        """The Dirichlet log prior of the weights plus the Gaussian prior's (0 without priors)."""
+        return dirichlet_log_prior(params["weights"], self.weights_prior) + self._prior.log_prior(
+            params["means"], params["covariances"], self.covariance_type
+        )
 
     # -- protocol: description ------------------------------------------------
 
@@ -535,10 +570,21 @@ class GaussianFamily(FamilyBase):
         """(weights, means, covariances, dead component indices) from stats taken around ``shift``."""
         nk_raw = np.asarray(stats["nk"], dtype=np.float64)
         nk = nk_raw + _NK_EPS
-        delta = np.asarray(stats["sum"]) / nk[:, None]
-        means = shift + delta
-        covariances = self._kernel.covariance(nk, delta, np.asarray(stats["sq"]), self.reg_covar)
+        prior = self._prior
+        if prior.active:  # MAP (models/priors.py), then reg_covar on the diagonals as always
+            means, covariances = prior.m_step(
+                nk, np.asarray(stats["sum"]), np.asarray(stats["sq"]), shift, self.covariance_type
+            )
+            covariances = add_to_variances(covariances, self.reg_covar, self.covariance_type)
+        else:
+            delta = np.asarray(stats["sum"]) / nk[:, None]
+            means = shift + delta
+            covariances = self._kernel.covariance(nk, delta, np.asarray(stats["sq"]), self.reg_covar)
         weights = nk / nk.sum()
+        if self.weights_prior != 1.0:
+            concentrated = np.maximum(nk_raw + self.weights_prior - 1.0, 0.0)
+            if concentrated.sum() > 0:
+                weights = concentrated / concentrated.sum()
         dead = self._lost_mass(nk_raw, float(stats[WEIGHT]))
         return weights, means, covariances, dead
 

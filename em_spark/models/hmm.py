@@ -51,6 +51,7 @@ from em_spark.models.kernels import (
     KERNELS,
     LOG_2PI,
     Kernel,
+    add_to_variances,
     chunks,
     ill_defined_covariance,
     log0,
@@ -66,16 +67,6 @@ from em_spark.stats import Stats
 __all__ = ["HMM_COVARIANCE_TYPES", "CategoricalHMMFamily", "GaussianHMMFamily"]
 
 HMM_COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
-
-
-def _add_to_diagonal(covariances: np.ndarray, value: float, covariance_type: str) -> np.ndarray:
-    """Covariances (shape by type) with ``value`` added to every variance."""
-    if covariance_type in ("full", "tied"):
-        d = covariances.shape[-1]
-        covariances = covariances.copy()
-        covariances[..., np.arange(d), np.arange(d)] += value
-        return covariances
-    return covariances + value
 
 
 @dataclass(frozen=True)
@@ -299,7 +290,7 @@ class GaussianHMMFamily(MarkovChain):
             means, covariances = prior.m_step(
                 nk, np.asarray(stats["sum"]), np.asarray(stats["sq"]), params["means"], self.covariance_type
             )
-            covariances = _add_to_diagonal(covariances, self.reg_covar, self.covariance_type)
+            covariances = add_to_variances(covariances, self.reg_covar, self.covariance_type)
         else:
             delta = np.asarray(stats["sum"]) / nk[:, None]
             means = params["means"] + delta

@@ -29,6 +29,7 @@ __all__ = [
     "KERNELS",
     "LOG_2PI",
     "Kernel",
+    "add_to_variances",
     "cholesky_or_none",
     "chunks",
     "ill_defined_covariance",
@@ -221,6 +222,16 @@ def shifted_moments(
     else:
         moved_sq = sq + 2.0 * c * sums + nk[:, None] * np.square(c)
     return moved_sums, moved_sq
+
+
+def add_to_variances(covariances: np.ndarray, value: float, covariance_type: str) -> np.ndarray:
+    """Covariances (shape by type) with ``value`` added to every variance (a new array)."""
+    if covariance_type in ("full", "tied"):
+        d = covariances.shape[-1]
+        covariances = np.array(covariances, dtype=np.float64)
+        covariances[..., np.arange(d), np.arange(d)] += value
+        return covariances
+    return covariances + value
 
 
 def _covariance_full(nk: np.ndarray, delta: np.ndarray, sq: np.ndarray, reg: float) -> np.ndarray:

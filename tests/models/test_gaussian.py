@@ -695,3 +695,56 @@ def test_initialize_with_labels_aligns_component_ids(init_mode):
         np.testing.assert_allclose(params["means"], centers, atol=1.0)  # ids follow the labels
         fitted, _ = fit(family, X, params, 30, labels=labels)
         np.testing.assert_allclose(fitted["means"], centers, atol=0.3)
+
+
+# ---------------------------------------------------------------------------
+# MAP EM: a Dirichlet prior on the weights, hmmlearn's prior on means and covariances
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
+def test_map_em_never_lowers_the_log_posterior_and_the_priors_pull_as_stated(covariance_type):
+    from em_spark.app.demo_data import make_blobs
+
+    X, _, _ = make_blobs(600, 2, 3, separation=3.0, seed=8)
+    priors = dict(weights_prior=40.0, means_prior=1.0, means_weight=50.0, covars_prior=2.0, covars_weight=6.0)
+    family = GaussianFamily(k=3, covariance_type=covariance_type, **priors)
+    block, rng = Block(X), np.random.default_rng(0)
+    params = family.initialize(block, rng)
+    posterior = []
+    for _ in range(25):
+        stats = family.e_step(block, params)
+        posterior.append(float(stats["loglik"]) + family.log_prior(params))
+        params = family.m_step(stats, params, block, rng).params
+    assert np.all(np.diff(posterior) >= -1e-9 * abs(posterior[0]))
+    plain = GaussianFamily(k=3, covariance_type=covariance_type)
+    nk = family.e_step(block, params)["nk"]
+    # weights: the Dirichlet MAP, (nk + α − 1) / (n + k(α − 1)), pulled towards uniform
+    new = family.m_step(family.e_step(block, params), params, block, rng).params
+    np.testing.assert_allclose(new["weights"], (nk + 39.0) / (nk.sum() + 3 * 39.0), rtol=1e-12)
+    assert np.ptp(new["weights"]) < np.ptp(
+        plain.m_step(family.e_step(block, params), params, block, rng).params["weights"]
+    )
+    # means: a weight of 50 pseudo-rows at 1.0 pulls each mean towards (1, 1)
+    ml = plain.m_step(plain.e_step(block, params), params, block, rng).params["means"]
+    assert np.all(np.linalg.norm(new["means"] - 1.0, axis=1) < np.linalg.norm(ml - 1.0, axis=1))
+
+
+def test_gaussian_priors_at_their_defaults_leave_the_config_and_the_fit_unchanged():
+    assert GaussianFamily(k=2).config() == {
+        "name": "gaussian",
+        "k": 2,
+        "covariance_type": "full",
+        "reg_covar": 1e-6,
+        "init_mode": "k-means++",
+        "handle_missing": "error",
+    }
+    assert (
+        GaussianFamily(k=2).log_prior(
+            {"weights": np.array([0.5, 0.5]), "means": np.zeros((2, 1)), "covariances": np.ones((2, 1, 1))}
+        )
+        == 0.0
+    )
+    with pytest.raises(ModelError, match=r"weightsPrior must be a finite number > 0"):
+        GaussianFamily(k=2, weights_prior=0.0)
+    with pytest.raises(ModelError, match=r"covarsWeight must be a finite number >= 0"):
+        GaussianFamily(k=2, covars_weight=-1.0)
