@@ -4,6 +4,13 @@ Run at a commit whose numerics are the reference, to (re)write ``tests/golden/*.
 
     SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=.venv/bin/python .venv/bin/python tests/golden/make_golden.py
 
+The last bits of a fit depend on the CPU: numpy picks its SIMD kernels (exp, log, sums) and
+OpenBLAS its GEMM kernels by the instruction sets it finds, so the same code gives fits that
+differ by rounding on another processor. ``--machine`` records the fits for this machine's
+numeric signature (:func:`machine_signature`) under ``machines/<signature>/`` instead; the test
+reads the recording of the machine it runs on, and compares with the default recording within
+a rounding tolerance where there is none.
+
 Each case stores its inputs (so the data never depend on a generator that may change),
 every fitted parameter array, the log-likelihood history and a few outputs of ``score``
 (and ``impute``) under the fitted parameters. ``tests/test_golden_fits.py`` refits from the
@@ -334,8 +341,39 @@ def load_inputs() -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def golden_path(case: str) -> Path:
-    return HERE / f"{case}.npz"
+def machine_signature() -> str:
+    """What decides the last bits of a fit here: OpenBLAS's kernel architecture and the CPU
+    features numpy dispatches on (a short digest of them)."""
+    import hashlib
+
+    from numpy._core._multiarray_umath import __cpu_features__
+    from threadpoolctl import threadpool_info
+
+    blas = "-".join(sorted({str(i.get("architecture", i.get("internal_api"))) for i in threadpool_info()})) or "noblas"
+    features = ",".join(sorted(name for name, present in __cpu_features__.items() if present))
+    return f"{blas}-{hashlib.sha1(features.encode()).hexdigest()[:10]}"
+
+
+MACHINES = HERE / "machines"
+
+
+def golden_dir(machine: bool = False) -> Path:
+    """Where this machine's recordings are: its own when ``machine`` (or when they exist), else the default."""
+    own = MACHINES / machine_signature()
+    return own if machine or own.is_dir() else HERE
+
+
+def golden_path(case: str, machine: bool = False) -> Path:
+    return golden_dir(machine) / f"{case}.npz"
+
+
+def recorded_for_this_machine() -> bool:
+    """Whether the recordings read here were made on a machine with this one's numeric signature:
+    the default ones were made on the machine named in ``DEFAULT_MACHINE``."""
+    return golden_dir() != HERE or machine_signature() == DEFAULT_MACHINE.read_text().strip()
+
+
+DEFAULT_MACHINE = HERE / "DEFAULT_MACHINE"
 
 
 def load_golden(case: str) -> dict[str, np.ndarray]:
@@ -347,12 +385,17 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     sys.path.insert(0, str(HERE.parent.parent))
-    save_inputs(make_inputs())
+    machine = "--machine" in sys.argv
+    if machine:  # the inputs are shared by every machine's recordings: never rewritten here
+        golden_dir(machine=True).mkdir(parents=True, exist_ok=True)
+    else:
+        save_inputs(make_inputs())
+        DEFAULT_MACHINE.write_text(machine_signature() + "\n")
     inputs = load_inputs()  # exactly what the test will read back
     with threadpool_limits(limits=1):
         for case, fit in numpy_cases(inputs).items():
-            np.savez(golden_path(case), **fit())
-            print("wrote", case)
+            np.savez(golden_path(case, machine), **fit())
+            print("wrote", golden_path(case, machine))
     if "--no-spark" in sys.argv:
         return
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -363,8 +406,8 @@ def main() -> None:
     spark.sparkContext.setLogLevel("ERROR")
     try:
         for case, fit in spark_cases(inputs, spark).items():
-            np.savez(golden_path(case), **fit())
-            print("wrote", case)
+            np.savez(golden_path(case, machine), **fit())
+            print("wrote", golden_path(case, machine))
     finally:
         spark.stop()
 
