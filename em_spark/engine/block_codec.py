@@ -108,7 +108,7 @@ def merge_stream(blocks: Iterable[Block], max_rows: Callable[[int], int] = targe
     pending_rows, limit = 0, 0
     for b in blocks:
         if not pending and not limit:
-            limit = max_rows(-(-b.X.nnz // max(b.n_rows, 1)) if b.is_sparse else b.n_features)
+            limit = max_rows(-(-b.n_stored // max(b.n_rows, 1)) if b.is_sparse else b.n_features)
         if pending and pending_rows + b.n_rows > limit:
             yield Block.concat(pending, pending[0].n_features)
             pending, pending_rows = [], 0

@@ -148,8 +148,8 @@ def _null_safe_vectors(df: DataFrame, features: str | Sequence[str], sequential:
 
 
 def _input(df: DataFrame, family: EMFamily, features: str | Sequence[str]) -> Column:
-    sparse = family.accepts_sparse and not family.sequential and isinstance(features, str) and features in df.columns
-    if sparse and is_vector_column(df, features):
+    sparse = family.accepts_sparse and not family.sequential
+    if isinstance(features, str) and sparse and features in df.columns and is_vector_column(df, features):
         return F.col(features)  # read as its struct into a sparse block, never densified
     safe = _null_safe_vectors(df, features, family.sequential)
     return safe if safe is not None else input_array(df, features, family.sequential)

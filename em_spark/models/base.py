@@ -118,6 +118,11 @@ class Block:
         """X is a ``scipy.sparse.csr_array`` (a sparse block), not a dense ndarray."""
         return isinstance(self.X, sp.csr_array)
 
+    @property
+    def n_stored(self) -> int:
+        """Values X holds: its non-zeros for a sparse block, n_rows x n_features for a dense one."""
+        return int(self.X.nnz) if isinstance(self.X, sp.csr_array) else int(self.X.size)
+
     def weights_or_ones(self) -> np.ndarray:
         """(n_rows,) sample weights, ones when none were given."""
         return np.ones(self.n_rows) if self.weight is None else self.weight

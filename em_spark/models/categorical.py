@@ -238,13 +238,13 @@ class CategoricalMixtureFamily(FamilyBase):
             raise ModelError(f"for kind='multinomial' n_categories is (C,), the number of count columns; got {out}")
         return tuple(out)
 
-    @property  # type: ignore[misc]  # a per-kind property where FamilyBase has a class variable
-    def accepts_sparse(self) -> bool:
+    @property
+    def accepts_sparse(self) -> bool:  # type: ignore[override]  # per kind, where FamilyBase has a class variable
         """Count rows (``"multinomial"``) may come as sparse blocks; categorical codes are dense."""
         return self.kind == "multinomial"
 
-    @property  # type: ignore[misc]  # (as accepts_sparse)
-    def needs_counts(self) -> bool:
+    @property
+    def needs_counts(self) -> bool:  # type: ignore[override]  # (as accepts_sparse)
         """``"multinomial"`` rows are counts: the loader refuses negative or non-integer values."""
         return self.kind == "multinomial"
 
