@@ -56,7 +56,7 @@ def _example(marker: str) -> str:
 
 @pytest.mark.spark
 def test_categorical_mixture_example_recovers_the_two_coins(spark):
-    namespace = _run(_example("CategoricalMixture("))
+    namespace = _run(_example('kind="categorical"'))
     cm = namespace["cm"]
     heads = sorted(float(p[1]) for p in cm.featureProbs[0])  # P(heads) of each coin, first toss
     assert abs(heads[0] - 0.3) < 0.06 and abs(heads[1] - 0.8) < 0.06
@@ -82,6 +82,15 @@ def test_student_t_example_finds_the_clusters_despite_the_outliers(spark):
     tm = _run(_example("StudentTMixture("))["tm"]
     means = tm.means[np.argsort(tm.means[:, 0])]
     np.testing.assert_allclose(means, [[0.0, 0.0], [8.0, 0.0]], atol=0.15)
+
+
+@pytest.mark.spark
+def test_sparse_count_vector_example_separates_the_two_topics(spark):
+    namespace = _run(_example("Vectors.sparse("))
+    topics, counts = namespace["topics"], namespace["counts"]
+    assert topics.probs.shape == (2, 50_000)
+    predicted = [r["prediction"] for r in topics.transform(counts).select("prediction").collect()]
+    assert all(p != q for p, q in zip(predicted[::2], predicted[1::2]))  # documents alternate topics
 
 
 @pytest.mark.spark
@@ -138,7 +147,8 @@ def test_every_python_example_in_the_readme_is_run_by_a_test():
     markers = [
         "GaussianMixture(k=3, covarianceType",
         "KMeans(",
-        "CategoricalMixture(",
+        'kind="categorical"',
+        "Vectors.sparse(",
         "PoissonMixture(",
         "StudentTMixture(",
         "GaussianHMM(",

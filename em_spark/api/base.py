@@ -360,6 +360,8 @@ class EMParams(ParamAccessors):
             allow_missing=family.models_missing,
             label_col=label_col,
             dtype=self.getOrDefault("dtype"),
+            sparse=family.accepts_sparse,
+            counts=family.needs_counts,
         )
 
     def fit_settings(self) -> FitSettings:

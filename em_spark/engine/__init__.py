@@ -2,7 +2,8 @@
 protocol (``em_spark.models.base``), never a model family.
 
 The load pass (once):
-    arrow_input     Arrow record batches -> validated numpy blocks (InputSpec, column names)
+    arrow_input     Arrow record batches -> validated numpy blocks (InputSpec, column names); a
+                    Vector column, for a family that accepts_sparse, -> CSR blocks, never densified
     block_codec     blocks as bytes on the way into the RDD; regrouping to a working size
     fingerprint     row hashing: the data fingerprint and the sample's random numbers
     sampling        the bounded, partition-independent sample for initialization

@@ -12,14 +12,15 @@ error before iteration 1 instead of a stack trace from an executor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
 
 from em_spark.engine.load_summary import RowProblems
-from em_spark.models.base import Block
+from em_spark.models.base import Block, sparse_rows
 
 __all__ = [
     "DTYPES",
@@ -31,7 +32,9 @@ __all__ = [
     "convert_arrow",
 ]
 
-FEATURES_FIELD = "__em_x"  # array<double> (a row) or array<array<double>> (a sequence)
+# array<double> (a row), array<array<double>> (a sequence), or for a sparse load the Vector
+# column itself, which Arrow carries as its SQL struct (see _sparse_vectors)
+FEATURES_FIELD = "__em_x"
 WEIGHT_FIELD = "__em_w"  # double, the sample weight of a row or sequence (absent: unit weights)
 LABEL_FIELD = "__em_y"  # long, a known component (null or negative: unknown)
 
@@ -50,16 +53,25 @@ class InputSpec:
     dtype : "float64" or "float32", the dtype of the blocks' X. Rows are validated in float64;
         with float32, a finite value beyond float32's range is a bad row (``overflow_rows``),
         never an infinity inside a block.
+    sparse : the features are a Vector column read as its struct (type, size, indices, values),
+        into sparse blocks (CSR); dense vectors in it become CSR rows too (a family's
+        ``accepts_sparse``)
+    counts : every value must be a non-negative integer (a family's ``needs_counts``); other rows
+        are bad (``noncount_rows``)
     """
 
     sequences: bool = False
     allow_missing: bool = False
     k: int | None = None
     dtype: str = "float64"
+    sparse: bool = False
+    counts: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.sparse and (self.sequences or self.allow_missing):
+            raise ValueError("sparse blocks hold rows without missing values, not sequences")
 
 
 def block_from_arrow(batch: pa.RecordBatch | pa.Table, spec: InputSpec = InputSpec()) -> tuple[Block, RowProblems, int]:
@@ -87,13 +99,19 @@ def _bad_entries(flat: np.ndarray, allow_missing: bool, dtype: str) -> tuple[np.
     return nonfinite, np.zeros(flat.shape, bool)
 
 
+def _noncount_entries(flat: np.ndarray) -> np.ndarray:
+    """Mask of finite entries that are not non-negative integers (non-finite ones are bad already)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(flat) & ((flat < 0) | (flat != np.floor(flat)))
+
+
 def _vectors(
-    x: pa.Array, expected_features: int | None, allow_missing: bool, dtype: str = "float64"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    x: pa.Array, expected_features: int | None, allow_missing: bool, dtype: str = "float64", counts: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """The rows of a list<double> array as an (n_good, d) matrix of ``dtype``, and why the others failed.
 
-    Returns (X of the good rows, good, null_row, ragged_row, nonfinite_row, overflow_row, d), masks
-    of shape (n,).
+    Returns (X of the good rows, good, null_row, ragged_row, nonfinite_row, overflow_row,
+    noncount_row, d), masks of shape (n,); ``noncount_row`` is all False unless ``counts``.
     """
     n = len(x)
     lengths = pc.list_value_length(x).to_numpy(zero_copy_only=False)  # NaN where null
@@ -122,7 +140,8 @@ def _vectors(
 
     nonfinite_row = rows_with(bad_entry)
     overflow_row = rows_with(overflow_entry) & ~nonfinite_row
-    good = ~(null_row | ragged_row | nonfinite_row | overflow_row)
+    noncount_row = rows_with(_noncount_entries(flat)) & ~nonfinite_row & ~overflow_row if counts else np.zeros(n, bool)
+    good = ~(null_row | ragged_row | nonfinite_row | overflow_row | noncount_row)
     if d <= 0:
         X = np.empty((0, max(d, 0)))
     elif not (null_row.any() or ragged_row.any()):
@@ -131,7 +150,101 @@ def _vectors(
         # Row-wise offsets of the non-null rows, then gather the good ones.
         good_kept = good[~null_row]
         X = flat[starts[good_kept][:, None] + np.arange(d)[None, :]]
-    return np.ascontiguousarray(X, dtype=dtype), good, null_row, ragged_row, nonfinite_row, overflow_row, d
+    return (
+        np.ascontiguousarray(X, dtype=dtype),
+        good,
+        null_row,
+        ragged_row,
+        nonfinite_row,
+        overflow_row,
+        noncount_row,
+        d,
+    )
+
+
+def _sparse_vectors(
+    x: pa.Array, expected_features: int | None, dtype: str, counts: bool
+) -> tuple[sp.csr_array, np.ndarray, RowProblems, int]:
+    """The rows of a Vector column as an (n_good, d) CSR array of ``dtype``, never densified.
+
+    ``x`` is the Vector's SQL struct as Arrow carries it (what ``mapInArrow`` and Arrow UDFs
+    deliver for a VectorUDT column, classic and Connect alike): ``type`` int8 (0 sparse,
+    1 dense), ``size`` int32 (null for dense), ``indices`` list<int32> (null for dense) and
+    ``values`` list<double>. A row's length is its ``size`` (dense: the number of values).
+    Entries whose bits are those of +0.0 are dropped, so a dense and a sparse copy of a row
+    give the same CSR row (explicit -0.0 stays: its bits differ).
+
+    Returns (X of the good rows, good (n,), the RowProblems of the bad ones, d).
+    """
+    n = len(x)
+    if isinstance(x, pa.ChunkedArray):
+        x = x.combine_chunks()
+    null_row = x.is_null().to_numpy(zero_copy_only=False).astype(bool) if x.null_count else np.zeros(n, bool)
+    fields = {x.type.field(i).name: child for i, child in enumerate(x.flatten())}  # parent nulls merged
+    vtype = fields["type"].fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    size = fields["size"].fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    values, indices = fields["values"], fields["indices"]
+
+    def list_lengths(a: pa.Array) -> np.ndarray:
+        return pc.list_value_length(a).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    value_len, index_len = list_lengths(values), list_lengths(indices)
+    is_sparse_row = vtype == 0
+    null_row |= ~((vtype == 0) | (vtype == 1))
+    row_size = np.where(is_sparse_row, size, value_len)
+    valid_sizes = row_size[~null_row]
+    if expected_features is not None:
+        d = int(expected_features)
+    else:
+        d = int(valid_sizes[0]) if valid_sizes.size else -1
+    ragged_row = ~null_row & ((row_size != d) | (row_size == 0))
+
+    flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    entry_row = np.repeat(np.arange(n), value_len)
+    starts = np.concatenate([[0], np.cumsum(value_len)[:-1]]).astype(np.int64)
+    position = np.arange(flat.size) - starts[entry_row]
+    cols = position.copy()  # dense rows: 0..len-1
+    bad_index_row = is_sparse_row & ~null_row & ~ragged_row & (index_len != value_len)
+    from_indices = is_sparse_row[entry_row] & ~bad_index_row[entry_row]
+    if from_indices.any():
+        index_flat = indices.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        index_starts = np.concatenate([[0], np.cumsum(index_len)[:-1]]).astype(np.int64)
+        cols[from_indices] = index_flat[index_starts[entry_row[from_indices]] + position[from_indices]]
+    # indices strictly increasing within 0..size-1: each entry above its predecessor in the row
+    out_of_range = (cols < 0) | (cols >= np.maximum(row_size[entry_row], 0))
+    not_increasing = np.zeros(flat.size, bool)
+    not_increasing[1:] = (position[1:] > 0) & (cols[1:] <= cols[:-1])
+
+    def rows_with(entries: np.ndarray) -> np.ndarray:
+        return np.bincount(entry_row[entries], minlength=n) > 0 if entries.any() else np.zeros(n, bool)
+
+    checked = ~null_row & ~ragged_row
+    bad_index_row |= rows_with(out_of_range | not_increasing) & checked
+    checked &= ~bad_index_row
+    bad_entry, overflow_entry = _bad_entries(flat, False, dtype)
+    nonfinite_row = rows_with(bad_entry) & checked
+    overflow_row = rows_with(overflow_entry) & checked & ~nonfinite_row
+    noncount_row = np.zeros(n, bool)
+    if counts:
+        noncount_row = rows_with(_noncount_entries(flat)) & checked & ~nonfinite_row & ~overflow_row
+    good = checked & ~(nonfinite_row | overflow_row | noncount_row)
+
+    keep = good[entry_row] & (flat.view(np.uint64) != 0)  # (+0.0 has all bits zero)
+    new_row = np.cumsum(good) - 1  # a good row's index among the good rows
+    per_row = np.bincount(new_row[entry_row[keep]], minlength=int(good.sum()))
+    indptr = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)
+    X = sp.csr_array(
+        (flat[keep].astype(dtype), cols[keep].astype(np.int32), indptr), shape=(int(good.sum()), max(d, 0))
+    )
+    problems = RowProblems(
+        null_rows=int(null_row.sum()),
+        ragged_rows=int(ragged_row.sum()),
+        nonfinite_rows=int(nonfinite_row.sum()),
+        overflow_rows=int(overflow_row.sum()),
+        noncount_rows=int(noncount_row.sum()),
+        bad_index_rows=int(bad_index_row.sum()),
+    )
+    return X, good, problems, d
 
 
 def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
@@ -168,8 +281,10 @@ def convert_arrow(
         return _convert_sequences(batch, expected_features, spec)
     x = _column(batch, FEATURES_FIELD)
     n = len(x)
-    X, good, null_row, ragged_row, nonfinite_row, overflow_row, d = _vectors(
-        x, expected_features, spec.allow_missing, spec.dtype
+    if spec.sparse:
+        return _convert_sparse(batch, x, expected_features, spec)
+    X, good, null_row, ragged_row, nonfinite_row, overflow_row, noncount_row, d = _vectors(
+        x, expected_features, spec.allow_missing, spec.dtype, spec.counts
     )
     weight, bad_weight_row = _weights(batch, n)
     labels, bad_label_row = _labels(batch, n, spec.k)
@@ -187,6 +302,31 @@ def convert_arrow(
         ragged_rows=int(ragged_row.sum()),
         nonfinite_rows=int(nonfinite_row.sum()),
         overflow_rows=int(overflow_row.sum()),
+        bad_weight_rows=int((bad_weight_row & vector_ok).sum()),
+        bad_label_rows=int((bad_label_row & vector_ok & ~bad_weight_row).sum()),
+        noncount_rows=int(noncount_row.sum()),
+    )
+    return block, good, problems, d
+
+
+def _convert_sparse(
+    batch: pa.RecordBatch | pa.Table, x: pa.Array, expected_features: int | None, spec: InputSpec
+) -> tuple[Block, np.ndarray, RowProblems, int]:
+    """:func:`convert_arrow` of a Vector column into a sparse block (weights and labels as for dense rows)."""
+    n = len(x)
+    X, vector_ok, problems, d = _sparse_vectors(x, expected_features, spec.dtype, spec.counts)
+    weight, bad_weight_row = _weights(batch, n)
+    labels, bad_label_row = _labels(batch, n, spec.k)
+    good = vector_ok & ~bad_weight_row & ~bad_label_row
+    if not good[vector_ok].all():
+        X = sparse_rows(X[np.flatnonzero(good[vector_ok]), :])
+    block = Block(
+        X,
+        None if weight is None else np.ascontiguousarray(weight[good]),
+        labels=None if labels is None else np.ascontiguousarray(labels[good]),
+    )
+    problems = replace(
+        problems,
         bad_weight_rows=int((bad_weight_row & vector_ok).sum()),
         bad_label_rows=int((bad_label_row & vector_ok & ~bad_weight_row).sum()),
     )
@@ -209,7 +349,7 @@ def _convert_sequences(
     seq_len = np.where(null_seq, 0, seq_len).astype(np.int64)
     observations = seqs.flatten()  # the steps of all non-null sequences, in order
     if pa.types.is_list(observations.type) or pa.types.is_large_list(observations.type):
-        X_obs, obs_good, _, obs_ragged, _, obs_overflow, d = _vectors(
+        X_obs, obs_good, _, obs_ragged, _, obs_overflow, _, d = _vectors(
             observations, expected_features, spec.allow_missing, spec.dtype
         )
     else:  # one number per step: a 1-feature sequence

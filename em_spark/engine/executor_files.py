@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from em_spark.models.base import Block
+from em_spark.models.base import Block, sparse_rows
 
 __all__ = [
     "LocalPartition",
@@ -51,6 +51,7 @@ class LocalPartition:
     token: str  # unique per write: a stale file from an earlier write is never mistaken for this one
     block_sequences: tuple[int, ...] | None = None  # sequences per block, for sequence data
     has_labels: bool = False
+    nnz: int | None = None  # sparse blocks: the non-zeros of all blocks (None: dense blocks)
 
     @property
     def stem(self) -> str:
@@ -73,7 +74,7 @@ def executor_root() -> str:
     return root or tempfile.gettempdir()
 
 
-_EXTENSIONS = (".x.bin", ".w.bin", ".l.bin", ".y.bin")
+_EXTENSIONS = (".x.bin", ".w.bin", ".l.bin", ".y.bin", ".i.bin", ".p.bin")
 
 
 class PartitionWriter:
@@ -84,6 +85,11 @@ class PartitionWriter:
     ``.y.bin`` (rows,) int64 labels, then ``.json`` last (shape, dtype, block sizes and the token
     of this write): the json is the commit marker. Raw files, not ``.npy``, because the row count
     is known only at the end; the json says how to map them.
+
+    Sparse blocks (CSR) keep disk and memory proportional to their non-zeros: ``.x.bin`` holds
+    the values of all blocks (nnz,), ``.i.bin`` their int32 column indices (nnz,) and ``.p.bin``
+    each block's own int32 indptr (rows + 1 per block, each starting at 0), so a reader maps
+    every block's three arrays as views, without rebasing.
 
     Why streaming: the load pass used to hold a partition several times over (its payloads,
     the decoded blocks, the merged blocks and one concatenated copy), so a task's memory grew
@@ -99,7 +105,8 @@ class PartitionWriter:
         self.rows, self.n_features, self.dtype = 0, 0, "<f8"
         self.block_rows: list[int] = []
         self.block_sequences: list[int] = []
-        self.has_weight = self.has_labels = self.sequences = False
+        self.has_weight = self.has_labels = self.sequences = self.sparse = False
+        self.nnz = 0
 
     def _append(self, ext: str, array: np.ndarray) -> None:
         f = self._files.get(ext)
@@ -113,10 +120,23 @@ class PartitionWriter:
             return
         if not self.block_rows:
             self.n_features, self.dtype = block.n_features, block.X.dtype.newbyteorder("<").str
-            self.sequences = block.lengths is not None
-        if block.n_features != self.n_features or (block.lengths is not None) != self.sequences:
-            raise ValueError("a partition's blocks must share their features and their kind (rows or sequences)")
-        self._append(".x.bin", block.X.astype(self.dtype, copy=False))
+            self.sequences, self.sparse = block.lengths is not None, block.is_sparse
+        if (
+            block.n_features != self.n_features
+            or (block.lengths is not None) != self.sequences
+            or block.is_sparse != self.sparse
+        ):
+            raise ValueError(
+                "a partition's blocks must share their features and their kind (rows or sequences, dense or sparse)"
+            )
+        if self.sparse:
+            X = sparse_rows(block.X)
+            self._append(".x.bin", X.data.astype(self.dtype, copy=False))
+            self._append(".i.bin", X.indices.astype("<i4", copy=False))
+            self._append(".p.bin", X.indptr.astype("<i4", copy=False))
+            self.nnz += int(X.nnz)
+        else:
+            self._append(".x.bin", block.X.astype(self.dtype, copy=False))
         # weights and labels: present in one block, present for all (ones, -1 for those before)
         if block.weight is not None and not self.has_weight:
             self.has_weight = True
@@ -151,6 +171,8 @@ class PartitionWriter:
             "block_rows": self.block_rows,
             "has_weight": self.has_weight,
         }
+        if self.sparse:
+            meta["nnz"] = self.nnz
         tmp = f"{self.stem}.json.{self.token}.tmp"
         with open(tmp, "w") as f:
             json.dump(meta, f)
@@ -165,6 +187,7 @@ class PartitionWriter:
             token=self.token,
             block_sequences=tuple(self.block_sequences) if self.sequences else None,
             has_labels=self.has_labels,
+            nnz=self.nnz if self.sparse else None,
         )
 
     def abort(self) -> None:
@@ -205,7 +228,8 @@ def read_partition(handle: LocalPartition) -> list[Block] | None:
     """The partition's blocks as read-only views of mapped files, or None if not here."""
     stem = handle.stem
     try:
-        signature = tuple(os.stat(f"{stem}{ext}").st_mtime_ns for ext in (".json", ".x.bin"))
+        # the files' times and the handle asking: a cached mapping answers only the handle it was checked for
+        signature = (*(os.stat(f"{stem}{ext}").st_mtime_ns for ext in (".json", ".x.bin")), handle)
     except FileNotFoundError:
         return None
     cached = _OPEN.get(stem)
@@ -217,8 +241,10 @@ def read_partition(handle: LocalPartition) -> list[Block] | None:
         if meta["token"] != handle.token:
             return None  # written by another load of the same data set; not ours
         n_rows, d = handle.rows, handle.n_features
-        if (meta["rows"], meta["d"]) != (n_rows, d):
+        if (meta["rows"], meta["d"]) != (n_rows, d) or meta.get("nnz") != handle.nnz:
             return None
+        if handle.nnz is not None:
+            return _read_sparse(handle, meta, signature)
         X = _map(f"{stem}.x.bin", meta.get("dtype", "<f8"), (n_rows, d))
         W = _map(f"{stem}.w.bin", "<f8", (n_rows,)) if handle.has_weight else None
         L = None
@@ -250,6 +276,37 @@ def read_partition(handle: LocalPartition) -> list[Block] | None:
         rows = slice(start, start + n)
         blocks.append(Block(X[rows], None if W is None else W[rows], lengths, None if Y is None else Y[rows]))
         start += n
+    _OPEN[stem] = (signature, blocks)
+    return blocks
+
+
+def _read_sparse(handle: LocalPartition, meta: dict[str, Any], signature: tuple) -> list[Block] | None:
+    """The sparse blocks of a partition (see :class:`PartitionWriter`), each X a CSR array over
+    views of the mapped values, indices and its own indptr; None when the files do not cut into
+    this write's blocks."""
+    import scipy.sparse as sp
+
+    stem, nnz, d = handle.stem, int(handle.nnz or 0), handle.n_features
+    try:
+        values = _map(f"{stem}.x.bin", meta.get("dtype", "<f8"), (nnz,))
+        indices = _map(f"{stem}.i.bin", "<i4", (nnz,))
+        pointers = _map(f"{stem}.p.bin", "<i4", (handle.rows + len(handle.block_rows),))
+        W = _map(f"{stem}.w.bin", "<f8", (handle.rows,)) if handle.has_weight else None
+        Y = _map(f"{stem}.y.bin", "<i8", (handle.rows,)) if handle.has_labels else None
+    except (OSError, ValueError):
+        return None
+    blocks, start, p, z = [], 0, 0, 0
+    for n in handle.block_rows:
+        indptr = pointers[p : p + n + 1]
+        block_nnz = int(indptr[-1])
+        if int(indptr[0]) != 0 or z + block_nnz > nnz:
+            return None
+        X = sp.csr_array((values[z : z + block_nnz], indices[z : z + block_nnz], indptr), shape=(n, d))
+        rows = slice(start, start + n)
+        blocks.append(Block(X, None if W is None else W[rows], labels=None if Y is None else Y[rows]))
+        start, p, z = start + n, p + n + 1, z + block_nnz
+    if z != nnz:
+        return None
     _OPEN[stem] = (signature, blocks)
     return blocks
 

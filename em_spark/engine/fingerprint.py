@@ -6,9 +6,17 @@ fingerprint a resume compares (:class:`~em_spark.engine.load_summary.LoadSummary
 and they are the random numbers of the partition-independent sample
 (:mod:`em_spark.engine.sampling`). Changing anything here changes every fingerprint,
 so existing checkpoints would refuse to resume.
+
+Sparse blocks (CSR) hash the same as dense copies of the same rows: a row's hash sums
+one term per cell, and a cell holding +0.0 (all bits zero) contributes splitmix64(0) = 0,
+so summing over the stored non-zeros only gives the dense sum exactly. A dense fit and a
+sparse fit of the same data therefore share fingerprints and samples (an explicit -0.0
+is a non-zero bit pattern and counts, in both).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +52,11 @@ def row_hashes(block: Block) -> np.ndarray:
     with np.errstate(over="ignore"):
         # The bits of the float64 values: a float32 block hashes its (exactly widened) values,
         # so its fingerprint is that of the float32-rounded data.
-        bits = np.ascontiguousarray(block.X, dtype=np.float64).view(np.uint64)
-        h = splitmix64(bits * _column_multipliers(block.n_features)).sum(axis=1, dtype=np.uint64)
+        if block.is_sparse:
+            h = _sparse_cell_sums(block.X, _column_multipliers(block.n_features))
+        else:
+            bits = np.ascontiguousarray(block.X, dtype=np.float64).view(np.uint64)
+            h = splitmix64(bits * _column_multipliers(block.n_features)).sum(axis=1, dtype=np.uint64)
         h = h + np.uint64(block.n_features)
         if block.weight is not None:
             h = h ^ splitmix64(np.ascontiguousarray(block.weight).view(np.uint64) + GOLDEN)
@@ -54,6 +65,17 @@ def row_hashes(block: Block) -> np.ndarray:
                 np.ascontiguousarray(block.labels, dtype=np.int64).view(np.uint64) + GOLDEN * np.uint64(3)
             )
         return splitmix64(h)
+
+
+def _sparse_cell_sums(X: Any, multipliers: np.ndarray) -> np.ndarray:
+    """(n_rows,) uint64 per-row sums of the cell terms of a CSR array's stored entries (see the
+    module doc): the dense sum, since a +0.0 cell's term is 0."""
+    bits = np.ascontiguousarray(X.data, dtype=np.float64).view(np.uint64)
+    terms = splitmix64(bits * multipliers[X.indices])
+    # row sums through a wrapping cumulative sum: differences of uint64 prefix sums are exact mod 2**64
+    prefix = np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)])
+    indptr = np.asarray(X.indptr, dtype=np.int64)
+    return prefix[indptr[1:]] - prefix[indptr[:-1]]
 
 
 def unit_hashes(block: Block) -> np.ndarray:

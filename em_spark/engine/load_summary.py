@@ -14,10 +14,11 @@ import math
 from dataclasses import astuple, dataclass, field, replace
 
 import numpy as np
+import scipy.sparse as sp
 
 from em_spark.engine.fingerprint import MASK64, unit_hashes
 from em_spark.engine.sampling import UnitSample, sample_units
-from em_spark.models.base import Block
+from em_spark.models.base import Block, sparse_rows
 
 __all__ = ["LoadSummary", "RowProblems", "summarize_block"]
 
@@ -32,6 +33,8 @@ class RowProblems:
     bad_weight_rows: int = 0  # weight null, negative, NaN or infinite
     bad_label_rows: int = 0  # label >= k (not a component id)
     overflow_rows: int = 0  # a finite feature value beyond float32's range, when blocks are float32
+    noncount_rows: int = 0  # a negative or non-integer value, where the family needs counts
+    bad_index_rows: int = 0  # a sparse vector whose indices are not strictly increasing within 0..size-1
 
     def __add__(self, other: RowProblems) -> RowProblems:
         return RowProblems(*(a + b for a, b in zip(astuple(self), astuple(other))))
@@ -103,8 +106,9 @@ class LoadSummary:
             return Block(np.empty((0, d)), lengths=np.empty(0, np.int64) if self.sequences else None)
         labels = None if s.labels is None or not (s.labels >= 0).any() else np.ascontiguousarray(s.labels)
         # float64 on the driver whatever the blocks' dtype: initialization runs on exact widened values
+        X = sparse_rows(s.X.astype(np.float64)) if sp.issparse(s.X) else np.ascontiguousarray(s.X, dtype=np.float64)
         return Block(
-            np.ascontiguousarray(s.X, dtype=np.float64),
+            X,
             lengths=s.lengths.copy() if self.sequences else None,
             labels=labels,
         )
@@ -140,7 +144,7 @@ def summarize_block(
         observations=block.n_rows,
         observation_weight=float(math.fsum(w * lengths)) if lengths.size else 0.0,
         labelled_rows=0 if block.labels is None else int((block.labels >= 0).sum()),
-        missing_entries=int(np.isnan(block.X).sum()) if block.n_rows else 0,
+        missing_entries=int(np.isnan(block.X.data if block.is_sparse else block.X).sum()) if block.n_rows else 0,
         sample_units=sample,
     )
     return summary.with_problems(problems) if problems is not None else summary

@@ -12,10 +12,13 @@ partitioning.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from em_spark.engine.fingerprint import MASK64, splitmix64
+from em_spark.models.base import sparse_rows
 
 __all__ = ["UnitSample", "sample_units"]
 
@@ -26,7 +29,7 @@ class UnitSample:
 
     keys: np.ndarray  # (m,)
     lengths: np.ndarray  # (m,) rows per unit (1 for row data)
-    X: np.ndarray  # (sum(lengths), d)
+    X: Any  # (sum(lengths), d): an ndarray, or a CSR array for sparse blocks (row data only)
     labels: np.ndarray | None  # (sum(lengths),)
 
     def smallest(self, budget: int) -> UnitSample:
@@ -46,9 +49,8 @@ class UnitSample:
             rows = np.concatenate([np.arange(starts[u], starts[u] + self.lengths[u]) for u in order])
         else:
             rows = order
-        return UnitSample(
-            self.keys[order], self.lengths[order], self.X[rows], None if self.labels is None else self.labels[rows]
-        )
+        X = self.X[rows, :] if sp.issparse(self.X) else self.X[rows]
+        return UnitSample(self.keys[order], self.lengths[order], X, None if self.labels is None else self.labels[rows])
 
     def __add__(self, other: UnitSample) -> UnitSample:
         labels = None
@@ -59,9 +61,16 @@ class UnitSample:
         return UnitSample(
             np.concatenate([self.keys, other.keys]),
             np.concatenate([self.lengths, other.lengths]),
-            np.concatenate([self.X, other.X]),
+            _stack(self.X, other.X),
             labels,
         )
+
+
+def _stack(a: Any, b: Any) -> Any:
+    """Rows of ``a`` then ``b``: both dense, or both sparse (a fit's blocks are one kind)."""
+    if sp.issparse(a) or sp.issparse(b):
+        return sparse_rows(sp.vstack([a, b], format="csr"))
+    return np.concatenate([a, b])
 
 
 def sample_units(
@@ -76,7 +85,8 @@ def sample_units(
     """The sample of one block's units: those of smallest key within ``sample_size`` rows.
 
     ``hashes``, ``lengths`` and ``weights`` are per unit (a sequence's weight is its first
-    step's); ``X`` and ``labels`` per row. A unit of zero weight is never sampled.
+    step's); ``X`` (an ndarray, or a CSR array for row data) and ``labels`` per row. A unit of
+    zero weight is never sampled.
     """
     seed_mix = splitmix64(np.array([seed & MASK64], dtype=np.uint64))[0]
     u = ((splitmix64(hashes ^ seed_mix) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
@@ -87,5 +97,6 @@ def sample_units(
         sample = UnitSample(keys, lengths, X, labels)
     else:
         rows = np.repeat(eligible, lengths)
-        sample = UnitSample(keys[eligible], lengths[eligible], X[rows], None if labels is None else labels[rows])
+        X_rows = X[np.flatnonzero(rows), :] if sp.issparse(X) else X[rows]
+        sample = UnitSample(keys[eligible], lengths[eligible], X_rows, None if labels is None else labels[rows])
     return sample.smallest(sample_size)

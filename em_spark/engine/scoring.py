@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from em_spark.engine.arrow_input import FEATURES_FIELD, InputSpec, convert_arrow
 from em_spark.engine.dataframe_source import check_closure_size, is_connect
 from em_spark.engine.executor_check import check_executors
-from em_spark.engine.spark_source import input_array
+from em_spark.engine.spark_source import input_array, is_vector_column
 from em_spark.models.base import Block, EMFamily, ImputingFamily, Params
 
 __all__ = ["impute_frame", "sample_feature_counts", "score_frame"]
@@ -36,7 +36,13 @@ _IMPUTE_TYPE = "imputed array<double>, std array<double>"
 def _block_of(
     family: EMFamily, n_features: int, features: pa.Array, allow_missing: bool = False
 ) -> tuple[Block, np.ndarray]:
-    spec = InputSpec(sequences=family.sequential, allow_missing=allow_missing or family.models_missing)
+    # A struct is a Vector column passed as it is (a family that accepts sparse blocks): a sparse block.
+    spec = InputSpec(
+        sequences=family.sequential,
+        allow_missing=allow_missing or family.models_missing,
+        sparse=pa.types.is_struct(features.type),
+        counts=family.needs_counts,
+    )
     batch = pa.RecordBatch.from_arrays([features], names=[FEATURES_FIELD])
     block, kept, _, _ = convert_arrow(batch, expected_features=n_features, spec=spec)
     return block, kept
@@ -142,6 +148,9 @@ def _null_safe_vectors(df: DataFrame, features: str | Sequence[str], sequential:
 
 
 def _input(df: DataFrame, family: EMFamily, features: str | Sequence[str]) -> Column:
+    sparse = family.accepts_sparse and not family.sequential
+    if isinstance(features, str) and sparse and features in df.columns and is_vector_column(df, features):
+        return F.col(features)  # read as its struct into a sparse block, never densified
     safe = _null_safe_vectors(df, features, family.sequential)
     return safe if safe is not None else input_array(df, features, family.sequential)
 

@@ -63,6 +63,7 @@ __all__ = [
     "feature_array",
     "group_sequences",
     "input_array",
+    "is_vector_column",
     "load_blocks",
     "sequence_array",
 ]
@@ -83,6 +84,14 @@ def _field(df: DataFrame, name: str, role: str) -> T.StructField:
         raise DataValidationError(
             f"{role} {name!r} is not a column of the input; available columns: {df.columns}"
         ) from None
+
+
+def is_vector_column(df: DataFrame, features: str | Sequence[str]) -> bool:
+    """``features`` names one Vector (VectorUDT) column of ``df``: the column a sparse load reads
+    as it is (its SQL struct), without ``vector_to_array``."""
+    from pyspark.ml.linalg import VectorUDT
+
+    return isinstance(features, str) and isinstance(_field(df, features, "featuresCol").dataType, VectorUDT)
 
 
 def feature_array(df: DataFrame, features: str | Sequence[str]) -> Column:
@@ -406,6 +415,8 @@ def load_blocks(
     label_col: str | None = None,
     transport: str = "auto",
     dtype: str = InputSpec.dtype,
+    sparse: bool = False,
+    counts: bool = False,
 ) -> SparkBlockSource | DataFrameBlockSource:
     """Read, validate and cache the input; raise DataValidationError before any fitting.
 
@@ -413,6 +424,9 @@ def load_blocks(
     and null entries are kept as NaN (a family's ``models_missing``); ``label_col``: known
     components for semi-supervised EM (integer, null or -1 for unknown). ``dtype``: the
     blocks' X, "float64" or "float32" (see :class:`~em_spark.engine.arrow_input.InputSpec`).
+    ``sparse`` (a family's ``accepts_sparse``): a Vector features column is read without
+    densifying, into sparse (CSR) blocks; other columns load dense as always. ``counts`` (a
+    family's ``needs_counts``): rows with a negative or non-integer value are refused.
 
     ``num_partitions`` defaults to the default parallelism (the total executor cores): one
     task per core per iteration. Each further wave of tasks costs 25-50 ms of Python-task
@@ -434,7 +448,9 @@ def load_blocks(
             "the 'rdd' transport needs a classic SparkSession (RDDs do not exist on Spark Connect); "
             "use transport='dataframe' or 'auto'"
         )
-    columns = [input_array(df, features, sequences).alias(FEATURES_FIELD)]
+    sparse = sparse and not (sequences or allow_missing) and is_vector_column(df, features)
+    features_expr = F.col(features) if sparse and isinstance(features, str) else input_array(df, features, sequences)
+    columns = [features_expr.alias(FEATURES_FIELD)]
     weight = _weight_expr(df, weight_col)
     if weight is not None:
         columns.append(weight.alias(WEIGHT_FIELD))
@@ -445,7 +461,14 @@ def load_blocks(
     labels = _label_expr(df, label_col)
     if labels is not None:
         columns.append(labels.alias(LABEL_FIELD))
-    spec = InputSpec(sequences=sequences, allow_missing=allow_missing, k=k if labels is not None else None, dtype=dtype)
+    spec = InputSpec(
+        sequences=sequences,
+        allow_missing=allow_missing,
+        k=k if labels is not None else None,
+        dtype=dtype,
+        sparse=sparse,
+        counts=counts,
+    )
     selected = df.select(*columns)
     n_target = int(num_partitions or default_parallelism(df.sparkSession))
     if n_target < 1:

@@ -61,6 +61,18 @@ def check_loaded(
             f"{dropped.overflow_rows} {unit} have a feature value in {features} that overflows float32 "
             f"(|x| > {float(np.finfo(np.float32).max):.3g}); use dtype='float64' or rescale the features"
         )
+    if dropped.bad_index_rows:
+        problems.append(
+            f"{dropped.bad_index_rows} {unit} hold a sparse vector in {features} whose indices are not strictly "
+            "increasing within 0..size-1 (or do not match its values); rebuild them with "
+            "pyspark.ml.linalg.Vectors.sparse, which sorts and checks them"
+        )
+    if dropped.noncount_rows:
+        problems.append(
+            f"{dropped.noncount_rows} {unit} have a negative or non-integer value in {features}; this model needs "
+            "non-negative integer counts: drop or round those rows (give fractional importance through "
+            "weightCol, not fractional counts)"
+        )
     if dropped.bad_weight_rows:
         problems.append(
             f"{dropped.bad_weight_rows} {unit} have a null, negative, NaN or infinite weight in weightCol "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+import scipy.sparse as sp
 
 from em_spark.stats import WEIGHT, Stats
 
@@ -30,7 +31,9 @@ __all__ = [
     "Params",
     "check_count",
     "check_k",
+    "dense_row",
     "family_config",
+    "sparse_rows",
 ]
 
 #: A component (state) whose share of the total weight falls below this has lost its mass.
@@ -84,9 +87,12 @@ class Block:
     Attributes
     ----------
     X : ndarray of shape (n_rows, n_features), float64 or float32, finite (NaN where missing
-        values are modelled). float32 (the load's ``dtype="float32"``) is a storage precision
-        only: it halves memory and disk, but every family widens each value to float64 before
-        any arithmetic (the Gaussian kernels chunk by chunk, the others per block), so the
+        values are modelled); or, for families that accept sparse blocks (``accepts_sparse``), a
+        ``scipy.sparse.csr_array`` of that shape and dtype with sorted indices and no duplicates
+        (a *sparse block*: memory proportional to the non-zeros; see :func:`sparse_rows`).
+        float32 (the load's ``dtype="float32"``) is a storage precision only: it halves memory
+        and disk, but every family widens each value to float64 before any arithmetic (the
+        Gaussian kernels chunk by chunk, the others per block), so the
         statistics are float64 and equal those of the float32-rounded data computed in
         float64. Truly float32 arithmetic would lose ~7 digits in sums over millions of rows.
     weight : ndarray of shape (n_rows,), float64, non-negative, or None for unit weights
@@ -104,6 +110,8 @@ class Block:
     labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if sp.issparse(self.X) and not isinstance(self.X, sp.csr_array):
+            raise ValueError(f"a sparse Block.X must be a scipy.sparse.csr_array, got {type(self.X).__name__}")
         if self.X.ndim != 2:
             raise ValueError(f"Block.X must be 2-D (n_rows, n_features), got shape {self.X.shape}")
         n = self.X.shape[0]
@@ -122,6 +130,16 @@ class Block:
     def n_features(self) -> int:
         return int(self.X.shape[1])
 
+    @property
+    def is_sparse(self) -> bool:
+        """X is a ``scipy.sparse.csr_array`` (a sparse block), not a dense ndarray."""
+        return isinstance(self.X, sp.csr_array)
+
+    @property
+    def n_stored(self) -> int:
+        """Values X holds: its non-zeros for a sparse block, n_rows x n_features for a dense one."""
+        return int(self.X.nnz) if isinstance(self.X, sp.csr_array) else int(self.X.size)
+
     def weights_or_ones(self) -> np.ndarray:
         """(n_rows,) sample weights, ones when none were given."""
         return np.ones(self.n_rows) if self.weight is None else self.weight
@@ -130,8 +148,13 @@ class Block:
         """The sub-block of the given row indices (or boolean mask); not for sequence blocks."""
         if self.lengths is not None:
             raise ValueError("cannot take rows of a sequence block: that would split sequences")
+        if self.is_sparse:  # (row indices, whichever the scipy version's sparse-array indexing rules)
+            mask_or_index = np.asarray(rows)
+            X = self.X[np.flatnonzero(mask_or_index) if mask_or_index.dtype == bool else mask_or_index, :]
+        else:
+            X = self.X[rows]
         return Block(
-            self.X[rows],
+            X,
             None if self.weight is None else self.weight[rows],
             labels=None if self.labels is None else self.labels[rows],
         )
@@ -141,7 +164,14 @@ class Block:
         """Rows (and sequences) of all blocks in order; an empty (0, n_features) block for an empty list."""
         if not blocks:
             return Block(np.empty((0, n_features)))
-        X = np.concatenate([b.X for b in blocks])
+        kinds = {b.is_sparse for b in blocks}
+        if len(kinds) > 1:
+            raise ValueError("cannot concatenate sparse blocks with dense blocks: a fit's blocks are all one kind")
+        X: Any
+        if kinds == {True}:
+            X = sparse_rows(sp.vstack([b.X for b in blocks], format="csr"))
+        else:
+            X = np.concatenate([b.X for b in blocks])
         weight = None
         if any(b.weight is not None for b in blocks):
             weight = np.concatenate([b.weights_or_ones() for b in blocks])
@@ -170,6 +200,25 @@ class Draws:
     X: np.ndarray
     components: np.ndarray
     lengths: np.ndarray | None = None
+
+
+def sparse_rows(X: Any) -> sp.csr_array:
+    """``X`` (any scipy sparse matrix or array) as a sparse block's X: a ``csr_array`` with sorted
+    indices and no duplicates, int32 indices (a block holds fewer than 2**31 non-zeros)."""
+    X = sp.csr_array(X)
+    if not X.has_canonical_format:
+        X = X.copy()  # sorting in place would touch the caller's arrays
+        X.sum_duplicates()  # (also sorts the indices)
+    if X.indices.dtype != np.int32 or X.indptr.dtype != np.int32:
+        if X.nnz >= 2**31 or X.shape[1] >= 2**31:
+            raise ValueError(f"a sparse block holds at most 2**31 - 1 non-zeros and columns, got {X.nnz}, {X.shape}")
+        X = sp.csr_array((X.data, X.indices.astype(np.int32), X.indptr.astype(np.int32)), shape=X.shape)
+    return X
+
+
+def dense_row(X: Any, i: int) -> np.ndarray:
+    """Row ``i`` of X (an ndarray, or a sparse block's CSR array) as a dense (n_features,) vector."""
+    return X[[i], :].toarray()[0] if sp.issparse(X) else X[i]
 
 
 @dataclass
@@ -201,6 +250,18 @@ class EMFamily(Protocol):
     def sequential(self) -> bool:
         """The data are sequences: blocks carry ``lengths`` and hold whole sequences, and the
         loader reads one sequence per row (never splitting one across blocks)."""
+
+    @property
+    def accepts_sparse(self) -> bool:
+        """The family's methods accept sparse blocks (``Block.is_sparse``: X a CSR array) as well as
+        dense ones, with memory proportional to the non-zeros. The loader then reads a Vector
+        features column without densifying it, and every block of such a fit is sparse."""
+
+    @property
+    def needs_counts(self) -> bool:
+        """Every value of ``X`` must be a non-negative integer count (multinomial rows, word counts):
+        the loader counts the rows that are not and refuses them, naming the column, before
+        iteration 1; scoring gives them null outputs."""
 
     @property
     def models_missing(self) -> bool:
@@ -320,6 +381,8 @@ class FamilyBase:
     k: int
     #: optional capabilities, declared (see :class:`EMFamily`)
     supports_impute: ClassVar[bool] = False
+    accepts_sparse: ClassVar[bool] = False
+    needs_counts: ClassVar[bool] = False
     component_weights_name: ClassVar[str] = "weights"
     summary_params: ClassVar[tuple[str, ...]] = ("weights",)
 

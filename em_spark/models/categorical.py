@@ -43,6 +43,11 @@ weights = nk / Σ nk (unless ``fix_weights``; there is no prior on the weights).
 never decreases the penalized objective loglik + smoothing · Σ log θ; ``loglik`` itself
 is guaranteed non-decreasing only with ``smoothing=0`` (in practice it rises too).
 
+Sparse blocks (``Block.is_sparse``, CSR count rows such as a ``CountVectorizer`` column) are
+accepted for ``"multinomial"``: every pass works on the non-zeros only (``X @ log θᵀ``,
+``Xᵀ @ resp``, the coefficient from the stored counts), so memory follows the non-zeros, and
+the statistics equal those of the dense rows up to summation order (1e-12 relative).
+
 Semi-supervised EM: rows of ``Block.labels`` >= 0 have a known component. Their
 responsibility is one-hot on the label, and their contribution to ``loglik`` is the
 complete-data log-likelihood log w_label + log p(x | label); EM then maximizes
@@ -59,9 +64,10 @@ from itertools import pairwise
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.special import gammaln
 
-from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Params, check_k
+from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Params, check_k, dense_row, sparse_rows
 from em_spark.models.kernels import log0
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.reparam import softmax, softmax_blocks
@@ -117,6 +123,24 @@ def _row_chunks(X: np.ndarray) -> Iterator[slice]:
     step = max(1, _CHUNK_ELEMENTS // max(width, 1))
     for start in range(0, n, step):
         yield slice(start, min(n, start + step))
+
+
+def _rows_where(X: Any, mask: np.ndarray) -> Any:
+    """The rows of X (dense or CSR) where ``mask`` (n,) is true."""
+    return X[np.flatnonzero(mask), :] if sp.issparse(X) else X[mask]
+
+
+def _weighted_column_sums(w: np.ndarray, X: Any) -> np.ndarray:
+    """(T,) w @ X for dense or CSR X."""
+    return np.asarray(X.T @ w) if sp.issparse(X) else w @ X
+
+
+def _distinct_rows(X: Any) -> int:
+    """The number of distinct rows of X (dense, or CSR in canonical form)."""
+    if not sp.issparse(X):
+        return int(np.unique(X, axis=0).shape[0])
+    bounds = X.indptr
+    return len({(X.indices[a:b].tobytes(), X.data[a:b].tobytes()) for a, b in pairwise(bounds)})
 
 
 def _is_number(value: Any) -> bool:
@@ -213,6 +237,16 @@ class CategoricalMixtureFamily(FamilyBase):
         if self.kind == "multinomial" and len(out) != 1:
             raise ModelError(f"for kind='multinomial' n_categories is (C,), the number of count columns; got {out}")
         return tuple(out)
+
+    @property
+    def accepts_sparse(self) -> bool:  # type: ignore[override]  # per kind, where FamilyBase has a class variable
+        """Count rows (``"multinomial"``) may come as sparse blocks; categorical codes are dense."""
+        return self.kind == "multinomial"
+
+    @property
+    def needs_counts(self) -> bool:  # type: ignore[override]  # (as accepts_sparse)
+        """``"multinomial"`` rows are counts: the loader refuses negative or non-integer values."""
+        return self.kind == "multinomial"
 
     # -- protocol: description ------------------------------------------------
 
@@ -354,12 +388,30 @@ class CategoricalMixtureFamily(FamilyBase):
         if block.n_features != expected:
             what = "count columns" if self.kind == "multinomial" else "categorical features"
             raise ModelError(f"data has {block.n_features} features but the model has {expected} {what}")
-        X = np.asarray(block.X, dtype=np.float64)
+        X = self._as_float64(block)
         self._check_values(X, n_categories)
         return X, n_categories
 
-    def _check_values(self, X: np.ndarray, n_categories: np.ndarray) -> None:
+    def _as_float64(self, block: Block) -> Any:
+        """The block's X in float64: an ndarray, or (multinomial only) a CSR array."""
+        if not block.is_sparse:
+            return np.asarray(block.X, dtype=np.float64)
+        if self.kind != "multinomial":
+            raise ModelError(
+                "sparse rows are count vectors: use kind='multinomial', or give categorical codes as a dense "
+                "column (an array, numeric columns, or dense Vectors)"
+            )
+        return block.X if block.X.dtype == np.float64 else block.X.astype(np.float64)
+
+    def _check_values(self, X: Any, n_categories: np.ndarray) -> None:
         """Raise a ModelError naming the first column and value that is not a valid code/count."""
+        if sp.issparse(X):  # multinomial counts: only the stored values can be bad
+            data = X.data
+            with np.errstate(invalid="ignore"):
+                bad = np.flatnonzero(~((data >= 0) & (data < np.inf) & (data == np.floor(data))))
+            if bad.size:
+                self._count_error(int(X.indices[bad[0]]), float(data[bad[0]]))
+            return
         upper = np.inf if self.kind == "multinomial" else n_categories.astype(np.float64)
         # NaN fails every comparison, ±inf fails the bounds; by cache-sized row chunks, so the
         # temporaries never go to memory (counts can be wide)
@@ -373,10 +425,7 @@ class CategoricalMixtureFamily(FamilyBase):
         bad_rows, bad_cols = np.nonzero(~valid)
         col, value = int(bad_cols[0]), float(chunk[bad_rows[0], bad_cols[0]])
         if self.kind == "multinomial":
-            raise ModelError(
-                f"count column {col} holds {value!r}; multinomial rows must be finite non-negative "
-                "integer counts (scale rows with sample weights instead of fractional counts)"
-            )
+            self._count_error(col, value)
         if not np.isfinite(n_categories[col]):  # inferring n_categories: any non-negative integer goes
             raise ModelError(
                 f"categorical feature column {col} holds {value!r}, which is not a category code: codes "
@@ -394,19 +443,27 @@ class CategoricalMixtureFamily(FamilyBase):
             f"an integer 0..{c - 1} (n_categories[{col}] = {c}){hint}"
         )
 
+    @staticmethod
+    def _count_error(col: int, value: float) -> None:
+        raise ModelError(
+            f"count column {col} holds {value!r}; multinomial rows must be finite non-negative "
+            "integer counts (scale rows with sample weights instead of fractional counts)"
+        )
+
     # -- protocol: E-step and scoring --------------------------------------------
 
-    def _log_components(self, X: np.ndarray, n_categories: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        """(n, k) log p(x_i | z=j), without the multinomial coefficient."""
+    def _log_components(self, X: Any, n_categories: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """(n, k) log p(x_i | z=j), without the multinomial coefficient (X dense, or CSR counts)."""
         n = X.shape[0]
         log_probs = log0(probs)
         if self.kind == "multinomial":
             zero = probs <= 0
             if not zero.any():
-                return X @ log_probs.T
+                return np.asarray(X @ log_probs.T)
             # 0 · log 0 = 0: multiply by finite logs, then mark rows using an impossible category
-            out = X @ np.where(zero, 0.0, log_probs).T
-            impossible = ((X > 0).astype(np.float64) @ zero.T.astype(np.float64)) > 0
+            out = np.asarray(X @ np.where(zero, 0.0, log_probs).T)
+            used = (X > 0).astype(np.float64)
+            impossible = np.asarray(used @ zero.T.astype(np.float64)) > 0
             out[impossible] = -np.inf
             return out
         log_probs_t = np.ascontiguousarray(log_probs.T)  # (T, k): a gather picks whole rows
@@ -416,10 +473,18 @@ class CategoricalMixtureFamily(FamilyBase):
             out += log_probs_t[X[:, f].astype(np.int64) + offsets[f]]
         return out
 
-    def _log_coefficient(self, X: np.ndarray) -> np.ndarray | None:
+    def _log_coefficient(self, X: Any) -> np.ndarray | None:
         """(n,) log n! − Σ_c log x_c! of multinomial rows (None for categorical rows)."""
         if self.kind != "multinomial":
             return None
+        if sp.issparse(X):  # from the stored counts, in the dense path's order (row by row, columns ascending)
+            data = X.data
+            coefficient = gammaln(np.asarray(X.sum(axis=1)).reshape(-1) + 1.0)
+            large = np.flatnonzero(data >= 2)  # log 0! = log 1! = 0: only larger counts contribute
+            if large.size:
+                entry_row = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+                coefficient -= np.bincount(entry_row[large], weights=gammaln(data[large] + 1.0), minlength=X.shape[0])
+            return coefficient
         coefficient = gammaln(X.sum(axis=1) + 1.0)
         for rows in _row_chunks(X):
             chunk = X[rows]
@@ -479,7 +544,8 @@ class CategoricalMixtureFamily(FamilyBase):
         """(k, T) weighted category counts of rows X under weighted responsibilities wr (n, k)."""
         k = self.k
         if self.kind == "multinomial":
-            return (X.T @ wr).T  # measured faster than wr.T @ X for long blocks
+            # measured faster than wr.T @ X for long blocks; for CSR X a (T, k) sparse-dense product
+            return np.asarray(X.T @ wr).T
         offsets = _offsets(n_categories)
         counts = np.empty((k, int(offsets[-1])))
         component = np.arange(k)
@@ -571,8 +637,13 @@ class CategoricalMixtureFamily(FamilyBase):
             {"weights": weights, "probs": probs, "n_categories": n_categories.astype(np.float64)}, events
         )
 
-    def _embed_rows(self, X: np.ndarray, n_categories: np.ndarray) -> np.ndarray:
-        """(n, T) per-row category distributions: one-hot codes, or counts / row total (0 for empty rows)."""
+    def _embed_rows(self, X: Any, n_categories: np.ndarray) -> Any:
+        """(n, T) per-row category distributions: one-hot codes, or counts / row total (0 for empty
+        rows); CSR for CSR counts."""
+        if self.kind == "multinomial" and sp.issparse(X):  # the dense division, on the stored counts
+            totals = np.asarray(X.sum(axis=1)).reshape(-1)[np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))]
+            data = np.divide(X.data, totals, out=np.zeros_like(X.data), where=totals > 0)
+            return sparse_rows(sp.csr_array((data, X.indices.copy(), X.indptr.copy()), shape=X.shape))
         if self.kind == "multinomial":
             totals = X.sum(axis=1, keepdims=True)
             return np.divide(X, totals, out=np.zeros_like(X), where=totals > 0)
@@ -589,7 +660,7 @@ class CategoricalMixtureFamily(FamilyBase):
         if not w.sum() > 0:
             w = np.ones(X.shape[0])
         if self.kind == "multinomial":
-            totals = w @ X
+            totals = _weighted_column_sums(w, X)
         else:
             totals = w @ self._embed_rows(X, n_categories)
         uniform = np.repeat(1.0 / n_categories, n_categories)
@@ -612,17 +683,19 @@ class CategoricalMixtureFamily(FamilyBase):
         w = np.asarray(sample.weights_or_ones(), dtype=np.float64)
         order = np.argsort(self.score(unlabelled, params)["loglik"], kind="stable")
         embedded = self._embed_rows(X, n_categories)
-        usable = (w[order] > 0) & (embedded[order].sum(axis=1) > 0)
+        row_mass = np.asarray(embedded.sum(axis=1)).reshape(-1)
+        usable = (w[order] > 0) & (row_mass[order] > 0)
         candidates = order[usable] if usable.any() else order
         frequencies = self._sample_frequencies(X, w, n_categories)
         seeds: list[np.ndarray] = []
         taken: list[np.ndarray] = []
         for _ in dead:
             pick = next(
-                (i for i in candidates if not any(np.array_equal(embedded[i], t) for t in taken)), candidates[0]
+                (i for i in candidates if not any(np.array_equal(dense_row(embedded, i), t) for t in taken)),
+                candidates[0],
             )
-            taken.append(embedded[pick])
-            seeds.append(0.5 * embedded[pick] + 0.5 * frequencies)
+            taken.append(dense_row(embedded, pick))
+            seeds.append(0.5 * dense_row(embedded, pick) + 0.5 * frequencies)
         return np.array(seeds)
 
     # -- protocol: initialization -----------------------------------------------------
@@ -636,7 +709,7 @@ class CategoricalMixtureFamily(FamilyBase):
         ``smoothing`` plus one pseudo-row of the sample's frequencies, so that component
         ids follow the labels from the first iteration.
         """
-        X = np.asarray(sample.X, dtype=np.float64)
+        X = self._as_float64(sample)
         w = np.asarray(sample.weights_or_ones(), dtype=np.float64)
         self._require_sample(sample)
         if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
@@ -657,14 +730,14 @@ class CategoricalMixtureFamily(FamilyBase):
             for j in range(k):
                 mine = (labels == j) & (w > 0)
                 if mine.any():
-                    counts = w[mine] @ embedded[mine] + self.smoothing + frequencies
+                    counts = _weighted_column_sums(w[mine], _rows_where(embedded, mine)) + self.smoothing + frequencies
                     probs[j] = _normalize_blocks(counts, offsets)
         if self.fix_weights:
             weights = np.full(k, 1.0 / k)
         params.update(weights=weights, probs=probs)
         return {name: params[name] for name in ("weights", "probs", "n_categories")}
 
-    def _sample_n_categories(self, X: np.ndarray) -> np.ndarray:
+    def _sample_n_categories(self, X: Any) -> np.ndarray:
         d = X.shape[1]
         if self.kind == "multinomial":
             if self.n_categories is not None and self.n_categories[0] != d:
@@ -695,13 +768,19 @@ class CategoricalMixtureFamily(FamilyBase):
 
         k, offsets = self.k, _offsets(n_categories)
         embedded = self._embed_rows(X, n_categories)
-        distinct = np.unique(embedded[w > 0], axis=0).shape[0]
+        distinct = _distinct_rows(_rows_where(embedded, w > 0))
         if distinct < k:
             raise ModelError(
                 f"the sample has {distinct} distinct rows (of positive weight), fewer than k={k}; decrease k"
             )
-        origin = (w @ embedded) / w.sum()
-        centered = embedded - origin
+        if sp.issparse(embedded):
+            # k-means on the sparse rows themselves: centering would densify them (distances do not
+            # depend on the origin; seeding works from the expanded distances, see models.seeding)
+            origin = np.zeros(embedded.shape[1])
+            centered = embedded
+        else:
+            origin = (w @ embedded) / w.sum()
+            centered = embedded - origin
         centers = kmeans_plusplus(centered, w, k, rng)
         assignment, centers = lloyd(centered, w, centers, _LLOYD_MAX_ITER)
         wr = (assignment[:, None] == np.arange(k)) * w[:, None]

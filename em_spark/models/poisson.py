@@ -77,6 +77,7 @@ class PoissonMixtureFamily(FamilyBase):
     sequential: ClassVar[bool] = False
     models_missing: ClassVar[bool] = False
     supports_labels: ClassVar[bool] = True
+    needs_counts: ClassVar[bool] = True  # the load refuses non-counts before iteration 1, naming the column
     summary_params: ClassVar[tuple[str, ...]] = ("weights", "rates")
 
     k: int

@@ -48,11 +48,41 @@ FITS = {
         dict(k=3, featuresCol=["a", "b", "c"], seed=1, optimizer="online", miniBatchFraction=0.5, maxIter=12, tol=0.0),
         "rows",
     ),
+    # a SparseVector column (word counts over a 5,000-word vocabulary): sparse blocks on both sessions
+    "multinomial_sparse": (
+        "CategoricalMixture",
+        dict(k=3, kind="multinomial", featuresCol="counts", seed=7, nInit=2, maxIter=8, tol=0.0),
+        "sparse_counts",
+    ),
 }
 
 
 #: the data sets write_all writes, each a directory of that name
-DATASETS = ("rows", "symbols", "sequences", "symbol_sequences", "missing")
+DATASETS = ("rows", "symbols", "sequences", "symbol_sequences", "missing", "sparse_counts")
+
+#: Spark's schema of a Parquet file, in its footer: how a pyarrow-written struct reads back as a Vector
+SPARK_ROW_METADATA = b"org.apache.spark.sql.parquet.row.metadata"
+
+
+def vector_table(name: str, rows: list[tuple[int, list[int], list[float]]]) -> pa.Table:
+    """One Vector column ``name`` of SparseVectors (size, indices, values), as Spark writes it to
+    Parquet: the VectorUDT's SQL struct, with Spark's schema in the metadata so it reads as a Vector."""
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql.types import StructField, StructType
+
+    struct = pa.struct(
+        [
+            pa.field("type", pa.int8(), nullable=False),
+            pa.field("size", pa.int32()),
+            pa.field("indices", pa.list_(pa.field("element", pa.int32(), nullable=False))),
+            pa.field("values", pa.list_(pa.field("element", pa.float64(), nullable=False))),
+        ]
+    )
+    column = pa.array(
+        [{"type": 0, "size": size, "indices": indices, "values": values} for size, indices, values in rows], struct
+    )
+    spark_schema = StructType([StructField(name, VectorUDT())]).json().encode()
+    return pa.table({name: column}).replace_schema_metadata({SPARK_ROW_METADATA: spark_schema})
 
 
 def _write(table: pa.Table, directory: str, files: int) -> str:
@@ -99,4 +129,13 @@ def write_all(root: str) -> dict[str, str]:
     M = np.array([[0.0, 0.0, 0.0], [5.0, 5.0, -5.0]])[z] + rng.normal(size=(3000, 3))
     M[rng.random(M.shape) < 0.1] = np.nan
     out["missing"] = _write(pa.table({"x": pa.array(M.tolist(), pa.list_(pa.float64()))}), f"{root}/missing", 2)
+
+    vocabulary = 5000
+    topics = rng.dirichlet(np.full(vocabulary, 0.02), size=3)
+    documents = []
+    for j in rng.integers(0, 3, 3000):
+        counts = rng.multinomial(int(rng.integers(5, 60)), topics[j])
+        words = np.flatnonzero(counts)
+        documents.append((vocabulary, words.tolist(), counts[words].astype(float).tolist()))
+    out["sparse_counts"] = _write(vector_table("counts", documents), f"{root}/sparse_counts", 2)
     return out

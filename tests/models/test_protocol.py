@@ -36,8 +36,18 @@ def fitted(request):
 def test_every_family_implements_the_protocol_and_declares_its_capabilities(fitted):
     family, _ = fitted
     assert isinstance(family, EMFamily) and isinstance(family, FamilyBase)
-    for capability in ("sequential", "models_missing", "supports_labels", "supports_impute"):
+    capabilities = (
+        "sequential",
+        "models_missing",
+        "supports_labels",
+        "supports_impute",
+        "accepts_sparse",
+        "needs_counts",
+    )
+    for capability in capabilities:
         assert isinstance(getattr(family, capability), bool), capability
+    # sparse blocks hold rows of counts or values, never sequences or modelled missing entries
+    assert not (family.accepts_sparse and (family.sequential or family.models_missing))
     # impute is there exactly when declared: callers ask supports_impute, never hasattr
     assert hasattr(family, "impute") == family.supports_impute
 
