@@ -5,6 +5,7 @@ from em_spark.models.categorical import CategoricalMixtureFamily
 from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.hmm import CategoricalHMMFamily, GaussianHMMFamily
 from em_spark.models.kmeans import KMeansFamily
+from em_spark.models.lda import LDAFamily
 
 __all__ = [
     "FAMILIES",
@@ -15,6 +16,7 @@ __all__ = [
     "GaussianFamily",
     "GaussianHMMFamily",
     "KMeansFamily",
+    "LDAFamily",
     "MStepResult",
     "ModelError",
 ]
@@ -22,5 +24,12 @@ __all__ = [
 #: family name (as stored with checkpoints and models) -> family class
 FAMILIES = {
     family.name: family
-    for family in (GaussianFamily, KMeansFamily, CategoricalMixtureFamily, GaussianHMMFamily, CategoricalHMMFamily)
+    for family in (
+        GaussianFamily,
+        KMeansFamily,
+        CategoricalMixtureFamily,
+        GaussianHMMFamily,
+        CategoricalHMMFamily,
+        LDAFamily,
+    )
 }

@@ -22,6 +22,8 @@ SAMPLES = {
     "categorical": Block(RNG.integers(0, 3, size=(60, 2)).astype(np.float64)),
     "gaussian_hmm": SEQUENCES,
     "categorical_hmm": Block(RNG.integers(0, 4, size=(60, 1)).astype(np.float64), lengths=np.array([20, 25, 15])),
+    # documents as word counts (the first word at least once: no empty document)
+    "lda": Block(RNG.integers(0, 4, size=(60, 8)).astype(np.float64) + np.eye(1, 8)),
 }
 
 
