@@ -14,6 +14,7 @@ from em_spark.api.categorical import CategoricalMixture, CategoricalMixtureModel
 from em_spark.api.gaussian import GaussianMixture, GaussianMixtureModel
 from em_spark.api.hmm import CategoricalHMM, CategoricalHMMModel, GaussianHMM, GaussianHMMModel
 from em_spark.api.kmeans import KMeans, KMeansModel
+from em_spark.api.lda import LDA, LDAModel
 from em_spark.models import (
     FAMILIES,
     CategoricalHMMFamily,
@@ -22,10 +23,12 @@ from em_spark.models import (
     GaussianFamily,
     GaussianHMMFamily,
     KMeansFamily,
+    LDAFamily,
 )
 
 __all__ = [
     "ESTIMATORS",
+    "LDA",
     "CategoricalHMM",
     "CategoricalHMMModel",
     "CategoricalMixture",
@@ -39,6 +42,7 @@ __all__ = [
     "GaussianMixtureModel",
     "KMeans",
     "KMeansModel",
+    "LDAModel",
     "load_model",
     "model_from_bytes",
 ]
@@ -49,6 +53,7 @@ _ESTIMATOR_OF: dict[type[EMFamily], type[EMEstimator]] = {
     CategoricalMixtureFamily: CategoricalMixture,
     GaussianHMMFamily: GaussianHMM,
     CategoricalHMMFamily: CategoricalHMM,
+    LDAFamily: LDA,
 }
 
 #: family name (``model.family`` in a job config) -> estimator class; the names (and their
