@@ -166,7 +166,7 @@ DOMAIN = {
         negative_floats(), st.floats(min_value=1, allow_nan=False, allow_infinity=False).map(repr)
     ),
     "input.generate.steps": below(0),
-    "model.family": not_in("gaussian", "kmeans", "categorical", "gaussian_hmm", "categorical_hmm"),
+    "model.family": not_in("gaussian", "kmeans", "categorical", "gaussian_hmm", "categorical_hmm", "lda"),
     "model.k": below(1),
     "model.covarianceType": not_in("full", "diag", "spherical", "tied"),
     "model.regCovar": negative_floats(),
@@ -183,6 +183,14 @@ DOMAIN = {
         mappings,
         st.sampled_from(["[]", "[0]", "[3, 0]", "[a]", "[1.5]", "[[2]]", "[true]"]),
     ),
+    "model.docConcentration": st.one_of(
+        words,
+        booleans,
+        mappings,
+        negative_floats(),
+        st.sampled_from(["0", "0.0", "[]", "[0.1, 0]", "[0.1, 0.2, 0.3]", "[a, b]", "[true, 1]", "[[1], 2]"]),
+    ),
+    "model.topicConcentration": st.one_of(negative_floats(), st.sampled_from(["0", "0.0"])),
     "fit.maxIter": below(1),
     "fit.tol": negative_floats(),
     "fit.nInit": below(1),

@@ -386,6 +386,7 @@ class LDA(_LDAParams, EMEstimator):
         learningOffset: float = LEARNING_OFFSET,
         learningDecay: float = LEARNING_DECAY,
         subsamplingRate: float = FitSettings.mini_batch_fraction,
+        miniBatchFraction: float = FitSettings.mini_batch_fraction,
         maxDocIter: int = LDAFamily.max_doc_update_iter,
         meanChangeTol: float = LDAFamily.mean_change_tol,
         featuresCol: str | Sequence[str] = "features",

@@ -168,7 +168,17 @@ def require_input(config: JobConfig) -> None:
 
 
 # model.* keys that only some families take; each is passed when the estimator has it.
-_FAMILY_KEYS = ("covarianceType", "regCovar", "initMode", "handleMissing", "kind", "smoothing", "nCategories")
+_FAMILY_KEYS = (
+    "covarianceType",
+    "regCovar",
+    "initMode",
+    "handleMissing",
+    "kind",
+    "smoothing",
+    "nCategories",
+    "docConcentration",
+    "topicConcentration",
+)
 
 
 _INPUT_KEYS = ("labelCol", "sequenceCol", "timeCol")

@@ -120,7 +120,7 @@ class InputSection:
 class ModelSection:
     """The model; keys a family does not take must stay at their defaults (else an error says so)."""
 
-    family: str = "gaussian"  # gaussian | kmeans | categorical | gaussian_hmm | categorical_hmm
+    family: str = "gaussian"  # gaussian | kmeans | categorical | gaussian_hmm | categorical_hmm | lda
     # defaults: the families' own (the Gaussian family's where families differ)
     k: int = DEFAULT_K
     covarianceType: str = GaussianFamily.covariance_type  # gaussian: full|diag|spherical|tied; gaussian_hmm: full|diag
@@ -133,6 +133,8 @@ class ModelSection:
     kind: str = CategoricalMixtureFamily.kind  # categorical: "categorical" codes or "multinomial" count vectors
     smoothing: float | None = None  # categorical, categorical_hmm: Dirichlet pseudo-count (default: the family's)
     nCategories: Any = None  # categorical(_hmm): categories per feature (default: inferred)
+    docConcentration: Any = None  # lda: alpha > 0, one number or k of them (default: 1/k)
+    topicConcentration: float | None = None  # lda: eta > 0 (default: 1/k)
 
 
 @dataclass
@@ -600,6 +602,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model.k": (lambda v: v >= 1, ">= 1"),
     "model.regCovar": (lambda v: v >= 0, ">= 0"),
     "model.smoothing": (lambda v: v >= 0, ">= 0 (a pseudo-count)"),
+    "model.topicConcentration": (lambda v: v > 0, "> 0 (eta, the Dirichlet prior of the topics' words)"),
     "fit.maxIter": (lambda v: v >= 1, ">= 1"),
     "fit.tol": (lambda v: v >= 0, ">= 0"),
     "fit.nInit": (lambda v: v >= 1, ">= 1"),
@@ -621,6 +624,9 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "nightly.freshRestarts": (lambda v: v >= 0, ">= 0"),
     "nightly.halfLife": (lambda v: v > 0, "> 0 (nights after which a night's data counts half)"),
 }
+
+#: list keys whose entries may repeat (one number per topic: equal ones are an allowed choice)
+_REPEATS_ALLOWED = frozenset({"model.docConcentration"})
 
 #: how the nightly job fits tonight's candidate (nightly.mode)
 NIGHTLY_MODES = ("full", "incremental")
@@ -657,7 +663,7 @@ def _check(c: JobConfig) -> None:
             if any(isinstance(v, str) and not v.strip() for v in value):
                 raise bad(key, f"must not hold an empty name, got {_show(value)}")
             repeated = [v for i, v in enumerate(value) if v in value[:i]]
-            if repeated:
+            if repeated and key not in _REPEATS_ALLOWED:
                 raise bad(key, f"lists {repeated[0]!r} more than once, got {_show(value)}")
 
     if c.model.covarianceType not in COVARIANCE_TYPES:
@@ -692,6 +698,7 @@ def _check(c: JobConfig) -> None:
     if c.model.kind not in ("categorical", "multinomial"):
         raise bad("model.kind", f"must be 'categorical' or 'multinomial', got {c.model.kind!r}")
     _check_categories(c, bad)
+    _check_doc_concentration(c, bad)
     if c.impute.mode not in ("errorifexists", "overwrite"):
         raise bad("impute.mode", f"must be 'errorifexists' or 'overwrite', got {c.impute.mode!r}")
     if c.run.logLevel not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -804,6 +811,22 @@ def _check_categories(c: JobConfig, bad: Any) -> None:
         raise bad(
             "model.nCategories",
             f"must be one integer (the number of count columns) with model.kind 'multinomial', got {_show(value)}",
+        )
+
+
+def _check_doc_concentration(c: JobConfig, bad: Any) -> None:
+    value = c.model.docConcentration
+    if value is None:
+        return
+
+    def positive(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+    if not (positive(value) or (isinstance(value, list) and len(value) == c.model.k and all(map(positive, value)))):
+        raise bad(
+            "model.docConcentration",
+            f"must be a number > 0 or a list of model.k={c.model.k} numbers > 0 (alpha, the Dirichlet prior of "
+            f"each document's topic shares), or null for 1/k; got {_show(value)}",
         )
 
 
