@@ -62,6 +62,18 @@ def test_categorical_mixture_example_recovers_the_two_coins(spark):
 
 
 @pytest.mark.spark
+def test_lda_example_recovers_the_topics(spark):
+    import numpy as np
+
+    namespace = _run(_example("LDA("))
+    lda, truth = namespace["lda"], namespace["topics"]
+    # every true topic has a fitted topic close to it (Hellinger distance)
+    distance = np.sqrt(0.5 * ((np.sqrt(lda.topics)[:, None] - np.sqrt(truth)[None]) ** 2).sum(axis=2))
+    assert distance.min(axis=0).max() < 0.2
+    assert namespace["shares"].count() == 500
+
+
+@pytest.mark.spark
 def test_hidden_markov_model_example_decodes_the_states(spark):
     import numpy as np
 
