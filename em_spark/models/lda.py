@@ -202,39 +202,42 @@ class LDAFamily(FamilyBase):
         beta_entries = exp_beta_t[X.indices]  # (nnz, k): exp(E[log beta]) of each non-zero's word
         gamma = np.ones((n, k))
         exp_theta = np.exp(dirichlet_expectation(gamma))
-        running = np.ones(n, dtype=bool)
+        # The documents still running, compacted: their ids, non-zeros and state. A document that
+        # converges leaves them, so an update costs its running documents' non-zeros only.
+        ids, data, words, beta, sizes = np.arange(n), X.data, X.indices, beta_entries, lengths
+        run_gamma, run_theta = gamma, exp_theta
+        indptr = X.indptr
         for _ in range(self.max_doc_update_iter):
-            active = np.flatnonzero(running)
-            if not active.size:
-                break
-            if active.size == n:
-                entries: Any = slice(None)
-                sub_lengths = lengths
-            else:
-                entries = np.repeat(running, lengths)
-                sub_lengths = lengths[active]
-            rows = np.repeat(np.arange(active.size), sub_lengths)
-            theta = exp_theta[active]
-            phinorm = np.einsum("ek,ek->e", theta[rows], beta_entries[entries]) + _EPS
-            indptr = np.concatenate([[0], np.cumsum(sub_lengths)])
-            ratio = sp.csr_array(
-                (X.data[entries] / phinorm, X.indices[entries], indptr), shape=(active.size, X.shape[1])
-            )
-            new = theta * (ratio @ exp_beta_t) + alpha
-            change = np.mean(np.abs(new - gamma[active]), axis=1)
-            gamma[active] = new
-            exp_theta[active] = np.exp(dirichlet_expectation(new))
-            running[active[change < self.mean_change_tol]] = False
-        rows = np.repeat(np.arange(n), lengths)
-        phinorm = np.einsum("ek,ek->e", exp_theta[rows], beta_entries) + _EPS
+            # (np.repeat: each document's row once per non-zero, faster than a gather by row index)
+            phinorm = np.einsum("ek,ek->e", np.repeat(run_theta, sizes, axis=0), beta) + _EPS
+            ratio = sp.csr_array((data / phinorm, words, indptr), shape=(ids.size, X.shape[1]))
+            new = run_theta * (ratio @ exp_beta_t) + alpha
+            change = np.mean(np.abs(new - run_gamma), axis=1)
+            run_gamma, run_theta = new, np.exp(dirichlet_expectation(new))
+            done = change < self.mean_change_tol
+            if done.any():
+                gamma[ids[done]], exp_theta[ids[done]] = run_gamma[done], run_theta[done]
+                keep = ~done
+                if not keep.any():
+                    break
+                entries = np.repeat(keep, sizes)
+                ids, data, words, beta, sizes = ids[keep], data[entries], words[entries], beta[entries], sizes[keep]
+                run_gamma, run_theta = run_gamma[keep], run_theta[keep]
+                indptr = np.concatenate([[0], np.cumsum(sizes)])
+        else:
+            gamma[ids], exp_theta[ids] = run_gamma, run_theta  # (those stopped by max_doc_update_iter)
+        phinorm = np.einsum("ek,ek->e", np.repeat(exp_theta, lengths, axis=0), beta_entries) + _EPS
         return gamma, exp_theta, phinorm
 
     def _doc_bound(self, X: sp.csr_array, gamma: np.ndarray, alpha: np.ndarray, log_beta_t: np.ndarray) -> np.ndarray:
         """(n,) each document's part of the variational bound at ``gamma``, given alpha (k,) and
         E[log beta].T (V, k)."""
         log_theta = dirichlet_expectation(gamma)
-        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-        words = logsumexp(log_theta[rows] + log_beta_t[X.indices], axis=1)  # (nnz,) log sum_j theta_j beta_jw
+        lengths = np.diff(X.indptr)
+        rows = np.repeat(np.arange(X.shape[0]), lengths)
+        words = logsumexp(
+            np.repeat(log_theta, lengths, axis=0) + log_beta_t[X.indices], axis=1
+        )  # (nnz,) log sum_j theta_j beta_jw
         bound = np.bincount(rows, weights=X.data * words, minlength=X.shape[0])
         bound += np.sum((alpha - gamma) * log_theta + gammaln(gamma) - gammaln(alpha), axis=1)
         bound += gammaln(alpha.sum()) - gammaln(gamma.sum(axis=1))
