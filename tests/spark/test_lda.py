@@ -3,6 +3,7 @@ columns alike), transforms, saves and loads, describes its topics; a killed fit 
 bad counts and another vocabulary are refused before anything is stored."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,40 @@ def test_documents_of_another_vocabulary_are_refused_at_transform(spark, docs):
         ):
             call(wider)
     assert math.isfinite(model.logPerplexity(docs))
+
+
+def test_the_train_and_score_jobs_fit_lda_from_a_config_and_write_topic_distributions(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from em_spark.app.config import load_config
+    from em_spark.cli import run_score, run_train
+
+    data = tmp_path / "docs"
+    data.mkdir()
+    pq.write_table(pa.table({"id": np.arange(X.shape[0]), "counts": X.tolist()}), data / "part-0.parquet")
+    store = tmp_path / "store"
+    config = load_config(
+        str(Path(__file__).resolve().parents[2] / "conf" / "local.yaml"),
+        [
+            f"input.path={data.as_uri()}",
+            "input.generate=",
+            "input.features=counts",
+            "model.family=lda",
+            f"model.k={K}",
+            "model.topicConcentration=0.05",
+            "fit.maxIter=5",
+            "run.id=lda-job",
+            f"run.checkpointDir={(store / 'ckpt').as_uri()}",
+            f"output.modelPath={(store / 'model').as_uri()}",
+            f"score.outputPath={(store / 'scored').as_uri()}",
+        ],
+    )
+    run_train(config)
+    model = load_model((store / "model").as_uri())
+    assert isinstance(model, LDAModel) and model.family.topic_concentration == 0.05
+    run_score(config)
+    scored = pq.read_table(store / "scored").to_pandas().sort_values("id")
+    theta = np.array(scored["topicDistribution"].tolist())
+    assert theta.shape == (X.shape[0], K)
+    np.testing.assert_allclose(theta, np.exp(model.family.score(Block(X), model.arrays)["log_resp"]), rtol=1e-10)
