@@ -158,6 +158,11 @@ def test_the_lda_keys_reach_the_estimator_and_other_families_refuse_them():
     gaussian = load_config(str(REPO / "conf" / "local.yaml"), ["model.topicConcentration=0.05"])
     with pytest.raises(ConfigError, match="'model.topicConcentration' does not apply to model.family 'gaussian'"):
         _estimator(gaussian, None)
+    # equal entries are a choice, not a typo (two features of 3 categories each once failed too)
+    categories = load_config(
+        str(REPO / "conf" / "local.yaml"), ["model.family=categorical", "model.nCategories=[3, 3]"]
+    )
+    assert categories.model.nCategories == [3, 3]
     with pytest.raises(ConfigError, match=r"model.docConcentration' must be a number > 0 or a list of model.k=3"):
         load_config(str(REPO / "conf" / "local.yaml"), [*sets[:2], "model.docConcentration=[0.1, 0.2]"])
 

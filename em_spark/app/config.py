@@ -625,8 +625,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "nightly.halfLife": (lambda v: v > 0, "> 0 (nights after which a night's data counts half)"),
 }
 
-#: list keys whose entries may repeat (one number per topic: equal ones are an allowed choice)
-_REPEATS_ALLOWED = frozenset({"model.docConcentration"})
+#: list keys whose entries may repeat (a number per topic or per feature: equal ones are a choice)
+_REPEATS_ALLOWED = frozenset({"model.docConcentration", "model.nCategories"})
 
 #: how the nightly job fits tonight's candidate (nightly.mode)
 NIGHTLY_MODES = ("full", "incremental")
