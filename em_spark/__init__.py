@@ -12,6 +12,7 @@ import sys
 __version__ = "0.1.0"
 
 __all__ = [
+    "LDA",
     "CategoricalHMM",
     "CategoricalHMMModel",
     "CategoricalMixture",
@@ -23,6 +24,7 @@ __all__ = [
     "GaussianMixtureModel",
     "KMeans",
     "KMeansModel",
+    "LDAModel",
     "PoissonMixture",
     "PoissonMixtureModel",
     "StudentTMixture",

@@ -139,6 +139,34 @@ def test_a_family_key_on_a_family_without_it_is_refused_by_name():
     assert categorical.getOrDefault("initMode") == "random"
 
 
+def test_the_lda_keys_reach_the_estimator_and_other_families_refuse_them():
+    from em_spark.app.common import estimator_from_config as _estimator
+
+    sets = ["model.family=lda", "model.k=3", "model.docConcentration=[0.1, 0.1, 0.5]", "model.topicConcentration=0.05"]
+    lda = _estimator(load_config(str(REPO / "conf" / "local.yaml"), sets), None)
+    family = lda.family()
+    assert (family.name, family.k, family.doc_concentration, family.topic_concentration) == (
+        "lda",
+        3,
+        (0.1, 0.1, 0.5),
+        0.05,
+    )
+    symmetric = _estimator(
+        load_config(str(REPO / "conf" / "local.yaml"), [*sets[:2], "model.docConcentration=0.2"]), None
+    )
+    assert symmetric.family().doc_concentration == 0.2
+    gaussian = load_config(str(REPO / "conf" / "local.yaml"), ["model.topicConcentration=0.05"])
+    with pytest.raises(ConfigError, match="'model.topicConcentration' does not apply to model.family 'gaussian'"):
+        _estimator(gaussian, None)
+    # equal entries are a choice, not a typo (two features of 3 categories each once failed too)
+    categories = load_config(
+        str(REPO / "conf" / "local.yaml"), ["model.family=categorical", "model.nCategories=[3, 3]"]
+    )
+    assert categories.model.nCategories == [3, 3]
+    with pytest.raises(ConfigError, match=r"model.docConcentration' must be a number > 0 or a list of model.k=3"):
+        load_config(str(REPO / "conf" / "local.yaml"), [*sets[:2], "model.docConcentration=[0.1, 0.2]"])
+
+
 def test_every_config_message_is_one_line():
     from em_spark.app.config import ConfigError as Error
 

@@ -167,7 +167,7 @@ DOMAIN = {
     ),
     "input.generate.steps": below(0),
     "model.family": not_in(
-        "gaussian", "kmeans", "categorical", "poisson", "student_t", "gaussian_hmm", "categorical_hmm"
+        "gaussian", "kmeans", "categorical", "poisson", "student_t", "gaussian_hmm", "categorical_hmm", "lda"
     ),
     "model.k": below(1),
     "model.covarianceType": not_in("full", "diag", "spherical", "tied"),
@@ -192,6 +192,14 @@ DOMAIN = {
         mappings,
         st.sampled_from(["[]", "[0]", "[3, 0]", "[a]", "[1.5]", "[[2]]", "[true]"]),
     ),
+    "model.docConcentration": st.one_of(
+        words,
+        booleans,
+        mappings,
+        negative_floats(),
+        st.sampled_from(["0", "0.0", "[]", "[0.1, 0]", "[0.1, 0.2, 0.3]", "[a, b]", "[true, 1]", "[[1], 2]"]),
+    ),
+    "model.topicConcentration": st.one_of(negative_floats(), st.sampled_from(["0", "0.0"])),
     "fit.maxIter": below(1),
     "fit.tol": negative_floats(),
     "fit.nInit": below(1),

@@ -94,6 +94,18 @@ def test_sparse_count_vector_example_separates_the_two_topics(spark):
 
 
 @pytest.mark.spark
+def test_lda_example_recovers_the_topics(spark):
+    import numpy as np
+
+    namespace = _run(_example("LDA("))
+    lda, truth = namespace["lda"], namespace["topics"]
+    # every true topic has a fitted topic close to it (Hellinger distance)
+    distance = np.sqrt(0.5 * ((np.sqrt(lda.topics)[:, None] - np.sqrt(truth)[None]) ** 2).sum(axis=2))
+    assert distance.min(axis=0).max() < 0.2
+    assert namespace["shares"].count() == 500
+
+
+@pytest.mark.spark
 def test_hidden_markov_model_example_decodes_the_states(spark):
     import numpy as np
 
@@ -151,6 +163,7 @@ def test_every_python_example_in_the_readme_is_run_by_a_test():
         "Vectors.sparse(",
         "PoissonMixture(",
         "StudentTMixture(",
+        "LDA(",
         "GaussianHMM(",
         "handleMissing=",
         "labelCol=",

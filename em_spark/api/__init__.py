@@ -14,6 +14,7 @@ from em_spark.api.categorical import CategoricalMixture, CategoricalMixtureModel
 from em_spark.api.gaussian import GaussianMixture, GaussianMixtureModel
 from em_spark.api.hmm import CategoricalHMM, CategoricalHMMModel, GaussianHMM, GaussianHMMModel
 from em_spark.api.kmeans import KMeans, KMeansModel
+from em_spark.api.lda import LDA, LDAModel
 from em_spark.api.poisson import PoissonMixture, PoissonMixtureModel
 from em_spark.api.student_t import StudentTMixture, StudentTMixtureModel
 from em_spark.models import (
@@ -24,12 +25,14 @@ from em_spark.models import (
     GaussianFamily,
     GaussianHMMFamily,
     KMeansFamily,
+    LDAFamily,
     PoissonMixtureFamily,
     StudentTMixtureFamily,
 )
 
 __all__ = [
     "ESTIMATORS",
+    "LDA",
     "CategoricalHMM",
     "CategoricalHMMModel",
     "CategoricalMixture",
@@ -43,6 +46,7 @@ __all__ = [
     "GaussianMixtureModel",
     "KMeans",
     "KMeansModel",
+    "LDAModel",
     "PoissonMixture",
     "PoissonMixtureModel",
     "StudentTMixture",
@@ -59,6 +63,7 @@ _ESTIMATOR_OF: dict[type[EMFamily], type[EMEstimator]] = {
     StudentTMixtureFamily: StudentTMixture,
     GaussianHMMFamily: GaussianHMM,
     CategoricalHMMFamily: CategoricalHMM,
+    LDAFamily: LDA,
 }
 
 #: family name (``model.family`` in a job config) -> estimator class; the names (and their

@@ -185,6 +185,8 @@ _FAMILY_KEYS = (
     "meansWeight",
     "covarsPrior",
     "covarsWeight",
+    "docConcentration",
+    "topicConcentration",
 )
 
 

@@ -121,7 +121,9 @@ class InputSection:
 class ModelSection:
     """The model; keys a family does not take must stay at their defaults (else an error says so)."""
 
-    family: str = "gaussian"  # gaussian | kmeans | categorical | poisson | student_t | gaussian_hmm | categorical_hmm
+    family: str = (
+        "gaussian"  # gaussian | kmeans | categorical | poisson | student_t | gaussian_hmm | categorical_hmm | lda
+    )
     # defaults: the families' own (the Gaussian family's where families differ)
     k: int = DEFAULT_K
     covarianceType: str = GaussianFamily.covariance_type  # gaussian: full|diag|spherical|tied; gaussian_hmm: full|diag
@@ -147,6 +149,8 @@ class ModelSection:
     covarsWeight: float = GaussianHMMFamily.covars_weight
     dof: float = StudentTMixtureFamily.dof  # student_t: degrees of freedom (initial, or fixed)
     estimateDof: bool = StudentTMixtureFamily.estimate_dof  # student_t: estimate them per component
+    docConcentration: Any = None  # lda: alpha > 0, one number or k of them (default: 1/k)
+    topicConcentration: float | None = None  # lda: eta > 0 (default: 1/k)
 
 
 @dataclass
@@ -621,6 +625,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model.covarsPrior": (lambda v: v >= 0, ">= 0"),
     "model.covarsWeight": (lambda v: v >= 0, ">= 0 (pseudo-observations)"),
     "model.dof": (lambda v: MIN_DOF <= v <= MAX_DOF, f"in [{MIN_DOF}, {MAX_DOF:g}] (degrees of freedom)"),
+    "model.topicConcentration": (lambda v: v > 0, "> 0 (eta, the Dirichlet prior of the topics' words)"),
     "fit.maxIter": (lambda v: v >= 1, ">= 1"),
     "fit.tol": (lambda v: v >= 0, ">= 0"),
     "fit.nInit": (lambda v: v >= 1, ">= 1"),
@@ -642,6 +647,9 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "nightly.freshRestarts": (lambda v: v >= 0, ">= 0"),
     "nightly.halfLife": (lambda v: v > 0, "> 0 (nights after which a night's data counts half)"),
 }
+
+#: list keys whose entries may repeat (a number per topic or per feature: equal ones are a choice)
+_REPEATS_ALLOWED = frozenset({"model.docConcentration", "model.nCategories"})
 
 #: how the nightly job fits tonight's candidate (nightly.mode)
 NIGHTLY_MODES = ("full", "incremental")
@@ -678,7 +686,7 @@ def _check(c: JobConfig) -> None:
             if any(isinstance(v, str) and not v.strip() for v in value):
                 raise bad(key, f"must not hold an empty name, got {_show(value)}")
             repeated = [v for i, v in enumerate(value) if v in value[:i]]
-            if repeated:
+            if repeated and key not in _REPEATS_ALLOWED:
                 raise bad(key, f"lists {repeated[0]!r} more than once, got {_show(value)}")
 
     if c.model.covarianceType not in COVARIANCE_TYPES:
@@ -714,6 +722,7 @@ def _check(c: JobConfig) -> None:
     if c.model.kind not in ("categorical", "multinomial"):
         raise bad("model.kind", f"must be 'categorical' or 'multinomial', got {c.model.kind!r}")
     _check_categories(c, bad)
+    _check_doc_concentration(c, bad)
     if c.impute.mode not in ("errorifexists", "overwrite"):
         raise bad("impute.mode", f"must be 'errorifexists' or 'overwrite', got {c.impute.mode!r}")
     if c.run.logLevel not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -826,6 +835,22 @@ def _check_categories(c: JobConfig, bad: Any) -> None:
         raise bad(
             "model.nCategories",
             f"must be one integer (the number of count columns) with model.kind 'multinomial', got {_show(value)}",
+        )
+
+
+def _check_doc_concentration(c: JobConfig, bad: Any) -> None:
+    value = c.model.docConcentration
+    if value is None:
+        return
+
+    def positive(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+    if not (positive(value) or (isinstance(value, list) and len(value) == c.model.k and all(map(positive, value)))):
+        raise bad(
+            "model.docConcentration",
+            f"must be a number > 0 or a list of model.k={c.model.k} numbers > 0 (alpha, the Dirichlet prior of "
+            f"each document's topic shares), or null for 1/k; got {_show(value)}",
         )
 
 

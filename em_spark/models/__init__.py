@@ -5,6 +5,7 @@ from em_spark.models.categorical import CategoricalMixtureFamily
 from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.hmm import CategoricalHMMFamily, GaussianHMMFamily
 from em_spark.models.kmeans import KMeansFamily
+from em_spark.models.lda import LDAFamily
 from em_spark.models.poisson import PoissonMixtureFamily
 from em_spark.models.student_t import StudentTMixtureFamily
 
@@ -17,6 +18,7 @@ __all__ = [
     "GaussianFamily",
     "GaussianHMMFamily",
     "KMeansFamily",
+    "LDAFamily",
     "MStepResult",
     "ModelError",
     "PoissonMixtureFamily",
@@ -34,5 +36,6 @@ FAMILIES = {
         StudentTMixtureFamily,
         GaussianHMMFamily,
         CategoricalHMMFamily,
+        LDAFamily,
     )
 }

@@ -305,7 +305,8 @@ def test_every_estimator_takes_acceleration_default_none_and_passes_it_to_the_en
 
     for estimator in ESTIMATORS.values():
         assert estimator().getAcceleration() == "none" == estimator().fit_settings().acceleration
-        chosen = estimator(acceleration="squarem")
+        # (LDA's default optimizer is pyspark.ml's "online", which takes no acceleration)
+        chosen = estimator(acceleration="squarem", optimizer="batch")
         assert chosen.fit_settings().acceleration == "squarem" == chosen.getAcceleration()
         assert chosen.setAcceleration(None).getAcceleration() == "none"
     with pytest.raises(ValueError, match="acceleration must be one of"):

@@ -24,6 +24,8 @@ SAMPLES = {
     "student_t": Block(RNG.standard_t(4.0, size=(60, 2))),
     "gaussian_hmm": SEQUENCES,
     "categorical_hmm": Block(RNG.integers(0, 4, size=(60, 1)).astype(np.float64), lengths=np.array([20, 25, 15])),
+    # documents as word counts (the first word at least once: no empty document)
+    "lda": Block(RNG.integers(0, 4, size=(60, 8)).astype(np.float64) + np.eye(1, 8)),
 }
 
 
@@ -73,7 +75,8 @@ def test_every_family_draws_rows_its_own_score_accepts_or_refuses_clearly(fitted
         with pytest.raises(ModelError, match="k-means has no spread"):
             family.draw(params, 10, np.random.default_rng(0), length=length)
         return
-    drawn = family.draw(params, 10, np.random.default_rng(0), length=length)
+    trials = 30 if family.name == "lda" else None  # documents need their lengths
+    drawn = family.draw(params, 10, np.random.default_rng(0), length=length, trials=trials)
     rows = 70 if family.sequential else 10
     assert drawn.X.shape[0] == drawn.components.shape[0] == rows
     assert drawn.components.min() >= 0 and drawn.components.max() < family.k
