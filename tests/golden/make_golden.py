@@ -349,7 +349,10 @@ def machine_signature() -> str:
     from numpy._core._multiarray_umath import __cpu_features__
     from threadpoolctl import threadpool_info
 
-    blas = "-".join(sorted({str(i.get("architecture", i.get("internal_api"))) for i in threadpool_info()})) or "noblas"
+    # BLAS libraries only: OpenMP runtimes (loaded by numba or scikit-learn in the same process) do not
+    # change a bit, and whether one is loaded yet depends on what ran before
+    blas = "-".join(sorted({str(i.get("architecture")) for i in threadpool_info() if i.get("user_api") == "blas"}))
+    blas = blas or "noblas"
     features = ",".join(sorted(name for name, present in __cpu_features__.items() if present))
     return f"{blas}-{hashlib.sha1(features.encode()).hexdigest()[:10]}"
 
