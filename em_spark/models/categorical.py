@@ -71,7 +71,7 @@ from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Par
 from em_spark.models.kernels import log0
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.reparam import softmax, softmax_blocks
-from em_spark.models.validation import check_parameter, check_present
+from em_spark.models.validation import check_parameter, check_present, check_row_totals, is_number
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = [
@@ -143,10 +143,6 @@ def _distinct_rows(X: Any) -> int:
     return len({(X.indices[a:b].tobytes(), X.data[a:b].tobytes()) for a, b in pairwise(bounds)})
 
 
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-
-
 # ---------------------------------------------------------------------------
 # The family
 
@@ -205,7 +201,7 @@ class CategoricalMixtureFamily(FamilyBase):
                 f"'multinomial': each row a vector of counts), got {self.kind!r}"
             )
         object.__setattr__(self, "n_categories", self._checked_n_categories(self.n_categories))
-        if not _is_number(self.smoothing) or not math.isfinite(self.smoothing) or self.smoothing < 0:
+        if not is_number(self.smoothing) or not math.isfinite(self.smoothing) or self.smoothing < 0:
             raise ModelError(
                 f"smoothing must be a finite non-negative number (a pseudo-count added to every "
                 f"category), got {self.smoothing!r}; use the default 1.0 if unsure"
@@ -220,7 +216,7 @@ class CategoricalMixtureFamily(FamilyBase):
     def _checked_n_categories(self, value: Any) -> tuple[int, ...] | None:
         if value is None:
             return None
-        if _is_number(value):
+        if is_number(value):
             value = (value,)
         try:
             items = list(value)
@@ -230,7 +226,7 @@ class CategoricalMixtureFamily(FamilyBase):
             raise ModelError("n_categories must not be empty (one entry per feature), or None to infer it")
         out = []
         for f, c in enumerate(items):
-            ok = _is_number(c) and math.isfinite(c) and float(c) == int(c) and int(c) >= 1
+            ok = is_number(c) and math.isfinite(c) and float(c) == int(c) and int(c) >= 1
             if not ok:
                 raise ModelError(f"n_categories[{f}] must be a positive integer (the number of categories), got {c!r}")
             out.append(int(c))
@@ -566,12 +562,8 @@ class CategoricalMixtureFamily(FamilyBase):
                     "a multinomial mixture models each row's counts given the row's total: pass trials= "
                     "(one total for every row, or one per row), e.g. the totals of the rows it was fitted on"
                 )
-            totals = np.broadcast_to(np.asarray(trials), (n,))
-            if not np.issubdtype(totals.dtype, np.integer) and not np.all(totals == np.round(totals)):
-                raise ModelError(f"trials must be non-negative integers (row totals), got {trials!r}")
-            if np.any(totals < 0):
-                raise ModelError(f"trials must be non-negative integers (row totals), got {trials!r}")
-            return rng.multinomial(totals.astype(np.int64), probs[components]).astype(np.float64)
+            totals = check_row_totals(trials, n, "row totals")
+            return rng.multinomial(totals, probs[components]).astype(np.float64)
         self._no_trials(trials, "a categorical mixture of codes")
         offsets = _offsets(self._n_categories(params))
         uniform = rng.random((n, offsets.size - 1))

@@ -52,7 +52,7 @@ import scipy.sparse as sp
 from scipy.special import gammaln, logsumexp, psi
 
 from em_spark.models.base import Block, Draws, FamilyBase, ModelError, MStepResult, Params, check_count, check_k
-from em_spark.models.validation import check_parameter, check_present
+from em_spark.models.validation import check_parameter, check_present, check_row_totals
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = ["WORDS", "LDAFamily", "dirichlet_expectation"]
@@ -282,15 +282,13 @@ class LDAFamily(FamilyBase):
             raise ModelError("length applies to sequence families (HMMs); LDA draws documents (give trials=)")
         if trials is None:
             raise ModelError("LDA draws documents of a given length: pass trials= (words per document, one or n)")
-        totals = np.broadcast_to(np.asarray(trials), (n,))
-        if np.any(totals < 0) or not np.all(totals == np.round(totals)):
-            raise ModelError(f"trials must be non-negative integers (words per document), got {trials!r}")
+        totals = check_row_totals(trials, n, "words per document")
         lam = np.asarray(params["lambda"], dtype=np.float64)
         beta = lam / lam.sum(axis=1, keepdims=True)
         theta = rng.dirichlet(np.asarray(params["alpha"], dtype=np.float64), size=n)
         words = np.clip(theta @ beta, 0.0, None)
         words /= words.sum(axis=1, keepdims=True)
-        counts = rng.multinomial(totals.astype(np.int64), words).astype(np.float64)
+        counts = rng.multinomial(totals, words).astype(np.float64)
         return Draws(counts, np.argmax(theta, axis=1).astype(np.int64))
 
     def score(self, block: Block, params: Params) -> dict[str, np.ndarray]:

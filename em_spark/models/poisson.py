@@ -43,17 +43,13 @@ from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Par
 from em_spark.models.kernels import log0
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.reparam import softmax
-from em_spark.models.validation import check_parameter, check_present
+from em_spark.models.validation import check_parameter, check_present, is_number
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = ["INIT_MODES", "PoissonMixtureFamily"]
 
 INIT_MODES = ("k-means++", "random")
 _LLOYD_MAX_ITER = 20
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
 
 
 @dataclass(frozen=True)
@@ -86,7 +82,7 @@ class PoissonMixtureFamily(FamilyBase):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "components"))
-        if not _is_number(self.smoothing) or not math.isfinite(self.smoothing) or self.smoothing < 0:
+        if not is_number(self.smoothing) or not math.isfinite(self.smoothing) or self.smoothing < 0:
             raise ModelError(
                 "smoothing must be a finite non-negative number (a pseudo-count added to every rate's count "
                 f"sum), got {self.smoothing!r}; use the default 0.001 if unsure"

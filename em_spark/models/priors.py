@@ -30,16 +30,13 @@ from typing import Any
 import numpy as np
 
 from em_spark.models.base import ModelError
+from em_spark.models.validation import is_number
 
 __all__ = ["GaussianPrior", "check_concentration", "dirichlet_log_prior", "dirichlet_map"]
 
 
 def _finite_number(value: Any) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float, np.integer, np.floating))
-        and math.isfinite(value)
-    )
+    return is_number(value) and math.isfinite(value)
 
 
 def check_concentration(value: Any, name: str) -> float:

@@ -52,7 +52,7 @@ from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.kernels import cholesky_or_none, log0, shifted_moments
 from em_spark.models.labels import log_posterior
 from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
-from em_spark.models.validation import check_parameter, check_present
+from em_spark.models.validation import check_parameter, check_present, is_number
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = ["COVARIANCE_TYPES", "MAX_DOF", "MIN_DOF", "StudentTMixtureFamily"]
@@ -60,10 +60,6 @@ __all__ = ["COVARIANCE_TYPES", "MAX_DOF", "MIN_DOF", "StudentTMixtureFamily"]
 COVARIANCE_TYPES = ("full", "diag")
 #: the range the degrees of freedom are estimated in (and may be given in)
 MIN_DOF, MAX_DOF = 0.05, 1e4
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
 
 
 def _dof_equation(tau_mean: float) -> Any:
@@ -111,7 +107,7 @@ class StudentTMixtureFamily(FamilyBase):
                 f"covarianceType must be one of {list(COVARIANCE_TYPES)} for a Student-t mixture, "
                 f"got {self.covariance_type!r}"
             )
-        if not _is_number(self.dof) or not math.isfinite(self.dof) or not MIN_DOF <= self.dof <= MAX_DOF:
+        if not is_number(self.dof) or not math.isfinite(self.dof) or not MIN_DOF <= self.dof <= MAX_DOF:
             raise ModelError(
                 f"dof (degrees of freedom) must be a number in [{MIN_DOF}, {MAX_DOF:g}], got {self.dof!r}; "
                 "small values give heavy tails (3-10 is usual), large ones a Gaussian"

@@ -16,10 +16,24 @@ import numpy as np
 from em_spark.models.base import ModelError
 from em_spark.models.kernels import cholesky_or_none
 
-__all__ = ["SUM_TOLERANCE", "check_parameter", "check_present"]
+__all__ = ["SUM_TOLERANCE", "check_parameter", "check_present", "check_row_totals", "is_number"]
 
 #: user-given probabilities must sum to 1 within this (they are then renormalized exactly)
 SUM_TOLERANCE = 1e-6
+
+
+def is_number(value: Any) -> bool:
+    """A real number given as a hyperparameter: int or float (numpy's too), never a bool."""
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def check_row_totals(trials: Any, n: int, what: str) -> np.ndarray:
+    """(n,) int64 row totals of drawn count vectors from one total or n of them, or a ModelError
+    naming ``what`` a total is ("row totals", "words per document")."""
+    totals = np.broadcast_to(np.asarray(trials), (n,))
+    if np.any(totals < 0) or not np.all(totals == np.round(totals)):
+        raise ModelError(f"trials must be non-negative integers ({what}), got {trials!r}")
+    return totals.astype(np.int64)
 
 
 def check_present(arrays: Mapping[str, Any], names: Sequence[str], optional: Sequence[str] = ()) -> None:
