@@ -384,6 +384,19 @@ def load_golden(case: str) -> dict[str, np.ndarray]:
         return {key: f[key] for key in f.files}
 
 
+def all_recordings(case: str) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """(machine, arrays) of every recording of ``case``: the default one, then each machine's."""
+    out = []
+    for name, directory in [(DEFAULT_MACHINE.read_text().strip(), HERE)] + [
+        (d.name, d) for d in sorted(MACHINES.iterdir()) if d.is_dir()
+    ]:
+        path = directory / f"{case}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as f:
+                out.append((name, {key: f[key] for key in f.files}))
+    return out
+
+
 def main() -> None:
     from threadpoolctl import threadpool_limits
 
