@@ -119,6 +119,22 @@ def test_hidden_markov_model_example_decodes_the_states(spark):
 
 
 @pytest.mark.spark
+def test_hmm_gaps_example_names_the_states_after_the_labels_and_fills_every_gap(spark):
+    import numpy as np
+
+    namespace = _run(_example("setHandleMissing("))
+    model, truth = namespace["model"], namespace["truth"]
+    # labelled: state j is the true state j (no permutation), means recovered despite the gaps
+    np.testing.assert_allclose(model.means, truth["means"], atol=0.3)
+    rows = namespace["filled"].orderBy("id").collect()
+    X = namespace["X"]
+    imputed = np.array([r.imputed for r in rows])
+    assert imputed.shape == X.shape and not np.isnan(imputed).any()
+    observed = ~np.isnan(X)
+    np.testing.assert_array_equal(imputed[observed], X[observed])
+
+
+@pytest.mark.spark
 def test_imputation_example_fills_every_missing_entry_and_keeps_the_observed_ones(spark):
     import numpy as np
 
@@ -165,6 +181,7 @@ def test_every_python_example_in_the_readme_is_run_by_a_test():
         "StudentTMixture(",
         "LDA(",
         "GaussianHMM(",
+        "setHandleMissing(",
         "handleMissing=",
         "labelCol=",
         "spark.addArtifacts(",  # tests/connect/test_executor_check.py

@@ -176,6 +176,24 @@ class HasGaussianPrior(ParamAccessors):
         return self._set_or_clear("covarsWeight", value)
 
 
+class HasHandleMissing(ParamAccessors):
+    """How the families that can model missing values treat null / NaN features (default: refuse)."""
+
+    handleMissing = ml_param(
+        "handleMissing",
+        "'error': refuse null/NaN features; 'model': fit them exactly as values missing at random",
+        TypeConverters.toString,
+    )
+
+    def getHandleMissing(self) -> str:
+        """Get how missing features are handled ('error' or 'model') (or its default)."""
+        return self.getOrDefault(self.handleMissing)
+
+    def setHandleMissing(self, value: str) -> Self:
+        """Set how missing features are handled ('error' or 'model')."""
+        return self._set_or_clear("handleMissing", value)
+
+
 class HasSmoothing(ParamAccessors):
     """Accessors of the categorical families' smoothing param (each params class declares the Param)."""
 
@@ -214,7 +232,8 @@ class EMParams(ParamAccessors):
     weightCol = ml_param("weightCol", "optional column of non-negative sample weights", optional_string)
     labelCol = ml_param(
         "labelCol",
-        "optional column of known components for semi-supervised EM (0..k-1; null or -1: unknown)",
+        "optional column of known components for semi-supervised EM (0..k-1; null or -1: unknown); "
+        "for an HMM a known state per step (an array per sequence, or one per row in long format)",
         optional_string,
     )
     aggregationDepth = ml_param(
@@ -344,7 +363,8 @@ class EMParams(ParamAccessors):
         if label_col and not family.supports_labels:
             raise ValueError(
                 f"labelCol is set but the {family.name!r} family does not take labels; "
-                "semi-supervised EM works with GaussianMixture and CategoricalMixture"
+                "semi-supervised EM works with GaussianMixture, CategoricalMixture, PoissonMixture and the HMMs "
+                "(a known state per step)"
             )
         return load_blocks(
             data,

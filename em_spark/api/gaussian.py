@@ -10,7 +10,7 @@ from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
-from em_spark.api.base import EMEstimator, EMModel, HasCovariance, HasGaussianPrior, ml_param
+from em_spark.api.base import EMEstimator, EMModel, HasCovariance, HasGaussianPrior, HasHandleMissing, ml_param
 from em_spark.engine.arrow_input import InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
@@ -24,19 +24,13 @@ if TYPE_CHECKING:
 __all__ = ["GaussianMixture", "GaussianMixtureModel"]
 
 
-class _GaussianParams(HasGaussianPrior, HasCovariance):
+class _GaussianParams(HasGaussianPrior, HasCovariance, HasHandleMissing):
     covarianceType = ml_param("covarianceType", "'full', 'diag', 'spherical' or 'tied'", TypeConverters.toString)
     regCovar = ml_param(
         "regCovar",
         "added to every covariance diagonal in the M-step (scikit-learn's reg_covar)",
         TypeConverters.toFloat,
     )
-    handleMissing = ml_param(
-        "handleMissing",
-        "'error': refuse null/NaN features; 'model': fit them exactly as missing values (conditional-Gaussian E-step)",
-        TypeConverters.toString,
-    )
-
     weightsPrior = ml_param(
         "weightsPrior", "Dirichlet concentration of the mixing weights (> 0; 1 is flat)", TypeConverters.toFloat
     )
@@ -48,14 +42,6 @@ class _GaussianParams(HasGaussianPrior, HasCovariance):
     def setWeightsPrior(self, value: float) -> Self:
         """Set the Dirichlet concentration of the mixing weights."""
         return self._set_or_clear("weightsPrior", value)
-
-    def getHandleMissing(self) -> str:
-        """Get how missing features are handled ('error' or 'model') (or its default)."""
-        return self.getOrDefault(self.handleMissing)
-
-    def setHandleMissing(self, value: str) -> Self:
-        """Set how missing features are handled ('error' or 'model')."""
-        return self._set_or_clear("handleMissing", value)
 
 
 #: the Gaussian params' defaults: the family's

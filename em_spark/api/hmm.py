@@ -21,6 +21,7 @@ from em_spark.api.base import (
     EMModel,
     HasCovariance,
     HasGaussianPrior,
+    HasHandleMissing,
     HasSmoothing,
     ParamAccessors,
     ml_param,
@@ -88,7 +89,11 @@ class _SequenceParams(ParamAccessors):
                 "weightCol is not supported with long-format input (a weight belongs to a whole sequence); "
                 "group the sequences into one row each and give a per-sequence weight column"
             )
-        return group_sequences(dataset, sequence_col, time_col, features, SEQUENCE_COL), SEQUENCE_COL
+        label_col = self.getOrDefault("labelCol") if self.hasParam("labelCol") else None
+        if label_col and label_col not in dataset.columns:
+            label_col = None  # a model scoring new data that has no labels
+        grouped = group_sequences(dataset, sequence_col, time_col, features, SEQUENCE_COL, label_col=label_col)
+        return grouped, SEQUENCE_COL
 
 
 class _ChainPriorParams(ParamAccessors):
@@ -122,14 +127,14 @@ class _ChainPriorParams(ParamAccessors):
         return self._set_or_clear("transMatPrior", value)
 
 
-class _GaussianHMMParams(_SequenceParams, _ChainPriorParams, HasGaussianPrior, HasCovariance):
+class _GaussianHMMParams(_SequenceParams, _ChainPriorParams, HasGaussianPrior, HasCovariance, HasHandleMissing):
     covarianceType = ml_param(
         "covarianceType", "'full', 'diag', 'tied' or 'spherical' (as hmmlearn's)", TypeConverters.toString
     )
     regCovar = ml_param("regCovar", "added to every covariance diagonal in the M-step", TypeConverters.toFloat)
 
 
-class _CategoricalHMMParams(_SequenceParams, _ChainPriorParams, HasSmoothing):
+class _CategoricalHMMParams(_SequenceParams, _ChainPriorParams, HasSmoothing, HasHandleMissing):
     nCategories = ml_param(
         "nCategories", "number of symbols (default: inferred from the sample as max + 1)", _optional_int
     )
@@ -157,6 +162,7 @@ _GAUSSIAN_HMM_DEFAULTS = dict(
     meansWeight=GaussianHMMFamily.means_weight,
     covarsPrior=GaussianHMMFamily.covars_prior,
     covarsWeight=GaussianHMMFamily.covars_weight,
+    handleMissing=GaussianHMMFamily.handle_missing,
     **_CHAIN_PRIOR_DEFAULTS,
     sequenceCol=None,
     timeCol=None,
@@ -164,6 +170,7 @@ _GAUSSIAN_HMM_DEFAULTS = dict(
 _CATEGORICAL_HMM_DEFAULTS = dict(
     nCategories=CategoricalHMMFamily.n_categories,
     smoothing=CategoricalHMMFamily.smoothing,
+    handleMissing=CategoricalHMMFamily.handle_missing,
     **_CHAIN_PRIOR_DEFAULTS,
     sequenceCol=None,
     timeCol=None,
@@ -211,6 +218,29 @@ class GaussianHMMModel(_GaussianHMMParams, _HMMModel):
             meansWeight=family.means_weight,
             covarsPrior=family.covars_prior,
             covarsWeight=family.covars_weight,
+            handleMissing=family.handle_missing,
+        )
+
+    def impute(self, dataset: DataFrame, outputCol: str = "imputed", stdCol: str | None = None) -> DataFrame:
+        """``dataset`` with the missing entries of each sequence filled by their posterior mean.
+
+        Adds ``outputCol`` (array<array<double>>, one vector per step: observed entries exactly as
+        they are, a missing (null or NaN) entry or step replaced by Σ_j γ_tj E[x_m | x_o, state j],
+        with γ the forward-backward posteriors, which weigh the neighbouring steps) and ``stdCol``
+        (default ``outputCol + "Std"``: the posterior standard deviation of each entry, 0 where
+        observed). Works whatever ``handleMissing`` the model was fitted with. Sequences that cannot
+        be read, or of probability zero under the model, get nulls (or NaN)."""
+        from em_spark.engine.scoring import impute_frame
+
+        dataset, features = self._input(dataset)
+        return impute_frame(
+            dataset,
+            self._family,
+            self._arrays,
+            self._n_features,
+            features,
+            output_col=outputCol,
+            std_col=stdCol or f"{outputCol}Std",
         )
 
     @property
@@ -229,7 +259,10 @@ class CategoricalHMMModel(_CategoricalHMMParams, _HMMModel):
         super().__init__(family, params, n_features)
         self._setDefault(**_CATEGORICAL_HMM_DEFAULTS)
         self._set(
-            smoothing=family.smoothing, startProbPrior=family.startprob_prior, transMatPrior=family.transmat_prior
+            smoothing=family.smoothing,
+            startProbPrior=family.startprob_prior,
+            transMatPrior=family.transmat_prior,
+            handleMissing=family.handle_missing,
         )
 
     @property
@@ -243,6 +276,9 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
     Each sequence is one unit: ``tol`` applies to the average log-likelihood per sequence,
     and ``weightCol`` gives a weight per sequence. Agrees with hmmlearn's GaussianHMM from
     the same initial parameters (with its ``covars_prior=0``; ``regCovar`` is scikit-learn's).
+    ``handleMissing="model"`` marginalizes null or NaN steps and features in the forward-backward
+    (the steps keep their place in time; ``model.impute`` fills them); ``labelCol`` gives a known
+    state per step (an array per sequence, or one per row in long format; null or -1: unknown).
 
     >>> hmm = GaussianHMM(k=3, covarianceType="diag", featuresCol="obs")   # doctest: +SKIP
     >>> model = hmm.fit(df)                                                 # doctest: +SKIP
@@ -282,6 +318,8 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
         weightCol: str | None = None,
+        labelCol: str | None = None,
+        handleMissing: str = GaussianHMMFamily.handle_missing,
         aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH,
         checkpointDir: str | None = None,
         runId: str | None = None,
@@ -307,6 +345,7 @@ class GaussianHMM(_GaussianHMMParams, EMEstimator):
             means_weight=self.getOrDefault("meansWeight"),
             covars_prior=self.getOrDefault("covarsPrior"),
             covars_weight=self.getOrDefault("covarsWeight"),
+            handle_missing=self.getOrDefault("handleMissing"),
         )
 
 
@@ -316,6 +355,7 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
     ``featuresCol`` holds one sequence of symbols per row (array of integers), or, in long
     format, one symbol per row. ``smoothing`` > 0 keeps an unseen symbol from getting
     probability zero. Agrees with hmmlearn's CategoricalHMM from the same initial parameters.
+    ``handleMissing="model"`` marginalizes null or NaN steps; ``labelCol`` gives known states per step.
     """
 
     _model_class = CategoricalHMMModel
@@ -346,6 +386,8 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
         weightCol: str | None = None,
+        labelCol: str | None = None,
+        handleMissing: str = CategoricalHMMFamily.handle_missing,
         aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH,
         checkpointDir: str | None = None,
         runId: str | None = None,
@@ -366,4 +408,5 @@ class CategoricalHMM(_CategoricalHMMParams, EMEstimator):
             smoothing=self.getOrDefault("smoothing"),
             startprob_prior=self.getOrDefault("startProbPrior"),
             transmat_prior=self.getOrDefault("transMatPrior"),
+            handle_missing=self.getOrDefault("handleMissing"),
         )

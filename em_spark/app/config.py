@@ -132,7 +132,7 @@ class ModelSection:
     initialModel: str | None = None  # path of a saved model to start restart 0 from
     handleMissing: str = (
         GaussianFamily.handle_missing
-    )  # gaussian: "model" fits rows with missing (null/NaN) entries exactly
+    )  # gaussian, gaussian_hmm, categorical_hmm: "model" fits missing (null/NaN) entries / steps exactly
     kind: str = CategoricalMixtureFamily.kind  # categorical: "categorical" codes or "multinomial" count vectors
     smoothing: float | None = (
         None  # categorical(_hmm): Dirichlet pseudo-count; poisson: Gamma prior (default: the family's)

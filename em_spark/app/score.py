@@ -223,8 +223,11 @@ def run_impute(config: JobConfig) -> dict[str, Any]:
         },
     )
     model, model_name = _scoring_model(config, config.impute.modelPath, "impute.modelPath")
-    if not model.family.supports_impute:
-        raise ConfigError(f"{model_name} is a {type(model).__name__}; imputation needs a GaussianMixture model")
+    if not model.family.supports_impute or model.family.sequential:
+        raise ConfigError(
+            f"{model_name} is a {type(model).__name__}; the impute command fills rows with a GaussianMixture model "
+            "(a GaussianHMM fills the gaps of sequences with GaussianHMMModel.impute(df) from Python)"
+        )
     from em_spark.api import GaussianMixtureModel
 
     assert isinstance(model, GaussianMixtureModel)  # (the one model whose family imputes)

@@ -340,7 +340,9 @@ def _convert_sequences(
 
     A sequence with any bad observation is dropped whole (a sequence is never split); the
     counts in RowProblems are of sequences. The block's weight is per observation (each
-    sequence's weight repeated), as Block documents.
+    sequence's weight repeated), as Block documents. When missing values are modelled, a null
+    step is a step of NaN (it keeps its place in time). Labels, when given, are a list per
+    sequence with one known state per step (null or negative: unknown; a null list: all unknown).
     """
     seqs = _column(batch, FEATURES_FIELD)
     n = len(seqs)
@@ -349,9 +351,14 @@ def _convert_sequences(
     seq_len = np.where(null_seq, 0, seq_len).astype(np.int64)
     observations = seqs.flatten()  # the steps of all non-null sequences, in order
     if pa.types.is_list(observations.type) or pa.types.is_large_list(observations.type):
-        X_obs, obs_good, _, obs_ragged, _, obs_overflow, _, d = _vectors(
+        X_obs, obs_good, obs_null, obs_ragged, _, obs_overflow, _, d = _vectors(
             observations, expected_features, spec.allow_missing, spec.dtype
         )
+        if spec.allow_missing and d > 0 and obs_null.any():  # a null step: every feature missing
+            steps = np.full((len(observations), d), np.nan, dtype=spec.dtype)
+            steps[obs_good] = X_obs
+            obs_good = obs_good | obs_null
+            X_obs = steps[obs_good]
     else:  # one number per step: a 1-feature sequence
         values = observations.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
         d = 1 if expected_features is None else int(expected_features)
@@ -369,8 +376,9 @@ def _convert_sequences(
     nonfinite_seq = (np.bincount(seq_of_obs[~obs_good & ~obs_overflow], minlength=n) > 0) & ~ragged_seq
     overflow_seq = (np.bincount(seq_of_obs[obs_overflow], minlength=n) > 0) & ~ragged_seq & ~nonfinite_seq
     weight, bad_weight_seq = _weights(batch, n)
+    step_labels, label_length_seq, bad_label_seq = _step_labels(batch, seq_len, spec.k)
     shape_ok = ~(empty_seq | bad_seq)
-    good = shape_ok & ~bad_weight_seq
+    good = shape_ok & ~bad_weight_seq & ~label_length_seq & ~bad_label_seq
     keep_obs = good[seq_of_obs][obs_good]  # good sequences have only good steps
     X = X_obs[keep_obs] if not keep_obs.all() else X_obs
     lengths = seq_len[good]
@@ -378,12 +386,49 @@ def _convert_sequences(
         np.ascontiguousarray(X),
         None if weight is None else np.repeat(weight[good], lengths),
         lengths=lengths,
+        labels=None if step_labels is None else np.ascontiguousarray(step_labels[good[seq_of_obs]]),
     )
+    weight_ok = shape_ok & ~bad_weight_seq
     problems = RowProblems(
         null_rows=int(empty_seq.sum()),
         ragged_rows=int((ragged_seq & ~empty_seq).sum()),
         nonfinite_rows=int((nonfinite_seq & ~empty_seq).sum()),
         overflow_rows=int((overflow_seq & ~empty_seq).sum()),
         bad_weight_rows=int((bad_weight_seq & shape_ok).sum()),
+        label_length_rows=int((label_length_seq & weight_ok).sum()),
+        bad_label_rows=int((bad_label_seq & weight_ok & ~label_length_seq).sum()),
     )
     return block, good, problems, d
+
+
+def _step_labels(
+    batch: pa.RecordBatch | pa.Table, seq_len: np.ndarray, k: int | None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(labels per step (sum(seq_len),) or None, length mismatch (n,), label >= k (n,)) of a list
+    label column: one known state per step of each sequence, null or negative for unknown.
+
+    A null list leaves every step of its sequence unknown; a list whose length is not the
+    sequence's is refused (a label belongs to one step: a shorter list would shift them)."""
+    n = seq_len.size
+    if LABEL_FIELD not in batch.schema.names:
+        return None, np.zeros(n, bool), np.zeros(n, bool)
+    column = _column(batch, LABEL_FIELD)
+    lab_len = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    null_list = np.isnan(lab_len) if lab_len.dtype.kind == "f" else np.zeros(n, bool)
+    lab_len = np.where(null_list, 0, lab_len).astype(np.int64)
+    flat = column.flatten().fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    flat = np.where(flat < 0, -1, flat)
+    mismatch = ~null_list & (lab_len != seq_len)
+    lab_seq = np.repeat(np.arange(n), lab_len)  # the sequence of each flat label
+    too_big = np.zeros(n, bool)
+    if k is not None and flat.size:
+        too_big = (np.bincount(lab_seq[flat >= k], minlength=n) > 0) & ~mismatch
+    labels = np.full(int(seq_len.sum()), -1, dtype=np.int64)
+    usable = ~null_list & ~mismatch
+    if usable.any():
+        step_start = np.concatenate([[0], np.cumsum(seq_len)[:-1]]).astype(np.int64)
+        lab_start = np.concatenate([[0], np.cumsum(lab_len)[:-1]]).astype(np.int64)
+        taken = usable[lab_seq]
+        position = np.arange(flat.size) - lab_start[lab_seq]
+        labels[step_start[lab_seq[taken]] + position[taken]] = flat[taken]
+    return labels, mismatch, too_big

@@ -35,6 +35,7 @@ class RowProblems:
     overflow_rows: int = 0  # a finite feature value beyond float32's range, when blocks are float32
     noncount_rows: int = 0  # a negative or non-integer value, where the family needs counts
     bad_index_rows: int = 0  # a sparse vector whose indices are not strictly increasing within 0..size-1
+    label_length_rows: int = 0  # a sequence whose list of step labels is not as long as the sequence
 
     def __add__(self, other: RowProblems) -> RowProblems:
         return RowProblems(*(a + b for a, b in zip(astuple(self), astuple(other))))

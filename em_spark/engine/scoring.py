@@ -31,6 +31,7 @@ __all__ = ["impute_frame", "sample_feature_counts", "score_frame"]
 _SCORE_TYPE = "prediction int, probability array<double>, logLikelihood double"
 _SEQUENCE_SCORE_TYPE = "prediction array<int>, probability array<array<double>>, logLikelihood double"
 _IMPUTE_TYPE = "imputed array<double>, std array<double>"
+_SEQUENCE_IMPUTE_TYPE = "imputed array<array<double>>, std array<array<double>>"
 
 
 def _block_of(
@@ -256,7 +257,28 @@ def impute_frame(
     wrong length, infinities) get nulls."""
     if not family.supports_impute:
         raise TypeError(f"the {family.name!r} family does not impute missing values")
-    impute = _arrow_udf(df, family, params, n_features, _IMPUTE_TYPE, _impute_batch)
+    if family.sequential:
+        impute = _arrow_udf(df, family, params, n_features, _SEQUENCE_IMPUTE_TYPE, _impute_sequence_batch)
+    else:
+        impute = _arrow_udf(df, family, params, n_features, _IMPUTE_TYPE, _impute_batch)
     tmp = "__em_impute"
     out = df.withColumn(tmp, impute(_input(df, family, features)))
     return out.withColumn(output_col, F.col(f"{tmp}.imputed")).withColumn(std_col, F.col(f"{tmp}.std")).drop(tmp)
+
+
+def _impute_sequence_batch(family: ImputingFamily, params: Params, n_features: int, features: pa.Array) -> pa.Array:
+    """One sequence per row: the imputed steps (a list of vectors) and their standard deviations."""
+    block, kept = _block_of(family, n_features, features, allow_missing=True)
+    lengths = block.lengths if block.lengths is not None else np.empty(0, np.int64)
+    if block.n_rows:
+        out = family.impute(block, params)
+        imputed, std = out["imputed"], out["std"]
+    else:
+        imputed = std = np.empty((0, n_features))
+    every_step = np.ones(block.n_rows, bool)
+    width = np.full(block.n_rows, n_features)
+
+    def sequences_of(values: np.ndarray) -> pa.ListArray:
+        return _lists(_lists(values.ravel(), width, every_step), lengths, kept)
+
+    return pa.StructArray.from_arrays([sequences_of(imputed), sequences_of(std)], names=["imputed", "std"])

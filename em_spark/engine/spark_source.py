@@ -165,17 +165,27 @@ def input_array(df: DataFrame, features: str | Sequence[str], sequences: bool) -
 
 
 def group_sequences(
-    df: DataFrame, sequence_col: str, time_col: str, features: str | Sequence[str], output_col: str = "sequence"
+    df: DataFrame,
+    sequence_col: str,
+    time_col: str,
+    features: str | Sequence[str],
+    output_col: str = "sequence",
+    label_col: str | None = None,
 ) -> DataFrame:
     """Long format (one row per step) to one row per sequence, steps ordered by ``time_col``.
 
-    Returns a DataFrame of ``sequence_col`` and ``output_col`` (array<array<double>>). Each
+    Returns a DataFrame of ``sequence_col`` and ``output_col`` (array<array<double>>), and with
+    ``label_col`` that column as array<long>: each step's known state, in the steps' order. Each
     sequence is one group, so it lands whole in one partition. Two steps of a sequence at
     the same time are refused: their order would be arbitrary.
     """
     for name, role in ((sequence_col, "sequenceCol"), (time_col, "timeCol")):
         _field(df, name, role)
-    step = F.struct(F.col(time_col).alias("t"), feature_array(df, features).alias("x"))
+    parts = [F.col(time_col).alias("t"), feature_array(df, features).alias("x")]
+    label = _label_expr(df, label_col)
+    if label is not None:
+        parts.append(label.alias("y"))
+    step = F.struct(*parts)
     grouped = df.groupBy(sequence_col).agg(
         F.sort_array(F.collect_list(step)).alias("__steps"),
         F.sum(F.col(time_col).isNull().cast("long")).alias("__null_times"),
@@ -200,14 +210,27 @@ def group_sequences(
             f"sequence(s) {ids} have two or more steps with the same {time_col!r}; each step of a sequence "
             "needs a distinct time (deduplicate the input first)."
         )
-    return grouped.select(sequence_col, F.col("__steps.x").alias(output_col))
+    labels = [F.col("__steps.y").alias(label_col)] if label is not None and label_col else []
+    return grouped.select(sequence_col, F.col("__steps.x").alias(output_col), *labels)
 
 
-def _label_expr(df: DataFrame, label_col: str | None) -> Column | None:
+_INTEGRAL = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+
+
+def _label_expr(df: DataFrame, label_col: str | None, sequences: bool = False) -> Column | None:
+    """The label column as long (rows), or as array<long> (one sequence per row: a state per step)."""
     if not label_col:
         return None
     dtype = _field(df, label_col, "labelCol").dataType
-    if not isinstance(dtype, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
+    if sequences:
+        if not (isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _INTEGRAL)):
+            raise DataValidationError(
+                f"labelCol {label_col!r} has type {dtype.simpleString()}; for one sequence per row it must be an "
+                "array of integer state ids, one per step (0..k-1 where the state is known, null or -1 where not). "
+                "In long format (sequenceCol and timeCol) it is an integer column, one label per step."
+            )
+        return F.col(label_col).cast(T.ArrayType(T.LongType()))
+    if not isinstance(dtype, _INTEGRAL):
         raise DataValidationError(
             f"labelCol {label_col!r} has type {dtype.simpleString()}; it must hold integer component ids "
             "(0..k-1 for known rows, null or -1 for unknown)."
@@ -454,11 +477,7 @@ def load_blocks(
     weight = _weight_expr(df, weight_col)
     if weight is not None:
         columns.append(weight.alias(WEIGHT_FIELD))
-    if sequences and label_col:
-        raise DataValidationError(
-            "labelCol is not supported for sequence models: a label belongs to a row, not a sequence"
-        )
-    labels = _label_expr(df, label_col)
+    labels = _label_expr(df, label_col, sequences)
     if labels is not None:
         columns.append(labels.alias(LABEL_FIELD))
     spec = InputSpec(

@@ -51,7 +51,7 @@ def check_loaded(
                 f"{dropped.nonfinite_rows} {unit} contain NaN, infinite or null feature values in {features}; "
                 "drop or impute them before fitting"
                 + (
-                    ""
+                    ", or marginalize missing steps (handleMissing='model' for an HMM)"
                     if summary.sequences
                     else ", or model missing values (handleMissing='model' for a Gaussian mixture)"
                 )
@@ -78,10 +78,17 @@ def check_loaded(
             f"{dropped.bad_weight_rows} {unit} have a null, negative, NaN or infinite weight in weightCol "
             f"{weight_col!r}; weights must be finite and >= 0"
         )
-    if dropped.bad_label_rows:
+    if dropped.label_length_rows:
         problems.append(
-            f"{dropped.bad_label_rows} row(s) have a label >= k={k} in labelCol {label_col!r}; labels must be "
-            f"component ids 0..{k - 1}, or null / -1 for unknown"
+            f"{dropped.label_length_rows} {unit} have a list of step labels in labelCol {label_col!r} whose length "
+            "is not the sequence's; give one known state per step (null or -1 where it is unknown), or a null list"
+        )
+    if dropped.bad_label_rows:
+        what = "a state label" if summary.sequences else "a label"
+        ids = "state ids" if summary.sequences else "component ids"
+        problems.append(
+            f"{dropped.bad_label_rows} {unit} have {what} >= k={k} in labelCol {label_col!r}; labels must be "
+            f"{ids} 0..{k - 1}, or null / -1 for unknown"
         )
     if problems:
         raise DataValidationError("cannot fit: " + "; ".join(problems) + ".")

@@ -58,13 +58,12 @@ from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.priors import GaussianPrior, check_concentration, dirichlet_log_prior
 from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
 from em_spark.models.seeding import kmeans_plusplus, lloyd
-from em_spark.models.validation import check_parameter, check_present
+from em_spark.models.validation import check_handle_missing, check_parameter, check_present
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
-__all__ = ["COVARIANCE_TYPES", "HANDLE_MISSING", "INIT_MODES", "GaussianFamily"]
+__all__ = ["COVARIANCE_TYPES", "INIT_MODES", "GaussianFamily"]
 
 INIT_MODES = ("k-means++", "random")
-HANDLE_MISSING = ("error", "model")
 
 # scikit-learn adds 10 machine epsilons to every nk so an empty component divides by
 # something non-zero; we do the same so both fits agree to rounding.
@@ -171,8 +170,7 @@ class GaussianFamily(FamilyBase):
         object.__setattr__(self, "reg_covar", float(self.reg_covar))
         if self.init_mode not in INIT_MODES:
             raise ModelError(f"initMode must be one of {list(INIT_MODES)}, got {self.init_mode!r}")
-        if self.handle_missing not in HANDLE_MISSING:
-            raise ModelError(f"handleMissing must be one of {list(HANDLE_MISSING)}, got {self.handle_missing!r}")
+        check_handle_missing(self.handle_missing)
         object.__setattr__(self, "weights_prior", check_concentration(self.weights_prior, "weightsPrior"))
         prior = self._prior  # validates the Gaussian prior's four numbers
         for name in ("means_prior", "means_weight", "covars_prior", "covars_weight"):

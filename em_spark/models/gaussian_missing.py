@@ -173,12 +173,28 @@ class _MissingModel(ABC):
                 wr = (resp * w[rows, None]).T
                 loglik += float(row_loglik @ w[rows])
             nk += wr.sum(axis=1)
-            sums += np.matmul(wr[:, None, :], dev)[:, 0, :]
-            self._add_moments(dev, cond, wr, sq)
+            self._add_weighted(dev, cond, wr, sums, sq)
         return loglik
 
-    def impute(self, X: np.ndarray, missing: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def accumulate_posterior(
+        self, X: np.ndarray, missing: np.ndarray, wgamma: np.ndarray, sums: np.ndarray, sq: np.ndarray
+    ) -> None:
+        """Add the expected ``sums`` (k, d) and ``sq`` of rows X (n, d) whose weighted posteriors
+        ``wgamma`` (k, n) come from elsewhere (an HMM's forward-backward), in place."""
+        for rows, _, dev, cond in self._parts(X, missing):
+            self._add_weighted(dev, cond, wgamma[:, rows], sums, sq)
+
+    def _add_weighted(self, dev: np.ndarray, cond: Any, wr: np.ndarray, sums: np.ndarray, sq: np.ndarray) -> None:
+        sums += np.matmul(wr[:, None, :], dev)[:, 0, :]
+        self._add_moments(dev, cond, wr, sq)
+
+    def impute(
+        self, X: np.ndarray, missing: np.ndarray, labels: np.ndarray | None, resp: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(imputed (n, d), std (n, d)): E[x_m | x_o] and its standard deviation under the mixture.
+
+        ``resp`` (n, k), when given, are the rows' component (state) posteriors to use instead of
+        the mixture's own (an HMM's forward-backward posteriors, which also weigh the neighbours).
 
         Observed entries are returned unchanged with std 0. For a missing entry, with
         responsibilities r_j and per-component conditional mean x̂_j and variance c_j,
@@ -188,13 +204,18 @@ class _MissingModel(ABC):
         """
         imputed = np.array(X, dtype=np.float64)
         std = np.zeros_like(imputed)
+        given = resp
         for rows, log_joint, dev, cond in self._parts(X, missing):
-            log_resp, row_loglik = log_posterior(log_joint)
-            log_resp, _ = clamp_to_labels(log_joint, log_resp, row_loglik, None if labels is None else labels[rows])
-            resp = np.exp(log_resp).T[:, :, None]  # (k, r, 1)
+            if given is None:
+                log_resp, row_loglik = log_posterior(log_joint)
+                labelled = None if labels is None else labels[rows]
+                log_resp, _ = clamp_to_labels(log_joint, log_resp, row_loglik, labelled)
+                r = np.exp(log_resp).T[:, :, None]  # (k, r, 1)
+            else:
+                r = given[rows].T[:, :, None]
             x_hat = dev + self.means[:, None, :]  # (k, r, d)
-            mean = (resp * x_hat).sum(axis=0)  # (r, d)
-            variance = (resp * (self._cond_variances(cond, len(rows)) + np.square(x_hat - mean))).sum(axis=0)
+            mean = (r * x_hat).sum(axis=0)  # (r, d)
+            variance = (r * (self._cond_variances(cond, len(rows)) + np.square(x_hat - mean))).sum(axis=0)
             gaps = missing[rows]
             imputed[rows] = np.where(gaps, mean, X[rows])
             std[rows] = np.where(gaps, np.sqrt(np.clip(variance, 0.0, None)), 0.0)

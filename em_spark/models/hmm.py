@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -47,6 +47,7 @@ import numpy as np
 from em_spark.models.base import Block, ModelError, Params, check_k
 from em_spark.models.compiled import HMMStats, hmm_categorical_stats, hmm_gaussian_stats
 from em_spark.models.gaussian import GaussianFamily
+from em_spark.models.gaussian_missing import nan_mask
 from em_spark.models.kernels import (
     KERNELS,
     LOG_2PI,
@@ -93,6 +94,12 @@ class GaussianHMMFamily(MarkovChain):
     init_mode : {"k-means++", "random"}
         How :meth:`initialize` seeds the emission parameters from a sample (as the
         ``gaussian`` family); startprob and transmat start uniform.
+    handle_missing : {"error", "model"}
+        ``"model"``: NaN entries are missing at random. A step with some features missing is
+        emitted with the marginal density of its observed ones (a step with all missing, with
+        density 1), so the forward-backward marginalizes them and the steps keep their place in
+        time; the statistics take the missing entries' conditional means and covariances given the
+        state (:mod:`gaussian_missing`, as the ``gaussian`` family's). ``"error"`` refuses NaN.
     """
 
     name: ClassVar[str] = "gaussian_hmm"
@@ -106,7 +113,9 @@ class GaussianHMMFamily(MarkovChain):
         "means_weight",
         "covars_prior",
         "covars_weight",
+        "handle_missing",
     )
+    supports_impute: ClassVar[bool] = True
 
     k: int
     covariance_type: str = "full"
@@ -118,6 +127,7 @@ class GaussianHMMFamily(MarkovChain):
     means_weight: float = 0.0
     covars_prior: float = 0.0
     covars_weight: float = 1.0
+    handle_missing: str = "error"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "hidden states"))
@@ -128,7 +138,7 @@ class GaussianHMMFamily(MarkovChain):
             )
         # the gaussian family validates reg_covar and init_mode (same messages)
         object.__setattr__(self, "reg_covar", self._mixture.reg_covar)
-        self._check_chain_priors()
+        self._check_chain_settings()
         prior = self._prior  # validates the Gaussian prior's four numbers
         for name in ("means_prior", "means_weight", "covars_prior", "covars_weight"):
             object.__setattr__(self, name, getattr(prior, name))
@@ -141,7 +151,14 @@ class GaussianHMMFamily(MarkovChain):
     @property
     def _mixture(self) -> GaussianFamily:
         """The Gaussian mixture with the same emission settings, for its kernels and k-means++."""
-        return GaussianFamily(self.k, self.covariance_type, self.reg_covar, self.init_mode)
+        return GaussianFamily(
+            self.k, self.covariance_type, self.reg_covar, self.init_mode, handle_missing=self.handle_missing
+        )
+
+    def _emission_mixture_params(self, params: Params) -> Params:
+        """The emission parameters as a mixture's with unit weights: its log π_j + log N(x | j) is then
+        log N(x | j), the emission density (the missing-value machinery is the mixture's)."""
+        return {**params, "weights": np.ones(self.k)}
 
     @property
     def _kernel(self) -> Kernel:
@@ -231,14 +248,22 @@ class GaussianHMMFamily(MarkovChain):
     # -- E-step -------------------------------------------------------------------
 
     def _observations(self, block: Block, params: Params) -> np.ndarray:
-        """(n_rows, d) float64 observations, checked against the model's d."""
+        """(n_rows, d) float64 observations, checked against the model's d (NaN only when modelled)."""
         d = int(np.shape(params["means"])[1])
         if block.n_features != d:
             raise ModelError(f"data has {block.n_features} features but the model has {d}")
-        return np.asarray(block.X, dtype=np.float64)
+        X = np.asarray(block.X, dtype=np.float64)
+        missing = nan_mask(X)
+        if missing is not None:
+            self._refuse_missing(int(missing.any(axis=1).sum()), X.shape[0])
+        return X
 
     def _log_frame(self, X: np.ndarray, params: Params) -> np.ndarray:
-        """(k, n_rows) log N(x_t | μ_j, Σ_j), with the gaussian family's chunked kernels."""
+        """(k, n_rows) log N(x_t | μ_j, Σ_j), with the gaussian family's chunked kernels; for a step
+        with NaN entries the marginal density of its observed ones (1 when nothing is observed)."""
+        missing = nan_mask(X)
+        if missing is not None:
+            return self._mixture._log_joint(X, missing, self._emission_mixture_params(params)).T
         d = X.shape[1]
         kernel = self._kernel
         prec_chol = params["precisions_cholesky"]
@@ -262,13 +287,60 @@ class GaussianHMMFamily(MarkovChain):
         d = X.shape[1]
         sums = np.zeros((k, d))
         sq = np.zeros(kernel.sq_shape(k, d))
-        for start, stop, diffs, work in chunks(self._kernel, X, params["means"]):
-            kernel.moments(diffs, work, wgamma[:, start:stop], sums, sq)
+        missing = nan_mask(X)
+        complete_X, complete_w = X, wgamma
+        if missing is not None:
+            gappy = missing.any(axis=1)
+            complete_X, complete_w = X[~gappy], wgamma[:, ~gappy]
+            # the missing entries' conditional means and covariances given each state
+            self._mixture._missing_model(self._emission_mixture_params(params)).accumulate_posterior(
+                X[gappy], missing[gappy], wgamma[:, gappy], sums, sq
+            )
+        for start, stop, diffs, work in chunks(self._kernel, complete_X, params["means"]):
+            kernel.moments(diffs, work, complete_w[:, start:stop], sums, sq)
         return {"post": wgamma.sum(axis=1), "sum": sums, "sq": sq}
+
+    def impute(self, block: Block, params: Params) -> dict[str, np.ndarray]:
+        """The NaN entries of the sequences filled by their posterior mean E[x_m | all observed steps].
+
+        With the forward-backward posteriors γ_tj of each step (which weigh the neighbouring steps
+        through the chain) and each state's conditional mean x̂_tj of the missing entries given the
+        step's observed ones, the imputed value is Σ_j γ_tj x̂_tj and its standard deviation the
+        mixture's, within plus between states (:meth:`gaussian_missing._MissingModel.impute`). Works
+        whatever ``handle_missing`` the model was fitted with; a sequence of probability zero under
+        the model gets NaN.
+
+        Returns
+        -------
+        dict with ``imputed`` (n_rows, d) (observed entries unchanged) and ``std`` (n_rows, d) (0 where
+        observed), in block order.
+        """
+        X = np.asarray(block.X, dtype=np.float64)
+        imputed, std = X.copy(), np.zeros(X.shape)
+        if nan_mask(X) is None:
+            return {"imputed": imputed, "std": std}
+        modelling = self if self.models_missing else replace(self, handle_missing="model")
+        missing_model = self._mixture._missing_model(self._emission_mixture_params(params))
+        for post, packing, _, packed, _, (_, r0, r1) in modelling._posteriors(block, params):
+            missing = nan_mask(packed)
+            if missing is None:
+                continue
+            gappy = np.flatnonzero(missing.any(axis=1))
+            filled, spread = packed.copy(), np.zeros(packed.shape)
+            filled[gappy], spread[gappy] = missing_model.impute(
+                packed[gappy], missing[gappy], None, resp=post.gamma[:, gappy].T
+            )
+            impossible = ~np.isfinite(packing.per_column(post.loglik))
+            if impossible.any():  # no posterior to impute from
+                filled[impossible] = np.where(missing[impossible], np.nan, packed[impossible])
+            imputed[r0:r1], std[r0:r1] = packing.unpack_rows(filled), packing.unpack_rows(spread)
+        return {"imputed": imputed, "std": std}
 
     def _compiled_stats(
         self, observations: np.ndarray, lengths: np.ndarray, seq_weight: np.ndarray | None, params: Params
     ) -> HMMStats:
+        if nan_mask(observations) is not None:
+            return None  # missing entries: the numpy path's marginal densities and conditional moments
         return hmm_gaussian_stats(
             self.covariance_type, observations, lengths, seq_weight, params["startprob"], params["transmat"],
             params["means"], params["precisions_cholesky"],
@@ -314,7 +386,9 @@ class GaussianHMMFamily(MarkovChain):
         by its sequence's weight), i.e. k-means++ and Lloyd, or k random points."""
         lengths, seq_weight = block_sequences(sample)
         weight = None if seq_weight is None else np.repeat(seq_weight, lengths)
-        mixture = self._mixture.initialize(Block(np.asarray(sample.X, dtype=np.float64), weight), rng)
+        # known states (labels per step) seed their states' means, as labelled rows do for a mixture
+        steps = Block(np.asarray(sample.X, dtype=np.float64), weight, labels=sample.labels)
+        mixture = self._mixture.initialize(steps, rng)
         return {name: mixture[name] for name in ("means", "covariances", "precisions_cholesky")}
 
 
@@ -341,12 +415,15 @@ class CategoricalHMMFamily(MarkovChain):
         smoothing; a Dirichlet prior of 1 + smoothing). 0, the default, is maximum likelihood
         (hmmlearn's default ``emissionprob_prior=1``); a symbol never seen in a state then has
         probability 0 there. startProb and transMat are never smoothed.
+    handle_missing : {"error", "model"}
+        ``"model"``: a NaN (or null) step is a missing symbol, emitted with probability 1 by every
+        state, so the forward-backward marginalizes it and the step keeps its place in time.
     """
 
     name: ClassVar[str] = "categorical_hmm"
     summary_params: ClassVar[tuple[str, ...]] = ("startProb",)
     _what: ClassVar[str] = "a categorical HMM"
-    added_fields: ClassVar[tuple[str, ...]] = ("startprob_prior", "transmat_prior")  # as GaussianHMMFamily's
+    added_fields: ClassVar[tuple[str, ...]] = ("startprob_prior", "transmat_prior", "handle_missing")
     _impossible_hint: ClassVar[str] = ", or use smoothing > 0"
 
     k: int
@@ -354,6 +431,7 @@ class CategoricalHMMFamily(MarkovChain):
     smoothing: float = 0.0
     startprob_prior: float = 1.0
     transmat_prior: float = 1.0
+    handle_missing: str = "error"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "hidden states"))
@@ -371,7 +449,7 @@ class CategoricalHMMFamily(MarkovChain):
         ):
             raise ModelError(f"smoothing must be a finite non-negative number (a pseudo-count), got {s!r}")
         object.__setattr__(self, "smoothing", float(s))
-        self._check_chain_priors()
+        self._check_chain_settings()
 
     # -- description ------------------------------------------------------------
 
@@ -451,12 +529,20 @@ class CategoricalHMMFamily(MarkovChain):
         )
 
     def _symbols(self, X: np.ndarray, n_categories: int | None) -> np.ndarray:
-        """(n_rows,) intp symbols from X (n_rows, 1); checked to be integers in range."""
+        """(n_rows,) intp symbols from X (n_rows, 1); checked to be integers in range. A missing
+        (NaN) step is −1 when missing steps are modelled (a ModelError otherwise)."""
         if X.shape[1] != 1:
             raise ModelError(self._one_column_message(X.shape[1]))
         values = X[:, 0]
         if values.size == 0:
             return np.zeros(0, dtype=np.intp)
+        gaps = np.isnan(values)
+        if gaps.any():
+            self._refuse_missing(int(gaps.sum()), values.size)
+            symbols = np.full(values.size, -1, dtype=np.intp)
+            if not gaps.all():
+                symbols[~gaps] = self._symbols(X[~gaps], n_categories)
+            return symbols
         if not np.all(values == np.floor(values)) or values.min() < 0:
             raise ModelError("categorical HMM observations must be non-negative integers (symbols 0..nCategories-1)")
         if n_categories is not None and values.max() >= n_categories:
@@ -471,17 +557,28 @@ class CategoricalHMMFamily(MarkovChain):
         return self._symbols(np.asarray(block.X, dtype=np.float64), params["emissionprob"].shape[1])
 
     def _log_frame(self, symbols: np.ndarray, params: Params) -> np.ndarray:
-        """(k, n_rows) log P(symbol | state); −inf where the probability is 0."""
-        return np.take(log0(params["emissionprob"]), symbols, axis=1)
+        """(k, n_rows) log P(symbol | state); −inf where the probability is 0, and 0 (probability 1
+        under every state) at a missing step (symbol −1)."""
+        gaps = symbols < 0
+        frame = np.take(log0(params["emissionprob"]), np.where(gaps, 0, symbols), axis=1)
+        if gaps.any():
+            frame[:, gaps] = 0.0
+        return frame
 
     def _emission_stats(self, symbols: np.ndarray, wgamma: np.ndarray, params: Params) -> dict[str, np.ndarray]:
-        """counts (k, n_categories) of the symbols (n,) with weighted posteriors (k, n)."""
+        """counts (k, n_categories) of the symbols (n,) with weighted posteriors (k, n); a missing
+        step (−1) counts for no symbol (its state still counts in the chain's statistics)."""
         c = params["emissionprob"].shape[1]
+        seen = symbols >= 0
+        if not seen.all():
+            symbols, wgamma = symbols[seen], wgamma[:, seen]
         return {"counts": np.stack([np.bincount(symbols, weights=wgamma[j], minlength=c) for j in range(self.k)])}
 
     def _compiled_stats(
         self, observations: np.ndarray, lengths: np.ndarray, seq_weight: np.ndarray | None, params: Params
     ) -> HMMStats:
+        if observations.size and observations.min() < 0:
+            return None  # missing steps: the numpy path
         return hmm_categorical_stats(
             observations, lengths, seq_weight, params["startprob"], params["transmat"], params["emissionprob"]
         )
@@ -511,5 +608,7 @@ class CategoricalHMMFamily(MarkovChain):
         than the sample's largest symbol."""
         self._require_sample(sample)
         symbols = self._symbols(np.asarray(sample.X, dtype=np.float64), self.n_categories)
+        if self.n_categories is None and not (symbols >= 0).any():
+            raise ModelError("the initialization sample holds only missing steps; give nCategories, or more data")
         c = self.n_categories if self.n_categories is not None else int(symbols.max()) + 1
         return {"emissionprob": rng.dirichlet(np.ones(c), size=self.k)}

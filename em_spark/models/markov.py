@@ -39,9 +39,10 @@ import numpy as np
 from em_spark.models.base import DEAD_FRACTION, Block, Draws, FamilyBase, ModelError, MStepResult, Params, check_count
 from em_spark.models.compiled import HMMStats, use_hmm_compiled
 from em_spark.models.kernels import log0
+from em_spark.models.labels import check_labels
 from em_spark.models.priors import check_concentration, dirichlet_log_prior, dirichlet_map
 from em_spark.models.reparam import softmax
-from em_spark.models.validation import check_parameter
+from em_spark.models.validation import check_handle_missing, check_parameter
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "Posterior",
     "block_sequences",
     "chain_m_step",
+    "clamp_states",
     "dead_state_event",
     "dead_states",
     "forward_backward",
@@ -421,6 +423,18 @@ def chain_m_step(
     return startprob, transmat
 
 
+def clamp_states(log_frame: np.ndarray, labels: np.ndarray) -> None:
+    """Known states: a step labelled j (``labels`` (n,) >= 0, packed) can only be in state j, so
+    every other state's log emission there becomes −inf (in place; −1 leaves a step free). The
+    forward-backward then sums only over paths through the known states, as a labelled row of a
+    mixture keeps only its component."""
+    known = np.flatnonzero(labels >= 0)
+    if known.size:
+        keep = log_frame[labels[known], known]
+        log_frame[:, known] = -np.inf
+        log_frame[labels[known], known] = keep
+
+
 def dead_states(occupancy: np.ndarray) -> np.ndarray:
     total = occupancy.sum()
     return np.flatnonzero(~(occupancy >= DEAD_FRACTION * total) | ~(occupancy > 0))
@@ -453,9 +467,10 @@ class MarkovChain(FamilyBase, ABC):
     k: int
     startprob_prior: float  # Dirichlet concentrations of startProb and of each transMat row (1: flat)
     transmat_prior: float
+    handle_missing: str  # "error" or "model": NaN steps (or entries) marginalized in the forward-backward
     sequential: ClassVar[bool] = True
-    models_missing: ClassVar[bool] = False
-    supports_labels: ClassVar[bool] = False
+    #: a label per step (``Block.labels``, -1 unknown) clamps that step's state in the E-step
+    supports_labels: ClassVar[bool] = True
     #: what the model is called in the "no weight" error ("a Gaussian HMM")
     _what: ClassVar[str] = "an HMM"
     #: advice appended to the "probability zero" error of the E-step
@@ -509,6 +524,21 @@ class MarkovChain(FamilyBase, ABC):
         """(start, trans, loglik, emission statistics) by the compiled loops, or None to use the numpy path."""
         return None
 
+    @property
+    def models_missing(self) -> bool:
+        """NaN observations (a whole step, or for Gaussian emissions some of its features) are
+        missing at random: the forward-backward marginalizes them and the step keeps its place."""
+        return self.handle_missing == "model"
+
+    def _refuse_missing(self, n_missing_rows: int, n_rows: int) -> None:
+        """The error for NaN observations when they are not modelled (a no-op for none)."""
+        if n_missing_rows and not self.models_missing:
+            raise ModelError(
+                f"the data holds missing observations (NaN) in {n_missing_rows} of its {n_rows} steps; clean the "
+                'sequences (drop or impute those steps) or pass handleMissing="model" to marginalize them in the '
+                "forward-backward (missing at random; the steps keep their place in time)"
+            )
+
     # -- unconstrained coordinates (accelerated EM) -------------------------------------
 
     def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:
@@ -536,10 +566,13 @@ class MarkovChain(FamilyBase, ABC):
         emissions, (first sequence, first row, stop row) of the group in the block)."""
         lengths, seq_weight = block_sequences(block)
         observations = self._observations(block, params)
+        labels = check_labels(block.labels, self.k)
         for s0, s1, r0, r1 in sequence_groups(lengths, self.k):
             packing = Packing(lengths[s0:s1])
             packed = packing.pack_rows(observations[r0:r1])
             log_frame = self._log_frame(packed, params)
+            if labels is not None:
+                clamp_states(log_frame, packing.pack_rows(labels[r0:r1]))
             weight = None if seq_weight is None else seq_weight[s0:s1]
             post = forward_backward(packing, log_frame, params["startprob"], params["transmat"], weight)
             yield post, packing, weight, packed, log_frame, (s0, r0, r1)
@@ -550,9 +583,9 @@ class MarkovChain(FamilyBase, ABC):
         An empty block gives zero statistics; a sequence of probability zero under ``params``
         (possible only with zeros in the parameters) raises a ModelError.
         """
-        if block.n_rows and use_hmm_compiled():
-            # the fused per-sequence loops (models/compiled.py); None: a sequence underflowed,
-            # and the numpy path below (the reference) takes it in log space
+        if block.n_rows and use_hmm_compiled() and check_labels(block.labels, self.k) is None:
+            # the fused per-sequence loops (models/compiled.py); None: a sequence underflowed
+            # (or has missing steps), and the numpy path below (the reference) takes it
             lengths, seq_weight = block_sequences(block)
             fused = self._compiled_stats(self._observations(block, params), lengths, seq_weight, params)
             if fused is not None:
@@ -587,8 +620,8 @@ class MarkovChain(FamilyBase, ABC):
             raise ModelError(
                 f"{int(impossible.sum())} sequence(s) of this block have probability zero under the current "
                 f"parameters (for example sequence {first + int(np.flatnonzero(impossible)[0])}): a zero in startProb, "
-                "transMat or emissionProb rules them out. Give an initialModel without those zeros"
-                + self._impossible_hint
+                "transMat or emissionProb rules them out (or a known state in labelCol that the chain cannot be "
+                "in there). Give an initialModel without those zeros" + self._impossible_hint
             )
         n_seq = packing.lengths.size
         if seq_weight is None:
@@ -685,8 +718,10 @@ class MarkovChain(FamilyBase, ABC):
         states = paths.reshape(-1)
         return Draws(self._draw_emissions(params, states, rng), states, np.full(n, length, dtype=np.int64))
 
-    def _check_chain_priors(self) -> None:
-        """Validate (and make floats of) the chain's Dirichlet concentrations; subclasses call it."""
+    def _check_chain_settings(self) -> None:
+        """Validate (and make floats of) the chain's Dirichlet concentrations, and ``handle_missing``;
+        subclasses call it."""
+        check_handle_missing(self.handle_missing)
         object.__setattr__(self, "startprob_prior", check_concentration(self.startprob_prior, "startProbPrior"))
         object.__setattr__(self, "transmat_prior", check_concentration(self.transmat_prior, "transMatPrior"))
 

@@ -16,15 +16,32 @@ import numpy as np
 from em_spark.models.base import ModelError
 from em_spark.models.kernels import cholesky_or_none
 
-__all__ = ["SUM_TOLERANCE", "check_parameter", "check_present", "check_row_totals", "is_number"]
+__all__ = [
+    "HANDLE_MISSING",
+    "SUM_TOLERANCE",
+    "check_handle_missing",
+    "check_parameter",
+    "check_present",
+    "check_row_totals",
+    "is_number",
+]
 
 #: user-given probabilities must sum to 1 within this (they are then renormalized exactly)
 SUM_TOLERANCE = 1e-6
+#: how a family that can model missing values treats NaN entries (the ``handleMissing`` param)
+HANDLE_MISSING = ("error", "model")
 
 
 def is_number(value: Any) -> bool:
     """A real number given as a hyperparameter: int or float (numpy's too), never a bool."""
     return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def check_handle_missing(value: Any) -> str:
+    """``handleMissing`` as given, or a ModelError naming the choices."""
+    if value not in HANDLE_MISSING:
+        raise ModelError(f"handleMissing must be one of {list(HANDLE_MISSING)}, got {value!r}")
+    return str(value)
 
 
 def check_row_totals(trials: Any, n: int, what: str) -> np.ndarray:

@@ -331,6 +331,42 @@ def test_allow_missing_applies_to_the_steps_of_sequences():
     assert problems.nonfinite_rows == 1
 
 
+def test_a_null_step_is_a_step_of_nan_when_missing_values_are_modelled():
+    seqs = [[[1.0, 2.0], None, [3.0, None]], [None], [[1.0, 1.0]]]
+    block, kept, problems, d = convert_arrow(_seq_batch(seqs), spec=InputSpec(sequences=True, allow_missing=True))
+    assert d == 2 and kept.all() and problems == RowProblems()
+    np.testing.assert_array_equal(block.X, [[1, 2], [NAN, NAN], [3, NAN], [NAN, NAN], [1, 1]])
+    np.testing.assert_array_equal(block.lengths, [3, 1, 1])
+    # not modelled: a null step drops its sequence, counted once
+    _, kept, problems, _ = convert_arrow(_seq_batch(seqs), spec=InputSpec(sequences=True))
+    np.testing.assert_array_equal(kept, [False, False, True])
+
+
+def _labelled_seq_batch(seqs, labels):
+    batch = _seq_batch(seqs)
+    return pa.RecordBatch.from_arrays(
+        [*batch.columns, pa.array(labels, type=pa.list_(pa.int64()))], names=[*batch.schema.names, LABEL_FIELD]
+    )
+
+
+def test_step_labels_travel_per_step_and_bad_lists_drop_their_sequence():
+    seqs = [[[1.0], [2.0], [3.0]], [[4.0]], [[5.0], [6.0]], [[7.0], [8.0]], [[9.0]]]
+    labels = [[0, None, 2], None, [1], [1, 5], [-3]]
+    spec = InputSpec(sequences=True, k=3)
+    block, kept, problems, _ = convert_arrow(_labelled_seq_batch(seqs, labels), spec=spec)
+    np.testing.assert_array_equal(kept, [True, True, False, False, True])
+    np.testing.assert_array_equal(block.lengths, [3, 1, 1])
+    np.testing.assert_array_equal(block.labels, [0, -1, 2, -1, -1])  # null list and negatives: unknown
+    assert problems.label_length_rows == 1 and problems.bad_label_rows == 1
+    summary = summarize_block(block, sample_size=10, seed=0, problems=problems, sequences=True)
+    with pytest.raises(DataValidationError) as error:
+        check_loaded(summary, 3, "featuresCol 'obs'", None, "y", False)
+    assert "1 sequence(s) have a list of step labels in labelCol 'y' whose length is not the sequence's" in str(
+        error.value
+    )
+    assert "1 sequence(s) have a state label >= k=3 in labelCol 'y'" in str(error.value)
+
+
 @pytest.mark.parametrize("with_weight", [False, True])
 @pytest.mark.parametrize("with_labels", [False, True])
 def test_block_bytes_round_trip_with_lengths_and_labels(with_weight, with_labels):
@@ -477,7 +513,7 @@ def test_check_loaded_names_sequence_problems_per_sequence():
         in message
     )
     assert "1 sequence(s) contain NaN, infinite or null feature values" in message
-    assert "handleMissing" not in message  # not offered to sequence models
+    assert "handleMissing='model' for an HMM" in message  # sequence models marginalize missing steps
     # a clean load passes
     good, problems, _ = block_from_arrow(_seq_batch([seqs[0], seqs[5]]), SEQ)
     check_loaded(summarize_block(good, 10, 0, problems), 2, "column 'obs'", None)

@@ -335,17 +335,6 @@ def test_criteria_bic_and_aic_equal_hmmlearns(gaussian_data, gaussian_fits):
         assert model.bic(df) == criteria["bic"]
 
 
-def test_label_col_on_an_hmm_is_refused_clearly(spark, gaussian_data):
-    _, df = gaussian_data
-    labelled = df.withColumn("y", F.lit(0))
-    with pytest.raises(ValueError, match="labelCol is set but the 'gaussian_hmm' family does not take labels"):
-        GaussianHMM(k=3, featuresCol="obs").setLabelCol("y").fit(labelled)
-    with pytest.raises(ValueError, match="'categorical_hmm' family does not take labels"):
-        CategoricalHMM(k=2, featuresCol="obs").setParams(labelCol="y").fit(labelled)
-    with pytest.raises(TypeError, match="labelCol"):
-        GaussianHMM(k=3, labelCol="y")
-
-
 def test_bic_of_weighted_sequences_counts_weight_times_steps_in_training_criteria_and_metrics(gaussian_data):
     # One sample size (models.criteria): the summary, EMModel.criteria and metrics.json agree.
     from em_spark.app.metrics import _criteria
