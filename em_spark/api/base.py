@@ -176,6 +176,22 @@ class HasGaussianPrior(ParamAccessors):
         return self._set_or_clear("covarsWeight", value)
 
 
+class HasWeightsPrior(ParamAccessors):
+    """The mixtures' Dirichlet prior on the mixing weights (1: flat, maximum likelihood)."""
+
+    weightsPrior = ml_param(
+        "weightsPrior", "Dirichlet concentration of the mixing weights (> 0; 1 is flat)", TypeConverters.toFloat
+    )
+
+    def getWeightsPrior(self) -> float:
+        """Get the Dirichlet concentration of the mixing weights (or its default)."""
+        return self.getOrDefault(self.weightsPrior)
+
+    def setWeightsPrior(self, value: float) -> Self:
+        """Set the Dirichlet concentration of the mixing weights."""
+        return self._set_or_clear("weightsPrior", value)
+
+
 class HasHandleMissing(ParamAccessors):
     """How the families that can model missing values treat null / NaN features (default: refuse)."""
 

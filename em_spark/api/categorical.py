@@ -9,7 +9,7 @@ import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 
-from em_spark.api.base import EMEstimator, EMModel, HasSmoothing, ml_param
+from em_spark.api.base import EMEstimator, EMModel, HasSmoothing, HasWeightsPrior, ml_param
 from em_spark.engine.arrow_input import InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
@@ -31,7 +31,7 @@ def _categories(value: Any) -> list[int] | None:
     return [TypeConverters.toInt(v) for v in value]
 
 
-class _CategoricalParams(HasSmoothing):
+class _CategoricalParams(HasSmoothing, HasWeightsPrior):
     kind = ml_param(
         "kind",
         "'categorical' (each column a categorical code 0..c-1) or 'multinomial' (each row a count vector)",
@@ -66,6 +66,7 @@ _CATEGORICAL_DEFAULTS = dict(
     smoothing=CategoricalMixtureFamily.smoothing,
     nCategories=CategoricalMixtureFamily.n_categories,
     initMode=CategoricalMixtureFamily.init_mode,
+    weightsPrior=CategoricalMixtureFamily.weights_prior,
 )
 
 
@@ -84,7 +85,7 @@ class CategoricalMixtureModel(EMModel, _CategoricalParams):
     def __init__(self, family: CategoricalMixtureFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__(family, params, n_features)
         self._setDefault(**_CATEGORICAL_DEFAULTS)
-        self._set(kind=family.kind, smoothing=family.smoothing)
+        self._set(kind=family.kind, smoothing=family.smoothing, weightsPrior=family.weights_prior)
 
     @property
     def weights(self) -> np.ndarray:
@@ -117,6 +118,7 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
         kind: str = CategoricalMixtureFamily.kind,
         smoothing: float = CategoricalMixtureFamily.smoothing,
         nCategories: int | Sequence[int] | None = None,
+        weightsPrior: float = CategoricalMixtureFamily.weights_prior,
         maxIter: int = FitSettings.max_iter,
         tol: float = FitSettings.tol,
         seed: int = FitSettings.seed,
@@ -155,4 +157,5 @@ class CategoricalMixture(EMEstimator, _CategoricalParams):
             kind=self.getOrDefault("kind"),
             smoothing=self.getOrDefault("smoothing"),
             init_mode=self.getOrDefault("initMode"),
+            weights_prior=self.getOrDefault("weightsPrior"),
         )

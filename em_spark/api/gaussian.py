@@ -10,7 +10,15 @@ from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 from pyspark.sql import DataFrame
 
-from em_spark.api.base import EMEstimator, EMModel, HasCovariance, HasGaussianPrior, HasHandleMissing, ml_param
+from em_spark.api.base import (
+    EMEstimator,
+    EMModel,
+    HasCovariance,
+    HasGaussianPrior,
+    HasHandleMissing,
+    HasWeightsPrior,
+    ml_param,
+)
 from em_spark.engine.arrow_input import InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
@@ -19,29 +27,18 @@ from em_spark.models.base import DEFAULT_K
 from em_spark.models.base import Params as ParamArrays
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    pass
 
 __all__ = ["GaussianMixture", "GaussianMixtureModel"]
 
 
-class _GaussianParams(HasGaussianPrior, HasCovariance, HasHandleMissing):
+class _GaussianParams(HasGaussianPrior, HasCovariance, HasHandleMissing, HasWeightsPrior):
     covarianceType = ml_param("covarianceType", "'full', 'diag', 'spherical' or 'tied'", TypeConverters.toString)
     regCovar = ml_param(
         "regCovar",
         "added to every covariance diagonal in the M-step (scikit-learn's reg_covar)",
         TypeConverters.toFloat,
     )
-    weightsPrior = ml_param(
-        "weightsPrior", "Dirichlet concentration of the mixing weights (> 0; 1 is flat)", TypeConverters.toFloat
-    )
-
-    def getWeightsPrior(self) -> float:
-        """Get the Dirichlet concentration of the mixing weights (or its default)."""
-        return self.getOrDefault(self.weightsPrior)
-
-    def setWeightsPrior(self, value: float) -> Self:
-        """Set the Dirichlet concentration of the mixing weights."""
-        return self._set_or_clear("weightsPrior", value)
 
 
 #: the Gaussian params' defaults: the family's

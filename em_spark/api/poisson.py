@@ -9,7 +9,7 @@ import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 
-from em_spark.api.base import EMEstimator, EMModel, HasSmoothing, ml_param
+from em_spark.api.base import EMEstimator, EMModel, HasSmoothing, HasWeightsPrior, ml_param
 from em_spark.engine.arrow_input import InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
@@ -20,7 +20,7 @@ from em_spark.models.poisson import PoissonMixtureFamily
 __all__ = ["PoissonMixture", "PoissonMixtureModel"]
 
 
-class _PoissonParams(HasSmoothing):
+class _PoissonParams(HasSmoothing, HasWeightsPrior):
     smoothing = ml_param(
         "smoothing",
         "pseudo-count added to every component's count sum in the M-step (a Gamma prior on the rates; >= 0)",
@@ -28,7 +28,11 @@ class _PoissonParams(HasSmoothing):
     )
 
 
-_POISSON_DEFAULTS = dict(smoothing=PoissonMixtureFamily.smoothing, initMode=PoissonMixtureFamily.init_mode)
+_POISSON_DEFAULTS = dict(
+    smoothing=PoissonMixtureFamily.smoothing,
+    initMode=PoissonMixtureFamily.init_mode,
+    weightsPrior=PoissonMixtureFamily.weights_prior,
+)
 
 
 class PoissonMixtureModel(EMModel, _PoissonParams):
@@ -45,7 +49,7 @@ class PoissonMixtureModel(EMModel, _PoissonParams):
     def __init__(self, family: PoissonMixtureFamily, params: ParamArrays, n_features: int) -> None:
         super().__init__(family, params, n_features)
         self._setDefault(**_POISSON_DEFAULTS)
-        self._set(smoothing=family.smoothing)
+        self._set(smoothing=family.smoothing, weightsPrior=family.weights_prior)
 
     @property
     def weights(self) -> np.ndarray:
@@ -69,6 +73,7 @@ class PoissonMixture(EMEstimator, _PoissonParams):
         *,
         k: int = DEFAULT_K,
         smoothing: float = PoissonMixtureFamily.smoothing,
+        weightsPrior: float = PoissonMixtureFamily.weights_prior,
         maxIter: int = FitSettings.max_iter,
         tol: float = FitSettings.tol,
         seed: int = FitSettings.seed,
@@ -101,5 +106,8 @@ class PoissonMixture(EMEstimator, _PoissonParams):
 
     def family(self) -> PoissonMixtureFamily:
         return PoissonMixtureFamily(
-            k=self.getOrDefault("k"), smoothing=self.getOrDefault("smoothing"), init_mode=self.getOrDefault("initMode")
+            k=self.getOrDefault("k"),
+            smoothing=self.getOrDefault("smoothing"),
+            init_mode=self.getOrDefault("initMode"),
+            weights_prior=self.getOrDefault("weightsPrior"),
         )

@@ -9,7 +9,7 @@ import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
 
-from em_spark.api.base import EMEstimator, EMModel, HasCovariance, ml_param
+from em_spark.api.base import EMEstimator, EMModel, HasCovariance, HasWeightsPrior, ml_param
 from em_spark.engine.arrow_input import InputSpec
 from em_spark.engine.settings import FitSettings
 from em_spark.engine.sources import DEFAULT_AGGREGATION_DEPTH, DEFAULT_SAMPLE_SIZE
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["StudentTMixture", "StudentTMixtureModel"]
 
 
-class _StudentTParams(HasCovariance):
+class _StudentTParams(HasCovariance, HasWeightsPrior):
     covarianceType = ml_param(
         "covarianceType", "'full' or 'diag' (the components' scale matrices)", TypeConverters.toString
     )
@@ -58,6 +58,7 @@ _STUDENT_T_DEFAULTS = dict(
     dof=StudentTMixtureFamily.dof,
     estimateDof=StudentTMixtureFamily.estimate_dof,
     initMode=StudentTMixtureFamily.init_mode,
+    weightsPrior=StudentTMixtureFamily.weights_prior,
 )
 
 
@@ -82,6 +83,7 @@ class StudentTMixtureModel(EMModel, _StudentTParams):
             regCovar=family.reg_covar,
             dof=family.dof,
             estimateDof=family.estimate_dof,
+            weightsPrior=family.weights_prior,
         )
 
     @property
@@ -118,6 +120,7 @@ class StudentTMixture(EMEstimator, _StudentTParams):
         dof: float = StudentTMixtureFamily.dof,
         estimateDof: bool = StudentTMixtureFamily.estimate_dof,
         regCovar: float = StudentTMixtureFamily.reg_covar,
+        weightsPrior: float = StudentTMixtureFamily.weights_prior,
         maxIter: int = FitSettings.max_iter,
         tol: float = FitSettings.tol,
         seed: int = FitSettings.seed,
@@ -155,4 +158,5 @@ class StudentTMixture(EMEstimator, _StudentTParams):
             estimate_dof=self.getOrDefault("estimateDof"),
             reg_covar=self.getOrDefault("regCovar"),
             init_mode=self.getOrDefault("initMode"),
+            weights_prior=self.getOrDefault("weightsPrior"),
         )

@@ -138,7 +138,7 @@ class ModelSection:
         None  # categorical(_hmm): Dirichlet pseudo-count; poisson: Gamma prior (default: the family's)
     )
     nCategories: Any = None  # categorical(_hmm): categories per feature (default: inferred)
-    weightsPrior: float = GaussianFamily.weights_prior  # gaussian: Dirichlet concentration of the weights
+    weightsPrior: float = GaussianFamily.weights_prior  # the mixtures: Dirichlet concentration of the weights
     # HMMs (hmmlearn's priors; the defaults are none): Dirichlet concentrations of the chain ...
     startProbPrior: float = GaussianHMMFamily.startprob_prior
     transMatPrior: float = GaussianHMMFamily.transmat_prior

@@ -70,6 +70,7 @@ from scipy.special import gammaln
 from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Params, check_k, dense_row, sparse_rows
 from em_spark.models.kernels import log0
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
+from em_spark.models.priors import check_concentration, dirichlet_log_prior, map_weights
 from em_spark.models.reparam import softmax, softmax_blocks
 from em_spark.models.validation import check_parameter, check_present, check_row_totals, is_number
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
@@ -179,12 +180,17 @@ class CategoricalMixtureFamily(FamilyBase):
         Keep the mixing weights at their initial values (uniform, or an initialModel's)
         instead of re-estimating them; they then do not count as free parameters. The
         textbook two-coins EM (Do & Batzoglou 2008) is this case.
+    weights_prior : float
+        Dirichlet concentration of the mixing weights (> 0): 1 (default) is flat, maximum
+        likelihood; above 1 pulls the weights towards equal, below 1 lets components empty.
     """
 
     name: ClassVar[str] = "categorical"
     sequential: ClassVar[bool] = False
     models_missing: ClassVar[bool] = False
     supports_labels: ClassVar[bool] = True
+    #: came later: left out of config() at its default (checkpoints written before resume)
+    added_fields: ClassVar[tuple[str, ...]] = ("weights_prior",)
 
     k: int
     n_categories: tuple[int, ...] | None = None
@@ -192,6 +198,7 @@ class CategoricalMixtureFamily(FamilyBase):
     smoothing: float = 1.0
     init_mode: str = "random"
     fix_weights: bool = False
+    weights_prior: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "components"))
@@ -212,6 +219,11 @@ class CategoricalMixtureFamily(FamilyBase):
         if not isinstance(self.fix_weights, (bool, np.bool_)):
             raise ModelError(f"fix_weights must be true or false, got {self.fix_weights!r}")
         object.__setattr__(self, "fix_weights", bool(self.fix_weights))
+        object.__setattr__(self, "weights_prior", check_concentration(self.weights_prior, "weightsPrior"))
+        if self.fix_weights and self.weights_prior != 1.0:
+            raise ModelError(
+                "weightsPrior has no effect with fixWeights (the weights are not estimated); drop one of them"
+            )
 
     def _checked_n_categories(self, value: Any) -> tuple[int, ...] | None:
         if value is None:
@@ -299,8 +311,10 @@ class CategoricalMixtureFamily(FamilyBase):
     # -- protocol: parameters from the user -------------------------------------
 
     def log_prior(self, params: Params) -> float:
-        """smoothing · Σ log θ: the Dirichlet(1 + smoothing) prior of the M-step (0 with smoothing 0)."""
-        return float(self.smoothing * np.sum(log0(params["probs"]))) if self.smoothing > 0 else 0.0
+        """smoothing · Σ log θ (the Dirichlet(1 + smoothing) prior of the M-step) plus the weights'
+        Dirichlet log prior (0 for both flat)."""
+        smoothed = float(self.smoothing * np.sum(log0(params["probs"]))) if self.smoothing > 0 else 0.0
+        return smoothed + dirichlet_log_prior(params["weights"], self.weights_prior)
 
     def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:
         """Log-weights (k,) (omitted with ``fix_weights``) and log-probabilities (k, T)."""
@@ -606,7 +620,7 @@ class CategoricalMixtureFamily(FamilyBase):
         if self.fix_weights:
             weights = np.array(params["weights"], dtype=np.float64)
         else:
-            weights = nk / nk.sum()
+            weights = map_weights(nk, self.weights_prior)
         probs = _normalize_blocks(counts + self.smoothing, offsets)
         # only with smoothing 0: a component without counts of a feature (e.g. only empty
         # documents) keeps its previous probabilities there

@@ -55,7 +55,7 @@ from em_spark.models.kernels import (
     shifted_moments,
 )
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
-from em_spark.models.priors import GaussianPrior, check_concentration, dirichlet_log_prior
+from em_spark.models.priors import GaussianPrior, check_concentration, dirichlet_log_prior, map_weights
 from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
 from em_spark.models.seeding import kmeans_plusplus, lloyd
 from em_spark.models.validation import check_handle_missing, check_parameter, check_present
@@ -578,11 +578,8 @@ class GaussianFamily(FamilyBase):
             delta = np.asarray(stats["sum"]) / nk[:, None]
             means = shift + delta
             covariances = self._kernel.covariance(nk, delta, np.asarray(stats["sq"]), self.reg_covar)
-        weights = nk / nk.sum()
-        if self.weights_prior != 1.0:
-            concentrated = np.maximum(nk_raw + self.weights_prior - 1.0, 0.0)
-            if concentrated.sum() > 0:
-                weights = concentrated / concentrated.sum()
+        # (the flat prior divides the occupancies with their tiny floor, as scikit-learn does)
+        weights = nk / nk.sum() if self.weights_prior == 1.0 else map_weights(nk_raw, self.weights_prior)
         dead = self._lost_mass(nk_raw, float(stats[WEIGHT]))
         return weights, means, covariances, dead
 

@@ -42,6 +42,7 @@ from scipy.special import gammaln
 from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Params, check_k
 from em_spark.models.kernels import log0
 from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
+from em_spark.models.priors import check_concentration, dirichlet_log_prior, map_weights
 from em_spark.models.reparam import softmax
 from em_spark.models.validation import check_parameter, check_present, is_number
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
@@ -67,6 +68,9 @@ class PoissonMixtureFamily(FamilyBase):
         "k-means++": k-means++ seeding and Lloyd iterations on log(1 + x), then the M-step of
         the hard assignment. "random": each component's rates are the sample's mean counts
         times a Gamma(2, 1/2) draw per entry (mean 1), uniform weights.
+    weights_prior : float
+        Dirichlet concentration of the mixing weights (> 0): 1 (default) is flat, maximum
+        likelihood; above 1 pulls the weights towards equal, below 1 lets components empty.
     """
 
     name: ClassVar[str] = "poisson"
@@ -75,10 +79,12 @@ class PoissonMixtureFamily(FamilyBase):
     supports_labels: ClassVar[bool] = True
     needs_counts: ClassVar[bool] = True  # the load refuses non-counts before iteration 1, naming the column
     summary_params: ClassVar[tuple[str, ...]] = ("weights", "rates")
+    added_fields: ClassVar[tuple[str, ...]] = ("weights_prior",)  # left out of config() at its default
 
     k: int
     smoothing: float = 1e-3
     init_mode: str = "k-means++"
+    weights_prior: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "components"))
@@ -90,6 +96,7 @@ class PoissonMixtureFamily(FamilyBase):
         object.__setattr__(self, "smoothing", float(self.smoothing))
         if self.init_mode not in INIT_MODES:
             raise ModelError(f"initMode must be one of {list(INIT_MODES)}, got {self.init_mode!r}")
+        object.__setattr__(self, "weights_prior", check_concentration(self.weights_prior, "weightsPrior"))
 
     # -- protocol: description ------------------------------------------------
 
@@ -126,8 +133,10 @@ class PoissonMixtureFamily(FamilyBase):
         return self.k - 1 + self.k * int(np.asarray(params["rates"]).shape[1])
 
     def log_prior(self, params: Params) -> float:
-        """smoothing · Σ log λ: the Gamma(1 + smoothing, 0) prior of the M-step (0 with smoothing 0)."""
-        return float(self.smoothing * np.sum(log0(params["rates"]))) if self.smoothing > 0 else 0.0
+        """smoothing · Σ log λ (the Gamma(1 + smoothing, 0) prior of the M-step) plus the weights'
+        Dirichlet log prior (0 for both flat)."""
+        smoothed = float(self.smoothing * np.sum(log0(params["rates"]))) if self.smoothing > 0 else 0.0
+        return smoothed + dirichlet_log_prior(params["weights"], self.weights_prior)
 
     def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:
         """Log-weights (k,) and log-rates (k, d)."""
@@ -251,7 +260,7 @@ class PoissonMixtureFamily(FamilyBase):
         total_weight = self._require_weight(stats, "a Poisson mixture")
         nk = np.asarray(stats["nk"], dtype=np.float64)
         sums = np.asarray(stats["sums"], dtype=np.float64)
-        weights = nk / nk.sum()
+        weights = map_weights(nk, self.weights_prior)
         dead = self._lost_mass(nk, total_weight)
         alive = np.setdiff1d(np.arange(self.k), dead)
         rates = np.array(params["rates"], dtype=np.float64)

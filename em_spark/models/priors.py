@@ -32,7 +32,7 @@ import numpy as np
 from em_spark.models.base import ModelError
 from em_spark.models.validation import is_number
 
-__all__ = ["GaussianPrior", "check_concentration", "dirichlet_log_prior", "dirichlet_map"]
+__all__ = ["GaussianPrior", "check_concentration", "dirichlet_log_prior", "dirichlet_map", "map_weights"]
 
 
 def _finite_number(value: Any) -> bool:
@@ -56,6 +56,18 @@ def dirichlet_map(counts: np.ndarray, concentration: float, current: np.ndarray)
     values = np.where(np.asarray(current) == 0, 0.0, values)
     totals = values.sum(axis=-1, keepdims=True)
     return np.where(totals > 0, values / np.where(totals > 0, totals, 1.0), current)
+
+
+def map_weights(nk: np.ndarray, concentration: float) -> np.ndarray:
+    """(k,) mixing weights under a symmetric Dirichlet(α) prior: the maximizer of
+    Σ_j nk_j log w_j + (α − 1) Σ_j log w_j, max(nk + α − 1, 0) normalized (α < 1 can empty a
+    component: a sparse mixture). For α = 1 (flat), or when nothing would be left, nk / Σ nk."""
+    nk = np.asarray(nk, dtype=np.float64)
+    if concentration != 1.0:
+        concentrated = np.maximum(nk + concentration - 1.0, 0.0)
+        if concentrated.sum() > 0:
+            return concentrated / concentrated.sum()
+    return nk / nk.sum()
 
 
 def dirichlet_log_prior(probs: np.ndarray, concentration: float) -> float:

@@ -51,6 +51,7 @@ from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Par
 from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.kernels import cholesky_or_none, log0, shifted_moments
 from em_spark.models.labels import log_posterior
+from em_spark.models.priors import check_concentration, dirichlet_log_prior, map_weights
 from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
 from em_spark.models.validation import check_parameter, check_present, is_number
 from em_spark.stats import COUNT, LOGLIK, WEIGHT, Stats
@@ -85,6 +86,9 @@ class StudentTMixtureFamily(FamilyBase):
         Added to every scale matrix's diagonal in the M-step, as the Gaussian family's.
     init_mode : {"k-means++", "random"}
         The Gaussian family's initialization of weights, means and scales; dof start at ``dof``.
+    weights_prior : float
+        Dirichlet concentration of the mixing weights (> 0): 1 (default) is flat, maximum
+        likelihood; above 1 pulls the weights towards equal, below 1 lets components empty.
     """
 
     name: ClassVar[str] = "student_t"
@@ -92,6 +96,7 @@ class StudentTMixtureFamily(FamilyBase):
     models_missing: ClassVar[bool] = False
     supports_labels: ClassVar[bool] = False
     summary_params: ClassVar[tuple[str, ...]] = ("weights", "means", "dof")
+    added_fields: ClassVar[tuple[str, ...]] = ("weights_prior",)  # left out of config() at its default
 
     k: int
     covariance_type: str = "full"
@@ -99,6 +104,7 @@ class StudentTMixtureFamily(FamilyBase):
     estimate_dof: bool = True
     reg_covar: float = 1e-6
     init_mode: str = "k-means++"
+    weights_prior: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_k(self.k, "components"))
@@ -118,6 +124,7 @@ class StudentTMixtureFamily(FamilyBase):
         object.__setattr__(self, "estimate_dof", bool(self.estimate_dof))
         # the Gaussian family validates reg_covar and init_mode (same messages)
         object.__setattr__(self, "reg_covar", self._gaussian.reg_covar)
+        object.__setattr__(self, "weights_prior", check_concentration(self.weights_prior, "weightsPrior"))
 
     @property
     def _gaussian(self) -> GaussianFamily:
@@ -141,6 +148,10 @@ class StudentTMixtureFamily(FamilyBase):
 
     def progress(self, params: Params) -> dict[str, float]:
         return {"minWeight": float(np.min(params["weights"])), "minDof": float(np.min(params["dof"]))}
+
+    def log_prior(self, params: Params) -> float:
+        """The weights' Dirichlet log prior (0 when flat): the ECM then climbs loglik + this."""
+        return dirichlet_log_prior(params["weights"], self.weights_prior)
 
     def n_parameters(self, params: Params) -> int:
         """(k − 1) weights + k d means + the scales + k degrees of freedom when estimated."""
@@ -322,7 +333,7 @@ class StudentTMixtureFamily(FamilyBase):
             tau = np.asarray(stats["tau"], dtype=np.float64)
             for j in alive:
                 dof[j] = self._solve_dof(float(tau[j] / nk[j]))
-        weights = nk / nk.sum()
+        weights = map_weights(nk, self.weights_prior)
         events = [
             f"component {int(j)} lost its mass (weight {float(f'{nk[j] / total:.3g}')}); it keeps its "
             "location, scale and degrees of freedom"
