@@ -137,6 +137,7 @@ class StudentTMixture(EMEstimator, _StudentTParams):
         probabilityCol: str = "probability",
         logLikelihoodCol: str = "logLikelihood",
         weightCol: str | None = None,
+        labelCol: str | None = None,
         aggregationDepth: int = DEFAULT_AGGREGATION_DEPTH,
         checkpointDir: str | None = None,
         runId: str | None = None,

@@ -50,7 +50,7 @@ from scipy.special import digamma, gammaln
 from em_spark.models.base import Block, FamilyBase, ModelError, MStepResult, Params, check_k
 from em_spark.models.gaussian import GaussianFamily
 from em_spark.models.kernels import cholesky_or_none, log0, shifted_moments
-from em_spark.models.labels import log_posterior
+from em_spark.models.labels import check_labels, clamp_to_labels, log_posterior
 from em_spark.models.priors import check_concentration, dirichlet_log_prior, map_weights
 from em_spark.models.reparam import covariance_from_free, covariance_to_free, softmax
 from em_spark.models.validation import check_parameter, check_present, is_number
@@ -94,7 +94,8 @@ class StudentTMixtureFamily(FamilyBase):
     name: ClassVar[str] = "student_t"
     sequential: ClassVar[bool] = False
     models_missing: ClassVar[bool] = False
-    supports_labels: ClassVar[bool] = False
+    #: labelled rows (``Block.labels`` >= 0) are clamped to their component, as the Gaussian mixture's
+    supports_labels: ClassVar[bool] = True
     summary_params: ClassVar[tuple[str, ...]] = ("weights", "means", "dof")
     added_fields: ClassVar[tuple[str, ...]] = ("weights_prior",)  # left out of config() at its default
 
@@ -260,7 +261,9 @@ class StudentTMixtureFamily(FamilyBase):
         X = self._rows(block, params)
         n, d, k = X.shape[0], X.shape[1], self.k
         log_t, maha = self._log_components(X, params)
-        log_resp, loglik = log_posterior(log_t + log0(params["weights"]))
+        log_joint = log_t + log0(params["weights"])
+        log_resp, loglik = log_posterior(log_joint)
+        log_resp, loglik = clamp_to_labels(log_joint, log_resp, loglik, check_labels(block.labels, k))
         w = None if block.weight is None else np.asarray(block.weight, dtype=np.float64)
         wr = np.exp(log_resp) if w is None else np.exp(log_resp) * w[:, None]
         nu = np.asarray(params["dof"], dtype=np.float64)

@@ -157,3 +157,28 @@ def test_an_initial_model_with_bad_dof_or_shapes_is_refused():
         family.params_from_public({**good, "dof": [0.0, 3.0]}, 2)
     with pytest.raises(ModelError, match="covariances"):
         family.params_from_public({**good, "covariances": [[1.0, -1.0], [2.0, 2.0]]}, 2)
+
+
+def test_labelled_rows_are_clamped_to_their_component_and_name_the_components():
+    """Semi-supervised, as the Gaussian mixture: a labelled row's responsibility is one-hot on its
+    label (its statistics are those of that component alone), and a few labels (2%) name the
+    components after them whatever the seed; unlabelled, the seeds name them differently."""
+    X, means = make_contaminated_blobs(rows=3000, outlier_fraction=0.0, seed=8)
+    truth = np.argmin(np.linalg.norm(X[:, None] - means[None], axis=2), axis=1)
+    labels = np.full(X.shape[0], -1)
+    picked = np.random.default_rng(0).choice(X.shape[0], size=60, replace=False)
+    labels[picked] = truth[picked]
+    family = StudentTMixtureFamily(3, "diag")
+    params = family.initialize(Block(X), np.random.default_rng(0))
+    stats = family.e_step(Block(X[picked[:1]], labels=labels[picked[:1]]), params)
+    expected = np.zeros(3)
+    expected[labels[picked[0]]] = 1.0
+    np.testing.assert_array_equal(stats["nk"], expected)
+    orders = set()
+    for seed in range(4):
+        settings = FitSettings(max_iter=100, tol=1e-8, seed=seed)
+        plain = fit_em(family, LocalBlockSource([Block(X)]), settings).params
+        orders.add(tuple(np.argmin(np.linalg.norm(plain["means"][:, None] - means[None], axis=2), axis=1)))
+        labelled = fit_em(family, LocalBlockSource([Block(X, labels=labels)]), settings).params
+        np.testing.assert_allclose(labelled["means"], means, atol=0.15)
+    assert len(orders) > 1  # without labels the component ids are arbitrary
