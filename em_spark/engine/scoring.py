@@ -12,8 +12,8 @@ sequence's log-likelihood.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pyarrow as pa
@@ -26,12 +26,34 @@ from em_spark.engine.executor_check import check_executors
 from em_spark.engine.spark_source import input_array, is_vector_column
 from em_spark.models.base import Block, EMFamily, ImputingFamily, Params
 
+if TYPE_CHECKING:
+    from pyspark.sql.types import DataType
+
 __all__ = ["impute_frame", "sample_feature_counts", "score_frame"]
 
 _SCORE_TYPE = "prediction int, probability array<double>, logLikelihood double"
 _SEQUENCE_SCORE_TYPE = "prediction array<int>, probability array<array<double>>, logLikelihood double"
 _IMPUTE_TYPE = "imputed array<double>, std array<double>"
 _SEQUENCE_IMPUTE_TYPE = "imputed array<array<double>>, std array<array<double>>"
+
+
+def _struct_types() -> dict[str, DataType]:
+    """The row outputs above as StructTypes (mapInArrow's schema; DDL parsing needs a JVM on classic)."""
+    from pyspark.sql import types as T
+
+    double, integer = T.DoubleType(), T.IntegerType()
+    return {
+        _SCORE_TYPE: T.StructType(
+            [
+                T.StructField("prediction", integer),
+                T.StructField("probability", T.ArrayType(double)),
+                T.StructField("logLikelihood", double),
+            ]
+        ),
+        _IMPUTE_TYPE: T.StructType(
+            [T.StructField("imputed", T.ArrayType(double)), T.StructField("std", T.ArrayType(double))]
+        ),
+    }
 
 
 def _block_of(
@@ -98,6 +120,68 @@ class _Inline:
 
     def __init__(self, value: Params) -> None:
         self.value = value
+
+
+def _with_scores(
+    df: DataFrame,
+    family: EMFamily,
+    params: Params,
+    n_features: int,
+    features: str | Sequence[str],
+    return_type: str,
+    batch_fn: Callable[..., pa.Array],
+    tmp: str,
+) -> DataFrame:
+    """``df`` with a ``tmp`` struct column of ``batch_fn``'s outputs for each row (sequence)."""
+    column = _input(df, family, features)
+    if (
+        is_connect(df)
+        and isinstance(features, str)
+        and column is not None
+        and _reads_vector_struct(df, family, features)
+    ):
+        return _with_scores_by_map(df, family, params, n_features, features, return_type, batch_fn, tmp)
+    return df.withColumn(tmp, _arrow_udf(df, family, params, n_features, return_type, batch_fn)(column))
+
+
+def _reads_vector_struct(df: DataFrame, family: EMFamily, features: str) -> bool:
+    """The features are a Vector column a sparse family reads as its struct (see _input)."""
+    return family.accepts_sparse and not family.sequential and features in df.columns and is_vector_column(df, features)
+
+
+def _with_scores_by_map(
+    df: DataFrame,
+    family: EMFamily,
+    params: Params,
+    n_features: int,
+    features: str,
+    return_type: str,
+    batch_fn: Callable[..., pa.Array],
+    tmp: str,
+) -> DataFrame:
+    """The same outputs through ``mapInArrow`` over the whole frame, its columns passed through.
+
+    On a Connect server a scalar Arrow UDF's input goes through Spark's row-to-columnar converter,
+    which refuses a Vector (UDT) column (UNSUPPORTED_DATATYPE); ``mapInArrow`` hands the Vector over
+    as its struct (as in the load pass) and takes it back, so sparse rows are never densified."""
+    from pyspark.sql import types as T
+
+    check_executors(df.sparkSession)
+    check_closure_size(params, "scoring")
+    inline = _Inline(params)  # no broadcasts on Connect: the parameters ride in the closure
+    names = df.columns
+    at = names.index(features)
+
+    def apply(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            for batch in batches:
+                out = batch_fn(family, inline.value, n_features, batch.column(at))
+                yield pa.RecordBatch.from_arrays([*batch.columns, out], names=[*names, tmp])
+
+    schema = T.StructType([*df.schema.fields, T.StructField(tmp, _struct_types()[return_type])])
+    return df.mapInArrow(apply, schema)
 
 
 def _arrow_udf(
@@ -212,9 +296,8 @@ def score_frame(
 
     batch_fn = _score_sequence_batch if family.sequential else _score_batch
     return_type = _SEQUENCE_SCORE_TYPE if family.sequential else _SCORE_TYPE
-    score = _arrow_udf(df, family, params, n_features, return_type, batch_fn)
     tmp = "__em_score"
-    out = df.withColumn(tmp, score(_input(df, family, features)))
+    out = _with_scores(df, family, params, n_features, features, return_type, batch_fn, tmp)
     out = out.withColumn(prediction_col, F.col(f"{tmp}.prediction"))
     probability = F.col(f"{tmp}.probability")
     if not family.sequential:
@@ -257,12 +340,11 @@ def impute_frame(
     wrong length, infinities) get nulls."""
     if not family.supports_impute:
         raise TypeError(f"the {family.name!r} family does not impute missing values")
-    if family.sequential:
-        impute = _arrow_udf(df, family, params, n_features, _SEQUENCE_IMPUTE_TYPE, _impute_sequence_batch)
-    else:
-        impute = _arrow_udf(df, family, params, n_features, _IMPUTE_TYPE, _impute_batch)
     tmp = "__em_impute"
-    out = df.withColumn(tmp, impute(_input(df, family, features)))
+    if family.sequential:
+        out = _with_scores(df, family, params, n_features, features, _SEQUENCE_IMPUTE_TYPE, _impute_sequence_batch, tmp)
+    else:
+        out = _with_scores(df, family, params, n_features, features, _IMPUTE_TYPE, _impute_batch, tmp)
     return out.withColumn(output_col, F.col(f"{tmp}.imputed")).withColumn(std_col, F.col(f"{tmp}.std")).drop(tmp)
 
 

@@ -46,16 +46,7 @@ def test_fit_on_connect_is_bit_identical_to_classic(connect, datasets, classic_m
     assert model.summary.numRows == reference.summary.numRows
 
 
-# Known gap (issue 15): on this Connect server the Arrow UDF that scores receives the Vector column as
-# columnar input, and Spark's RowToColumnConverter refuses UDTs (UNSUPPORTED_DATATYPE); the fit works.
-SPARSE_SCORING_GAP = pytest.mark.xfail(
-    strict=True, reason="scoring a Vector column as its struct fails on Connect: UNSUPPORTED_DATATYPE UDT"
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=SPARSE_SCORING_GAP) if n == "multinomial_sparse" else n for n in FITS]
-)
+@pytest.mark.parametrize("name", list(FITS))
 def test_transform_criteria_save_and_load_on_connect(connect, datasets, tmp_path, name):
     model, df = _fit(connect, datasets, name, maxIter=3)
     scored = model.transform(df)
