@@ -133,14 +133,9 @@ def _with_scores(
     tmp: str,
 ) -> DataFrame:
     """``df`` with a ``tmp`` struct column of ``batch_fn``'s outputs for each row (sequence)."""
-    column = _input(df, family, features)
-    if (
-        is_connect(df)
-        and isinstance(features, str)
-        and column is not None
-        and _reads_vector_struct(df, family, features)
-    ):
+    if isinstance(features, str) and _reads_vector_struct(df, family, features):
         return _with_scores_by_map(df, family, params, n_features, features, return_type, batch_fn, tmp)
+    column = _input(df, family, features)
     return df.withColumn(tmp, _arrow_udf(df, family, params, n_features, return_type, batch_fn)(column))
 
 
@@ -161,14 +156,16 @@ def _with_scores_by_map(
 ) -> DataFrame:
     """The same outputs through ``mapInArrow`` over the whole frame, its columns passed through.
 
-    On a Connect server a scalar Arrow UDF's input goes through Spark's row-to-columnar converter,
-    which refuses a Vector (UDT) column (UNSUPPORTED_DATATYPE); ``mapInArrow`` hands the Vector over
-    as its struct (as in the load pass) and takes it back, so sparse rows are never densified."""
+    A scalar Arrow UDF's input can go through Spark's row-to-columnar converter (on a Connect
+    server, and on any session whose Parquet reader vectorizes nested columns, the default), which
+    refuses a Vector (UDT) column (UNSUPPORTED_DATATYPE); ``mapInArrow`` hands the Vector over as its
+    struct (as in the load pass) and takes it back, so sparse rows are never densified."""
     from pyspark.sql import types as T
 
     check_executors(df.sparkSession)
-    check_closure_size(params, "scoring")
-    inline = _Inline(params)  # no broadcasts on Connect: the parameters ride in the closure
+    if is_connect(df):
+        check_closure_size(params, "scoring")
+    inline = _Inline(params)  # the parameters ride in the closure (no broadcasts on Connect)
     names = df.columns
     at = names.index(features)
 

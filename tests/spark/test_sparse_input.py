@@ -167,3 +167,27 @@ def test_bad_counts_in_a_sparse_column_are_refused_before_iteration_1(spark, tmp
     assert "2 row(s) have a negative or non-integer value in column 'features'" in message, message
     assert "non-negative integer counts: drop or round those rows" in message
     assert not checkpoints.exists() or not any(checkpoints.rglob("*.emck"))  # nothing stored
+
+
+def test_sparse_vectors_read_back_from_parquet_score_with_the_vectorized_nested_reader_on(spark, tmp_path):
+    """A user's plain session reads nested Parquet columns vectorized (Spark's default); a scalar
+    Arrow UDF over such a Vector column then fails in Spark's row-to-columnar converter
+    (UNSUPPORTED_DATATYPE UDT). Scoring reads it through mapInArrow instead, on any session, and
+    gives the same scores as the numpy model."""
+    X = word_counts(n=300, vocabulary=2000, seed=3)
+    path = str(tmp_path / "docs")
+    vector_frame(spark, X).write.parquet(path)
+    model = CategoricalMixture(k=2, kind="multinomial", seed=0, maxIter=3).fit(spark.read.parquet(path))
+    key = "spark.sql.parquet.enableNestedColumnVectorizedReader"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "true")
+    try:
+        scored = model.transform(spark.read.parquet(path)).select("features", "logLikelihood").collect()
+    finally:
+        spark.conf.set(key, before)
+    by_row = {
+        tuple(r["features"].indices.tolist()) + tuple(r["features"].values.tolist()): r["logLikelihood"] for r in scored
+    }
+    expected = model._family.score(Block(X), model._arrays)["loglik"]
+    got = [by_row[tuple(X.indices[a:b].tolist()) + tuple(X.data[a:b].tolist())] for a, b in pairwise(X.indptr)]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
